@@ -1,0 +1,301 @@
+"""Hyper-parameter search: Optuna TPE proposes configs, ASHA stops the weak ones early, Ray Tune runs them.
+
+    python -m tune.search --space resnet_unfreeze.yaml --data DIR
+    python -m tune.search --space cnn_scratch.yaml --smoke-test          # tiny, on the demo data
+    python -m tune.search --resume                                       # continue the latest experiment
+
+The experiment folder (<storage>/<name>) holds every trial's results and checkpoints (best + last),
+search_space.yaml (what was searched), trials.csv (all trials, one row each) and TensorBoard files
+(`tensorboard --logdir <experiment>`: curves and an HParams comparison). docs/search.md has the details.
+"""
+import argparse
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from tune import spaces
+
+SETTING_FLAGS = ("samples", "epochs", "grace_period", "reduction_factor", "metric", "mode", "seed",
+                 "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
+SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
+SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
+DEFAULT_STORAGE = "runs"
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(prog="dogs-search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", help="search-space YAML: a file name in search_spaces/ or a path")
+    p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
+    p.add_argument("--samples", type=int, help="trials to run (search.samples)")
+    p.add_argument("--epochs", type=int, help="epochs per trial = ASHA's max_t (search.epochs)")
+    p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (search.grace_period)")
+    p.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (search.reduction_factor)")
+    p.add_argument("--metric", help="metric to optimise (search.metric)")
+    p.add_argument("--mode", choices=["max", "min"], help="search.mode")
+    p.add_argument("--seed", type=int, help="seed of Optuna's TPE sampler (search.seed)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (search.cpus_per_trial)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (search.gpus_per_trial)")
+    p.add_argument("--max-concurrent", type=int, help="most trials at once (search.max_concurrent)")
+    p.add_argument("--max-failures", type=int, help="retries of an errored trial (search.max_failures)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config value for every trial, e.g. --set model=cnn (repeatable)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="folder that holds experiments (default: runs/)")
+    p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted experiment (--name, or the latest one in --storage)")
+    p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help=f"tiny run: {SMOKE_SETTINGS}, config {SMOKE_CONFIG} (flags still override)")
+    return p
+
+
+def fail(message):
+    """Exit with a message and no traceback."""
+    print(f"dogs-search: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def settings_from_args(args):
+    """Search settings given on the command line (None = not given)."""
+    out = {key: getattr(args, key) for key in SETTING_FLAGS}
+    for key in ("cpus_per_trial", "gpus_per_trial", "reduction_factor"):
+        if out[key] is not None and float(out[key]).is_integer():
+            out[key] = int(out[key])
+    return out
+
+
+def load_space(args, data_root):
+    """The validated space: file, then --smoke-test sizes, then explicit flags and --set."""
+    from dogs.config import parse_sets
+
+    path = spaces.find_space_file(args.space)
+    overrides = dict(SMOKE_SETTINGS) if args.smoke_test else {}
+    overrides.update({k: v for k, v in settings_from_args(args).items() if v is not None})
+    sets = dict(SMOKE_CONFIG) if args.smoke_test else {}
+    try:
+        sets.update(parse_sets(args.set))
+    except ValueError as err:
+        fail(str(err))
+    sets["data"] = str(data_root)
+    return spaces.load(path, overrides, sets)
+
+
+def latest_experiment(storage):
+    """The most recently changed experiment folder in `storage`."""
+    candidates = [p for p in Path(storage).glob("*/search_space.yaml")]
+    if not candidates:
+        fail(f"no experiment in {Path(storage).resolve()} (looked for */search_space.yaml)")
+    return max(candidates, key=lambda p: p.parent.stat().st_mtime).parent
+
+
+def set_auth_mode(address):
+    """RAY_AUTH_MODE, explicit: Ray 2.60 turns token auth on by default, nodes joined by `ray start` don't."""
+    if "RAY_AUTH_MODE" not in os.environ:
+        has_token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                     or (Path.home() / ".ray" / "auth_token").is_file())
+        # a local Ray started here listens for this machine only (no dashboard); a cluster decides itself
+        os.environ["RAY_AUTH_MODE"] = "token" if address and has_token else "disabled"
+    return os.environ["RAY_AUTH_MODE"]
+
+
+def start_ray(address):
+    """Start Ray here (dashboard off), or join the cluster at `address`."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    mode = set_auth_mode(address)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
+    else:
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1")
+        print(f"Started a local Ray (RAY_AUTH_MODE={mode}, dashboard off)")
+    return ray.cluster_resources()
+
+
+def check_resources(search, resources):
+    """Refuse requests this cluster can never meet: Ray would leave those trials PENDING forever."""
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    have = f"this Ray cluster has CPU={cpus:g}, GPU={gpus:g}"
+    if search["gpus_per_trial"] > 0 and gpus == 0:
+        fail(f"--gpus-per-trial {search['gpus_per_trial']:g} asks for a GPU but {have}; Ray would leave every "
+             "trial PENDING forever. Use --gpus-per-trial 0, or join a cluster with GPUs (--address).")
+    if search["gpus_per_trial"] > gpus:
+        fail(f"--gpus-per-trial {search['gpus_per_trial']:g} is more than {have}.")
+    if search["cpus_per_trial"] > cpus:
+        fail(f"--cpus-per-trial {search['cpus_per_trial']:g} is more than {have}.")
+
+
+def concurrency(search, resources):
+    """How many trials can run at the same time."""
+    slots = int(resources.get("CPU", 1) // search["cpus_per_trial"])
+    if search["gpus_per_trial"] > 0:
+        slots = min(slots, int(round(resources.get("GPU", 0) / search["gpus_per_trial"], 6)))
+    return max(1, min(slots, search["samples"], search["max_concurrent"] or slots))
+
+
+def make_trainable(search):
+    from ray import tune
+
+    import dogs
+
+    return tune.with_resources(dogs.trainable, {"cpu": search["cpus_per_trial"], "gpu": search["gpus_per_trial"]})
+
+
+def make_tuner(space, exp_dir):
+    """Tuner: TPE searcher (ASHA-aware), ASHA scheduler, bounded checkpoints, retries, TensorBoard."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tune.searcher import AshaAwareOptunaSearch
+    from tune.tensorboard import TensorBoardCallback
+
+    s = space["search"]
+    searcher = AshaAwareOptunaSearch(spaces.optuna_space(space), metric=s["metric"], mode=s["mode"],
+                                     seed=s["seed"], max_t=s["epochs"])
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"],
+                              grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+    return tune.Tuner(
+        make_trainable(s),
+        param_space={"epochs": s["epochs"]},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=s["metric"],
+            mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"]),
+        run_config=tune.RunConfig(
+            name=exp_dir.name, storage_path=str(exp_dir.parent),
+            # keep the best checkpoint by the metric; Ray always keeps the latest one too
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s["metric"],
+                                                    checkpoint_score_order=s["mode"]),
+            failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TensorBoardCallback(spaces.searched_names(space))],
+        ),
+    )
+
+
+def trials_table(exp_dir, space):
+    """One row per trial: status, stopped early, epochs, scores, time, parameters, checkpoint."""
+    from ray import tune
+
+    s = space["search"]
+    analysis = tune.ExperimentAnalysis(str(exp_dir), default_metric=s["metric"], default_mode=s["mode"])
+    rows = []
+    for trial in analysis.trials:
+        last = trial.last_result or {}
+        epochs_run = last.get("training_iteration", 0)
+        best = analysis.get_best_checkpoint(trial) if trial.checkpoint else None
+        rows.append({
+            "trial_id": trial.trial_id,
+            "status": trial.status,
+            "stopped_early": trial.status == "TERMINATED" and epochs_run < s["epochs"],
+            "epochs": epochs_run,
+            "val_acc": last.get("val_acc"),
+            "best_val_acc": last.get("best_val_acc"),
+            "val_loss": last.get("val_loss"),
+            "time_s": last.get("time_total_s"),
+            **{name: trial.config.get(name) for name in spaces.searched_names(space)},
+            "checkpoint": best.path if best else None,
+            "path": trial.path,
+        })
+    return pd.DataFrame(rows)
+
+
+def summary(table, space, wall_s, slots, exp_dir):
+    """The lines printed at the end of a search."""
+    s = space["search"]
+    done = table[table.status.isin(["TERMINATED"])]
+    ordered = done.sort_values("best_val_acc" if s["metric"] == "val_acc" else s["metric"],
+                               ascending=s["mode"] == "min")
+    trial_s = float(table.time_s.fillna(0).sum())
+    lines = ["", f"Search finished: {exp_dir}"]
+    if len(ordered):
+        best = ordered.iloc[0]
+        params = {name: best[name] for name in spaces.searched_names(space)}
+        lines += [f"  best trial   {best.trial_id}: best_val_acc={best.best_val_acc:.4f} "
+                  f"(final val_acc={best.val_acc:.4f}, {best.epochs} epochs)",
+                  f"  best config  {params}",
+                  f"  checkpoint   {best.checkpoint}"]
+    lines += [
+        f"  trials       {len(table)} run: {int((table.status == 'TERMINATED').sum() - table.stopped_early.sum())} "
+        f"complete, {int(table.stopped_early.sum())} stopped early by ASHA, {int((table.status == 'ERROR').sum())} "
+        f"errored, {int((~table.status.isin(['TERMINATED', 'ERROR'])).sum())} unfinished",
+        f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
+        f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",
+        f"  results      {exp_dir / 'trials.csv'}; tensorboard --logdir {exp_dir}",
+    ]
+    return lines
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    storage = Path(args.storage).resolve()
+
+    # the space and the data: checked before Ray starts
+    if args.resume:
+        exp_dir = storage / args.name if args.name else latest_experiment(storage)
+        if not (exp_dir / "search_space.yaml").is_file():
+            fail(f"--resume: {exp_dir} is not an experiment of dogs-search (no search_space.yaml)")
+        space = spaces.load(exp_dir / "search_space.yaml")
+        print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored)")
+    else:
+        if not args.space:
+            fail("--space is required (a file in search_spaces/ or a path), unless --resume")
+        from dogs.data import resolve_root
+
+        data_root, is_demo = resolve_root(args.data)
+        if is_demo:
+            print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
+        try:
+            space = load_space(args, data_root)
+        except spaces.SpaceError as err:
+            fail(str(err))
+        name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        exp_dir = storage / name
+        if exp_dir.exists():
+            fail(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
+    search = space["search"]
+    if not args.resume and search["gpus_per_trial"] > 0 and not (args.address or os.environ.get("RAY_ADDRESS")):
+        import torch
+
+        if not torch.cuda.is_available():
+            check_resources(search, {"CPU": os.cpu_count(), "GPU": 0})
+
+    # Ray: local or a cluster, and requests it can meet
+    resources = start_ray(args.address)
+    check_resources(search, resources)
+    slots = concurrency(search, resources)
+
+    # the tuner: new, or restored with the searcher's state and the trials' checkpoints
+    from ray import tune
+
+    if args.resume:
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(search), resume_errored=True)
+    else:
+        exp_dir.mkdir(parents=True)
+        (exp_dir / "search_space.yaml").write_text(spaces.to_yaml(space))
+        tuner = make_tuner(space, exp_dir)
+    print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
+          f"results in {exp_dir}")
+
+    # run, then one table of all trials and a summary
+    start = time.time()
+    tuner.fit()
+    wall_s = time.time() - start
+    table = trials_table(exp_dir, space)
+    table.to_csv(exp_dir / "trials.csv", index=False)
+    print("\n".join(summary(table, space, wall_s, slots, exp_dir)))
+    unfinished = int((~table.status.isin(["TERMINATED", "ERROR"])).sum())
+    if unfinished:
+        print(f"Interrupted: continue with  python -m tune.search --resume --storage {storage} --name {exp_dir.name}")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

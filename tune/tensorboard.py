@@ -1,0 +1,66 @@
+"""TensorBoard for a search: each trial's curves, and an HParams table that compares all trials.
+
+Ray's own writer only logs scalars under `ray/tune/` and an hparams record whose metrics are every
+result key. This callback writes, into each trial's folder:
+  - one scalar per metric per epoch (val_acc, val_loss, train_loss, train_acc, best_val_acc),
+  - an HParams session start (the searched parameters) when the trial starts, and a session end
+    when it finishes.
+TensorBoard's HParams dashboard builds the comparison from those sessions: each trial's hparams against
+the last value of val_acc (its final score) and of best_val_acc (its best epoch).
+`tensorboard --logdir <experiment folder>` shows both.
+"""
+from pathlib import Path
+
+from ray import tune
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+CURVES = ("val_acc", "best_val_acc", "val_loss", "train_loss", "train_acc")
+
+
+def hparam_value(value):
+    """HParams takes numbers, strings and booleans only."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+class TensorBoardCallback(tune.Callback):
+    def __init__(self, hparam_names):
+        self.hparam_names = list(hparam_names)
+        self._writers = {}
+
+    def _writer(self, trial):
+        if trial.trial_id not in self._writers:
+            self._writers[trial.trial_id] = SummaryWriter(log_dir=str(Path(trial.path)), flush_secs=5)
+        return self._writers[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        hparams = {k: hparam_value(trial.config[k]) for k in self.hparam_names if k in trial.config}
+        _, session_start, _ = hparams_summaries(hparams, {})
+        self._writer(trial).file_writer.add_summary(session_start)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        writer = self._writer(trial)
+        step = result.get("epoch", result.get("training_iteration"))
+        for name in CURVES:
+            if name in result:
+                writer.add_scalar(name, result[name], step)
+        writer.flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        _, _, session_end = hparams_summaries({}, {})
+        writer = self._writer(trial)
+        writer.file_writer.add_summary(session_end)
+        writer.close()
+        del self._writers[trial.trial_id]
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._writers.pop(trial.trial_id, self._writer(trial)).close()
+
+    def on_experiment_end(self, trials, **info):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def __getstate__(self):
+        # open writers stay with the driver; a pickled copy (tuner.pkl) starts without them
+        return {"hparam_names": self.hparam_names, "_writers": {}}
