@@ -7,6 +7,7 @@ DEFAULTS = {
     "image_size": 224,         # images are decoded once and resized to image_size x image_size
     "cache_dir": None,         # decoded-image + feature cache; None = $DOGS_CACHE or ~/.cache/dogs-tune
     "augment": False,          # on-device random-resized-crop + horizontal flip (turns the feature cache off)
+    "feature_cache": True,     # compute a frozen prefix's output once and train only the tail (off when augment)
     "normalize": "auto",       # "imagenet" | "half" (the notebook's mean=std=0.5) | "auto" (imagenet for ResNets)
     # model
     "model": "resnet18",       # "cnn" (the notebook's from-scratch CNN) | "resnet18" | "resnet34" | "resnet50"

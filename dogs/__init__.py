@@ -1,0 +1,5 @@
+"""dogs: the trainable — data, models, one epoch loop, checkpoints, predictions."""
+from .config import DEFAULTS, resolve
+from .trainable import trainable
+
+__all__ = ["DEFAULTS", "resolve", "trainable"]

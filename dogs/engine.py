@@ -1,0 +1,192 @@
+"""One epoch loop for every caller: the Ray trainable, `python -m dogs.train` and `tune.best --retrain`.
+
+`fit` sets a run up (data, model, optimizer) and yields once per epoch; `train_one_epoch` and `evaluate`
+are the two functions it calls, in the manner of torchvision's references/classification.
+"""
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import cache, data, features, models
+from .batches import Batches, feature_preparer, image_preparer
+from .config import resolve
+
+log = logging.getLogger("dogs")
+
+
+def default_device():
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def amp_dtype(config, device):
+    """bf16 autocast where the device has it (config precision=auto), else None for fp32."""
+    precision = config["precision"]
+    if precision == "fp32" or (precision == "auto" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())):
+        return None
+    return torch.bfloat16
+
+
+def seed_everything(seed):
+    if seed is not None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+@dataclass
+class Split:
+    """One labeled split, decoded: cached images plus labels, restricted to readable files."""
+    images: cache.CachedImages
+    labels: np.ndarray
+    index: np.ndarray  # rows of images.images that decoded
+
+
+def load_split(root, split, config):
+    classes, files, labels = data.labeled_split(root, split)
+    images = cache.cached_images(files, config["image_size"], config["cache_dir"] or data.default_cache_dir())
+    index = np.flatnonzero(images.ok)
+    if len(index) == 0:
+        raise data.DataError(f"{root / split}: none of the {len(files)} images could be read")
+    return classes, Split(images, np.asarray(labels), index)
+
+
+def load_splits(config, log_fn=print):
+    """(root, classes, train Split, validation Split) for the config's data (or the demo)."""
+    root, is_demo = data.resolve_root(config["data"], config["cache_dir"])
+    if is_demo:
+        log_fn(f"no data folder given: using the built-in demo, scikit-learn's handwritten digits, at {root}")
+    classes, train = load_split(root, data.TRAIN, config)
+    val_classes, val = load_split(root, data.VALIDATION, config)
+    data.check_same_classes(classes, val_classes, root)
+    return root, classes, train, val
+
+
+def use_feature_cache(config, model):
+    return config["feature_cache"] and not config["augment"] and len(model.frozen) > 0
+
+
+def make_batches(split, model, config, device, amp, train):
+    """Batches of a split: cached frozen features when they apply, else images normalized on the device."""
+    mean, std = models.normalization(config)
+    images = image_preparer(mean, std, device, augment=train and config["augment"],
+                            channels_last=config["channels_last"])
+    seed = config["seed"]
+    if use_feature_cache(config, model):
+        cache_dir = config["cache_dir"] or data.default_cache_dir()
+        array, key = features.frozen_features(model, split.images, image_preparer(mean, std, device), device, amp,
+                                              cache_dir)
+        return Batches(array, split.labels, split.index, config["batch_size"], device,
+                       feature_preparer(device, config["channels_last"]), shuffle=train, seed=seed, key=key)
+    return Batches(split.images.images, split.labels, split.index, config["batch_size"], device, images,
+                   shuffle=train, seed=seed, key=split.images.key)
+
+
+def train_one_epoch(model, forward, optimizer, loss_fn, batches, amp):
+    """One pass over the training batches; returns (mean loss, accuracy, images, seconds)."""
+    model.train()
+    start = time.perf_counter()
+    total_loss = torch.zeros((), device=batches.device)
+    correct = torch.zeros((), device=batches.device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        # forward in bf16 autocast where the device has it
+        with torch.autocast(batches.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = forward(x)
+            loss = loss_fn(logits, y)
+        # backward and step
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # accumulate on the device: no host sync inside the loop
+        total_loss += loss.detach().float() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    loss, acc = total_loss.item() / seen, correct.item() / seen
+    return loss, acc, seen, time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(model, forward, loss_fn, batches, amp):
+    """(mean loss, accuracy) over the batches, in eval mode."""
+    model.eval()
+    total_loss = torch.zeros((), device=batches.device)
+    correct = torch.zeros((), device=batches.device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        with torch.autocast(batches.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = forward(x)
+        total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return total_loss.item() / seen, correct.item() / seen
+
+
+class Run:
+    """Everything one training run holds; `state()` is its checkpoint payload (state_dicts only)."""
+
+    def __init__(self, config, device=None, resume=None, train_on_val=False, log_fn=print):
+        self.config = config = resolve(config)
+        self.device = device = device or default_device()
+        seed_everything(config["seed"])
+        # data: decoded once into the node's cache
+        self.root, self.classes, train, val = load_splits(config, log_fn)
+        if train_on_val:  # final retrain: Validation joins the training set
+            train = concat_splits(train, val)
+        # model: a checkpoint fills every weight, so only a fresh run loads pretrained weights
+        self.model = models.build_model(config, len(self.classes), load_weights=resume is None).to(device)
+        if config["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if resume is not None:
+            self.model.load_state_dict(resume["model"])
+        self.amp = amp_dtype(config, device)
+        # inputs: cached frozen features feed the tail; otherwise images feed the whole net
+        self.cached = use_feature_cache(config, self.model)
+        self.forward = self.model.tail if self.cached else self.model
+        if config["compile"]:
+            self.forward = torch.compile(self.forward)
+        self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True)
+        self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False)
+        # optimizer: Adam, head at lr, unfrozen stages at backbone_lr
+        self.optimizer = torch.optim.Adam(models.param_groups(self.model, config), weight_decay=config["weight_decay"])
+        if resume is not None:
+            self.optimizer.load_state_dict(resume["optimizer"])
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+        self.epoch = resume["epoch"] if resume else 0
+        self.best_val_acc = resume["metrics"].get("best_val_acc", -1.0) if resume else -1.0
+        self.metrics = resume["metrics"] if resume else {}
+
+    def epochs(self):
+        """Train the remaining epochs; yields the metrics of each (the caller checkpoints and reports)."""
+        while self.epoch < self.config["epochs"]:
+            self.epoch += 1
+            self.train_batches.set_epoch(self.epoch)
+            train_loss, train_acc, seen, seconds = train_one_epoch(
+                self.model, self.forward, self.optimizer, self.loss_fn, self.train_batches, self.amp)
+            val_loss, val_acc = evaluate(self.model, self.forward, self.loss_fn, self.val_batches, self.amp)
+            self.best_val_acc = max(self.best_val_acc, val_acc)
+            self.metrics = {
+                "epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                "val_acc": val_acc, "best_val_acc": self.best_val_acc, "epoch_time_s": seconds,
+                "images_per_s": seen / seconds,
+            }
+            yield self.metrics
+
+    def state(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "config": self.config,
+                "classes": self.classes, "epoch": self.epoch, "metrics": self.metrics}
+
+
+def concat_splits(a, b):
+    """Train + Validation as one split (for the final retrain)."""
+    images = cache.CachedImages.__new__(cache.CachedImages)
+    images.key = f"{a.images.key}+{b.images.key}"
+    images.images = np.concatenate([a.images.images, b.images.images])
+    images.ok = np.concatenate([a.images.ok, b.images.ok])
+    images.bad, images.build_seconds = a.images.bad + b.images.bad, 0.0
+    return Split(images, np.concatenate([a.labels, b.labels]),
+                 np.concatenate([a.index, b.index + len(a.images.images)]))
