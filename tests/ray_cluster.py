@@ -1,0 +1,197 @@
+"""A real multi-node Ray cluster on one machine, for tests: a head and worker nodes on 127.0.0.1.
+
+Each node is its own `ray start --block` process in its own session (process group) with its own
+temp dir, so a test can kill one node (SIGKILL to its whole group, like a machine that dies) and can
+stop everything it started without `ray stop`, which would also stop other people's Ray on this host.
+Token authentication is on: every node and every driver gets RAY_AUTH_MODE=token and a private
+(0600) token file of this cluster.
+"""
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+HEAD_RESOURCE = "head_node"      # custom resources that let a test steer work to one node
+WORKER_RESOURCE = "worker_node"
+
+# Declare a dead node after ~2-3 s instead of Ray's default ~30 s (the head's GCS health check).
+FAST_FAILURE_DETECTION = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "4",
+}
+
+
+# Ray turns 127.0.0.1 into the host's public IP (so that other machines could reach the node) and then
+# listens on every interface. Tests want the opposite: every node and driver on 127.0.0.1, listening on
+# loopback only. The head and the drivers get that from Ray's single-machine switch below. A worker node
+# refuses to start under that switch, so it runs `ray start` through this file (see the bottom), which
+# only stops Ray from replacing 127.0.0.1.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """`with LocalCluster() as c:` starts a head (c.add_node(head=True)); c.address is for --address."""
+
+    def __init__(self, root=None, head_cpus=1):
+        # A short root: Ray's unix sockets live under it and must stay under ~100 characters.
+        self.root = Path(root or tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
+        self.token_path = self.root / "auth_token"
+        self.token_path.write_text(secrets.token_hex(32))
+        self.token_path.chmod(0o600)
+        self.nodes = {}            # name -> Popen of its `ray start --block`
+        self.address = None
+        self.head_cpus = head_cpus
+
+    # -- environment -------------------------------------------------------------------------
+    def env(self, **extra):
+        """Environment for any process that joins this cluster (nodes and drivers)."""
+        env = dict(os.environ)
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path),
+                   RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **LOOPBACK_ONLY)
+        env.pop("RAY_AUTH_TOKEN", None)
+        env.pop("RAY_ADDRESS", None)
+        env.update(extra)
+        return env
+
+    # -- nodes -------------------------------------------------------------------------------
+    def add_node(self, name, head=False, num_cpus=1, resources=None, wait_s=60):
+        temp_dir = self.root / name
+        temp_dir.mkdir()
+        cmd = ["start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+               f"--temp-dir={temp_dir}",
+               f"--num-cpus={num_cpus}", "--num-gpus=0",
+               f"--resources={json.dumps(resources or {})}",
+               "--object-store-memory=100000000",
+               f"--dashboard-agent-listen-port={free_port()}",
+               f"--metrics-export-port={free_port()}"]
+        if head:
+            port = free_port()
+            cmd = [RAY] + cmd + ["--head", f"--port={port}",
+                    "--include-dashboard=false",
+                    f"--ray-client-server-port={free_port()}"]
+            self.address = f"127.0.0.1:{port}"
+            env = self.env(**FAST_FAILURE_DETECTION)
+        else:
+            cmd = [sys.executable, __file__] + cmd + [f"--address={self.address}"]
+            env = self.env()
+            for key in LOOPBACK_ONLY:
+                env.pop(key)
+        log = open(self.root / f"{name}.log", "wb")
+        self.nodes[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        self.wait_for_nodes(len(self.alive_names()), wait_s)
+        return self.node_id(name)
+
+    def alive_names(self):
+        return [n for n, p in self.nodes.items() if p.poll() is None]
+
+    def node_table(self):
+        """[{NodeID, Alive, Resources, ...}] as the GCS sees it, asked from a throwaway driver."""
+        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR');"
+                "print('NODES=' + json.dumps(ray.nodes()))" % self.address)
+        out = subprocess.run([sys.executable, "-c", code], env=self.env(), capture_output=True,
+                             text=True, timeout=60)
+        for line in out.stdout.splitlines():
+            if line.startswith("NODES="):
+                return json.loads(line[len("NODES="):])
+        raise RuntimeError(f"could not list nodes:\n{out.stdout}\n{out.stderr}")
+
+    def wait_for_nodes(self, count, wait_s=60):
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            for name, proc in self.nodes.items():
+                if proc.poll() is not None and name in self.alive_names():
+                    raise RuntimeError(f"node {name} exited: {self.log(name)}")
+            try:
+                if sum(n["Alive"] for n in self.node_table()) >= count:
+                    return
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{count} nodes not up after {wait_s}s; head log:\n{self.log('head')}")
+
+    def node_id(self, name):
+        """The node id of node `name`, found by its temp dir's raylet."""
+        for node in self.node_table():
+            if node["Alive"] and str(self.root / name) in node.get("ObjectStoreSocketName", ""):
+                return node["NodeID"]
+        raise LookupError(f"node {name} not in the node table")
+
+    def log(self, name):
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    # -- faults and cleanup ------------------------------------------------------------------
+    def kill_node(self, name):
+        """SIGKILL every process of node `name`, at once, as if its machine lost power."""
+        proc = self.nodes[name]
+        _kill_session(proc.pid)
+        proc.wait(timeout=30)
+
+    def stop(self):
+        """Kill every process this cluster started (workers first, head last) and wait for them."""
+        for name in reversed(list(self.nodes)):
+            _kill_session(self.nodes[name].pid)
+            self.nodes[name].wait(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _kill_session(sid):
+    """SIGKILL the process group `sid` and anything else still in session `sid`."""
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        left = [pid for pid in _all_pids() if _session_of(pid) == sid]
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+def _all_pids():
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _session_of(pid):
+    """Session id of a live process; None for a gone one or a zombie (dead, only not yet reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        return None if state in ("Z", "X") else os.getsid(pid)
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    # `python tests/ray_cluster.py start ...` is `ray start ...` that keeps 127.0.0.1 as the node's IP.
+    import ray._private.services
+    from ray.scripts.scripts import main
+
+    ray._private.services.resolve_ip_for_localhost = lambda host: host
+    sys.exit(main())
