@@ -25,7 +25,7 @@ def prefix_hash(frozen):
     h = hashlib.sha256()
     for name, t in frozen.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     h.update(repr(frozen).encode())  # the architecture too: two cut points never share a key
     return h.hexdigest()[:24]
 

@@ -1,0 +1,97 @@
+"""Data: layout errors, awkward files, decode cache, test-file order, the digits demo."""
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import make_imagefolder
+from dogs import cache, data
+from dogs.engine import load_splits
+from dogs.config import resolve
+
+
+def test_awkward_files_are_skipped_and_reported_or_converted(tiny_imagefolder, tmp_path, caplog):
+    classes, files, labels = data.labeled_split(tiny_imagefolder, "Train")
+    assert classes == ["circle", "square", "triangle"]
+    assert not any(f.name == "notes.txt" for f in files)  # stray non-image files are not even listed
+    images = cache.cached_images(files, 16, tmp_path)
+    bad = {os.path.basename(f) for _, f, _ in images.bad}
+    assert bad == {"corrupt.jpg", "truncated.jpg"}
+    assert "skipped 2 unreadable image(s)" in caplog.text and "corrupt.jpg" in caplog.text
+    assert images.ok.sum() == len(files) - 2
+    # grayscale, CMYK, RGBA and palette images decode to 3-channel RGB
+    for name in ("gray.png", "cmyk.jpg", "rgba.png", "palette.gif"):
+        row = images.images[[f.name for f in files].index(name)]
+        assert row.shape == (16, 16, 3) and row.max() > 0
+    rgb = data.load_rgb(tiny_imagefolder / "Train" / "circle" / "gray.png", 16)
+    assert (rgb[..., 0] == rgb[..., 1]).all()
+
+
+def test_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path):
+    root = make_imagefolder(tmp_path / "d", n_train=3, n_val=1, n_test=0, awkward=False)
+    _, files, _ = data.labeled_split(root, "Train")
+    first = cache.cached_images(files, 16, tmp_path / "c")
+    again = cache.cached_images(files, 16, tmp_path / "c")
+    assert again.key == first.key and again.build_seconds == first.build_seconds  # metadata of the one build
+    os.utime(files[0], ns=(0, 0))  # a changed modification time is a changed data set
+    changed = cache.cached_images(files, 16, tmp_path / "c")
+    assert changed.key != first.key
+    assert np.array_equal(changed.images, first.images)
+    assert cache.cached_images(files, 24, tmp_path / "c").images.shape[1:] == (24, 24, 3)
+
+
+def test_test_files_are_in_numeric_order(tiny_imagefolder):
+    names = [p.name for p in data.test_files(tiny_imagefolder)]
+    assert [int(n.split(".")[0]) for n in names] == list(range(12))  # 2 before 10, unlike a string sort
+
+
+def test_non_integer_test_names_fall_back_to_natural_order(tmp_path, caplog):
+    (tmp_path / "Test").mkdir()
+    for name in ("img10.jpg", "img2.jpg", "3.jpg"):
+        (tmp_path / "Test" / name).write_bytes(b"")
+    assert [p.name for p in data.test_files(tmp_path)] == ["3.jpg", "img2.jpg", "img10.jpg"]
+    assert "not integers" in caplog.text
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("no_root", "does not exist"),
+    ("no_validation", "has no Validation/ folder"),
+    ("empty_class", "class folder(s) with no images: ['square']"),
+    ("class_mismatch", "only in Train: ['triangle']"),
+    ("no_classes", "has no class folders"),
+    ("all_corrupt", "none of the"),
+])
+def test_bad_layouts_give_clear_errors(tmp_path, breakage, message):
+    root = make_imagefolder(tmp_path / "d", n_train=2, n_val=1, n_test=0, awkward=False)
+    if breakage == "no_root":
+        root = tmp_path / "missing"
+    elif breakage == "no_validation":
+        shutil.rmtree(root / "Validation")
+    elif breakage == "empty_class":
+        for f in (root / "Train" / "square").iterdir():
+            f.unlink()
+    elif breakage == "class_mismatch":
+        shutil.rmtree(root / "Validation" / "triangle")
+    elif breakage == "no_classes":
+        shutil.rmtree(root / "Train")
+        (root / "Train").mkdir()
+    elif breakage == "all_corrupt":
+        for f in (root / "Validation").rglob("*.*"):
+            f.write_bytes(b"garbage")
+    with pytest.raises(data.DataError, match=re.escape(message)) as err:
+        load_splits(resolve({"data": str(root), "model": "cnn", "image_size": 16}), log_fn=lambda m: None)
+    if breakage != "all_corrupt":
+        assert "Train/<class>" in str(err.value) or "only in" in str(err.value) or "no images" in str(err.value)
+
+
+def test_demo_is_real_digits_in_imagefolder_layout(tmp_path):
+    root, is_demo = data.resolve_root(None, tmp_path)
+    assert is_demo
+    classes, files, _ = data.labeled_split(root, "Train")
+    assert classes == [str(d) for d in range(10)]
+    n_val = len(data.labeled_split(root, "Validation")[1])
+    n_test = len(data.test_files(root))
+    assert len(files) + n_val + n_test == 1797
+    assert (root / "test_labels.csv").read_text().count("\n") == n_test + 1
