@@ -141,9 +141,14 @@ def concurrency(search, resources):
 def make_trainable(search):
     from ray import tune
 
-    import dogs
+    from dogs.trainable import trainable
 
-    return tune.with_resources(dogs.trainable, {"cpu": search["cpus_per_trial"], "gpu": search["gpus_per_trial"]})
+    return tune.with_resources(trainable, {"cpu": search["cpus_per_trial"], "gpu": search["gpus_per_trial"]})
+
+
+def trial_dirname(trial):
+    """Short trial folder names (Ray's default repeats the whole config)."""
+    return f"trial_{trial.trial_id}"
 
 
 def make_tuner(space, exp_dir):
@@ -157,7 +162,7 @@ def make_tuner(space, exp_dir):
 
     s = space["search"]
     searcher = AshaAwareOptunaSearch(spaces.optuna_space(space), metric=s["metric"], mode=s["mode"],
-                                     seed=s["seed"], max_t=s["epochs"])
+                                     seed=s["seed"], max_t=s["epochs"], points_to_evaluate=space["first_trials"])
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"],
                               grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
     return tune.Tuner(
@@ -165,9 +170,10 @@ def make_tuner(space, exp_dir):
         param_space={"epochs": s["epochs"]},
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=s["metric"],
-            mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"]),
+            mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"],
+            trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=exp_dir.name, storage_path=str(exp_dir.parent),
+            name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=1,
             # keep the best checkpoint by the metric; Ray always keeps the latest one too
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s["metric"],
                                                     checkpoint_score_order=s["mode"]),
@@ -204,6 +210,21 @@ def trials_table(exp_dir, space):
     return pd.DataFrame(rows)
 
 
+def plain(value):
+    """numpy scalar -> Python value, for printing."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def study_states(exp_dir, space):
+    """{state: count} of the Optuna study, read back from the searcher state saved in the experiment."""
+    from tune.searcher import AshaAwareOptunaSearch
+
+    searcher = AshaAwareOptunaSearch(None, space["search"]["metric"], space["search"]["mode"], None,
+                                     space["search"]["epochs"])
+    searcher.restore_from_dir(str(exp_dir))
+    return pd.Series(list(searcher.study_states().values()), dtype=object).value_counts().to_dict()
+
+
 def summary(table, space, wall_s, slots, exp_dir):
     """The lines printed at the end of a search."""
     s = space["search"]
@@ -214,7 +235,7 @@ def summary(table, space, wall_s, slots, exp_dir):
     lines = ["", f"Search finished: {exp_dir}"]
     if len(ordered):
         best = ordered.iloc[0]
-        params = {name: best[name] for name in spaces.searched_names(space)}
+        params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
         lines += [f"  best trial   {best.trial_id}: best_val_acc={best.best_val_acc:.4f} "
                   f"(final val_acc={best.val_acc:.4f}, {best.epochs} epochs)",
                   f"  best config  {params}",
@@ -223,6 +244,7 @@ def summary(table, space, wall_s, slots, exp_dir):
         f"  trials       {len(table)} run: {int((table.status == 'TERMINATED').sum() - table.stopped_early.sum())} "
         f"complete, {int(table.stopped_early.sum())} stopped early by ASHA, {int((table.status == 'ERROR').sum())} "
         f"errored, {int((~table.status.isin(['TERMINATED', 'ERROR'])).sum())} unfinished",
+        f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED)",
         f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
         f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",
         f"  results      {exp_dir / 'trials.csv'}; tensorboard --logdir {exp_dir}",
@@ -232,6 +254,10 @@ def summary(table, space, wall_s, slots, exp_dir):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    # Ray's own TensorBoard writer off (ours writes curves + HParams); JSON/CSV loggers are added explicitly
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # a snapshot per checkpoint is intended (resume never loses a reported epoch): no warning for it
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     storage = Path(args.storage).resolve()
 
     # the space and the data: checked before Ray starts
@@ -244,9 +270,12 @@ def main(argv=None):
     else:
         if not args.space:
             fail("--space is required (a file in search_spaces/ or a path), unless --resume")
-        from dogs.data import resolve_root
+        from dogs.data import DataError, resolve_root
 
-        data_root, is_demo = resolve_root(args.data)
+        try:
+            data_root, is_demo = resolve_root(args.data)
+        except DataError as err:
+            fail(f"--data: {err}")
         if is_demo:
             print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
         try:
@@ -255,7 +284,7 @@ def main(argv=None):
             fail(str(err))
         name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
         exp_dir = storage / name
-        if exp_dir.exists():
+        if (exp_dir / "search_space.yaml").exists():
             fail(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
     search = space["search"]
     if not args.resume and search["gpus_per_trial"] > 0 and not (args.address or os.environ.get("RAY_ADDRESS")):
@@ -277,9 +306,9 @@ def main(argv=None):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
         tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(search), resume_errored=True)
     else:
-        exp_dir.mkdir(parents=True)
-        (exp_dir / "search_space.yaml").write_text(spaces.to_yaml(space))
         tuner = make_tuner(space, exp_dir)
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / "search_space.yaml").write_text(spaces.to_yaml(space))
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")
 

@@ -13,8 +13,8 @@ STEP = "training_iteration"   # ASHA's time_attr, and the step OptunaSearch repo
 class AshaAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that reports a trial stopped before `max_t` iterations as PRUNED."""
 
-    def __init__(self, space, metric, mode, seed, max_t):
-        super().__init__(space=space, metric=metric, mode=mode, seed=seed)
+    def __init__(self, space, metric, mode, seed, max_t, points_to_evaluate=None):
+        super().__init__(space=space, metric=metric, mode=mode, seed=seed, points_to_evaluate=points_to_evaluate)
         self.max_t = max_t
 
     def on_trial_complete(self, trial_id, result=None, error=False):

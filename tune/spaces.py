@@ -1,6 +1,6 @@
 """Search spaces as YAML files: load, validate, and turn into an Optuna define-by-run function.
 
-A space file has two sections (docs/search.md has the full format):
+A space file has two sections, and an optional third (docs/search.md has the full format):
 
     search:                 # how to search; every key is optional and overridable from the command line
       samples: 20
@@ -9,6 +9,8 @@ A space file has two sections (docs/search.md has the full format):
       model: {choice: [cnn, resnet18]}
       lr: {loguniform: [1.0e-4, 1.0e-2]}
       unfreeze: {int: [0, 2], when: {model: resnet18}}   # exists only when model is resnet18
+    first_trials:           # optional: trials to run before TPE proposes any
+      - {model: cnn, lr: 1.0e-4}
 
 Everything is checked before Ray starts; a mistake raises SpaceError naming the file, the key and
 what is allowed.
@@ -52,7 +54,7 @@ DISTRIBUTIONS = {
     "qrandint": 3,         # [low, high, q]     integer, both bounds included, step q (like Ray's tune.qrandint)
     "lograndint": 2,       # [low, high]        integer, uniform in log space, high excluded (low > 0)
 }
-NOT_SEARCHABLE = {"epochs": "set search.epochs instead (it is ASHA's max_t as well)"}
+NOT_IN_PARAMS = {"epochs": "set search.epochs instead (it is ASHA's max_t as well)"}
 
 
 class _Loader(yaml.SafeLoader):
@@ -64,6 +66,9 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+SECTIONS = ("search", "params", "first_trials")
 
 
 class SpaceError(ValueError):
@@ -101,9 +106,9 @@ def validate(raw, path="<space>", overrides=None, sets=None):
     where = str(path)
     if not isinstance(raw, dict):
         raise SpaceError(f"{where}: the file must be a mapping with 'search' and 'params' sections")
-    unknown = sorted(set(raw) - {"search", "params"})
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise SpaceError(f"{where}: unknown top-level key(s) {unknown}; allowed: 'search', 'params'")
+        raise SpaceError(f"{where}: unknown top-level key(s) {unknown}; allowed: {list(SECTIONS)}")
 
     # search settings: file values, then command-line overrides, then checks
     search_raw = raw.get("search") or {}
@@ -127,7 +132,34 @@ def validate(raw, path="<space>", overrides=None, sets=None):
     params = []
     for key, spec in params_raw.items():
         params.append(_check_param(key, spec, params, where))
-    return {"file": where, "search": search, "params": params}
+    # first trials: values that --set fixed are dropped from them
+    first_trials = raw.get("first_trials") or []
+    if sets and isinstance(first_trials, list):
+        first_trials = [{k: v for k, v in point.items() if k not in sets} if isinstance(point, dict) else point
+                        for point in first_trials]
+        first_trials = [point for point in first_trials if point != {}]
+    first_trials = _check_first_trials(first_trials, params, where)
+    return {"file": where, "search": search, "params": params, "first_trials": first_trials}
+
+
+def _check_first_trials(points, params, where):
+    """Trials to run before TPE proposes any: each a mapping of searched parameters to allowed values."""
+    searched = {p["name"]: p for p in params if p["kind"] != "fixed"}
+    if not isinstance(points, list) or not all(isinstance(point, dict) for point in points):
+        raise SpaceError(f"{where}: first_trials: must be a list of mappings like [{{model: cnn}}]")
+    for i, point in enumerate(points):
+        for name, value in point.items():
+            key = f"{where}: first_trials[{i}].{name}"
+            if name not in searched:
+                raise SpaceError(f"{key}: not a searched parameter; allowed: {sorted(searched)}")
+            p = searched[name]
+            if p["kind"] == "choice" and value not in p["args"]:
+                raise SpaceError(f"{key}: {value!r} is not one of the choices {p['args']}")
+            if p["kind"] != "choice":
+                high = p["args"][1] - 1 if p["kind"] in ("randint", "lograndint") else p["args"][1]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not p["args"][0] <= value <= high:
+                    raise SpaceError(f"{key}: {value!r}; allowed: a number in [{p['args'][0]}, {high}]")
+    return points
 
 
 def _check_settings(search, where):
@@ -183,11 +215,11 @@ def _check_param(key, spec, earlier, where):
     """One params entry -> {"name", "kind", "args", "when"}; kind "fixed" for plain values."""
     if key not in DEFAULTS:
         raise SpaceError(f"{where}: params.{key}: unknown config key; allowed: {sorted(DEFAULTS)}")
+    if key in NOT_IN_PARAMS:
+        raise SpaceError(f"{where}: params.{key}: not allowed in params; {NOT_IN_PARAMS[key]}")
     if not isinstance(spec, dict):
         _check_value(key, spec, where)
         return {"name": key, "kind": "fixed", "args": spec, "when": {}}
-    if key in NOT_SEARCHABLE:
-        raise SpaceError(f"{where}: params.{key}: cannot be searched; {NOT_SEARCHABLE[key]}")
 
     # exactly one distribution, plus an optional condition
     when = spec.get("when") or {}
@@ -296,7 +328,7 @@ _MISSING = object()
 def _top(args):
     """The highest multiple of q above low that is <= high (Optuna wants high on the grid)."""
     low, high, q = args
-    return low + math.floor(round((high - low) / q, 9)) * q
+    return round(low + math.floor(round((high - low) / q, 9)) * q, 10)
 
 
 def optuna_space(space):
@@ -313,4 +345,7 @@ def to_yaml(space):
         if p["when"]:
             entry["when"] = p["when"]
         params[p["name"]] = entry
-    return yaml.safe_dump({"search": space["search"], "params": params}, sort_keys=False)
+    doc = {"search": space["search"], "params": params}
+    if space["first_trials"]:
+        doc["first_trials"] = space["first_trials"]
+    return yaml.safe_dump(doc, sort_keys=False)
