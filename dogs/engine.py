@@ -164,7 +164,10 @@ class Run:
         """Train the remaining epochs; yields the metrics of each (the caller checkpoints and reports)."""
         while self.epoch < self.config["epochs"]:
             self.epoch += 1
+            # shuffle, dropout and augmentation draw from (seed, epoch): a resumed run repeats a straight one
             self.train_batches.set_epoch(self.epoch)
+            if self.config["seed"] is not None:
+                torch.manual_seed(self.config["seed"] * 100_003 + self.epoch)
             train_loss, train_acc, seen, seconds = train_one_epoch(
                 self.model, self.forward, self.optimizer, self.loss_fn, self.train_batches, self.amp)
             val_loss, val_acc = evaluate(self.model, self.forward, self.loss_fn, self.val_batches, self.amp)
