@@ -1,0 +1,233 @@
+"""A real two-node Ray cluster on this machine: the search spreads over both nodes and survives faults.
+
+Every test runs `python -m tune.search --address ...` as a separate driver process against a head and
+a worker node started by `ray start` (tests/ray_cluster.py): both on 127.0.0.1, token auth on, one CPU
+each, so two trials run at once, one per node. Nodes report the same IP; node ids tell them apart.
+The storage path is a folder on this machine, which both nodes reach, like S3 or EFS on a real cluster.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ray_cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCHS = 8
+SPACE = f"""
+search:
+  samples: 4
+  epochs: {EPOCHS}
+  grace_period: {EPOCHS}   # ASHA stops nothing early: every trial runs all epochs, the faults are what is tested
+  seed: 0
+  cpus_per_trial: 1
+  max_failures: 3          # a trial lost with its node is retried from its last checkpoint
+params:
+  model: cnn
+  image_size: 32
+  weights: none
+  normalize: half
+  batch_size: 16
+  head_width: 64
+  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
+"""
+
+
+# -- a cluster for the module; each test gets a live worker node ---------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster()
+    try:
+        c.add_node("head", head=True)
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(c.root, ignore_errors=True)
+
+
+@pytest.fixture
+def two_nodes(cluster):
+    """The cluster with a live worker node (a test before may have killed the last one)."""
+    alive = [n for n in cluster.alive_names() if n != "head"]
+    name = alive[0] if alive else f"worker{len(cluster.nodes)}"
+    worker_id = cluster.node_id(name) if alive else cluster.add_node(name)
+    return cluster, name, cluster.node_id("head"), worker_id
+
+
+# -- running the search ----------------------------------------------------------------------------
+
+def start_search(cluster, data, name, *extra):
+    """The search driver as its own process, joined to the cluster."""
+    space = cluster.root / "space.yaml"
+    space.write_text(SPACE)
+    cmd = [sys.executable, "-m", "tune.search", "--space", str(space), "--data", str(data),
+           "--storage", str(cluster.root / "storage"), "--name", name, "--address", cluster.address, *extra]
+    log = open(cluster.root / f"driver-{name}-{len(extra)}.log", "w")
+    # Tune starts one trial at a time when a searcher is used, and a trial whose node is busy starting
+    # it a Python worker can be handed to the other node's free actor instead (reuse_actors). On two
+    # slow cores that kept every trial on one node; two pending trials place one on each node from the start.
+    env = cluster.env(TUNE_MAX_PENDING_TRIALS_PG="2")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def driver_log(cluster, name):
+    return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(cluster.root.glob(f"driver-{name}-*.log")))
+
+
+def run_search(cluster, data, name, *extra, timeout=240):
+    proc = start_search(cluster, data, name, *extra)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    assert rc == 0, driver_log(cluster, name)
+    return cluster.root / "storage" / name
+
+
+def results(exp_dir):
+    """{trial folder name: [every result row, in order]} from each trial's result.json."""
+    out = {}
+    for path in sorted(Path(exp_dir).glob("trial_*/result.json")):
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:      # a line being written right now
+                break
+        out[path.parent.name] = rows
+    return out
+
+
+def finished(rows):
+    return bool(rows) and rows[-1]["epoch"] == EPOCHS
+
+
+def wait_until(condition, proc, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert proc.poll() is None, f"the search ended (rc {proc.returncode}) before {what}"
+        time.sleep(0.2)
+    raise TimeoutError(f"no {what} after {timeout}s")
+
+
+def trials_csv(exp_dir):
+    table = pd.read_csv(Path(exp_dir) / "trials.csv")
+    table["folder"] = "trial_" + table.trial_id.astype(str)
+    return table.set_index("folder")
+
+
+# -- the tests -------------------------------------------------------------------------------------
+
+def test_search_spreads_trials_over_both_nodes(two_nodes, tiny_imagefolder):
+    cluster, _, head_id, worker_id = two_nodes
+    exp_dir = run_search(cluster, tiny_imagefolder, "spread", "--samples", "2", "--epochs", "3",
+                         "--grace-period", "3")
+
+    rows = results(exp_dir)
+    nodes_used = {row["node_id"] for trial in rows.values() for row in trial}
+    assert nodes_used == {head_id, worker_id}
+    assert len({row["hostname"] for trial in rows.values() for row in trial}) == 1   # one machine
+    table = trials_csv(exp_dir)
+    assert list(table.status) == ["TERMINATED"] * 2 and list(table.epochs) == [3, 3]
+    for folder in table.index:      # results and checkpoints written by both nodes, in the one storage path
+        assert (exp_dir / folder / "result.json").is_file()
+        assert list((exp_dir / folder).glob("checkpoint_*/checkpoint.pt"))
+        assert Path(table.loc[folder, "checkpoint"]).is_relative_to(exp_dir)
+
+
+def test_worker_node_lost_mid_trial(two_nodes, tiny_imagefolder):
+    cluster, worker, head_id, worker_id = two_nodes
+    proc = start_search(cluster, tiny_imagefolder, "node-loss")
+    exp_dir = cluster.root / "storage" / "node-loss"
+    try:
+        # wait for a finished trial and a trial on the worker node with a checkpoint and epochs to go
+        def victim():
+            rows = results(exp_dir)
+            on_worker = [t for t, r in rows.items()
+                         if r and r[-1]["node_id"] == worker_id and 2 <= r[-1]["epoch"] <= EPOCHS - 3]
+            return any(map(finished, rows.values())) and on_worker and (on_worker[0], rows)
+        trial, before = wait_until(victim, proc, 180, "trial running on the worker node")
+        cluster.kill_node(worker)
+        killed_at = time.time()
+        rc = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, driver_log(cluster, "node-loss")
+
+    after = results(exp_dir)
+    table = trials_csv(exp_dir)
+    assert (table.status == "TERMINATED").all() and (table.epochs == EPOCHS).all(), table
+    # the lost trial went on from its last checkpoint on the head node, not from epoch 1
+    rows = after[trial]
+    last_on_worker = max(r["epoch"] for r in rows if r["node_id"] == worker_id)
+    on_head = [r for r in rows if r["node_id"] == head_id]
+    assert on_head, "the lost trial never ran again"
+    assert 1 < on_head[0]["epoch"] <= last_on_worker + 1
+    assert [r["epoch"] for r in on_head] == list(range(on_head[0]["epoch"], EPOCHS + 1))
+    # every trial that had finished before the loss keeps its result
+    for folder, rows_before in before.items():
+        if finished(rows_before):
+            assert after[folder] == rows_before
+            assert table.loc[folder, "val_acc"] == pytest.approx(rows_before[-1]["val_acc"])
+    resumed_at = (exp_dir / trial / "result.json").stat().st_mtime
+    print(f"node loss: trial {trial} lost at epoch {last_on_worker}, resumed at epoch {on_head[0]['epoch']} "
+          f"on the head; search done {resumed_at - killed_at:.1f}s after the kill")
+
+
+def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
+    cluster, _, _, _ = two_nodes
+    proc = start_search(cluster, tiny_imagefolder, "crash")
+    exp_dir = cluster.root / "storage" / "crash"
+    try:
+        def mid_search():
+            rows = results(exp_dir)
+            running = [t for t, r in rows.items() if r and not finished(r) and r[-1]["epoch"] <= EPOCHS - 3]
+            return any(map(finished, rows.values())) and running and rows
+        wait_until(mid_search, proc, 180, "a finished trial and a running one")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(1)   # let the last result line land (the trials die with their driver)
+    before = results(exp_dir)
+    done_before = {t: r for t, r in before.items() if finished(r)}
+    from tune.search import study_states
+    from tune import spaces
+
+    space = spaces.load(exp_dir / "search_space.yaml")
+    states_before = study_states(exp_dir, space)
+
+    run_search(cluster, tiny_imagefolder, "crash", "--resume")
+
+    after = results(exp_dir)
+    table = trials_csv(exp_dir)
+    assert len(table) == 4 and (table.status == "TERMINATED").all() and (table.epochs == EPOCHS).all(), table
+    for folder, rows in done_before.items():       # finished trials were not run again
+        assert after[folder] == rows
+    for folder, rows in before.items():            # unfinished ones went on from a checkpoint
+        if rows and not finished(rows):
+            epochs = [r["epoch"] for r in after[folder]]
+            assert epochs.count(1) == 1 and epochs[-1] == EPOCHS
+    # the Optuna study came back: one study trial per Tune trial, all complete, none lost or doubled
+    assert sum(states_before.values()) >= len(before)
+    assert study_states(exp_dir, space) == {"COMPLETE": 4}
