@@ -53,7 +53,7 @@ def main(argv=None):
         fail("--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)")
 
     # the experiment and its best trial
-    exp_dir = Path(args.experiment) if args.experiment else latest_experiment(args.storage)
+    exp_dir = (Path(args.experiment) if args.experiment else latest_experiment(args.storage)).resolve()
     if not (exp_dir / "search_space.yaml").is_file():
         fail(f"--experiment {exp_dir}: not an experiment of dogs-search (no search_space.yaml in it)")
     space, trial, checkpoint_dir = best_trial(exp_dir)

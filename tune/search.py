@@ -86,7 +86,7 @@ def load_space(args, data_root):
 
 def latest_experiment(storage):
     """The most recently changed experiment folder in `storage`."""
-    candidates = [p for p in Path(storage).glob("*/search_space.yaml")]
+    candidates = list(Path(storage).resolve().glob("*/search_space.yaml"))
     if not candidates:
         fail(f"no experiment in {Path(storage).resolve()} (looked for */search_space.yaml)")
     return max(candidates, key=lambda p: p.parent.stat().st_mtime).parent

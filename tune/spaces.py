@@ -131,7 +131,7 @@ def validate(raw, path="<space>", overrides=None, sets=None):
         params_raw[key] = value
     params = []
     for key, spec in params_raw.items():
-        params.append(_check_param(key, spec, params, where))
+        params.append(_check_param(key, spec, params, where, set(sets or {})))
     # first trials: values that --set fixed are dropped from them
     first_trials = raw.get("first_trials") or []
     if sets and isinstance(first_trials, list):
@@ -211,7 +211,7 @@ def _check_value(key, value, where):
         raise SpaceError(f"{where}: params.{key}: {err}") from None
 
 
-def _check_param(key, spec, earlier, where):
+def _check_param(key, spec, earlier, where, set_keys=()):
     """One params entry -> {"name", "kind", "args", "when"}; kind "fixed" for plain values."""
     if key not in DEFAULTS:
         raise SpaceError(f"{where}: params.{key}: unknown config key; allowed: {sorted(DEFAULTS)}")
@@ -239,7 +239,7 @@ def _check_param(key, spec, earlier, where):
             _check_value(key, value, where)
     else:
         args = _check_bounds(key, kind, args, where)
-    return {"name": key, "kind": kind, "args": args, "when": _check_when(key, when, earlier, where)}
+    return {"name": key, "kind": kind, "args": args, "when": _check_when(key, when, earlier, where, set_keys)}
 
 
 def _check_bounds(key, kind, args, where):
@@ -263,8 +263,11 @@ def _check_bounds(key, kind, args, where):
     return list(args)
 
 
-def _check_when(key, when, earlier, where):
-    """{"model": ["resnet18"]}: each named parameter must be declared above and the values possible."""
+def _check_when(key, when, earlier, where, set_keys=()):
+    """{"model": ["resnet18"]}: each named parameter must be declared above and the values possible.
+
+    A condition on a value fixed by --set may be impossible: the parameter then simply never exists.
+    """
     if not isinstance(when, dict):
         raise SpaceError(f"{where}: params.{key}.when: must be a mapping like {{model: [resnet18, resnet34]}}")
     declared = {p["name"]: p for p in earlier}
@@ -276,7 +279,7 @@ def _check_when(key, when, earlier, where):
         values = values if isinstance(values, list) else [values]
         parent = declared[name]
         possible = parent["args"] if parent["kind"] == "choice" else [parent["args"]] if parent["kind"] == "fixed" else None
-        if possible is not None:
+        if possible is not None and name not in set_keys:
             impossible = [v for v in values if v not in possible]
             if impossible:
                 raise SpaceError(f"{where}: params.{key}.when.{name}: {impossible} can never happen; "

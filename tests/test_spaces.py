@@ -1,0 +1,188 @@
+"""Search-space files: every mistake is refused with the file, the key and what is allowed; conditions hold."""
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tune import spaces
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+GOOD = """
+search:
+  samples: 8
+  epochs: 3
+params:
+  image_size: 32
+  model: {choice: [cnn, resnet18, resnet34]}
+  unfreeze: {int: [0, 3], when: {model: [resnet18, resnet34]}}
+  backbone_lr: {loguniform: [1e-5, 1e-3], when: {unfreeze: [1, 2, 3]}}
+  head_on: {value: logits, when: {model: resnet18}}
+  lr: {loguniform: [1e-4, 1e-2]}
+  dropout: {quniform: [0.0, 0.6, 0.1]}
+  batch_size: {randint: [8, 10]}
+"""
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(spaces.SpaceError) as info:
+        spaces.load(path)
+    message = str(info.value)
+    assert str(path) in message  # every message names the file
+    return message
+
+
+@pytest.mark.parametrize("text, expected", [
+    # unknown keys: top level, search settings, config keys
+    ("serch: {samples: 3}\n", ["serch", "allowed", "params"]),
+    ("search: {sampels: 3}\n", ["search.sampels", "unknown setting", "samples"]),
+    ("params: {learning_rate: 0.1}\n", ["params.learning_rate", "unknown config key", "lr"]),
+    # wrong types
+    ("search: {samples: many}\n", ["search.samples", "wrong type", "integer"]),
+    ("params: {batch_size: 3.5}\n", ["params.batch_size", "wrong type", "an integer"]),
+    ("params: {augment: {choice: [true, sometimes]}}\n", ["params.augment", "'sometimes'", "true or false"]),
+    ("params: {lr: {loguniform: [small, 1e-2]}}\n", ["params.lr.loguniform", "[low, high]"]),
+    ("params: {batch_size: {int: [8.5, 64]}}\n", ["params.batch_size.int", "integers"]),
+    # bounds
+    ("params: {lr: {uniform: [0.1, 0.01]}}\n", ["params.lr.uniform", "low 0.1 >= high 0.01", "low < high"]),
+    ("params: {lr: {loguniform: [0, 0.1]}}\n", ["params.lr.loguniform", "log-scale", "> 0"]),
+    ("params: {dropout: {quniform: [0, 0.5, 0]}}\n", ["params.dropout.quniform", "step q must be > 0"]),
+    ("params: {unfreeze: {int: [0, 7]}}\n", ["params.unfreeze", "0..4"]),
+    ("params: {model: {choice: [cnn, resnet-18]}}\n", ["params.model", "resnet-18", "resnet18"]),
+    # distributions
+    ("params: {lr: {gaussian: [0, 1]}}\n", ["params.lr", "loguniform", "choice"]),
+    ("params: {lr: {uniform: [0, 1], loguniform: [1, 2]}}\n", ["params.lr", "not one distribution"]),
+    ("params: {epochs: {int: [1, 5]}}\n", ["params.epochs", "search.epochs"]),
+    # conditions
+    ("params:\n  unfreeze: {int: [0, 3], when: {modle: resnet18}}\n",
+     ["params.unfreeze.when", "unknown parameter 'modle'"]),
+    ("params:\n  unfreeze: {int: [0, 3], when: {model: resnet18}}\n  model: {choice: [cnn, resnet18]}\n",
+     ["params.unfreeze.when", "unknown parameter 'model'", "declared above"]),
+    ("params:\n  model: {choice: [cnn, resnet18]}\n  unfreeze: {int: [0, 3], when: {model: resnet50}}\n",
+     ["params.unfreeze.when.model", "resnet50", "can never happen"]),
+    # settings
+    ("search: {epochs: 3, grace_period: 5}\n", ["search.grace_period", "5 > epochs 3"]),
+    ("search: {mode: maximise}\n", ["search.mode", "'max' or 'min'"]),
+    ("search: {metric: accuracy}\n", ["search.metric", "val_acc"]),
+    ("search: {reduction_factor: 1}\n", ["search.reduction_factor", "> 1"]),
+    # first trials
+    ("params: {lr: {loguniform: [1e-4, 1e-2]}}\nfirst_trials: [{lr: 1.0}]\n", ["first_trials[0].lr", "[0.0001, 0.01]"]),
+    ("params: {lr: 1e-3}\nfirst_trials: [{lr: 1e-3}]\n", ["first_trials[0].lr", "not a searched parameter"]),
+])
+def test_every_mistake_names_file_key_and_what_is_allowed(tmp_path, text, expected):
+    message = error_of(tmp_path, text)
+    for part in expected:
+        assert part.lower() in message.lower(), message
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    assert "not valid YAML" in error_of(tmp_path, "params: {lr: [1,\n")
+    with pytest.raises(spaces.SpaceError, match="no such file.*cnn_scratch.yaml"):
+        spaces.find_space_file("no_such_space.yaml")
+
+
+def test_scientific_notation_is_a_number(tmp_path):
+    # plain PyYAML reads 1e-4 as a string; a space file means the number
+    space = spaces.load(write(tmp_path, "params: {lr: {loguniform: [1e-4, 1E-2]}, weight_decay: 5e-4}\n"))
+    lr = next(p for p in space["params"] if p["name"] == "lr")
+    assert lr["args"] == [1e-4, 1e-2]
+    assert next(p for p in space["params"] if p["name"] == "weight_decay")["args"] == 5e-4
+
+
+def test_command_line_overrides_win_and_are_checked(tmp_path):
+    path = write(tmp_path, GOOD)
+    space = spaces.load(path, overrides={"samples": 2, "epochs": None, "seed": 7}, sets={"model": "cnn"})
+    assert space["search"]["samples"] == 2 and space["search"]["epochs"] == 3 and space["search"]["seed"] == 7
+    assert "model" not in spaces.searched_names(space)
+    with pytest.raises(spaces.SpaceError, match="search.gpus_per_trial"):
+        spaces.load(path, overrides={"gpus_per_trial": -1})
+    with pytest.raises(spaces.SpaceError, match="params.model"):
+        spaces.load(path, sets={"model": "vgg"})
+
+
+def sample(space, n, seed=0):
+    """n configs from the define-by-run function with a seeded TPE study (as OptunaSearch asks them)."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    suggest = spaces.optuna_space(space)
+    configs = []
+    for i in range(n):
+        trial = study.ask()
+        fixed = suggest(trial)
+        configs.append({**trial.params, **fixed})
+        study.tell(trial, float(i % 3))
+    return configs
+
+
+def test_conditional_space_samples_unfreeze_only_for_resnets(tmp_path):
+    configs = sample(spaces.load(write(tmp_path, GOOD)), 40)
+    models = {c["model"] for c in configs}
+    assert models == {"cnn", "resnet18", "resnet34"}
+    for c in configs:
+        is_resnet = c["model"] != "cnn"
+        assert ("unfreeze" in c) == is_resnet, c
+        assert ("backbone_lr" in c) == (is_resnet and c["unfreeze"] >= 1), c
+        assert ("head_on" in c) == (c["model"] == "resnet18"), c
+        assert c["image_size"] == 32
+        assert 1e-4 <= c["lr"] <= 1e-2
+        assert c["batch_size"] in (8, 9)  # randint: high excluded
+        assert round(c["dropout"] * 10, 6) == int(round(c["dropout"] * 10)) and 0 <= c["dropout"] <= 0.6
+
+
+def test_same_seed_same_configs_and_the_function_pickles(tmp_path):
+    space = spaces.load(write(tmp_path, GOOD))
+    assert sample(space, 12, seed=3) == sample(space, 12, seed=3)
+    assert sample(space, 12, seed=3) != sample(space, 12, seed=4)
+    again = pickle.loads(pickle.dumps(spaces.optuna_space(space)))
+    assert again.args == (space["params"],)
+
+
+def test_saved_space_reads_back_the_same(tmp_path):
+    space = spaces.load(write(tmp_path, GOOD), overrides={"samples": 5})
+    again = spaces.load(write(tmp_path, spaces.to_yaml(space), "saved.yaml"))
+    assert again["search"] == space["search"] and again["params"] == space["params"]
+
+
+@pytest.mark.parametrize("path", sorted(spaces.SPACES_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_spaces_are_valid_and_commented(path):
+    space = spaces.load(path)
+    raw = yaml.safe_load(path.read_text())
+    lines = path.read_text().splitlines()
+    for key in raw["params"]:
+        line = next(line for line in lines if line.strip().startswith(f"{key}:"))
+        assert "#" in line, f"{path.name}: params.{key} has no comment"
+    assert sample(space, 3)
+
+
+def test_shipped_spaces_cover_the_issue():
+    names = {p.name for p in spaces.SPACES_DIR.glob("*.yaml")}
+    assert {"cnn_scratch.yaml", "resnet_frozen.yaml", "resnet_unfreeze.yaml", "notebook.yaml"} <= names
+    unfreeze = spaces.load(spaces.SPACES_DIR / "resnet_unfreeze.yaml")
+    configs = sample(unfreeze, 30)
+    assert any(c["model"] == "cnn" for c in configs) and any(c["model"] != "cnn" for c in configs)
+    assert all(("unfreeze" in c) == (c["model"] != "cnn") for c in configs)
+
+
+def test_notebook_space_runs_the_two_notebook_configs():
+    space = spaces.load(spaces.SPACES_DIR / "notebook.yaml")
+    study = optuna.create_study(direction="maximize")
+    for point in space["first_trials"]:
+        study.enqueue_trial(point)
+    configs = []
+    for _ in range(space["search"]["samples"]):
+        trial = study.ask()
+        fixed = spaces.optuna_space(space)(trial)
+        configs.append({**trial.params, **fixed})
+    cnn, resnet = sorted(configs, key=lambda c: c["model"])
+    common = {"lr": 1e-4, "batch_size": 32, "head_width": 512, "dropout": 0.5}
+    assert cnn == {**cnn, **common, "model": "cnn", "normalize": "half"} and "unfreeze" not in cnn
+    assert resnet == {**resnet, **common, "model": "resnet18", "unfreeze": 0, "head_on": "logits"}
+    assert space["search"]["epochs"] == 10
