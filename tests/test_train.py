@@ -100,3 +100,31 @@ def test_command_line(tiny_imagefolder, tmp_path, capsys):
     assert (tmp_path / "out" / "submission.csv").exists() and (tmp_path / "out" / "predictions.png").exists()
     with pytest.raises(KeyError, match="unknown config key.*'learning_rate'"):
         train.main(["--data", str(tiny_imagefolder), "--set", "learning_rate=1"])
+
+
+def test_trainable_reports_every_epoch_and_resumes_from_its_checkpoint(tiny_config, tmp_path, monkeypatch):
+    """dogs.trainable against Ray Tune's session API, in-process (the search tests run it inside Ray)."""
+    import shutil
+    import ray
+    from ray import tune
+    import dogs
+
+    reports, saved = [], {}
+
+    def report(metrics, checkpoint=None):
+        with checkpoint.as_directory() as folder:  # keep a copy: Tune persists it, the temp dir goes away
+            saved["dir"] = shutil.copytree(folder, tmp_path / f"ckpt{metrics['epoch']}")
+        reports.append(metrics)
+
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Ctx", (), {"get_node_id": lambda self: "n1"})())
+    dogs.trainable({**tiny_config, "epochs": 2})
+    assert [m["epoch"] for m in reports] == [1, 2]
+    assert set(reports[0]) >= {"val_acc", "val_loss", "train_loss", "train_acc", "epoch", "node_id"}
+    # restarted with its last checkpoint (node lost, search resumed): it continues at epoch 3
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(saved["dir"]))
+    dogs.trainable({**tiny_config, "epochs": 4})
+    assert [m["epoch"] for m in reports] == [1, 2, 3, 4]
+    assert checkpoint.read(saved["dir"])["epoch"] == 4
