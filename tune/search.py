@@ -252,6 +252,38 @@ def summary(table, space, wall_s, slots, exp_dir):
     return lines
 
 
+def resumed_experiment(args, storage):
+    """(experiment folder, its saved space) to continue: --name in --storage, else the latest one."""
+    exp_dir = storage / args.name if args.name else latest_experiment(storage)
+    if not (exp_dir / "search_space.yaml").is_file():
+        fail(f"--resume: {exp_dir} is not an experiment of dogs-search (no search_space.yaml)")
+    print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored)")
+    return exp_dir, spaces.load(exp_dir / "search_space.yaml")
+
+
+def new_experiment(args, storage):
+    """(experiment folder, space) of a new search: the data resolved, the space file checked."""
+    from dogs.data import DataError, resolve_root
+
+    if not args.space:
+        fail("--space is required (a file in search_spaces/ or a path), unless --resume")
+    try:
+        data_root, is_demo = resolve_root(args.data)
+    except DataError as err:
+        fail(f"--data: {err}")
+    if is_demo:
+        print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
+    try:
+        space = load_space(args, data_root)
+    except spaces.SpaceError as err:
+        fail(str(err))
+    name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    exp_dir = storage / name
+    if (exp_dir / "search_space.yaml").exists():
+        fail(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
+    return exp_dir, space
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     # Ray's own TensorBoard writer off (ours writes curves + HParams); JSON/CSV loggers are added explicitly
@@ -261,31 +293,7 @@ def main(argv=None):
     storage = Path(args.storage).resolve()
 
     # the space and the data: checked before Ray starts
-    if args.resume:
-        exp_dir = storage / args.name if args.name else latest_experiment(storage)
-        if not (exp_dir / "search_space.yaml").is_file():
-            fail(f"--resume: {exp_dir} is not an experiment of dogs-search (no search_space.yaml)")
-        space = spaces.load(exp_dir / "search_space.yaml")
-        print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored)")
-    else:
-        if not args.space:
-            fail("--space is required (a file in search_spaces/ or a path), unless --resume")
-        from dogs.data import DataError, resolve_root
-
-        try:
-            data_root, is_demo = resolve_root(args.data)
-        except DataError as err:
-            fail(f"--data: {err}")
-        if is_demo:
-            print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
-        try:
-            space = load_space(args, data_root)
-        except spaces.SpaceError as err:
-            fail(str(err))
-        name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-        exp_dir = storage / name
-        if (exp_dir / "search_space.yaml").exists():
-            fail(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
+    exp_dir, space = resumed_experiment(args, storage) if args.resume else new_experiment(args, storage)
     search = space["search"]
     if not args.resume and search["gpus_per_trial"] > 0 and not (args.address or os.environ.get("RAY_ADDRESS")):
         import torch
@@ -294,13 +302,24 @@ def main(argv=None):
             check_resources(search, {"CPU": os.cpu_count(), "GPU": 0})
 
     # Ray: local or a cluster, and requests it can meet
+    import ray
+
     resources = start_ray(args.address)
+    try:
+        return run(args, space, exp_dir, storage, resources)
+    finally:
+        ray.shutdown()
+
+
+def run(args, space, exp_dir, storage, resources):
+    """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
+    from ray import tune
+
+    search = space["search"]
     check_resources(search, resources)
     slots = concurrency(search, resources)
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
-    from ray import tune
-
     if args.resume:
         if not tune.Tuner.can_restore(str(exp_dir)):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
