@@ -1,0 +1,102 @@
+"""tune.best: the best trial of an experiment, predictions from its checkpoint or from a retrained config."""
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tune import best, search
+
+SPACE = """
+search: {samples: 2, epochs: 2, grace_period: 2, seed: 0}
+params:
+  model: cnn
+  image_size: 16
+  batch_size: 16
+  lr: {loguniform: [1e-3, 1e-2]}
+"""
+
+
+def run_main(module, argv):
+    """(exit code, stdout, stderr) of module.main(argv), in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main(argv)
+        except SystemExit as stop:
+            code = stop.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_imagefolder, tmp_path_factory):
+    """A finished 2-trial search in its own storage folder."""
+    folder = tmp_path_factory.mktemp("best")
+    (folder / "space.yaml").write_text(SPACE)
+    storage = folder / "runs"
+    code, out, err = run_main(search, ["--space", str(folder / "space.yaml"), "--data", str(tiny_imagefolder),
+                                       "--storage", str(storage), "--name", "b"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    return {"storage": storage, "dir": storage / "b", "data": tiny_imagefolder}
+
+
+def best_row(exp_dir):
+    """The trial with the highest val_acc of any epoch, and that epoch, read from the trials' result.json."""
+    rows = []
+    for trial_dir in Path(exp_dir).glob("trial_*"):
+        for line in (trial_dir / "result.json").read_text().splitlines():
+            result = json.loads(line)
+            rows.append((result["val_acc"], result["trial_id"], result["epoch"]))
+    return max(rows)
+
+
+def checkpoint_line(out):
+    return Path(next(line for line in out.splitlines() if "checkpoint " in line).split()[-1])
+
+
+def test_latest_experiment_best_trial_epoch_and_checkpoint(experiment):
+    code, out, err = run_main(best, ["--storage", str(experiment["storage"])])   # no --experiment: the latest
+    assert code == 0, err
+    val_acc, trial_id, epoch = best_row(experiment["dir"])
+    assert f"Best trial of {experiment['dir']}: {trial_id}" in out
+    assert f"val_acc      {val_acc:.4f} at epoch {epoch}" in out
+    path = checkpoint_line(out)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    assert saved["epoch"] == epoch and saved["metrics"]["val_acc"] == pytest.approx(val_acc)
+    assert not (experiment["dir"] / "best").exists()   # nothing written without --submit
+
+
+def test_submit_from_the_best_checkpoint(experiment, tmp_path):
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--submit", "--no-retrain",
+                                     "--out", str(tmp_path)])
+    assert code == 0, err
+    submission = pd.read_csv(tmp_path / "submission.csv")
+    assert list(submission.columns) == ["Id", "Class"]
+    assert sorted(submission.Id) == sorted(p.name for p in (experiment["data"] / "Test").iterdir())
+    assert (tmp_path / "predictions.png").stat().st_size > 0
+    assert not (tmp_path / "history.csv").exists()   # predicted, not trained
+
+
+def test_retrain_on_train_and_validation(experiment, tmp_path):
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--submit", "--retrain",
+                                     "--train-on-val", "--out", str(tmp_path)])
+    assert code == 0, err
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.epoch) == [1, 2]   # the search's full epoch budget
+    config = json.loads((tmp_path / "config.json").read_text())
+    _, trial_id, _ = best_row(experiment["dir"])
+    trial_config = json.loads(next(experiment["dir"].glob(f"trial_{trial_id}")).joinpath("params.json").read_text())
+    assert config["lr"] == pytest.approx(trial_config["lr"])
+    assert len(pd.read_csv(tmp_path / "submission.csv")) == len(list((experiment["data"] / "Test").iterdir()))
+
+
+def test_mistakes_are_refused(experiment, tmp_path):
+    code, _, err = run_main(best, ["--experiment", str(experiment["dir"]), "--train-on-val"])
+    assert code == 2 and "--train-on-val needs --retrain" in err
+    code, _, err = run_main(best, ["--experiment", str(tmp_path)])
+    assert code == 2 and "not an experiment" in err and str(tmp_path) in err
+    code, _, err = run_main(best, ["--storage", str(tmp_path)])
+    assert code == 2 and "no experiment in" in err
