@@ -4,12 +4,14 @@ The array (uint8 images or cached features) is moved to the GPU once when it fit
 gathered on the host and copied through pinned memory. Normalization and augmentation run on the device.
 """
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-_ON_DEVICE = {}  # (array key, device) -> tensor: trials that reuse a worker process skip the upload
+_ON_DEVICE = OrderedDict()  # (array key, device) -> tensor: trials that reuse a worker process skip the upload
+KEEP_ON_DEVICE = 4  # arrays kept per process (train + validation of the last two data sets / feature caches)
 GPU_SHARE = 0.4  # keep an array on the GPU only while it takes less than this share of the free memory
 
 
@@ -17,13 +19,16 @@ def to_device_once(key, array, device):
     """`array` as a tensor on `device` when it fits, else None (then batches are streamed)."""
     if device.type != "cuda":
         return None
-    if (key, str(device)) not in _ON_DEVICE:
+    slot = (key, str(device))
+    if slot not in _ON_DEVICE:
         free, _ = torch.cuda.mem_get_info(device)
         if array.nbytes > GPU_SHARE * free:
             return None
-        _ON_DEVICE.clear()  # one data set at a time per process
-        _ON_DEVICE[key, str(device)] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    return _ON_DEVICE[key, str(device)]
+        while len(_ON_DEVICE) >= KEEP_ON_DEVICE:
+            _ON_DEVICE.popitem(last=False)  # least recently used first
+        _ON_DEVICE[slot] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    _ON_DEVICE.move_to_end(slot)
+    return _ON_DEVICE[slot]
 
 
 class Batches:
