@@ -43,14 +43,21 @@ def experiment(tiny_imagefolder, tmp_path_factory):
     return {"storage": storage, "dir": storage / "b", "data": tiny_imagefolder}
 
 
-def best_row(exp_dir):
-    """The trial with the highest val_acc of any epoch, and that epoch, read from the trials' result.json."""
-    rows = []
+def val_acc_by_trial_and_epoch(exp_dir):
+    """{(trial_id, epoch): val_acc} read from the trials' result.json."""
+    scores = {}
     for trial_dir in Path(exp_dir).glob("trial_*"):
         for line in (trial_dir / "result.json").read_text().splitlines():
             result = json.loads(line)
-            rows.append((result["val_acc"], result["trial_id"], result["epoch"]))
-    return max(rows)
+            scores[result["trial_id"], result["epoch"]] = result["val_acc"]
+    return scores
+
+
+def printed_best(out):
+    """(trial_id, epoch) that tune.best printed."""
+    trial_id = next(line for line in out.splitlines() if line.startswith("Best trial of")).split()[-1]
+    epoch = int(next(line for line in out.splitlines() if " at epoch " in line).split(" at epoch ")[1].split()[0])
+    return trial_id, epoch
 
 
 def checkpoint_line(out):
@@ -60,8 +67,11 @@ def checkpoint_line(out):
 def test_latest_experiment_best_trial_epoch_and_checkpoint(experiment):
     code, out, err = run_main(best, ["--storage", str(experiment["storage"])])   # no --experiment: the latest
     assert code == 0, err
-    val_acc, trial_id, epoch = best_row(experiment["dir"])
-    assert f"Best trial of {experiment['dir']}: {trial_id}" in out
+    scores = val_acc_by_trial_and_epoch(experiment["dir"])
+    trial_id, epoch = printed_best(out)
+    assert f"Best trial of {experiment['dir']}: " in out
+    val_acc = scores[trial_id, epoch]
+    assert val_acc == max(scores.values())   # the best score of any trial at any epoch (ties allowed)
     assert f"val_acc      {val_acc:.4f} at epoch {epoch}" in out
     path = checkpoint_line(out)
     saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -87,7 +97,7 @@ def test_retrain_on_train_and_validation(experiment, tmp_path):
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history.epoch) == [1, 2]   # the search's full epoch budget
     config = json.loads((tmp_path / "config.json").read_text())
-    _, trial_id, _ = best_row(experiment["dir"])
+    trial_id, _ = printed_best(out)
     trial_config = json.loads(next(experiment["dir"].glob(f"trial_{trial_id}")).joinpath("params.json").read_text())
     assert config["lr"] == pytest.approx(trial_config["lr"])
     assert len(pd.read_csv(tmp_path / "submission.csv")) == len(list((experiment["data"] / "Test").iterdir()))
