@@ -199,9 +199,7 @@ def trials_table(exp_dir, space):
             "status": trial.status,
             "stopped_early": trial.status == "TERMINATED" and epochs_run < s["epochs"],
             "epochs": epochs_run,
-            "val_acc": last.get("val_acc"),
-            "best_val_acc": last.get("best_val_acc"),
-            "val_loss": last.get("val_loss"),
+            **{name: last.get(name) for name in spaces.METRICS},   # scores of the last epoch run
             "time_s": last.get("time_total_s"),
             **{name: trial.config.get(name) for name in spaces.searched_names(space)},
             "checkpoint": best.path if best else None,
