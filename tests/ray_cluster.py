@@ -6,6 +6,7 @@ stop everything it started without `ray stop`, which would also stop other peopl
 Token authentication is on: every node and every driver gets RAY_AUTH_MODE=token and a private
 (0600) token file of this cluster.
 """
+import ipaddress
 import json
 import os
 import secrets
@@ -18,10 +19,8 @@ import time
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
-HEAD_RESOURCE = "head_node"      # custom resources that let a test steer work to one node
-WORKER_RESOURCE = "worker_node"
 
-# Declare a dead node after ~2-3 s instead of Ray's default ~30 s (the head's GCS health check).
+# Declare a dead node after ~2-3 s instead of Ray's default ~15 s (the head's GCS health check).
 FAST_FAILURE_DETECTION = {
     "RAY_health_check_initial_delay_ms": "1000",
     "RAY_health_check_period_ms": "500",
@@ -47,7 +46,7 @@ def free_port():
 class LocalCluster:
     """`with LocalCluster() as c:` starts a head (c.add_node(head=True)); c.address is for --address."""
 
-    def __init__(self, root=None, head_cpus=1):
+    def __init__(self, root=None):
         # A short root: Ray's unix sockets live under it and must stay under ~100 characters.
         self.root = Path(root or tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
         self.token_path = self.root / "auth_token"
@@ -55,7 +54,6 @@ class LocalCluster:
         self.token_path.chmod(0o600)
         self.nodes = {}            # name -> Popen of its `ray start --block`
         self.address = None
-        self.head_cpus = head_cpus
 
     # -- environment -------------------------------------------------------------------------
     def env(self, **extra):
@@ -136,6 +134,18 @@ class LocalCluster:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
+    def listening_addresses(self):
+        """{IP address} of every TCP socket that a process of this cluster listens on."""
+        pids = [pid for pid in _all_pids() if _session_of(pid) in {p.pid for p in self.nodes.values()}]
+        inodes = set()
+        for pid in pids:
+            try:
+                links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            except OSError:
+                continue
+            inodes |= {link[8:-1] for link in links if link.startswith("socket:[")}
+        return {ip for ip, inode in _listening_sockets() if inode in inodes}
+
     # -- faults and cleanup ------------------------------------------------------------------
     def kill_node(self, name):
         """SIGKILL every process of node `name`, at once, as if its machine lost power."""
@@ -173,6 +183,25 @@ def _kill_session(sid):
             except ProcessLookupError:
                 pass
         time.sleep(0.2)
+
+
+def _listening_sockets():
+    """[(IP address, socket inode)] of every listening TCP socket on this machine, from /proc/net."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":          # LISTEN
+                continue
+            raw = bytes.fromhex(fields[1].split(":")[0])
+            # the kernel prints each 32-bit word of the address in host (little-endian) order
+            ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+            out.append((ip, fields[9]))
+    return out
+
+
+def is_loopback(ip):
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
 
 
 def _all_pids():

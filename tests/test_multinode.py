@@ -6,7 +6,7 @@ each, so two trials run at once, one per node. Nodes report the same IP; node id
 The storage path is a folder on this machine, which both nodes reach, like S3 or EFS on a real cluster.
 """
 import json
-import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ray_cluster import LocalCluster
+from ray_cluster import LocalCluster, is_loopback
 
 pytestmark = pytest.mark.slow
 
@@ -72,17 +72,18 @@ def start_search(cluster, data, name, *extra):
     space.write_text(SPACE)
     cmd = [sys.executable, "-m", "tune.search", "--space", str(space), "--data", str(data),
            "--storage", str(cluster.root / "storage"), "--name", name, "--address", cluster.address, *extra]
-    log = open(cluster.root / f"driver-{name}-{len(extra)}.log", "w")
     # Tune starts one trial at a time when a searcher is used, and a trial whose node is busy starting
     # it a Python worker can be handed to the other node's free actor instead (reuse_actors). On two
     # slow cores that kept every trial on one node; two pending trials place one on each node from the start.
     env = cluster.env(TUNE_MAX_PENDING_TRIALS_PG="2")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(cluster.root / f"driver-{name}-{len(extra)}.log", "w") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def driver_log(cluster, name):
-    return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(cluster.root.glob(f"driver-{name}-*.log")))
+    logs = sorted(cluster.root.glob(f"driver-{name}-*.log"))
+    return "\n".join(path.read_text(errors="replace")[-4000:] for path in logs)
 
 
 def run_search(cluster, data, name, *extra, timeout=240):
@@ -134,17 +135,33 @@ def trials_csv(exp_dir):
 
 # -- the tests -------------------------------------------------------------------------------------
 
+def test_nodes_listen_on_loopback_only_and_refuse_a_wrong_token(two_nodes):
+    cluster = two_nodes[0]
+    addresses = cluster.listening_addresses()
+    assert addresses and all(map(is_loopback, addresses)), addresses
+    wrong = cluster.root / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    code = f"import ray; ray.init(address={cluster.address!r}); print('JOINED', flush=True)"
+    driver = subprocess.Popen([sys.executable, "-c", code], env=cluster.env(RAY_AUTH_TOKEN_PATH=str(wrong)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        answer = next((line for line in driver.stdout if "InvalidAuthToken" in line or "JOINED" in line), "")
+    finally:
+        driver.kill()
+        driver.wait()
+    assert "InvalidAuthToken" in answer
+
 def test_search_spreads_trials_over_both_nodes(two_nodes, tiny_imagefolder):
     cluster, _, head_id, worker_id = two_nodes
-    exp_dir = run_search(cluster, tiny_imagefolder, "spread", "--samples", "2", "--epochs", "3",
-                         "--grace-period", "3")
+    exp_dir = run_search(cluster, tiny_imagefolder, "spread", "--samples", "2", "--epochs", "4",
+                         "--grace-period", "4")
 
     rows = results(exp_dir)
     nodes_used = {row["node_id"] for trial in rows.values() for row in trial}
     assert nodes_used == {head_id, worker_id}
     assert len({row["hostname"] for trial in rows.values() for row in trial}) == 1   # one machine
     table = trials_csv(exp_dir)
-    assert list(table.status) == ["TERMINATED"] * 2 and list(table.epochs) == [3, 3]
+    assert list(table.status) == ["TERMINATED"] * 2 and list(table.epochs) == [4, 4]
     for folder in table.index:      # results and checkpoints written by both nodes, in the one storage path
         assert (exp_dir / folder / "result.json").is_file()
         assert list((exp_dir / folder).glob("checkpoint_*/checkpoint.pt"))
