@@ -147,7 +147,7 @@ def make_trainable(search):
 
 
 def trial_dirname(trial):
-    """Short trial folder names (Ray's default repeats the whole config)."""
+    """Short trial names and folders: trial_<id> (Ray's default folder name repeats the whole config)."""
     return f"trial_{trial.trial_id}"
 
 
@@ -171,7 +171,7 @@ def make_tuner(space, exp_dir):
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=s["metric"],
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"],
-            trial_dirname_creator=trial_dirname),
+            trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=1,
             # keep the best checkpoint by the metric; Ray always keeps the latest one too

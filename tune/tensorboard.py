@@ -24,6 +24,8 @@ def hparam_value(value):
 
 
 class TensorBoardCallback(tune.Callback):
+    """Writes curves and HParams sessions of every trial into the trial's folder."""
+
     def __init__(self, hparam_names):
         self.hparam_names = list(hparam_names)
         self._writers = {}
@@ -48,13 +50,17 @@ class TensorBoardCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         _, _, session_end = hparams_summaries({}, {})
-        writer = self._writer(trial)
-        writer.file_writer.add_summary(session_end)
-        writer.close()
-        del self._writers[trial.trial_id]
+        self._writer(trial).file_writer.add_summary(session_end)
+        self._close(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._writers.pop(trial.trial_id, self._writer(trial)).close()
+        # no session end: a retried trial starts its session again
+        self._close(trial)
+
+    def _close(self, trial):
+        writer = self._writers.pop(trial.trial_id, None)
+        if writer is not None:
+            writer.close()
 
     def on_experiment_end(self, trials, **info):
         for writer in self._writers.values():
