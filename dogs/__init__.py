@@ -1,5 +1,5 @@
 """dogs: the trainable — data, models, one epoch loop, checkpoints, predictions."""
 from .config import DEFAULTS, resolve
-from .trainable import trainable
+from .trial import trainable
 
 __all__ = ["DEFAULTS", "resolve", "trainable"]

@@ -32,7 +32,7 @@ def resolve_root(data, cache_dir=None):
     """(root, is_demo): `data` checked as an ImageFolder root, or the built-in digits demo when it is None."""
     if data is None:
         return demo_digits(Path(cache_dir) if cache_dir else default_cache_dir()), True
-    root = Path(data).expanduser()
+    root = Path(os.path.abspath(Path(data).expanduser()))  # trials run in their own folders: no relative paths
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUT}")
     for split in (TRAIN, VALIDATION):

@@ -80,7 +80,7 @@ def load_space(args, data_root):
         sets.update(parse_sets(args.set))
     except ValueError as err:
         fail(str(err))
-    sets["data"] = str(data_root)
+    sets["data"] = str(data_root) if data_root else None  # None: every node builds the demo data itself
     return spaces.load(path, overrides, sets)
 
 
@@ -141,7 +141,7 @@ def concurrency(search, resources):
 def make_trainable(search):
     from ray import tune
 
-    from dogs.trainable import trainable
+    from dogs import trainable
 
     return tune.with_resources(trainable, {"cpu": search["cpus_per_trial"], "gpu": search["gpus_per_trial"]})
 
@@ -272,7 +272,7 @@ def new_experiment(args, storage):
     if is_demo:
         print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
     try:
-        space = load_space(args, data_root)
+        space = load_space(args, None if is_demo else data_root)
     except spaces.SpaceError as err:
         fail(str(err))
     name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
