@@ -30,6 +30,8 @@ search:
   grace_period: {EPOCHS}   # ASHA stops nothing early: every trial runs all epochs, the faults are what is tested
   seed: 0
   cpus_per_trial: 1
+  max_concurrent: 2        # both nodes at once: without it Tune, given a searcher, starts one trial at a time,
+                           # and may hand a trial whose node is still starting a worker the other node's freed actor
   max_failures: 3          # a trial lost with its node is retried from its last checkpoint
 params:
   model: cnn
@@ -72,12 +74,8 @@ def start_search(cluster, data, name, *extra):
     space.write_text(SPACE)
     cmd = [sys.executable, "-m", "tune.search", "--space", str(space), "--data", str(data),
            "--storage", str(cluster.root / "storage"), "--name", name, "--address", cluster.address, *extra]
-    # Tune starts one trial at a time when a searcher is used, and a trial whose node is busy starting
-    # it a Python worker can be handed to the other node's free actor instead (reuse_actors). On two
-    # slow cores that kept every trial on one node; two pending trials place one on each node from the start.
-    env = cluster.env(TUNE_MAX_PENDING_TRIALS_PG="2")
     with open(cluster.root / f"driver-{name}-{len(extra)}.log", "w") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=ROOT, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
@@ -164,7 +162,8 @@ def test_search_spreads_trials_over_both_nodes(two_nodes, tiny_imagefolder):
     assert list(table.status) == ["TERMINATED"] * 2 and list(table.epochs) == [4, 4]
     for folder in table.index:      # results and checkpoints written by both nodes, in the one storage path
         assert (exp_dir / folder / "result.json").is_file()
-        assert list((exp_dir / folder).glob("checkpoint_*/checkpoint.pt"))
+        kept = list((exp_dir / folder).glob("checkpoint_*/checkpoint.pt"))
+        assert 1 <= len(kept) <= 2           # of 4 epochs' checkpoints, the best and the last are kept
         assert Path(table.loc[folder, "checkpoint"]).is_relative_to(exp_dir)
 
 
@@ -205,8 +204,8 @@ def test_worker_node_lost_mid_trial(two_nodes, tiny_imagefolder):
             assert after[folder] == rows_before
             assert table.loc[folder, "val_acc"] == pytest.approx(rows_before[-1]["val_acc"])
     print(f"\nnode loss: {trial} lost after epoch {last_on_worker}; epoch {on_head[0]['epoch']} reported "
-          f"from the head {on_head[0]['timestamp'] - killed_at:.0f}s after the kill (a 1-CPU head finished "
-          f"its own trial first); search done {time.time() - killed_at:.0f}s after the kill")
+          f"from the head {on_head[0]['timestamp'] - killed_at:.0f}s after the kill; "
+          f"search done {time.time() - killed_at:.0f}s after the kill")
 
 
 def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
