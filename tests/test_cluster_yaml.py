@@ -116,7 +116,7 @@ def test_cluster_yaml_has_no_problems():
     (lambda c: c["available_node_types"]["gpu_worker"]["resources"].pop("GPU"), "declares its GPUs"),
     (lambda c: c["available_node_types"]["gpu_worker"]["node_config"].pop("InstanceType"), "a GPU worker type"),
     (lambda c: c["available_node_types"]["head"]["node_config"].pop("ImageId"), "head: InstanceType and ImageId"),
-    (lambda c: c["setup_commands"].pop(3), "install the project"),
+    (lambda c: c["setup_commands"].pop(2), "install the project"),
     (lambda c: c["provider"]["security_group"].update(
         IpPermissions=[{"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp",
                         "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]), "no extra inbound rule"),
