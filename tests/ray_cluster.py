@@ -222,5 +222,6 @@ if __name__ == "__main__":
     import ray._private.services
     from ray.scripts.scripts import main
 
+    assert hasattr(ray._private.services, "resolve_ip_for_localhost"), "Ray moved it: update this launcher"
     ray._private.services.resolve_ip_for_localhost = lambda host: host
     sys.exit(main())
