@@ -103,24 +103,33 @@ def set_auth_mode(address):
 
 
 def start_ray(address):
-    """Start Ray here (dashboard off), or join the cluster at `address`."""
+    """Start Ray here (dashboard off, loopback only), or join the cluster at `address`."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
+
     mode = set_auth_mode(address)
     if address:
         ray.init(address=address, log_to_driver=True)
         print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
     else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1")
-        print(f"Started a local Ray (RAY_AUTH_MODE={mode}, dashboard off)")
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+        print(f"Started a local Ray on 127.0.0.1 (RAY_AUTH_MODE={mode}, dashboard off)")
     return ray.cluster_resources()
 
 
-def check_resources(search, resources):
-    """Refuse requests this cluster can never meet: Ray would leave those trials PENDING forever."""
+def check_resources(search, resources, autoscaling=False):
+    """Refuse requests this cluster can never meet: Ray would leave those trials PENDING forever.
+
+    A cluster we joined (`--address`) may add nodes later (the autoscaler): there it is only a warning.
+    """
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
     have = f"this Ray cluster has CPU={cpus:g}, GPU={gpus:g}"
+    if autoscaling:
+        if search["gpus_per_trial"] > gpus or search["cpus_per_trial"] > cpus:
+            print(f"Warning: {have} now; trials stay PENDING until the autoscaler adds nodes that fit "
+                  f"{search['cpus_per_trial']:g} CPU + {search['gpus_per_trial']:g} GPU per trial")
+        return
     if search["gpus_per_trial"] > 0 and gpus == 0:
         fail(f"--gpus-per-trial {search['gpus_per_trial']:g} asks for a GPU but {have}; Ray would leave every "
              "trial PENDING forever. Use --gpus-per-trial 0, or join a cluster with GPUs (--address).")
@@ -284,6 +293,9 @@ def new_experiment(args, storage):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        # a local Ray would listen on every interface; keep it on 127.0.0.1 (Ray reads this when imported)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray's own TensorBoard writer off (ours writes curves + HParams); JSON/CSV loggers are added explicitly
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # a snapshot per checkpoint is intended (resume never loses a reported epoch): no warning for it
@@ -314,8 +326,11 @@ def run(args, space, exp_dir, storage, resources):
     from ray import tune
 
     search = space["search"]
-    check_resources(search, resources)
+    joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    check_resources(search, resources, autoscaling=joined)
     slots = concurrency(search, resources)
+    if joined:  # Tune keeps 1 trial pending with a searcher: let the autoscaler see several at once
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(search["max_concurrent"] or 8))
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     if args.resume:
