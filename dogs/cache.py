@@ -38,16 +38,16 @@ def cache_key(files, size):
 
 
 class CachedImages:
-    """The decoded images of one file list: `.images` (N, H, W, 3) uint8 memmap, `.ok` bool mask, `.bad`."""
+    """Decoded images of one file list: `.images` (N, H, W, 3) uint8, `.ok` bool mask, `.bad` [[row, file, error]]."""
 
-    def __init__(self, path, meta):
-        self.path = path
-        self.key = meta["key"]
-        self.images = np.load(path, mmap_mode="r")
-        self.bad = meta["bad"]  # [[file, error], ...]
-        self.ok = np.ones(len(self.images), dtype=bool)
-        self.ok[[i for i, _, _ in self.bad]] = False
-        self.build_seconds = meta["build_seconds"]
+    def __init__(self, key, images, bad, build_seconds=0.0):
+        self.key, self.images, self.bad, self.build_seconds = key, images, bad, build_seconds
+        self.ok = np.ones(len(images), dtype=bool)
+        self.ok[[row for row, _, _ in bad]] = False
+
+    @classmethod
+    def open(cls, path, meta):
+        return cls(meta["key"], np.load(path, mmap_mode="r"), meta["bad"], meta["build_seconds"])
 
 
 def cached_images(files, size, cache_dir, workers=None):
@@ -60,7 +60,7 @@ def cached_images(files, size, cache_dir, workers=None):
         with FileLock(str(folder / f"{key}.lock")):
             if not meta_path.exists():  # another process may have built it while we waited
                 _build(files, size, path, meta_path, key, workers or cpu_count())
-    cache = CachedImages(path, json.loads(meta_path.read_text()))
+    cache = CachedImages.open(path, json.loads(meta_path.read_text()))
     if cache.bad:
         log.warning("skipped %d unreadable image(s): %s", len(cache.bad),
                     "; ".join(f"{f} ({e})" for _, f, e in cache.bad[:10]) + (" ..." if len(cache.bad) > 10 else ""))

@@ -186,10 +186,7 @@ class Run:
 
 def concat_splits(a, b):
     """Train + Validation as one split (for the final retrain)."""
-    images = cache.CachedImages.__new__(cache.CachedImages)
-    images.key = f"{a.images.key}+{b.images.key}"
-    images.images = np.concatenate([a.images.images, b.images.images])
-    images.ok = np.concatenate([a.images.ok, b.images.ok])
-    images.bad, images.build_seconds = a.images.bad + b.images.bad, 0.0
+    images = cache.CachedImages(f"{a.images.key}+{b.images.key}", np.concatenate([a.images.images, b.images.images]),
+                                a.images.bad + [[row + len(a.images.images), f, e] for row, f, e in b.images.bad])
     return Split(images, np.concatenate([a.labels, b.labels]),
                  np.concatenate([a.index, b.index + len(a.images.images)]))
