@@ -96,17 +96,23 @@ def get_args_parser():
 
 
 def main(argv=None):
+    import torch
+    from .data import DataError
+    from .models import WeightsError
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = load_config_file(args.config) if args.config else {}
-    config.update(parse_sets(args.set))
-    if args.data:
-        config["data"] = args.data
-    config = resolve(config)
-    out = args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
-    import torch
-    run(config, out, train_on_val=args.train_on_val, resume=args.resume,
-        device=torch.device(args.device) if args.device else None)
+    try:
+        # config: file, then --set, then --data
+        config = load_config_file(args.config) if args.config else {}
+        config.update(parse_sets(args.set))
+        if args.data:
+            config["data"] = args.data
+        config = resolve(config)
+        out = args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
+        run(config, out, train_on_val=args.train_on_val, resume=args.resume,
+            device=torch.device(args.device) if args.device else None)
+    except (DataError, WeightsError, KeyError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"dogs-train: error: {err.args[0] if isinstance(err, KeyError) else err}") from None
 
 
 if __name__ == "__main__":

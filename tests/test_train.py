@@ -98,8 +98,10 @@ def test_command_line(tiny_imagefolder, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "epoch | train loss | train acc | valid loss | valid acc" in printed
     assert (tmp_path / "out" / "submission.csv").exists() and (tmp_path / "out" / "predictions.png").exists()
-    with pytest.raises(KeyError, match="unknown config key.*'learning_rate'"):
+    with pytest.raises(SystemExit, match="unknown config key.*'learning_rate'"):
         train.main(["--data", str(tiny_imagefolder), "--set", "learning_rate=1"])
+    with pytest.raises(SystemExit, match="has no Train/ folder"):
+        train.main(["--data", str(tmp_path), "--set", "model=cnn"])
 
 
 def test_trainable_reports_every_epoch_and_resumes_from_its_checkpoint(tiny_config, tmp_path, monkeypatch):
