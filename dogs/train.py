@@ -39,6 +39,8 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     if train_on_val:
         log("training on Train + Validation: validation scores are not held out; the last epoch is kept")
     best_weights, best_acc, history = None, run.best_val_acc, []
+    if state is not None and not train_on_val and (out_dir / "best.pt").exists():  # the best so far may be older
+        best_weights = checkpoint.read(out_dir / "best.pt")["model"]
     log(HEADER)
     for m in run.epochs():
         # log the epoch, checkpoint it, keep a copy of the best weights

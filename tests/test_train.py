@@ -80,8 +80,24 @@ def test_resume_continues_at_the_next_epoch_with_the_same_result(tiny_config, tm
     train.run({**tiny_config, "epochs": 2}, tmp_path / "split", log=quiet, device=device)
     resumed = train.run({**tiny_config, "epochs": 4}, tmp_path / "split", resume=True, log=quiet, device=device)
     assert [m["epoch"] for m in resumed["history"]] == [3, 4]
+    best_epoch = max(straight["history"], key=lambda m: m["val_acc"])["epoch"]  # the first of equals
+    assert checkpoint.read(tmp_path / "split" / "best.pt")["epoch"] == best_epoch
+    assert pd.read_csv(resumed["submission"]).equals(pd.read_csv(straight["submission"]))
     for a, b in zip(straight["history"][2:], resumed["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_resume_keeps_a_best_epoch_from_before_the_interruption(tiny_config, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.9, 0.3, 0.4])  # the best epoch (2) comes before the resume at epoch 3
+    real_evaluate = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *args: (real_evaluate(*args)[0], next(scores)))
+    device = torch.device("cpu")
+    train.run({**tiny_config, "epochs": 2}, tmp_path, log=quiet, device=device)
+    resumed = train.run({**tiny_config, "epochs": 4}, tmp_path, resume=True, log=quiet, device=device)
+    assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 2 and resumed["best_val_acc"] == 0.9
+    model, ckpt = checkpoint.load(tmp_path / "best.pt")
+    redo = predict.submit(model, ckpt, tmp_path / "redo", device=device)
+    assert pd.read_csv(redo["submission"]).equals(pd.read_csv(resumed["submission"]))
 
 
 def test_train_on_val_trains_on_both_splits(tiny_config, tmp_path):
