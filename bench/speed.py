@@ -8,7 +8,8 @@ For each model config it times the training phase of an epoch (the validation ph
             the frozen backbone's BatchNorm in train mode (as the notebook had it)
   ours      dogs.engine.Run: images decoded once into a uint8 cache, batches on the device, frozen-prefix
             features cached, bf16 autocast + channels_last where the device has them
-and the one-off cost of ours (decode cache + frozen features), with the epochs it takes to pay it back.
+and the one-off cost of ours (decode cache + frozen features), with the epochs it takes to pay it back, and
+ours' first epoch (kernel warm-up; with --compile, the compilation: compare it to decide if compile pays).
 Needs torch, torchvision, pillow, numpy, pandas (no Ray, no Optuna). Weights are random (speed only).
 """
 # ----------------------------------------------------------------------------- setup
@@ -96,13 +97,14 @@ def notebook_epoch(config, root, device, workers, max_batches=None):
 
 # ----------------------------------------------------------------------------- this project's path
 def our_epochs(config, device, epochs):
-    """(one-off seconds: decode cache + frozen features, images/s of the median epoch, feature cache used)."""
+    """(one-off s: decode cache + frozen features, first epoch s (warm-up, compilation), median img/s, cached)."""
     start = time.perf_counter()
     run = engine.Run(config, device=device, log_fn=lambda m: None)
     sync(device)
     one_off = time.perf_counter() - start
-    speeds = [m["images_per_s"] for m in run.epochs()][1:]  # the first epoch warms up kernels and autotuning
-    return one_off, statistics.median(speeds), run.cached
+    history = list(run.epochs())
+    speeds = [m["images_per_s"] for m in history[1:]]  # the first epoch warms up kernels, autotuning, compile
+    return one_off, history[0]["epoch_time_s"], statistics.median(speeds), run.cached
 
 
 # ----------------------------------------------------------------------------- main
@@ -140,11 +142,12 @@ def main():
             base = resolve({**overrides, "data": str(root), "image_size": size, "weights": "none", "seed": 0,
                             "epochs": args.epochs, "batch_size": batch, "cache_dir": str(tmp / f"cache-{len(rows)}")})
             notebook = notebook_epoch({**base, "batch_size": 32}, root, device, args.workers)
-            one_off, ours, cached = our_epochs(base, device, args.epochs)
+            one_off, first_epoch, ours, cached = our_epochs(base, device, args.epochs)
             notebook_s, ours_s = n_train / notebook, n_train / ours
             payback = one_off / (notebook_s - ours_s) if notebook_s > ours_s else float("inf")
             rows.append({"config": name, "notebook img/s": notebook, "ours img/s": ours, "speed-up": ours / notebook,
                          "notebook s/epoch": notebook_s, "ours s/epoch": ours_s, "one-off s": one_off,
+                         "ours 1st epoch s": first_epoch,
                          "pays back after epochs": payback, "feature cache": cached})
             print(f"  {name}: notebook {notebook:,.0f} img/s, ours {ours:,.0f} img/s ({ours / notebook:.1f}x)",
                   flush=True)
