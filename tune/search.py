@@ -10,6 +10,7 @@ search_space.yaml (what was searched), trials.csv (all trials, one row each) and
 """
 import argparse
 import os
+import shlex
 import sys
 import time
 from datetime import datetime
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tune import spaces
+from tune import spaces, storage
 
 SETTING_FLAGS = ("samples", "epochs", "grace_period", "reduction_factor", "metric", "mode", "seed",
                  "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
@@ -43,7 +44,8 @@ def get_args_parser():
     p.add_argument("--max-failures", type=int, help="retries of an errored trial (search.max_failures)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config value for every trial, e.g. --set model=cnn (repeatable)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="folder that holds experiments (default: runs/)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="folder or URI (s3://bucket/prefix) that holds experiments (default: runs/)")
     p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted experiment (--name, or the latest one in --storage)")
@@ -84,12 +86,19 @@ def load_space(args, data_root):
     return spaces.load(path, overrides, sets)
 
 
-def latest_experiment(storage):
-    """The most recently changed experiment folder in `storage`."""
-    candidates = list(Path(storage).resolve().glob("*/search_space.yaml"))
+def latest_experiment(runs):
+    """The most recently changed experiment folder in `runs` (a folder or a URI)."""
+    runs = storage.resolve(runs)
+    candidates = storage.subfolders_with(runs, "search_space.yaml")
     if not candidates:
-        fail(f"no experiment in {Path(storage).resolve()} (looked for */search_space.yaml)")
-    return max(candidates, key=lambda p: p.parent.stat().st_mtime).parent
+        fail(f"no experiment in {runs} (looked for */search_space.yaml)")
+    return storage.join(runs, max(candidates, key=candidates.get))
+
+
+def saved_space(exp_dir):
+    """The space an experiment searched (its search_space.yaml)."""
+    with storage.local_dir(exp_dir, "search_space.yaml") as local:
+        return spaces.load(Path(local, "search_space.yaml"))
 
 
 def set_auth_mode(address):
@@ -160,7 +169,7 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, exp_dir):
+def make_tuner(space, runs, name):
     """Tuner: TPE searcher (ASHA-aware), ASHA scheduler, bounded checkpoints, retries, TensorBoard."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -182,7 +191,7 @@ def make_tuner(space, exp_dir):
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"],
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=1,
+            name=name, storage_path=runs, verbose=1,
             # keep the best checkpoint by the metric; Ray always keeps the latest one too
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s["metric"],
                                                     checkpoint_score_order=s["mode"]),
@@ -197,7 +206,7 @@ def trials_table(exp_dir, space):
     from ray import tune
 
     s = space["search"]
-    analysis = tune.ExperimentAnalysis(str(exp_dir), default_metric=s["metric"], default_mode=s["mode"])
+    analysis = tune.ExperimentAnalysis(exp_dir, default_metric=s["metric"], default_mode=s["mode"])
     rows = []
     for trial in analysis.trials:
         last = trial.last_result or {}
@@ -211,8 +220,8 @@ def trials_table(exp_dir, space):
             **{name: last.get(name) for name in spaces.METRICS},   # scores of the last epoch run
             "time_s": last.get("time_total_s"),
             **{name: trial.config.get(name) for name in spaces.searched_names(space)},
-            "checkpoint": best.path if best else None,
-            "path": trial.path,
+            "checkpoint": storage.as_uri(best.filesystem, best.path) if best else None,
+            "path": storage.as_uri(trial.storage.storage_filesystem, trial.path),
         })
     return pd.DataFrame(rows)
 
@@ -228,7 +237,8 @@ def study_states(exp_dir, space):
 
     searcher = AshaAwareOptunaSearch(None, space["search"]["metric"], space["search"]["mode"], None,
                                      space["search"]["epochs"])
-    searcher.restore_from_dir(str(exp_dir))
+    with storage.local_dir(exp_dir, "searcher-state-*.pkl") as local:
+        searcher.restore_from_dir(local)
     return pd.Series(list(searcher.study_states().values()), dtype=object).value_counts().to_dict()
 
 
@@ -254,21 +264,21 @@ def summary(table, space, wall_s, slots, exp_dir):
         f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED)",
         f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
         f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",
-        f"  results      {exp_dir / 'trials.csv'}; tensorboard --logdir {exp_dir}",
+        f"  results      {storage.join(exp_dir, 'trials.csv')}; tensorboard --logdir {exp_dir}",
     ]
     return lines
 
 
-def resumed_experiment(args, storage):
+def resumed_experiment(args, runs):
     """(experiment folder, its saved space) to continue: --name in --storage, else the latest one."""
-    exp_dir = storage / args.name if args.name else latest_experiment(storage)
-    if not (exp_dir / "search_space.yaml").is_file():
+    exp_dir = storage.join(runs, args.name) if args.name else latest_experiment(runs)
+    if not storage.is_file(storage.join(exp_dir, "search_space.yaml")):
         fail(f"--resume: {exp_dir} is not an experiment of dogs-search (no search_space.yaml)")
     print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored)")
-    return exp_dir, spaces.load(exp_dir / "search_space.yaml")
+    return exp_dir, saved_space(exp_dir)
 
 
-def new_experiment(args, storage):
+def new_experiment(args, runs):
     """(experiment folder, space) of a new search: the data resolved, the space file checked."""
     from dogs.data import DataError, resolve_root
 
@@ -285,8 +295,8 @@ def new_experiment(args, storage):
     except spaces.SpaceError as err:
         fail(str(err))
     name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    exp_dir = storage / name
-    if (exp_dir / "search_space.yaml").exists():
+    exp_dir = storage.join(runs, name)
+    if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
         fail(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
     return exp_dir, space
 
@@ -300,10 +310,10 @@ def main(argv=None):
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # a snapshot per checkpoint is intended (resume never loses a reported epoch): no warning for it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    storage = Path(args.storage).resolve()
+    runs = storage.resolve(args.storage)
 
     # the space and the data: checked before Ray starts
-    exp_dir, space = resumed_experiment(args, storage) if args.resume else new_experiment(args, storage)
+    exp_dir, space = resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
     search = space["search"]
     if not args.resume and search["gpus_per_trial"] > 0 and not (args.address or os.environ.get("RAY_ADDRESS")):
         import torch
@@ -316,12 +326,12 @@ def main(argv=None):
 
     resources = start_ray(args.address)
     try:
-        return run(args, space, exp_dir, storage, resources)
+        return run(args, space, exp_dir, runs, resources)
     finally:
         ray.shutdown()
 
 
-def run(args, space, exp_dir, storage, resources):
+def run(args, space, exp_dir, runs, resources):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
     from ray import tune
 
@@ -334,13 +344,12 @@ def run(args, space, exp_dir, storage, resources):
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     if args.resume:
-        if not tune.Tuner.can_restore(str(exp_dir)):
+        if not tune.Tuner.can_restore(exp_dir):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(search), resume_errored=True)
+        tuner = tune.Tuner.restore(exp_dir, trainable=make_trainable(search), resume_errored=True)
     else:
-        tuner = make_tuner(space, exp_dir)
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / "search_space.yaml").write_text(spaces.to_yaml(space))
+        tuner = make_tuner(space, runs, storage.name(exp_dir))
+        storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")
 
@@ -349,11 +358,12 @@ def run(args, space, exp_dir, storage, resources):
     tuner.fit()
     wall_s = time.time() - start
     table = trials_table(exp_dir, space)
-    table.to_csv(exp_dir / "trials.csv", index=False)
+    storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     print("\n".join(summary(table, space, wall_s, slots, exp_dir)))
     unfinished = int((~table.status.isin(["TERMINATED", "ERROR"])).sum())
     if unfinished:
-        print(f"Interrupted: continue with  python -m tune.search --resume --storage {storage} --name {exp_dir.name}")
+        print(f"Interrupted: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
+              f"--name {storage.name(exp_dir)}")
         return 130
     return 0
 

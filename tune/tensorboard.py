@@ -9,8 +9,7 @@ TensorBoard's HParams dashboard builds the comparison from those sessions: each 
 the last value of val_acc (its final score) and of best_val_acc (its best epoch).
 `tensorboard --logdir <experiment folder>` shows both.
 """
-from pathlib import Path
-
+import pyarrow.fs
 from ray import tune
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
@@ -32,7 +31,10 @@ class TensorBoardCallback(tune.Callback):
 
     def _writer(self, trial):
         if trial.trial_id not in self._writers:
-            self._writers[trial.trial_id] = SummaryWriter(log_dir=str(Path(trial.path)), flush_secs=5)
+            # a local --storage gets the files at once; for a URI, Ray uploads the driver's staging copy
+            local = isinstance(trial.storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+            self._writers[trial.trial_id] = SummaryWriter(log_dir=trial.path if local else trial.local_path,
+                                                          flush_secs=5)
         return self._writers[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
