@@ -125,7 +125,7 @@ def wait_until(condition, proc, timeout, what):
 
 
 def trials_csv(exp_dir):
-    table = pd.read_csv(Path(exp_dir) / "trials.csv")
+    table = pd.read_csv(Path(exp_dir) / "trials.csv", dtype={"trial_id": str})
     table["folder"] = "trial_" + table.trial_id.astype(str)
     return table.set_index("folder")
 
