@@ -82,8 +82,7 @@ def _build(files, size, path, meta_path, key, workers):
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(decode, range(len(files))))
-    out.flush()
-    del out
+    out.flush()  # every row is on disk before the file gets its final name
     os.replace(tmp, path)
     seconds = time.perf_counter() - start
     meta = {"key": key, "size": size, "count": len(files), "bad": sorted(bad), "build_seconds": seconds}

@@ -61,7 +61,6 @@ def _build(model, images, prepare, device, amp_dtype, store, path, meta_path, ba
         out[row:row + len(f)] = f
         row += len(f)
     out.flush()
-    del out
     os.replace(tmp, path)
     seconds = time.perf_counter() - start
     meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")

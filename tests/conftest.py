@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny generated ImageFolder with every awkward file a real one has."""
+"""Shared fixtures: a tiny generated ImageFolder with every awkward file a real one has; run_main."""
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -61,6 +62,17 @@ def make_imagefolder(root, n_train=24, n_val=8, n_test=12, seed=0, awkward=True)
         draw("circle", rng).convert("P").save(odd / "palette.gif")
         (odd / "notes.txt").write_text("not an image")
     return root
+
+
+def run_main(module, argv):
+    """(exit code, stdout, stderr) of module.main(argv), in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main(argv)
+        except SystemExit as stop:
+            code = stop.code
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,6 +1,4 @@
 """tune.best: the best trial of an experiment, predictions from its checkpoint or from a retrained config."""
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -9,6 +7,7 @@ import pytest
 import torch
 
 from tune import best, search
+from conftest import run_main
 
 SPACE = """
 search: {samples: 2, epochs: 2, grace_period: 2, seed: 0}
@@ -18,17 +17,6 @@ params:
   batch_size: 16
   lr: {loguniform: [1e-3, 1e-2]}
 """
-
-
-def run_main(module, argv):
-    """(exit code, stdout, stderr) of module.main(argv), in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = module.main(argv)
-        except SystemExit as stop:
-            code = stop.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

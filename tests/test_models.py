@@ -1,5 +1,4 @@
 """Models: pretrained weights offline, frozen parts stay frozen, the feature cache changes nothing."""
-import numpy as np
 import pytest
 import torch
 import torchvision

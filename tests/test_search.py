@@ -1,7 +1,5 @@
 """The search end to end on tiny data: ASHA stops trials, Optuna sees them PRUNED, every trial is in
 trials.csv and TensorBoard, tune.best submits; an interrupted search resumes without rerunning anything."""
-import contextlib
-import io
 import json
 import os
 import signal
@@ -17,6 +15,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tune import best, search
 from tune.searcher import AshaAwareOptunaSearch
+from conftest import run_main
 
 EPOCHS = 3
 SPACE = """
@@ -40,17 +39,6 @@ def write_space(folder, samples, seed=0, max_concurrent="null", grace_period=1):
     path = Path(folder) / "space.yaml"
     path.write_text(SPACE.format(samples=samples, seed=seed, max_concurrent=max_concurrent, grace_period=grace_period))
     return path
-
-
-def run_main(module, argv):
-    """(exit code, stdout, stderr) of module.main(argv), in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = module.main(argv)
-        except SystemExit as stop:
-            code = stop.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def study_of(exp_dir):

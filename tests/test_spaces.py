@@ -1,6 +1,5 @@
 """Search-space files: every mistake is refused with the file, the key and what is allowed; conditions hold."""
 import pickle
-from pathlib import Path
 
 import optuna
 import pytest

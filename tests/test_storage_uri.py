@@ -1,6 +1,5 @@
 """--storage / --experiment as a URI: a tiny search into S3 (moto's S3 server on 127.0.0.1), resumed from
 there, and tune.best predicting from the checkpoint in the bucket."""
-import contextlib
 import io
 import os
 import socket
@@ -14,6 +13,7 @@ import pyarrow.fs
 import pytest
 
 from tune import best, search
+from conftest import run_main
 
 SPACE = """
 search: {samples: 2, epochs: 2, grace_period: 2, seed: 0}
@@ -25,17 +25,6 @@ params:
 """
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def run_main(module, argv):
-    """(exit code, stdout, stderr) of module.main(argv), in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = module.main(argv)
-        except SystemExit as stop:
-            code = stop.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def free_port():
