@@ -7,16 +7,8 @@ import pytest
 import torch
 
 from tune import best, search
-from conftest import run_main
+from conftest import TWO_TRIAL_SPACE as SPACE, run_main
 
-SPACE = """
-search: {samples: 2, epochs: 2, grace_period: 2, seed: 0}
-params:
-  model: cnn
-  image_size: 16
-  batch_size: 16
-  lr: {loguniform: [1e-3, 1e-2]}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,8 @@ import pyarrow.fs
 import pytest
 
 from tune import best, search
-from conftest import run_main
+from conftest import TWO_TRIAL_SPACE as SPACE, run_main
 
-SPACE = """
-search: {samples: 2, epochs: 2, grace_period: 2, seed: 0}
-params:
-  model: cnn
-  image_size: 16
-  batch_size: 16
-  lr: {loguniform: [1e-3, 1e-2]}
-"""
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true"}
 
