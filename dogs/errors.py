@@ -1,0 +1,34 @@
+"""Typed errors for user mistakes. Library code raises them; each command's `main` prints
+`<prog>: error: <message>` once and exits 2 (no traceback). The message says what is wrong and how to fix it."""
+
+
+class UserError(Exception):
+    """Input we cannot use (config, data, weights, checkpoint, cache folder, search space, experiment)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key or value that is not allowed; names the key, the value and what is allowed."""
+
+
+class DataError(UserError, ValueError):
+    """The data folder does not have the layout we need."""
+
+
+class WeightsError(UserError, RuntimeError):
+    """Pretrained weights could not be found; says where to put them."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used (unreadable, not ours, or from another run)."""
+
+
+class CacheError(UserError, OSError):
+    """The cache folder cannot be written (read-only, full); names the folder and DOGS_CACHE."""
+
+
+class SpaceError(UserError, ValueError):
+    """A search-space file that cannot be used; names the file and the key."""
+
+
+class ExperimentError(UserError, ValueError):
+    """An experiment folder that cannot be read or continued."""
