@@ -1,51 +1,160 @@
-"""Every knob of a run, with its default. One flat dict: saved with every checkpoint and result."""
-import json
+"""Every knob of a run: one table of key -> default, type, allowed values, help. The single source of truth.
 
-DEFAULTS = {
-    # data
-    "data": None,              # ImageFolder root with Train/ Validation/ [Test/]; None = built-in digits demo
-    "image_size": 224,         # images are decoded once and resized to image_size x image_size
-    "cache_dir": None,         # decoded-image + feature cache; None = $DOGS_CACHE or ~/.cache/dogs-tune
-    "augment": False,          # on-device random-resized-crop + horizontal flip (turns the feature cache off)
-    "feature_cache": True,     # compute a frozen prefix's output once and train only the tail (off when augment)
-    "normalize": "auto",       # "imagenet" | "half" (the notebook's mean=std=0.5) | "auto" (imagenet for ResNets)
-    # model
-    "model": "resnet18",       # "cnn" (the notebook's from-scratch CNN) | "resnet18" | "resnet34" | "resnet50"
-    "weights": "DEFAULT",      # torchvision weights name, a path to a .pth state_dict, or "none" for random init
-    "head_on": "features",     # "features" (pooled 512/2048-d) | "logits" (the notebook's head on the 1000-d output)
-    "head_width": 512,         # hidden width of the MLP head; 0 = a single linear layer
-    "dropout": 0.5,            # dropout before the head's last layer
-    "unfreeze": 0,             # how many of the last residual stages train (0-4); the rest stay frozen in eval mode
-    # optimisation
-    "epochs": 10,              # epochs to train (ASHA's max_t in a search)
-    "batch_size": 64,
-    "lr": 1e-3,                # Adam learning rate of the head (and of the whole CNN)
-    "backbone_lr": 1e-4,       # Adam learning rate of the unfrozen residual stages
-    "weight_decay": 0.0,
-    "label_smoothing": 0.0,
-    "seed": 0,                 # None = not seeded
-    # arithmetic
-    "precision": "auto",       # "auto" (bf16 autocast on a GPU that has it, else fp32) | "bf16" | "fp32"
-    "channels_last": True,     # NHWC memory format for convolutions
-    "compile": False,          # torch.compile the trainable part of the model
-}
+`resolve()` checks a whole config against it; `check_value()` / `problem()` check one value and are what
+every other place asks (the command lines' --set, config files, search spaces, checkpoints). The resolved
+config is one flat dict, saved with every checkpoint and result. Importable without torch.
+"""
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    """low..high; open ends exclude the bound. str() is what an error message shows."""
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x):
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+    def __str__(self):
+        low, high = _number(self.low), _number(self.high)
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if not (self.low_open or self.high_open) and isinstance(low, int) and isinstance(high, int):
+            return f"in {low}..{high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(x):
+    """4294967295.0 -> 4294967295, 0.5 -> 0.5 (for messages)."""
+    return int(x) if math.isfinite(x) and float(x).is_integer() else x
+
+
+class Key(NamedTuple):
+    """One config key: its default, its type, what is allowed (choices or a Range; None = any), a help line."""
+    default: object
+    type: str          # "int", "number", "bool", "str", optionally + " or null"
+    allowed: object
+    help: str
+
 
 MODELS = ("cnn", "resnet18", "resnet34", "resnet50")
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")   # a run's score is best_<metric> over its epochs
+SEEDS = Range(0, 2**32 - 1)                                       # what numpy's seed takes
+
+SCHEMA = {
+    # data
+    "data":            Key(None, "str or null", None, "ImageFolder root with Train/ Validation/ [Test/]; null = the built-in digits demo"),
+    "image_size":      Key(224, "int", Range(8, 2048), "images are decoded once and resized to image_size x image_size"),
+    "cache_dir":       Key(None, "str or null", None, "decoded-image + feature cache; null = $DOGS_CACHE or ~/.cache/dogs-tune"),
+    "augment":         Key(False, "bool", None, "on-device random-resized-crop + horizontal flip; turns the feature cache off"),
+    "feature_cache":   Key(True, "bool", None, "compute a frozen prefix's output once and train only the tail; off when augment"),
+    "normalize":       Key("auto", "str", ("auto", "imagenet", "half"), "imagenet mean/std; half = mean and std 0.5 as in the notebook; auto = half for the CNN, imagenet for ResNets"),
+    # model
+    "model":           Key("resnet18", "str", MODELS, "cnn = the notebook's from-scratch CNN, or a torchvision ResNet"),
+    "weights":         Key("DEFAULT", "str", None, "torchvision weights name, a path to a .pth state_dict, or none for random init"),
+    "head_on":         Key("features", "str", ("features", "logits"), "the head reads the pooled features, or the 1000 ImageNet logits as in the notebook"),
+    "head_width":      Key(512, "int", Range(0), "hidden width of the MLP head; 0 = a single linear layer"),
+    "dropout":         Key(0.5, "number", Range(0, 1, high_open=True), "dropout before the head's last layer"),
+    "unfreeze":        Key(0, "int", Range(0, 4), "how many of the last residual stages train; the rest stay frozen in eval mode"),
+    # optimisation
+    "epochs":          Key(10, "int", Range(1), "epochs to train; in a search, search.epochs sets it: ASHA's max_t"),
+    "batch_size":      Key(64, "int", Range(1), "images per step"),
+    "lr":              Key(1e-3, "number", Range(0, low_open=True), "Adam learning rate of the head, and of the whole CNN"),
+    "backbone_lr":     Key(1e-4, "number", Range(0, low_open=True), "Adam learning rate of the unfrozen residual stages"),
+    "weight_decay":    Key(0.0, "number", Range(0), "Adam weight decay"),
+    "label_smoothing": Key(0.0, "number", Range(0, 1, high_open=True), "cross-entropy label smoothing"),
+    "seed":            Key(0, "int or null", SEEDS, "shuffle, init, dropout and augmentation seed; null = not seeded"),
+    # what "best" means
+    "metric":          Key("val_acc", "str", METRICS, "the score: a run's best epoch and best checkpoint are those with the best metric"),
+    "mode":            Key("max", "str", ("max", "min"), "max for accuracies, min for losses"),
+    # arithmetic
+    "precision":       Key("auto", "str", ("auto", "bf16", "fp32"), "auto = bf16 autocast on a GPU that has it, else fp32"),
+    "channels_last":   Key(True, "bool", None, "NHWC memory format for convolutions"),
+    "compile":         Key(False, "bool", None, "torch.compile the trainable part of the model"),
+}
+
+DEFAULTS = {key: spec.default for key, spec in SCHEMA.items()}
+
+TYPE_NAMES = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}
+
+
+def allowed(spec):
+    """What a key allows, in words: 'a number > 0', "one of ['cnn', 'resnet18']", 'an integer in 0..4 or null'."""
+    kind, null = spec.type.removesuffix(" or null"), spec.type.endswith(" or null")
+    if isinstance(spec.allowed, tuple):
+        words = f"one of {list(spec.allowed)}"
+    else:
+        words = TYPE_NAMES[kind] + (f" {spec.allowed}" if spec.allowed is not None else "")
+    return words + (" or null" if null else "")
+
+
+def _has_type(kind, value):
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):     # True is an int in Python; never a number here
+        return False
+    if kind == "int":
+        return isinstance(value, numbers.Integral)
+    if kind == "number":
+        return isinstance(value, numbers.Real)
+    return isinstance(value, str)
+
+
+def problem(spec, value):
+    """None when `value` is allowed by `spec` (a Key), else why not and what is allowed, in one line."""
+    if value is None and spec.type.endswith(" or null"):
+        return None
+    kind = spec.type.removesuffix(" or null")
+    what = f"allowed: {allowed(spec)} ({spec.help})"
+    if not _has_type(kind, value):
+        return f"{value!r} has the wrong type; {what}"
+    if kind in ("int", "number") and not math.isfinite(value):
+        return f"{value!r} is not a finite number; {what}"
+    if spec.allowed is not None and value not in spec.allowed:
+        return f"{value!r} is not allowed; {what}"
+    return None
+
+
+def check_value(key, value):
+    """Raise ConfigError unless `key` is a config key and `value` is allowed for it."""
+    if key not in SCHEMA:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {sorted(SCHEMA)}")
+    why = problem(SCHEMA[key], value)
+    if why:
+        raise ConfigError(f"{key}: {why}")
+
+
+def metric_mode_problem(metric, mode):
+    """None, or why a metric/mode pair would pick the worst epoch (accuracies are maximised, losses minimised)."""
+    right = "min" if metric.endswith("_loss") else "max"
+    if mode != right:
+        return f"mode {mode!r} with metric {metric!r} would pick the worst epoch; allowed: mode {right!r} for {metric}"
+    return None
 
 
 def resolve(config=None):
-    """Defaults overlaid with `config`; unknown keys are an error that lists the known ones."""
+    """Defaults overlaid with `config`, every value checked; unknown keys are an error that lists the known ones."""
     config = dict(config or {})
-    unknown = sorted(set(config) - set(DEFAULTS))
+    unknown = sorted(set(config) - set(SCHEMA))
     if unknown:
-        raise KeyError(f"unknown config key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
+        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(SCHEMA)}")
     out = {**DEFAULTS, **config}
-    if out["model"] not in MODELS:
-        raise ValueError(f"model={out['model']!r}: choose one of {list(MODELS)}")
-    if not 0 <= int(out["unfreeze"]) <= 4:
-        raise ValueError(f"unfreeze={out['unfreeze']!r}: must be 0..4 residual stages")
-    if out["head_on"] not in ("features", "logits"):
-        raise ValueError(f"head_on={out['head_on']!r}: choose 'features' or 'logits'")
+    for key, value in out.items():
+        check_value(key, value)
+    why = metric_mode_problem(out["metric"], out["mode"])
+    if why:
+        raise ConfigError(why)
     return out
 
 
@@ -63,11 +172,13 @@ def parse_value(text):
 
 
 def parse_sets(pairs):
-    """['lr=1e-3', 'model=cnn'] -> {'lr': 0.001, 'model': 'cnn'}."""
+    """['lr=1e-3', 'model=cnn'] -> {'lr': 0.001, 'model': 'cnn'}; each key known and each value allowed."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--set {pair!r}: expected key=value, e.g. --set lr=3e-4")
-        out[key.strip()] = parse_value(value)
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set lr=3e-4")
+        key, value = key.strip(), parse_value(value)
+        check_value(key, value)
+        out[key] = value
     return out

@@ -24,11 +24,11 @@ def default_device():
 
 
 def amp_dtype(config, device):
-    """bf16 autocast where the device has it (config precision=auto), else None for fp32."""
+    """The autocast dtype of config precision (auto | bf16 | fp32, as dogs.config allows); None = fp32."""
     precision = config["precision"]
-    if precision == "fp32" or (precision == "auto" and not (device.type == "cuda" and torch.cuda.is_bf16_supported())):
-        return None
-    return torch.bfloat16
+    if precision == "auto":  # bf16 where the device has it
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": torch.bfloat16, "fp32": None}[precision]
 
 
 def seed_everything(seed):

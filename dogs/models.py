@@ -127,12 +127,8 @@ def param_groups(model, config):
 
 
 def normalization(config):
-    """(mean, std) the images are normalized with."""
+    """(mean, std) the images are normalized with (config["normalize"] was checked by dogs.config.resolve)."""
     choice = config["normalize"]
     if choice == "auto":
         choice = "half" if config["model"] == "cnn" else "imagenet"
-    if choice == "imagenet":
-        return IMAGENET_MEAN, IMAGENET_STD
-    if choice == "half":
-        return HALF_MEAN, HALF_STD
-    raise ValueError(f"normalize={choice!r}: choose 'imagenet', 'half' or 'auto'")
+    return {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": (HALF_MEAN, HALF_STD)}[choice]
