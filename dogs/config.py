@@ -7,8 +7,11 @@ config is one flat dict, saved with every checkpoint and result. Importable with
 import json
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
+
+import yaml
 
 from .errors import ConfigError
 
@@ -156,6 +159,22 @@ def resolve(config=None):
     if why:
         raise ConfigError(why)
     return out
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but `1e-4` is a float (plain YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text):
+    """YAML as a config file or a search space means it: safe, and 1e-4 is a number."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def parse_value(text):

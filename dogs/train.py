@@ -6,6 +6,7 @@ predictions.png and (when the data has Test/) submission.csv into --out.
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pandas as pd
 import yaml
 
 from . import checkpoint, predict
-from .config import parse_sets, resolve
+from .config import check_value, load_yaml, parse_sets, resolve
+from .errors import ConfigError, UserError
 from .engine import Run
 
 HEADER = f"{'epoch':>5} | {'train loss':>10} | {'train acc':>9} | {'valid loss':>10} | {'valid acc':>9} | {'time':>6} | {'img/s':>8}"
@@ -76,25 +78,44 @@ def demo_test_accuracy(root, submission):
 
 
 def load_config_file(path):
-    """A YAML or JSON file of fixed config values (flat keys of dogs.config.DEFAULTS)."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    """A YAML or JSON file of fixed config values (flat keys of dogs.config), each checked."""
+    try:
+        values = load_yaml(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {path}: cannot read it: {err}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys to values, got {type(values).__name__}")
+        raise ConfigError(f"--config {path}: expected a mapping of config keys to values, got {type(values).__name__}")
+    for key, value in values.items():
+        try:
+            check_value(key, value)
+        except ConfigError as err:
+            raise ConfigError(f"--config {path}: {err}") from None
     return values
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(prog="python -m dogs.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the digits demo")
+    p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the config's data, "
+                                  "else the digits demo (a different data in --config/--set is an error)")
     p.add_argument("--config", help="YAML/JSON file of config values")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set model=cnn lr=3e-4 (keys: see dogs/config.py)")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set model=cnn lr=3e-4 (repeatable; keys: see dogs/config.py)")
     p.add_argument("--out", help="output folder (default: runs/train-<time>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--train-on-val", action="store_true", help="train on Train + Validation (final retrain)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     return p
+
+
+def data_option(config, data):
+    """The config with --data in it; --data and a different data from --config/--set is an error."""
+    if data is None:
+        return config
+    given = config.get("data")
+    if given is not None and Path(given).resolve() != Path(data).resolve():
+        raise ConfigError(f"--data {data} and data={given} (from --config/--set) differ; give the data folder once")
+    return {**config, "data": data}
 
 
 def main(argv=None):
@@ -104,17 +125,16 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        # config: file, then --set, then --data
+        # config: file, then --set, then --data; every value checked before anything runs
         config = load_config_file(args.config) if args.config else {}
         config.update(parse_sets(args.set))
-        if args.data:
-            config["data"] = args.data
-        config = resolve(config)
+        config = resolve(data_option(config, args.data))
         out = args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
         run(config, out, train_on_val=args.train_on_val, resume=args.resume,
             device=torch.device(args.device) if args.device else None)
-    except (DataError, WeightsError, KeyError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"dogs-train: error: {err.args[0] if isinstance(err, KeyError) else err}") from None
+    except (UserError, DataError, WeightsError, KeyError, ValueError, FileNotFoundError) as err:
+        print(f"dogs-train: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def error_of(tmp_path, text):
      ["params.unfreeze.when.model", "resnet50", "can never happen"]),
     # settings
     ("search: {epochs: 3, grace_period: 5}\n", ["search.grace_period", "5 > epochs 3"]),
-    ("search: {mode: maximise}\n", ["search.mode", "'max' or 'min'"]),
+    ("search: {mode: maximise}\n", ["search.mode", "['max', 'min']"]),
     ("search: {metric: accuracy}\n", ["search.metric", "val_acc"]),
     ("search: {reduction_factor: 1}\n", ["search.reduction_factor", "> 1"]),
     # first trials

@@ -35,15 +35,17 @@ def get_args_parser():
     p.add_argument("--epochs", type=int, help="epochs per trial = ASHA's max_t (search.epochs)")
     p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (search.grace_period)")
     p.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (search.reduction_factor)")
-    p.add_argument("--metric", help="metric to optimise (search.metric)")
+    p.add_argument("--metric", help=f"metric to optimise, one of {', '.join(spaces.METRICS)} (search.metric); "
+                                    "a trial's score is best_<metric> over its epochs")
     p.add_argument("--mode", choices=["max", "min"], help="search.mode")
     p.add_argument("--seed", type=int, help="seed of Optuna's TPE sampler (search.seed)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (search.cpus_per_trial)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (search.gpus_per_trial)")
     p.add_argument("--max-concurrent", type=int, help="most trials at once (search.max_concurrent)")
     p.add_argument("--max-failures", type=int, help="retries of an errored trial (search.max_failures)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="fix a config value for every trial, e.g. --set model=cnn (repeatable)")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="fix config values for every trial, e.g. --set model=cnn lr=3e-4 (repeatable; "
+                        "the data folder is --data)")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help="folder or URI (s3://bucket/prefix) that holds experiments (default: runs/)")
     p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
@@ -71,19 +73,16 @@ def settings_from_args(args):
 
 
 def load_space(args, data_root):
-    """The validated space: file, then --smoke-test sizes, then explicit flags and --set."""
+    """The validated space: file, then --smoke-test sizes, then explicit flags and --set; the data is --data's."""
     from dogs.config import parse_sets
 
     path = spaces.find_space_file(args.space)
     overrides = dict(SMOKE_SETTINGS) if args.smoke_test else {}
     overrides.update({k: v for k, v in settings_from_args(args).items() if v is not None})
     sets = dict(SMOKE_CONFIG) if args.smoke_test else {}
-    try:
-        sets.update(parse_sets(args.set))
-    except ValueError as err:
-        fail(str(err))
-    sets["data"] = str(data_root) if data_root else None  # None: every node builds the demo data itself
-    return spaces.load(path, overrides, sets)
+    sets.update(parse_sets(args.set))
+    # None: every node builds the demo data itself
+    return spaces.load(path, overrides, sets, data=str(data_root) if data_root else None)
 
 
 def latest_experiment(runs):
@@ -281,6 +280,7 @@ def resumed_experiment(args, runs):
 def new_experiment(args, runs):
     """(experiment folder, space) of a new search: the data resolved, the space file checked."""
     from dogs.data import DataError, resolve_root
+    from dogs.errors import UserError
 
     if not args.space:
         fail("--space is required (a file in search_spaces/ or a path), unless --resume")
@@ -292,7 +292,7 @@ def new_experiment(args, runs):
         print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
     try:
         space = load_space(args, None if is_demo else data_root)
-    except spaces.SpaceError as err:
+    except UserError as err:   # a bad space file or --set value
         fail(str(err))
     name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     exp_dir = storage.join(runs, name)

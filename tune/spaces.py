@@ -12,35 +12,38 @@ A space file has two sections, and an optional third (docs/search.md has the ful
     first_trials:           # optional: trials to run before TPE proposes any
       - {model: cnn, lr: 1.0e-4}
 
-Everything is checked before Ray starts; a mistake raises SpaceError naming the file, the key and
-what is allowed.
+Every value is checked against dogs.config's schema (fixed values, each choice, both bounds of every
+range) before Ray starts; a mistake raises SpaceError naming the file, the key and what is allowed.
+The data folder is not part of a space: tune.search gives it (--data), and records it in its saved copy
+of the space as a top-level `data:`. This module never imports torch.
 """
 import functools
 import math
-import re
 from pathlib import Path
 
 import yaml
 
-from dogs.config import DEFAULTS, resolve
+from dogs.config import DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, load_yaml, metric_mode_problem, problem
+from dogs.errors import SpaceError
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-METRICS = ("val_acc", "best_val_acc", "val_loss", "train_loss", "train_acc")
+MAX_SAMPLES = 10_000
 
-# search settings: name -> (default, allowed types, what is allowed)
+# search settings, checked like config keys: name -> Key(default, type, allowed, help)
 SETTINGS = {
-    "samples": (10, (int,), "an integer >= 1: how many trials to run"),
-    "epochs": (10, (int,), "an integer >= 1: each trial's epoch budget (ASHA's max_t)"),
-    "grace_period": (1, (int,), "an integer >= 1 and <= epochs: epochs every trial gets before ASHA may stop it"),
-    "reduction_factor": (3, (int, float), "a number > 1: ASHA keeps 1/reduction_factor of the trials at each rung"),
-    "metric": ("val_acc", (str,), f"one of {list(METRICS)}"),
-    "mode": ("max", (str,), "'max' or 'min'"),
-    "seed": (0, (int, type(None)), "an integer (seeds Optuna's TPE sampler) or null"),
-    "cpus_per_trial": (1, (int, float), "a number > 0"),
-    "gpus_per_trial": (0, (int, float), "a number >= 0; fractions share a GPU (0.25 = four trials per GPU)"),
-    "max_concurrent": (None, (int, type(None)), "an integer >= 1, or null for as many as the resources allow"),
-    "max_failures": (2, (int,), "an integer >= 0: retries of an errored trial from its last checkpoint"),
+    "samples": Key(10, "int", Range(1, MAX_SAMPLES), "how many trials to run; at most 10000: every trial keeps a "
+                   "folder of results and checkpoints and the driver holds them all in memory"),
+    "epochs": Key(10, "int", Range(1), "each trial's epoch budget = ASHA's max_t"),
+    "grace_period": Key(1, "int", Range(1), "epochs every trial gets before ASHA may stop it; at most epochs"),
+    "reduction_factor": Key(3, "number", Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
+    "metric": SCHEMA["metric"],
+    "mode": SCHEMA["mode"],
+    "seed": Key(0, "int or null", SEEDS, "seeds Optuna's TPE sampler"),
+    "cpus_per_trial": Key(1, "number", Range(0, low_open=True), "CPUs each trial holds"),
+    "gpus_per_trial": Key(0, "number", Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
+    "max_concurrent": Key(None, "int or null", Range(1), "most trials at once; null = as many as the resources allow"),
+    "max_failures": Key(2, "int", Range(0), "retries of an errored trial from its last checkpoint"),
 }
 
 # distribution name -> number of list items it takes
@@ -54,25 +57,17 @@ DISTRIBUTIONS = {
     "qrandint": 3,         # [low, high, q]     integer, both bounds included, step q (like Ray's tune.qrandint)
     "lograndint": 2,       # [low, high]        integer, uniform in log space, high excluded (low > 0)
 }
-NOT_IN_PARAMS = {"epochs": "set search.epochs instead (it is ASHA's max_t as well)"}
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but `1e-4` is a float (plain YAML 1.1 reads it as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+FLOAT_DISTRIBUTIONS = ("uniform", "quniform", "loguniform")
+# config keys the search sets for every trial itself
+NOT_IN_PARAMS = {
+    "epochs": "set search.epochs instead (--epochs on the command line); it is ASHA's max_t as well",
+    "metric": "set search.metric instead (--metric); every trial is scored by the search's metric",
+    "mode": "set search.mode instead (--mode); every trial is scored by the search's mode",
+    "data": "give the data folder with --data DIR; every trial of a search reads the same data",
+}
 
 
 SECTIONS = ("search", "params", "first_trials")
-
-
-class SpaceError(ValueError):
-    """A search-space file that cannot be used; the message names the file and the key."""
 
 
 def find_space_file(name):
@@ -87,26 +82,33 @@ def find_space_file(name):
     raise SpaceError(f"{name}: no such file, and not a file in {SPACES_DIR} (there: {known})")
 
 
-def load(path, overrides=None, sets=None):
-    """Read, override and validate a space file -> {"file", "search", "params"}.
+_MISSING = object()
+
+
+def load(path, overrides=None, sets=None, data=_MISSING):
+    """Read, override and validate a space file -> {"file", "search", "params", "first_trials"}.
 
     overrides: search settings from the command line ({"samples": 4}); None values are ignored.
     sets: config values from the command line ({"model": "cnn"}) that replace the file's entry (fixed).
+    data: the data folder every trial reads (None = the demo), given by tune.search; a space file may not
+    name one then. Left out, a top-level `data:` of the file (a saved space) is used.
     """
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise SpaceError(f"{path}: not valid YAML: {err}") from None
-    return validate(raw, path, overrides, sets)
+    return validate(raw, path, overrides, sets, data)
 
 
-def validate(raw, path="<space>", overrides=None, sets=None):
+def validate(raw, path="<space>", overrides=None, sets=None, data=_MISSING):
     """The checked, normalised space of a parsed YAML document (see load)."""
     where = str(path)
     if not isinstance(raw, dict):
         raise SpaceError(f"{where}: the file must be a mapping with 'search' and 'params' sections")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    if "data" in raw and data is not _MISSING:
+        raise SpaceError(f"{where}: data: not allowed in a space file; {NOT_IN_PARAMS['data']}")
+    unknown = sorted(set(raw) - {*SECTIONS, "data"})
     if unknown:
         raise SpaceError(f"{where}: unknown top-level key(s) {unknown}; allowed: {list(SECTIONS)}")
 
@@ -119,19 +121,31 @@ def validate(raw, path="<space>", overrides=None, sets=None):
         if key not in SETTINGS:
             raise SpaceError(f"{where}: search.{key}: unknown setting; allowed: {sorted(SETTINGS)}")
         search[key] = value
-    search = {key: search.get(key, default) for key, (default, _, _) in SETTINGS.items()}
+    search = {key: search.get(key, spec.default) for key, spec in SETTINGS.items()}
     _check_settings(search, where)
 
     # params: file entries in order, command-line --set values replace them as fixed values
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, dict):
         raise SpaceError(f"{where}: params: must be a mapping of config keys; allowed keys: {sorted(DEFAULTS)}")
-    params_raw = dict(params_raw)
-    for key, value in (sets or {}).items():
-        params_raw[key] = value
+    if not params_raw:
+        raise SpaceError(
+            f"{where}: params: empty, so every trial would be the same config: {search['samples']} identical "
+            f"trials of the defaults (a pretrained {DEFAULTS['model']}, lr {DEFAULTS['lr']:g}, batch_size "
+            f"{DEFAULTS['batch_size']}). Add what to search under params, e.g. `lr: {{loguniform: [1.0e-4, 1.0e-2]}}` "
+            "(examples in search_spaces/), or train one config with python -m dogs.train")
+    for key in sets or {}:
+        if key in NOT_IN_PARAMS:
+            raise SpaceError(f"--set {key}: not a value to fix here; {NOT_IN_PARAMS[key]}")
+    params_raw = {**params_raw, **(sets or {})}
     params = []
     for key, spec in params_raw.items():
         params.append(_check_param(key, spec, params, where, set(sets or {})))
+    # the data folder: given by tune.search, or recorded in a saved space
+    data = raw.get("data", _MISSING) if data is _MISSING else data
+    if data is not _MISSING:
+        _check_value("data", data, where)
+        params.append({"name": "data", "kind": "fixed", "args": data, "when": {}})
     # first trials: values that --set fixed are dropped from them
     first_trials = raw.get("first_trials") or []
     if sets and isinstance(first_trials, list):
@@ -163,52 +177,24 @@ def _check_first_trials(points, params, where):
 
 
 def _check_settings(search, where):
-    for key, (_, types, allowed) in SETTINGS.items():
-        value = search[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise SpaceError(f"{where}: search.{key}: {value!r} has the wrong type; allowed: {allowed}")
-    positive_ints = ("samples", "epochs", "grace_period")
-    for key in positive_ints:
-        if search[key] < 1:
-            raise SpaceError(f"{where}: search.{key}: {search[key]!r}; allowed: {SETTINGS[key][2]}")
+    """Each setting against its Key, then the settings that depend on each other."""
+    for key, spec in SETTINGS.items():
+        why = problem(spec, search[key])
+        if why:
+            raise SpaceError(f"{where}: search.{key}: {why}")
     if search["grace_period"] > search["epochs"]:
         raise SpaceError(f"{where}: search.grace_period: {search['grace_period']} > epochs {search['epochs']}; "
-                         f"allowed: {SETTINGS['grace_period'][2]}")
-    checks = {
-        "reduction_factor": search["reduction_factor"] > 1,
-        "metric": search["metric"] in METRICS,
-        "mode": search["mode"] in ("max", "min"),
-        "cpus_per_trial": search["cpus_per_trial"] > 0,
-        "gpus_per_trial": search["gpus_per_trial"] >= 0,
-        "max_concurrent": search["max_concurrent"] is None or search["max_concurrent"] >= 1,
-        "max_failures": search["max_failures"] >= 0,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise SpaceError(f"{where}: search.{key}: {search[key]!r}; allowed: {SETTINGS[key][2]}")
+                         f"allowed: an integer in 1..epochs ({SETTINGS['grace_period'].help})")
+    why = metric_mode_problem(search["metric"], search["mode"])
+    if why:
+        raise SpaceError(f"{where}: search.mode: {why}")
 
 
 def _check_value(key, value, where):
-    """A single config value: right type for the key and accepted by dogs.config.resolve."""
-    default = DEFAULTS[key]
-    if default is None or key == "seed":
-        ok = value is None or isinstance(value, (str, int)) and not isinstance(value, bool)
-        allowed = "a string or null" if key != "seed" else "an integer or null"
-    elif isinstance(default, bool):
-        ok, allowed = isinstance(value, bool), "true or false"
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        allowed = "a number"
-    elif isinstance(default, int):
-        ok, allowed = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    else:
-        ok, allowed = isinstance(value, str), "a string"
-    if not ok:
-        raise SpaceError(f"{where}: params.{key}: {value!r} has the wrong type; allowed: {allowed}")
-    try:
-        resolve({key: value})
-    except (KeyError, ValueError) as err:
-        raise SpaceError(f"{where}: params.{key}: {err}") from None
+    """A single config value, as dogs.config's schema allows it."""
+    why = problem(SCHEMA[key], value)
+    if why:
+        raise SpaceError(f"{where}: params.{key}: {why}")
 
 
 def _check_param(key, spec, earlier, where, set_keys=()):
@@ -251,6 +237,11 @@ def _check_bounds(key, kind, args, where):
             or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
             or integer and not all(isinstance(a, int) for a in args)):
         raise SpaceError(f"{where}: params.{key}.{kind}: {args!r}; allowed: {names} of {number_type}")
+    if not all(math.isfinite(a) for a in args):
+        raise SpaceError(f"{where}: params.{key}.{kind}: {args!r}; allowed: finite bounds (no .inf or .nan)")
+    if kind in FLOAT_DISTRIBUTIONS and SCHEMA[key].type.startswith("int"):
+        raise SpaceError(f"{where}: params.{key}.{kind}: {key} is an integer and {kind} draws floats; allowed: "
+                         "int, randint, qrandint, lograndint or choice")
     low, high = args[0], args[1]
     if not low < high:
         raise SpaceError(f"{where}: params.{key}.{kind}: low {low} >= high {high}; allowed: low < high")
@@ -325,9 +316,6 @@ def define_by_run(params, trial):
     return fixed
 
 
-_MISSING = object()
-
-
 def _top(args):
     """The highest multiple of q above low that is <= high (Optuna wants high on the grid)."""
     low, high, q = args
@@ -340,15 +328,21 @@ def optuna_space(space):
 
 
 def to_yaml(space):
-    """The normalised space as YAML (saved in the experiment folder, read back by --resume and tune.best)."""
-    params = {}
+    """The normalised space as YAML (saved in the experiment folder, read back by --resume and tune.best).
+
+    The data folder the search was given is recorded as a top-level `data:` (a space file may not set it).
+    """
+    doc, params = {"search": space["search"]}, {}
     for p in space["params"]:
+        if p["name"] == "data":
+            doc["data"] = p["args"]
+            continue
         entry = p["args"] if p["kind"] == "fixed" and not p["when"] else {
             ("value" if p["kind"] == "fixed" else p["kind"]): p["args"]}
         if p["when"]:
             entry["when"] = p["when"]
         params[p["name"]] = entry
-    doc = {"search": space["search"], "params": params}
+    doc["params"] = params
     if space["first_trials"]:
         doc["first_trials"] = space["first_trials"]
     return yaml.safe_dump(doc, sort_keys=False)
