@@ -132,7 +132,7 @@ def problem(spec, value):
 def check_value(key, value):
     """Raise ConfigError unless `key` is a config key and `value` is allowed for it."""
     if key not in SCHEMA:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {sorted(SCHEMA)}")
+        raise ConfigError(f"unknown config key {key!r} (given {value!r}); known keys: {sorted(SCHEMA)}")
     why = problem(SCHEMA[key], value)
     if why:
         raise ConfigError(f"{key}: {why}")

@@ -107,6 +107,10 @@ def test_train_on_val_trains_on_both_splits(tiny_config, tmp_path):
 
 
 def test_command_line(tiny_imagefolder, tmp_path, capsys):
+    import re
+
+    from conftest import run_main
+
     config = tmp_path / "cnn.yaml"
     config.write_text("model: cnn\nimage_size: 16\nbatch_size: 16\n")
     train.main(["--data", str(tiny_imagefolder), "--config", str(config), "--set", "epochs=2", "lr=3e-3",
@@ -114,10 +118,10 @@ def test_command_line(tiny_imagefolder, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "epoch | train loss | train acc | valid loss | valid acc" in printed
     assert (tmp_path / "out" / "submission.csv").exists() and (tmp_path / "out" / "predictions.png").exists()
-    with pytest.raises(SystemExit, match="unknown config key.*'learning_rate'"):
-        train.main(["--data", str(tiny_imagefolder), "--set", "learning_rate=1"])
-    with pytest.raises(SystemExit, match="has no Train/ folder"):
-        train.main(["--data", str(tmp_path), "--set", "model=cnn"])
+    code, _, err = run_main(train, ["--data", str(tiny_imagefolder), "--set", "learning_rate=1"])
+    assert code == 2 and re.match(r"dogs-train: error: unknown config key.*'learning_rate'", err), err
+    code, _, err = run_main(train, ["--data", str(tmp_path), "--set", "model=cnn"])
+    assert code == 2 and "has no Train/ folder" in err, err
 
 
 def test_trainable_reports_every_epoch_and_resumes_from_its_checkpoint(tiny_config, tmp_path, monkeypatch):
