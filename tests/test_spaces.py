@@ -185,3 +185,66 @@ def test_notebook_space_runs_the_two_notebook_configs():
     assert cnn == {**cnn, **common, "model": "cnn", "normalize": "half"} and "unfreeze" not in cnn
     assert resnet == {**resnet, **common, "model": "resnet18", "unfreeze": 0, "head_on": "logits"}
     assert space["search"]["epochs"] == 10
+
+
+# one schema: the space checks every value with dogs.config, and refuses what would silently go wrong
+
+SPACE_CASES = [
+    # id, text, what the message says
+    ("reduction_factor=inf", "search: {reduction_factor: .inf}\nparams: {lr: 1e-3}\n",
+     ["search.reduction_factor", "not a finite number", "> 1"]),
+    ("uniform=[-inf, inf]", "params: {lr: {uniform: [-.inf, .inf]}}\n", ["params.lr.uniform", "finite bounds"]),
+    ("uniform=[0, nan]", "params: {dropout: {uniform: [0, .nan]}}\n", ["params.dropout.uniform", "finite bounds"]),
+    ("samples=1000000000", "search: {samples: 1000000000}\nparams: {lr: 1e-3}\n",
+     ["search.samples", "1000000000", "1..10000", "driver holds them all in memory"]),
+    ("lr=-1 fixed", "params: {lr: -1}\n", ["params.lr", "-1 is not allowed", "> 0"]),
+    ("lr low bound -1", "params: {lr: {uniform: [-1, 0.1]}}\n", ["params.lr", "-1 is not allowed", "> 0"]),
+    ("dropout high bound 1.5", "params: {dropout: {uniform: [0.1, 1.5]}}\n", ["params.dropout", "1.5", "[0, 1)"]),
+    ("image_size choice 0", "params: {image_size: {choice: [16, 0]}}\n", ["params.image_size", "0 is not allowed", "8..2048"]),
+    ("precision choice fp16", "params: {precision: {choice: [fp32, fp16]}}\n", ["params.precision", "'fp16'", "bf16"]),
+    ("normalize weird", "params: {normalize: weird}\n", ["params.normalize", "'weird'", "imagenet"]),
+    ("seed abc", "params: {seed: abc}\n", ["params.seed", "'abc'", "an integer"]),
+    ("head_width -3", "params: {head_width: {int: [-3, 8]}}\n", ["params.head_width", "-3", ">= 0"]),
+    ("batch_size uniform", "params: {batch_size: {uniform: [8, 64]}}\n", ["params.batch_size.uniform", "integer", "randint"]),
+    ("metric best_val_acc", "search: {metric: best_val_acc}\nparams: {lr: 1e-3}\n", ["search.metric", "val_loss"]),
+    ("metric val_loss mode max", "search: {metric: val_loss}\nparams: {lr: 1e-3}\n",
+     ["search.mode", "worst epoch", "'min'"]),
+    ("metric in params", "params: {metric: val_loss}\n", ["params.metric", "search.metric"]),
+    ("mode in params", "params: {mode: {choice: [max, min]}}\n", ["params.mode", "search.mode"]),
+    ("data in params", "params: {data: /somewhere, lr: 1e-3}\n", ["params.data", "--data"]),
+]
+
+
+@pytest.mark.parametrize("text, expected", [c[1:] for c in SPACE_CASES], ids=[c[0] for c in SPACE_CASES])
+def test_space_value_refused_by_the_config_schema(tmp_path, text, expected):
+    message = error_of(tmp_path, text)
+    for part in expected:
+        assert part.lower() in message.lower(), message
+
+
+def test_empty_space_is_refused_saying_what_it_would_do(tmp_path):
+    for text in ("", "search: {samples: 7}\n", "search: {samples: 7}\nparams: {}\n"):
+        message = error_of(tmp_path, text)
+        assert "params: empty" in message and "identical trials of the defaults" in message
+        assert "pretrained resnet18" in message and "loguniform" in message   # what it would do, how to fix
+    assert "7 identical trials" in message
+
+
+def test_data_comes_only_from_the_data_flag(tmp_path):
+    path = write(tmp_path, "params: {lr: {loguniform: [1e-4, 1e-2]}}\n")
+    with pytest.raises(spaces.SpaceError, match="--set data: .*--data DIR"):
+        spaces.load(path, sets={"data": "/elsewhere"}, data=None)
+    top = write(tmp_path, "data: /elsewhere\nparams: {lr: 1e-3}\n", "top.yaml")
+    with pytest.raises(spaces.SpaceError, match=f"{top}: data: not allowed in a space file; .*--data DIR"):
+        spaces.load(top, data="/mine")
+    # the search's --data is every trial's data, and its saved copy of the space records it
+    space = spaces.load(path, data="/mine")
+    assert sample(space, 2)[0]["data"] == "/mine" and "data" not in spaces.searched_names(space)
+    saved = spaces.load(write(tmp_path, spaces.to_yaml(space), "saved.yaml"))
+    assert saved["params"] == space["params"] and "data: /mine" in spaces.to_yaml(space)
+
+
+def test_space_metrics_are_the_config_metrics():
+    from dogs import config
+
+    assert spaces.METRICS is config.METRICS and spaces.SETTINGS["metric"] is config.SCHEMA["metric"]
