@@ -24,6 +24,8 @@ DEFAULTS = {
     "weight_decay": 0.0,
     "label_smoothing": 0.0,
     "seed": 0,                 # None = not seeded
+    "metric": "val_acc",
+    "mode": "max",
     # arithmetic
     "precision": "auto",       # "auto" (bf16 autocast on a GPU that has it, else fp32) | "bf16" | "fp32"
     "channels_last": True,     # NHWC memory format for convolutions
