@@ -27,7 +27,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped
 DECODE = {
     "output": "RGB uint8, size x size (aspect not kept)",
     "draft": "JPEG decoded at the smallest libjpeg scale that is still >= size",
-    "exif_orientation": "applied (ImageOps.exif_transpose): phone photos stand upright",
+    "exif_orientation": "applied (ImageOps.exif_transpose) when the EXIF can be read: phone photos stand upright",
     "alpha": (255, 255, 255),  # RGBA, LA, PA and transparent palette images are composited on this background
     "high_bit_depth": "I;16*: x255/65535; I and F: 0..1 floats x255, else 0..255 kept, else 0..65535 "
                       "x255/65535, else x255/max; then grey to RGB",
@@ -62,7 +62,8 @@ def is_image_name(path):
 
 def _split_folders(root):
     """Real locations of the split folders: a folder link that resolves into one points back into the data tree."""
-    return [os.path.realpath(Path(root) / split) for split in (TRAIN, VALIDATION, TEST) if (Path(root) / split).is_dir()]
+    folders = [Path(root) / split for split in (TRAIN, VALIDATION, TEST)]
+    return [os.path.realpath(f) for f in folders if f.is_dir()]
 
 
 def _inside(path, folders):
@@ -70,9 +71,9 @@ def _inside(path, folders):
 
 
 def _skip_link(link, tree, visited):
-    """True (with a warning) for a folder link back into the data tree or to a folder already walked (a loop)."""
+    """True (with a warning) for a folder link into the data tree, to a folder holding it, or already walked."""
     target = os.path.realpath(link)
-    if _inside(target, tree) or target in visited:
+    if _inside(target, tree) or any(_inside(f, [target]) for f in tree) or target in visited:
         log.warning("skipping the folder link %s -> %s: it points back into the data tree (a loop or a copy); "
                     "link only folders outside the data folder", link, target)
         return True
@@ -170,11 +171,19 @@ def _to_8bit(img):
     return Image.fromarray(np.clip(np.rint(a * (255 / scale)), 0, 255).astype(np.uint8))  # 2-D uint8: L
 
 
+def _orientation(img):
+    """The EXIF orientation tag, or None when there is none or the EXIF block cannot be parsed."""
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block does not make the pixels unreadable: keep them as stored
+        return None
+
+
 def load_rgb(path, size):
     """Decode one image as DECODE describes to an RGB uint8 array of shape (size, size, 3); raises on a corrupt file."""
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale when the target is small
-        if DECODE["exif_orientation"]:
+        if DECODE["exif_orientation"] and _orientation(img) not in (None, 1):
             img = ImageOps.exif_transpose(img)  # orientation 6/8: the way a photo viewer shows it
         if img.mode.startswith("I") or img.mode == "F":
             img = _to_8bit(img)  # 16-bit and float samples: scaled, not clipped at 255

@@ -91,6 +91,7 @@ def test_one_class_only_is_an_error(tmp_path):
     ("Train/circle/again", ".."),         # a subfolder that loops to the split
     ("Train/circle/self", "."),           # a subfolder that loops to its own class
     ("Train/copy", "../Validation/circle"),  # a class folder that is another split's class
+    ("Train/circle/up", "../../.."),      # a subfolder that holds the whole data folder
 ])
 def test_symlink_loop_into_the_data_tree_is_skipped_with_a_warning(tmp_path, caplog, link, target):
     root = make_imagefolder(tmp_path / "d", n_train=2, n_val=1, n_test=0, awkward=False)
