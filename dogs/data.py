@@ -224,7 +224,7 @@ def _write_demo(root):
         else:
             path = root / TEST / f"{i - n_train - n_val}.png"
         with atomic_path(path) as tmp:
-            Image.fromarray(pixels, mode="L").save(tmp)
+            Image.fromarray(pixels).save(tmp)  # 2-D uint8: grey (L)
     test_idx = order[n_train + n_val:]
     lines = ["Id,Class"] + [f"{i}.png,{digits.target[idx]}" for i, idx in enumerate(test_idx)]
     with atomic_path(root / "test_labels.csv") as tmp:
