@@ -1,10 +1,13 @@
 """Decode once: every image of a split, RGB and resized, in one memory-mapped uint8 array (N, H, W, 3).
 
-The array file is keyed by the file list (paths, sizes, mtimes) and the resolution, so a changed data set
-is rebuilt and an unchanged one never is. All trials on a node map the same file, so one copy lives in
-the page cache. A file lock makes trials that start together build it once. Corrupt files keep their
-slot (all zeros) and are listed in the metadata; `CachedImages.ok` masks them out.
+The array file is keyed by everything its bytes depend on: the file list (paths, sizes, mtimes, in order),
+the resolution, and how a file is decoded (data.DECODE and Pillow's version). A changed data set or decode
+is rebuilt; an unchanged one never is. All trials on a node map the same file, so one copy lives in the
+page cache, and a file lock makes trials that start together build it once. Corrupt files keep their slot
+(all zeros) and are listed in the metadata; `CachedImages.ok` masks them out.
 """
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -14,12 +17,41 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
+import PIL
 
-from .data import load_rgb
+from .data import DECODE, load_rgb
+from .errors import CacheError
+from .files import atomic_path, build_once
 
 log = logging.getLogger("dogs")
-VERSION = 1  # bump when the decode (load_rgb) changes
+
+# Config keys that do not change the decoded images, each with the reason; every other key must change
+# image_cache_key (tests/test_cache_keys.py walks every key of config.DEFAULTS). `data` changes the file
+# list and `image_size` the resolution; nothing else reaches the decoder.
+IMAGE_CACHE_IGNORES = {
+    "cache_dir": "where the cache lives, not what it holds",
+    "augment": "runs on the device, on the decoded images",
+    "feature_cache": "decides whether frozen features are cached, after decoding",
+    "normalize": "runs on the device, on the decoded images",
+    "model": "reads the decoded images; decoding does not depend on it",
+    "weights": "model weights: after decoding",
+    "head_on": "model: after decoding",
+    "head_width": "model: after decoding",
+    "dropout": "model: after decoding",
+    "unfreeze": "model: after decoding",
+    "epochs": "training only",
+    "batch_size": "training only (the build decodes file by file)",
+    "lr": "training only",
+    "backbone_lr": "training only",
+    "weight_decay": "training only",
+    "label_smoothing": "training only",
+    "seed": "decoding is deterministic; the seed only orders and augments batches",
+    "metric": "chooses the best epoch, after training",
+    "mode": "chooses the best epoch, after training",
+    "precision": "arithmetic of the model; images are stored as uint8",
+    "channels_last": "memory format of the model's input on the device; the cache is NHWC uint8 either way",
+    "compile": "compiles the model, after decoding",
+}
 
 
 def cpu_count():
@@ -29,12 +61,45 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
-def cache_key(files, size):
-    h = hashlib.sha256(f"v{VERSION} size={size}\n".encode())
+def image_key(files, size):
+    """Hash of DECODE, Pillow's version, the size and each file (path, bytes, mtime) in order."""
+    decode = json.dumps({"decode": DECODE, "pillow": PIL.__version__, "size": size}, sort_keys=True)
+    h = hashlib.sha256(decode.encode() + b"\n")
     for path in files:
         st = os.stat(path)
         h.update(f"{os.path.abspath(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
+
+
+def image_cache_key(config, files):
+    """The decoded-image cache key a run of `config` uses for `files` (no decoding)."""
+    return image_key(files, config["image_size"])
+
+
+@contextlib.contextmanager
+def cache_errors(cache_dir):
+    """An OSError while writing the cache (read-only folder, disk full) -> one CacheError naming the folder."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise CacheError(f"cannot write the cache folder {cache_dir}: {e.strerror or e}{where}; set DOGS_CACHE "
+                         f"(or the cache_dir key) to a writable folder with free space") from e
+
+
+def new_array(path, shape, dtype):
+    """A memory-mapped .npy file with its blocks reserved now: a full disk fails here, not as a crash mid-write."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # else the file system cannot reserve blocks: write as before
+    return out
 
 
 class CachedImages:
@@ -52,14 +117,12 @@ class CachedImages:
 
 def cached_images(files, size, cache_dir, workers=None):
     """Open the decode cache for `files` at `size` px, building it first if needed (once per node)."""
-    key = cache_key(files, size)
+    key = image_key(files, size)
     folder = Path(cache_dir) / "images"
-    folder.mkdir(parents=True, exist_ok=True)
     path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    if not meta_path.exists():
-        with FileLock(str(folder / f"{key}.lock")):
-            if not meta_path.exists():  # another process may have built it while we waited
-                _build(files, size, path, meta_path, key, workers or cpu_count())
+    # the metadata lands last: its presence means the array is complete
+    with cache_errors(cache_dir):
+        build_once(meta_path, lambda: _build(files, size, path, meta_path, key, workers or cpu_count()))
     cache = CachedImages.open(path, json.loads(meta_path.read_text()))
     if cache.bad:
         log.warning("skipped %d unreadable image(s): %s", len(cache.bad),
@@ -70,23 +133,21 @@ def cached_images(files, size, cache_dir, workers=None):
 def _build(files, size, path, meta_path, key, workers):
     # decode in threads: Pillow releases the GIL while it decodes and resizes
     start = time.perf_counter()
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
     bad = []
+    with atomic_path(path) as tmp:
+        out = new_array(tmp, (len(files), size, size, 3), np.uint8)
 
-    def decode(i):
-        try:
-            out[i] = load_rgb(files[i], size)
-        except Exception as e:  # corrupt, truncated or not an image at all: skip it, say which and why
-            bad.append([i, str(files[i]), f"{type(e).__name__}: {e}"])
+        def decode(i):
+            try:
+                out[i] = load_rgb(files[i], size)
+            except Exception as e:  # corrupt, truncated or not an image at all: skip it, say which and why
+                bad.append([i, str(files[i]), f"{type(e).__name__}: {e}"])
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(decode, range(len(files))))
-    out.flush()  # every row is on disk before the file gets its final name
-    os.replace(tmp, path)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(decode, range(len(files))))
+        out.flush()  # every row is on disk before the file gets its final name
     seconds = time.perf_counter() - start
     meta = {"key": key, "size": size, "count": len(files), "bad": sorted(bad), "build_seconds": seconds}
-    meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps(meta))
-    os.replace(meta_tmp, meta_path)  # the metadata lands last: its presence means the array is complete
+    with atomic_path(meta_path) as tmp:
+        tmp.write_text(json.dumps(meta))
     log.info("decoded %d images at %dpx in %.1fs with %d threads -> %s", len(files), size, seconds, workers, path)

@@ -5,7 +5,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
+
+from .errors import DataError
+from .files import atomic_path, build_once
 
 log = logging.getLogger("dogs")
 
@@ -19,9 +22,20 @@ LAYOUT = (
 )
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped and reported), not grey pixels
 
-
-class DataError(ValueError):
-    """The data folder does not have the layout we need; the message says what to fix."""
+# How load_rgb turns a file into pixels. The decoded-image cache hashes this description (with Pillow's
+# version) into its key: change a value here, or what load_rgb does with it, and every cache is rebuilt.
+DECODE = {
+    "output": "RGB uint8, size x size (aspect not kept)",
+    "draft": "JPEG decoded at the smallest libjpeg scale that is still >= size",
+    "exif_orientation": "applied (ImageOps.exif_transpose) when the EXIF can be read: phone photos stand upright",
+    "alpha": (255, 255, 255),  # RGBA, LA, PA and transparent palette images are composited on this background
+    "high_bit_depth": "I;16*: x255/65535; I and F: 0..1 floats x255, else 0..255 kept, else 0..65535 "
+                      "x255/65535, else x255/max; then grey to RGB",
+    "cmyk": "Pillow's CMYK -> RGB",
+    "resample": "BILINEAR",
+    "reducing_gap": 3.0,
+    "truncated": "error",
+}
 
 
 def default_cache_dir():
@@ -46,15 +60,52 @@ def is_image_name(path):
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def _split_folders(root):
+    """Real locations of the split folders: a folder link that resolves into one points back into the data tree."""
+    folders = [Path(root) / split for split in (TRAIN, VALIDATION, TEST)]
+    return [os.path.realpath(f) for f in folders if f.is_dir()]
+
+
+def _inside(path, folders):
+    return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def _skip_link(link, tree, visited):
+    """True (with a warning) for a folder link into the data tree, to a folder holding it, or already walked."""
+    target = os.path.realpath(link)
+    if _inside(target, tree) or any(_inside(f, [target]) for f in tree) or target in visited:
+        log.warning("skipping the folder link %s -> %s: it points back into the data tree (a loop or a copy); "
+                    "link only folders outside the data folder", link, target)
+        return True
+    return False
+
+
+def image_files(folder, tree):
+    """Image files under `folder` (any depth), sorted. Folder links are followed unless they loop back into `tree`."""
+    found, visited = [], {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        # prune links back into the data tree and loops; remember every real folder walked
+        dirnames[:] = [d for d in dirnames if not (os.path.islink(os.path.join(dirpath, d))
+                                                  and _skip_link(os.path.join(dirpath, d), tree, visited))]
+        visited.update(os.path.realpath(os.path.join(dirpath, d)) for d in dirnames)
+        found += [p for p in (Path(dirpath) / f for f in filenames) if is_image_name(p) and p.is_file()]
+    return sorted(found)
+
+
 def labeled_split(root, split):
-    """(classes, files, labels) of ROOT/split/<class>/*; a class folder without images is an error."""
+    """(classes, files, labels) of ROOT/split/<class>/*; a class folder without images, or one class, is an error."""
     folder = Path(root) / split
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    tree = _split_folders(root)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and not (p.is_symlink() and _skip_link(p, tree, set())))
     if not classes:
         raise DataError(f"{folder} has no class folders; {LAYOUT}")
+    if len(classes) == 1:
+        raise DataError(f"{folder} has one class folder ({classes[0]}): nothing to classify; "
+                        f"add a folder per class; {LAYOUT}")
     files, labels, empty = [], [], []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (folder / name).rglob("*") if p.is_file() and is_image_name(p))
+        found = image_files(folder / name, tree)
         if not found:
             empty.append(name)
         files += found
@@ -74,36 +125,74 @@ def check_same_classes(train_classes, val_classes, root):
 
 
 def _natural_key(path):
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.stem)]
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.stem)] + [path.name]
 
 
 def test_files(root):
     """Files of ROOT/Test in submission order: by the integer in their name (0.jpg, 1.jpg, ..., 10.jpg).
 
-    Names that are not plain integers are ordered naturally (img2 before img10) and a warning says so;
-    their Id in submission.csv is still the file name. Returns [] when there is no Test/ folder.
+    Names with the same number (01.png, 1.png) follow by name, and names that are not plain integers are
+    ordered naturally (img2 before img10); a warning says so. Their Id in submission.csv is the file name.
+    Subfolders of Test/ are skipped with a warning. Returns [] when there is no Test/ folder.
     """
     folder = Path(root) / TEST
     if not folder.is_dir():
         return []
-    files = [p for p in folder.iterdir() if p.is_file() and is_image_name(p)]
+    entries = sorted(folder.iterdir())
+    subfolders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
+    if subfolders:
+        log.warning("Test/ holds files only: skipping its subfolder(s) %s and the files in them", subfolders[:5])
+    files = [p for p in entries if p.is_file() and is_image_name(p)]
     if all(p.stem.isdigit() for p in files):
-        return sorted(files, key=lambda p: int(p.stem))
+        by_number = {}
+        for p in files:
+            by_number.setdefault(int(p.stem), []).append(p.name)
+        same = [names for names in by_number.values() if len(names) > 1]
+        if same:
+            log.warning("Test/ has file names with the same number (e.g. %s); ordering them by number, then by name",
+                        sorted(same[0]))
+        return sorted(files, key=lambda p: (int(p.stem), p.name))
     odd = sorted(p.name for p in files if not p.stem.isdigit())
     log.warning("Test/ has %d file name(s) that are not integers (e.g. %s); ordering them naturally by name",
                 len(odd), odd[:3])
     return sorted(files, key=_natural_key)
 
 
+def _to_8bit(img):
+    """An image of more than 8 bits per sample (I;16*, I, F) as 8-bit grey, scaled as DECODE says."""
+    a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    top = a.max(initial=0)
+    if img.mode.startswith("I;16"):
+        scale = 65535
+    elif img.mode == "F" and top <= 1:
+        scale = 1
+    else:
+        scale = 255 if top <= 255 else 65535 if top <= 65535 else top
+    return Image.fromarray(np.clip(np.rint(a * (255 / scale)), 0, 255).astype(np.uint8))  # 2-D uint8: L
+
+
+def _orientation(img):
+    """The EXIF orientation tag, or None when there is none or the EXIF block cannot be parsed."""
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block does not make the pixels unreadable: keep them as stored
+        return None
+
+
 def load_rgb(path, size):
-    """Decode one image to an RGB uint8 array of shape (size, size, 3); raises on a corrupt file."""
+    """Decode one image as DECODE describes to an RGB uint8 array of shape (size, size, 3); raises on a corrupt file."""
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale when the target is small
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        if DECODE["exif_orientation"] and _orientation(img) not in (None, 1):
+            img = ImageOps.exif_transpose(img)  # orientation 6/8: the way a photo viewer shows it
+        if img.mode.startswith("I") or img.mode == "F":
+            img = _to_8bit(img)  # 16-bit and float samples: scaled, not clipped at 255
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            background = Image.new("RGBA", img.size, (*DECODE["alpha"], 255))
             img = Image.alpha_composite(background, img)  # transparent pixels become white, not black
-        img = img.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+        img = img.convert("RGB").resize((size, size), Image.Resampling[DECODE["resample"]],
+                                        reducing_gap=DECODE["reducing_gap"])
         return np.asarray(img, dtype=np.uint8)
 
 
@@ -111,33 +200,32 @@ def demo_digits(cache_dir):
     """scikit-learn's 1,797 real handwritten digits (8x8, 10 classes) written once as an ImageFolder.
 
     Split 70/15/15 into Train/<digit>/, Validation/<digit>/ and a numbered Test/ whose answers are kept
-    in test_labels.csv beside it.
+    in test_labels.csv beside it; that file is written last, so its presence means the demo is complete.
     """
+    from .cache import cache_errors
     root = Path(cache_dir) / "demo-digits"
-    if (root / "test_labels.csv").exists():
-        return root
-    from filelock import FileLock
-    from sklearn.datasets import load_digits
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if (root / "test_labels.csv").exists():
-            return root
-        digits = load_digits()
-        order = np.random.default_rng(0).permutation(len(digits.images))
-        n_train, n_val = int(0.7 * len(order)), int(0.15 * len(order))
-        tmp = root.with_name(root.name + ".tmp")
-        for i, idx in enumerate(order):
-            pixels = (digits.images[idx] * (255 / 16)).astype(np.uint8)
-            label = int(digits.target[idx])
-            if i < n_train + n_val:
-                split = TRAIN if i < n_train else VALIDATION
-                path = tmp / split / str(label) / f"{idx}.png"
-            else:
-                path = tmp / TEST / f"{i - n_train - n_val}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels, mode="L").save(path)
-        test_idx = order[n_train + n_val:]
-        lines = ["Id,Class"] + [f"{i}.png,{digits.target[idx]}" for i, idx in enumerate(test_idx)]
-        (tmp / "test_labels.csv").write_text("\n".join(lines) + "\n")
-        os.replace(tmp, root)
+    with cache_errors(cache_dir):
+        build_once(root / "test_labels.csv", lambda: _write_demo(root))
     return root
+
+
+def _write_demo(root):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.images))
+    n_train, n_val = int(0.7 * len(order)), int(0.15 * len(order))
+    # every image under its final name (a rerun after a crash rewrites the same names), the answers last
+    for i, idx in enumerate(order):
+        pixels = (digits.images[idx] * (255 / 16)).astype(np.uint8)
+        label = int(digits.target[idx])
+        if i < n_train + n_val:
+            split = TRAIN if i < n_train else VALIDATION
+            path = root / split / str(label) / f"{idx}.png"
+        else:
+            path = root / TEST / f"{i - n_train - n_val}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels).save(tmp)  # 2-D uint8: grey (L)
+    test_idx = order[n_train + n_val:]
+    lines = ["Id,Class"] + [f"{i}.png,{digits.target[idx]}" for i, idx in enumerate(test_idx)]
+    with atomic_path(root / "test_labels.csv") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")

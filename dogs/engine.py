@@ -49,10 +49,14 @@ class Split:
 def load_split(root, split, config):
     classes, files, labels = data.labeled_split(root, split)
     images = cache.cached_images(files, config["image_size"], config["cache_dir"] or data.default_cache_dir())
-    index = np.flatnonzero(images.ok)
-    if len(index) == 0:
-        raise data.DataError(f"{root / split}: none of the {len(files)} images could be read")
-    return classes, Split(images, np.asarray(labels), index)
+    labels, reasons = np.asarray(labels), {row: f"{f} ({e})" for row, f, e in images.bad}
+    # a class whose every file is unreadable would train as a class with 0 images
+    for label, name in enumerate(classes):
+        rows = np.flatnonzero(labels == label)
+        if not images.ok[rows].any():
+            raise data.DataError(f"{root / split / name}: none of the {len(rows)} image(s) of class {name!r} "
+                                 f"could be read (e.g. {reasons[rows[0]]}); fix or remove the folder")
+    return classes, Split(images, labels, np.flatnonzero(images.ok))
 
 
 def load_splits(config, log_fn=print):
@@ -70,18 +74,35 @@ def use_feature_cache(config, model):
     return config["feature_cache"] and not config["augment"] and len(model.frozen) > 0
 
 
+def feature_cache_key(config, files, device=None):
+    """The frozen-feature cache key a run of `config` on `files` uses: builds the model, decodes nothing.
+
+    The prefix is built as Run builds it (seeded, pretrained weights loaded), in a forked RNG.
+    """
+    config, device = resolve(config), device or default_device()
+    with torch.random.fork_rng(devices=[]):
+        if config["seed"] is not None:
+            torch.manual_seed(config["seed"])
+        model = models.build_model(config, num_classes=2)
+    if config["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = models.normalization(config)
+    return features.feature_key(cache.image_cache_key(config, files), model.frozen, mean, std,
+                                amp_dtype(config, device), device, config["channels_last"])
+
+
 def make_batches(split, model, config, device, amp, train):
     """Batches of a split: cached frozen features when they apply, else images normalized on the device."""
     mean, std = models.normalization(config)
-    images = image_preparer(mean, std, device, augment=train and config["augment"],
-                            channels_last=config["channels_last"])
     seed = config["seed"]
     if use_feature_cache(config, model):
         cache_dir = config["cache_dir"] or data.default_cache_dir()
-        array, key = features.frozen_features(model, split.images, image_preparer(mean, std, device), device, amp,
+        array, key = features.frozen_features(model, split.images, mean, std, device, amp, config["channels_last"],
                                               cache_dir)
         return Batches(array, split.labels, split.index, config["batch_size"], device,
                        feature_preparer(device, config["channels_last"]), shuffle=train, seed=seed, key=key)
+    images = image_preparer(mean, std, device, augment=train and config["augment"],
+                            channels_last=config["channels_last"])
     return Batches(split.images.images, split.labels, split.index, config["batch_size"], device, images,
                    shuffle=train, seed=seed, key=split.images.key)
 

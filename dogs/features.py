@@ -1,24 +1,48 @@
 """Frozen-feature cache: the frozen prefix's output, computed once per node and reused by every trial.
 
 With augmentation off, a frozen prefix (eval mode, no gradients) maps each image to the same tensor in
-every epoch of every trial. We compute it once, store it as a memory-mapped array keyed by the image
-cache and a hash of the prefix's weights (which covers backbone, weights file and cut point) and dtype,
-and trials then train only the tail. Frozen-prefix hashing makes the key exact: any weight change misses.
+every epoch of every trial. We compute it once, store it as a memory-mapped array and trials then train
+only the tail. The key hashes everything the array's bytes depend on: the decoded images (their cache
+key), the normalization, the prefix's architecture and weights (which cover backbone, weights file, cut
+point and, for random weights, the seed), the autocast and storage dtypes, the memory format, the device
+and torch's version. Any change misses.
 """
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 
-from .batches import Batches
+from .batches import Batches, image_preparer
+from .cache import cache_errors, new_array
+from .files import atomic_path, build_once
 
 log = logging.getLogger("dogs")
+BATCH = 256  # images per forward pass of the prefix while building
+
+# Config keys that do not change the frozen features, each with the reason; every other key must change
+# the key (tests/test_cache_keys.py walks every key of config.DEFAULTS). data and image_size reach it
+# through the image key, normalize through mean/std, model/weights/head_on/unfreeze/seed through the
+# prefix's architecture and weights, precision through the dtypes, channels_last through the memory format.
+FEATURE_CACHE_IGNORES = {
+    "cache_dir": "where the cache lives, not what it holds",
+    "augment": "augment=True turns the feature cache off (random crops change every epoch)",
+    "feature_cache": "feature_cache=False turns the feature cache off",
+    "head_width": "the head is in the trained tail, after the cached prefix",
+    "dropout": "the head is in the trained tail, after the cached prefix",
+    "epochs": "training only",
+    "batch_size": f"training only (the prefix runs in batches of {BATCH}, in eval mode)",
+    "lr": "training only",
+    "backbone_lr": "training only",
+    "weight_decay": "training only",
+    "label_smoothing": "training only",
+    "metric": "chooses the best epoch, after training",
+    "mode": "chooses the best epoch, after training",
+    "compile": "compiles the trained tail; the prefix runs uncompiled",
+}
 
 
 def prefix_hash(frozen):
@@ -30,40 +54,52 @@ def prefix_hash(frozen):
     return h.hexdigest()[:24]
 
 
-def frozen_features(model, images, prepare, device, amp_dtype, cache_dir, batch_size=256):
+def storage_dtype(amp):
+    return np.float16 if amp is not None else np.float32
+
+
+def feature_key(image_key, frozen, mean, std, amp, device, channels_last):
+    """Hash of everything the features of `frozen` over the images of `image_key` depend on."""
+    described = {
+        "images": image_key, "prefix": prefix_hash(frozen), "mean": list(mean), "std": list(std),
+        "autocast": str(amp), "store": np.dtype(storage_dtype(amp)).name, "channels_last": bool(channels_last),
+        "device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "batch": BATCH, "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def frozen_features(model, images, mean, std, device, amp, channels_last, cache_dir):
     """(N, ...) array of `model.frozen` applied to every image of `images` (a CachedImages), cached on disk."""
-    store = np.float16 if amp_dtype is not None else np.float32
-    key = hashlib.sha256(f"{images.key} {prefix_hash(model.frozen)} {np.dtype(store).name}".encode()).hexdigest()[:24]
+    key = feature_key(images.key, model.frozen, mean, std, amp, device, channels_last)
     folder = Path(cache_dir) / "features"
-    folder.mkdir(parents=True, exist_ok=True)
     path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    if not meta_path.exists():
-        with FileLock(str(folder / f"{key}.lock")):
-            if not meta_path.exists():
-                _build(model, images, prepare, device, amp_dtype, store, path, meta_path, batch_size)
+    # the metadata lands last: its presence means the array is complete
+    with cache_errors(cache_dir):
+        build_once(meta_path, lambda: _build(model, images, image_preparer(mean, std, device), device, amp,
+                                             path, meta_path))
     return np.load(path, mmap_mode="r"), key
 
 
 @torch.no_grad()
-def _build(model, images, prepare, device, amp_dtype, store, path, meta_path, batch_size):
+def _build(model, images, prepare, device, amp, path, meta_path):
     # one eval-mode pass of the frozen prefix over every image, written straight into the array file
     start = time.perf_counter()
     model.frozen.eval()
-    batches = Batches(images.images, np.zeros(len(images.images)), np.arange(len(images.images)), batch_size,
+    store = storage_dtype(amp)
+    batches = Batches(images.images, np.zeros(len(images.images)), np.arange(len(images.images)), BATCH,
                       device, prepare, key=images.key)
     out, row = None, 0
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    for x, _ in batches:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            f = model.frozen(x).float().cpu().numpy()
-        if out is None:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=store, shape=(len(images.images), *f.shape[1:]))
-        out[row:row + len(f)] = f
-        row += len(f)
-    out.flush()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        for x, _ in batches:
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                f = model.frozen(x).float().cpu().numpy()
+            if out is None:
+                out = new_array(tmp, (len(images.images), *f.shape[1:]), store)
+            out[row:row + len(f)] = f
+            row += len(f)
+        out.flush()
     seconds = time.perf_counter() - start
-    meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"images": images.key, "seconds": seconds, "dtype": np.dtype(store).name}))
-    os.replace(meta_tmp, meta_path)
+    with atomic_path(meta_path) as tmp:
+        tmp.write_text(json.dumps({"images": images.key, "seconds": seconds, "dtype": np.dtype(store).name}))
     log.info("frozen features of %d images computed in %.1fs -> %s", row, seconds, path)

@@ -1,6 +1,5 @@
 """Predictions: submission.csv (Id,Class) for Test/, and a grid of validation images with their predictions."""
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from . import cache, data, models
 from .batches import Batches, image_preparer
 from .engine import amp_dtype, default_device, load_split
+from .files import atomic_path
 
 log = logging.getLogger("dogs")
 
@@ -29,14 +29,6 @@ def predict_images(model, config, images, index, device):
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
-def write_csv_atomic(frame, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
 def write_submission(model, config, root, path, device, fallback_class=0):
     """submission.csv with one row per Test/ file in numeric order; None when there is no Test/ folder.
 
@@ -51,7 +43,9 @@ def write_submission(model, config, root, path, device, fallback_class=0):
     predicted[ok] = predict_images(model, config, images, ok, device)
     if len(ok) < len(files):
         log.warning("%d Test file(s) unreadable; predicted class %d for them", len(files) - len(ok), fallback_class)
-    return write_csv_atomic(pd.DataFrame({"Id": [f.name for f in files], "Class": predicted}), path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame({"Id": [f.name for f in files], "Class": predicted}).to_csv(tmp, index=False)
+    return Path(path)
 
 
 def save_grid(model, config, classes, root, path, device, count=16):
@@ -72,10 +66,9 @@ def save_grid(model, config, classes, root, path, device, count=16):
         ax.set_title(f"Actual: {classes[actual]}\nPrediction: {classes[guess]}", fontsize=8,
                      color="black" if guess == actual else "red")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
     return Path(path)
 
 
