@@ -80,7 +80,7 @@ SCHEMA = {
     "seed":            Key(0, "int or null", SEEDS, "shuffle, init, dropout and augmentation seed; null = not seeded"),
     # what "best" means
     "metric":          Key("val_acc", "str", METRICS, "the score: a run's best epoch and best checkpoint are those with the best metric"),
-    "mode":            Key("max", "str", ("max", "min"), "max for accuracies, min for losses"),
+    "mode":            Key(None, "str or null", ("max", "min"), "max for accuracies, min for losses; null = the metric's own"),
     # arithmetic
     "precision":       Key("auto", "str", ("auto", "bf16", "fp32"), "auto = bf16 autocast on a GPU that has it, else fp32"),
     "channels_last":   Key(True, "bool", None, "NHWC memory format for convolutions"),
@@ -138,9 +138,14 @@ def check_value(key, value):
         raise ConfigError(f"{key}: {why}")
 
 
+def natural_mode(metric):
+    """The mode that picks the best epoch of `metric`: max for accuracies, min for losses."""
+    return "min" if metric.endswith("_loss") else "max"
+
+
 def metric_mode_problem(metric, mode):
     """None, or why a metric/mode pair would pick the worst epoch (accuracies are maximised, losses minimised)."""
-    right = "min" if metric.endswith("_loss") else "max"
+    right = natural_mode(metric)
     if mode != right:
         return f"mode {mode!r} with metric {metric!r} would pick the worst epoch; allowed: mode {right!r} for {metric}"
     return None
@@ -155,6 +160,8 @@ def resolve(config=None):
     out = {**DEFAULTS, **config}
     for key, value in out.items():
         check_value(key, value)
+    if out["mode"] is None:  # the metric's own direction
+        out["mode"] = natural_mode(out["metric"])
     why = metric_mode_problem(out["metric"], out["mode"])
     if why:
         raise ConfigError(why)

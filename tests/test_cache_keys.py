@@ -39,6 +39,10 @@ def alternatives(other, weights):
     }
 
 
+# values only valid together with another: mode min needs a loss metric; a new metric takes its own mode
+COMPANIONS = {"mode": {"metric": "val_loss"}, "metric": {"mode": None}}
+
+
 def files_of(config):
     root, _ = data.resolve_root(config["data"], config["cache_dir"])
     return data.labeled_split(root, data.TRAIN)[1]
@@ -52,7 +56,7 @@ def keys_left_unchanged(key_of, base, other_values):
     unchanged, base_key = set(), key_of(base)
     for name in DEFAULTS:
         assert other_values[name] != base[name], name
-        if key_of({**base, name: other_values[name]}) == base_key:
+        if key_of({**base, **COMPANIONS.get(name, {}), name: other_values[name]}) == base_key:
             unchanged.add(name)
     return unchanged
 

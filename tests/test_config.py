@@ -46,7 +46,7 @@ def test_inf_and_nan_are_refused_for_every_number(key, value):
 
 
 def test_defaults_and_tiny_test_sizes_are_allowed():
-    assert resolve() == config.DEFAULTS
+    assert resolve() == {**config.DEFAULTS, "mode": "max"}  # mode null = the default metric's own
     assert resolve({"image_size": 8, "seed": None, "head_width": 0, "dropout": 0, "unfreeze": 4, "lr": 1})
     assert resolve({"image_size": 16, "metric": "val_loss", "mode": "min", "precision": "bf16"})
 
@@ -56,9 +56,14 @@ def test_unknown_key_lists_the_known_keys():
         resolve({"learning_rate": 1})
 
 
+def test_mode_defaults_to_the_metrics_own_direction():
+    assert resolve({"metric": "val_loss"})["mode"] == "min"
+    assert resolve({})["mode"] == "max"
+
+
 def test_metric_and_mode_that_would_pick_the_worst_epoch_are_refused():
     with pytest.raises(ConfigError, match="mode 'max' with metric 'val_loss' would pick the worst epoch"):
-        resolve({"metric": "val_loss"})
+        resolve({"metric": "val_loss", "mode": "max"})
     with pytest.raises(ConfigError, match="mode 'min' for|mode 'max' for"):
         resolve({"metric": "train_acc", "mode": "min"})
 

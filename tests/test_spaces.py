@@ -207,7 +207,7 @@ SPACE_CASES = [
     ("head_width -3", "params: {head_width: {int: [-3, 8]}}\n", ["params.head_width", "-3", ">= 0"]),
     ("batch_size uniform", "params: {batch_size: {uniform: [8, 64]}}\n", ["params.batch_size.uniform", "integer", "randint"]),
     ("metric best_val_acc", "search: {metric: best_val_acc}\nparams: {lr: 1e-3}\n", ["search.metric", "val_loss"]),
-    ("metric val_loss mode max", "search: {metric: val_loss}\nparams: {lr: 1e-3}\n",
+    ("metric val_loss mode max", "search: {metric: val_loss, mode: max}\nparams: {lr: 1e-3}\n",
      ["search.mode", "worst epoch", "'min'"]),
     ("metric in params", "params: {metric: val_loss}\n", ["params.metric", "search.metric"]),
     ("mode in params", "params: {mode: {choice: [max, min]}}\n", ["params.mode", "search.mode"]),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from dogs.config import DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, load_yaml, metric_mode_problem, problem
+from dogs.config import DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, load_yaml, metric_mode_problem, natural_mode, problem
 from dogs.errors import SpaceError
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -185,6 +185,8 @@ def _check_settings(search, where):
     if search["grace_period"] > search["epochs"]:
         raise SpaceError(f"{where}: search.grace_period: {search['grace_period']} > epochs {search['epochs']}; "
                          f"allowed: an integer in 1..epochs ({SETTINGS['grace_period'].help})")
+    if search["mode"] is None:  # the metric's own direction
+        search["mode"] = natural_mode(search["metric"])
     why = metric_mode_problem(search["metric"], search["mode"])
     if why:
         raise SpaceError(f"{where}: search.mode: {why}")
