@@ -24,6 +24,8 @@ DEFAULTS = {
     "weight_decay": 0.0,
     "label_smoothing": 0.0,
     "seed": 0,                 # None = not seeded
+    "metric": "val_acc",       # what "best" means: the epoch kept as best.pt / the trial's best checkpoint (METRICS)
+    "mode": "max",             # "max" | "min": whether a higher or a lower `metric` is better
     # arithmetic
     "precision": "auto",       # "auto" (bf16 autocast on a GPU that has it, else fp32) | "bf16" | "fp32"
     "channels_last": True,     # NHWC memory format for convolutions
@@ -31,6 +33,7 @@ DEFAULTS = {
 }
 
 MODELS = ("cnn", "resnet18", "resnet34", "resnet50")
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 
 
 def resolve(config=None):
@@ -46,6 +49,10 @@ def resolve(config=None):
         raise ValueError(f"unfreeze={out['unfreeze']!r}: must be 0..4 residual stages")
     if out["head_on"] not in ("features", "logits"):
         raise ValueError(f"head_on={out['head_on']!r}: choose 'features' or 'logits'")
+    if out["metric"] not in METRICS:
+        raise ValueError(f"metric={out['metric']!r}: choose one of {list(METRICS)}")
+    if out["mode"] not in ("max", "min"):
+        raise ValueError(f"mode={out['mode']!r}: choose 'max' or 'min'")
     return out
 
 
