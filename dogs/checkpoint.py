@@ -58,8 +58,9 @@ def load(path, device="cpu"):
         model = build_model(config, len(ckpt["classes"]), load_weights=False)
         model.load_state_dict(ckpt["model"])
     except (KeyError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: its weights do not fit its own config "
-                              f"({(err.args[0] if err.args else err)!s:.300})") from None
+        lines = [line.strip() for line in str(err.args[0] if err.args else err).splitlines() if line.strip()]
+        raise CheckpointError(f"{path}: its weights do not fit its config and {len(ckpt['classes'])} classes "
+                              f"({lines[-1][:200] if lines else type(err).__name__})") from None
     return model.to(device).eval(), ckpt
 
 
