@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cache, data, features, models
+from . import cache, checkpoint, data, features, models
 from .batches import Batches, feature_preparer, image_preparer
 from .config import resolve
+from .errors import CheckpointError
 
 log = logging.getLogger("dogs")
 
@@ -156,6 +157,10 @@ class Run:
         seed_everything(config["seed"])
         # data: decoded once into the node's cache
         self.root, self.classes, train, val = load_splits(config, log_fn)
+        if resume is not None:  # continuing another run's checkpoint would mix the two runs
+            diffs = checkpoint.differences(resume, config, self.classes, self.root)
+            if diffs:
+                raise CheckpointError(f"the checkpoint is from another run: {'; '.join(diffs)} differ")
         if train_on_val:  # final retrain: Validation joins the training set
             train = concat_splits(train, val)
         # model: a checkpoint fills every weight, so only a fresh run loads pretrained weights
@@ -178,8 +183,12 @@ class Run:
             self.optimizer.load_state_dict(resume["optimizer"])
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
         self.epoch = resume["epoch"] if resume else 0
-        self.best_val_acc = resume["metrics"].get("best_val_acc", -1.0) if resume else -1.0
+        # "best" = the best value of config metric over the epochs, by config mode (a resumed run keeps its best)
+        self.metric, self.mode = config["metric"], config["mode"]
         self.metrics = resume["metrics"] if resume else {}
+        self.best = self.metrics.get(f"best_{self.metric}")
+        self.best_epoch = self.metrics.get("best_epoch") if self.best is not None else None
+        self.improved = False  # whether the last epoch is the best so far
 
     def epochs(self):
         """Train the remaining epochs; yields the metrics of each (the caller checkpoints and reports)."""
@@ -192,17 +201,27 @@ class Run:
             train_loss, train_acc, seen, seconds = train_one_epoch(
                 self.model, self.forward, self.optimizer, self.loss_fn, self.train_batches, self.amp)
             val_loss, val_acc = evaluate(self.model, self.forward, self.loss_fn, self.val_batches, self.amp)
-            self.best_val_acc = max(self.best_val_acc, val_acc)
+            scores = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+            # the best epoch by metric and mode; a tie goes to the later epoch, as Ray's checkpoint keeping does
+            self.improved = is_better(scores[self.metric], self.best, self.mode)
+            if self.improved:
+                self.best, self.best_epoch = scores[self.metric], self.epoch
             self.metrics = {
-                "epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                "val_acc": val_acc, "best_val_acc": self.best_val_acc, "epoch_time_s": seconds,
-                "images_per_s": seen / seconds,
+                "epoch": self.epoch, **scores, f"best_{self.metric}": self.best, "best_epoch": self.best_epoch,
+                "epoch_time_s": seconds, "images_per_s": seen / seconds,
             }
             yield self.metrics
 
     def state(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "config": self.config,
-                "classes": self.classes, "epoch": self.epoch, "metrics": self.metrics}
+                "classes": self.classes, "root": str(self.root), "epoch": self.epoch, "metrics": self.metrics}
+
+
+def is_better(value, best, mode):
+    """Whether `value` is at least as good as `best` by `mode` ("max" | "min"); anything beats no best or NaN."""
+    if best is None or best != best:
+        return True
+    return value >= best if mode == "max" else value <= best
 
 
 def concat_splits(a, b):

@@ -6,6 +6,7 @@ predictions.png and (when the data has Test/) submission.csv into --out.
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -15,8 +16,9 @@ import yaml
 
 from . import checkpoint, predict
 from .config import check_value, load_yaml, parse_sets, resolve
-from .errors import ConfigError, UserError
 from .engine import Run
+from .errors import CheckpointError, ConfigError, UserError
+from .files import atomic_path
 
 HEADER = f"{'epoch':>5} | {'train loss':>10} | {'train acc':>9} | {'valid loss':>10} | {'valid acc':>9} | {'time':>6} | {'img/s':>8}"
 
@@ -27,45 +29,60 @@ def copy_state(state_dict):
 
 
 def run(config, out_dir, train_on_val=False, resume=False, device=None, log=print):
-    """Train one config with the shared epoch loop; returns checkpoint/submission/grid paths and the history."""
+    """Train one config with the shared epoch loop; returns checkpoint/submission/grid paths and the history.
+
+    best.pt is the best epoch by the config's metric and mode (the last epoch when Validation is trained on).
+    history.csv is written every epoch; a resumed run keeps the rows of the epochs before the interruption.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last = out_dir / "last.pt"
+    last, history_csv = out_dir / "last.pt", out_dir / "history.csv"
     state = checkpoint.read(last) if resume and last.exists() else None
     if resume and state is None:
         log(f"nothing to resume in {out_dir}: starting from epoch 1")
-    run = Run(config, device=device, resume=state, train_on_val=train_on_val, log_fn=log)
+    try:
+        run = Run(config, device=device, resume=state, train_on_val=train_on_val, log_fn=log)
+    except CheckpointError as err:
+        raise CheckpointError(f"--resume {last}: {err}; use another --out, or the same data and config") from None
     (out_dir / "config.json").write_text(json.dumps(run.config, indent=2))
     log(f"{run.config['model']} on {len(run.classes)} classes, device {run.device}, "
         f"{'cached frozen features' if run.cached else 'images'} -> {out_dir}")
     if train_on_val:
         log("training on Train + Validation: validation scores are not held out; the last epoch is kept")
-    best_weights, best_acc, history = None, run.best_val_acc, []
-    if state is not None and not train_on_val and (out_dir / "best.pt").exists():  # the best so far may be older
+    metric = run.metric
+    # the epochs before an interruption: history.csv up to the resumed epoch; the best weights from best.pt
+    history, best_weights = [], None
+    if state is not None and history_csv.exists():
+        history = [row for row in pd.read_csv(history_csv).to_dict("records") if row["epoch"] <= run.epoch]
+    if state is not None and not train_on_val and (out_dir / "best.pt").exists():
         best_weights = checkpoint.read(out_dir / "best.pt")["model"]
     log(HEADER)
     for m in run.epochs():
-        # log the epoch, checkpoint it, keep a copy of the best weights
+        # log the epoch, checkpoint it and its history, keep a copy of the best weights
         history.append(m)
         log(f"{m['epoch']:>5} | {m['train_loss']:>10.4f} | {m['train_acc']:>9.2%} | {m['val_loss']:>10.4f} | "
             f"{m['val_acc']:>9.2%} | {m['epoch_time_s']:>5.1f}s | {m['images_per_s']:>8.0f}")
         checkpoint.save(run.state(), last)
-        if not train_on_val and m["val_acc"] > best_acc:
-            best_acc, best_weights = m["val_acc"], copy_state(run.model.state_dict())
+        with atomic_path(history_csv) as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
+        if not train_on_val and run.improved:
+            best_weights = copy_state(run.model.state_dict())
             checkpoint.save(run.state(), out_dir / "best.pt")
-    # restore the best-validation weights (the last ones when Validation was trained on)
+    # restore the best weights (the last ones when Validation was trained on)
     if best_weights is not None:
         run.model.load_state_dict(best_weights)
     else:
         checkpoint.save(run.state(), out_dir / "best.pt")
-    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
     written = predict.submit(run.model, run.state(), out_dir, device=run.device)
     score = demo_test_accuracy(run.root, written["submission"])
-    log(f"best val_acc {run.best_val_acc:.2%}" + (f", demo test accuracy {score:.2%}" if score is not None else ""))
+    if run.best is not None:
+        log(f"best {metric} {run.best:.4f} at epoch {run.best_epoch} ({run.mode})"
+            + (f", demo test accuracy {score:.2%}" if score is not None else ""))
     for name, path in written.items():
         if path:
             log(f"{name}: {path}")
-    return {"checkpoint": out_dir / "best.pt", "best_val_acc": run.best_val_acc, "history": history, **written}
+    return {"checkpoint": out_dir / "best.pt", f"best_{metric}": run.best, "best_epoch": run.best_epoch,
+            "history": history, **written}
 
 
 def demo_test_accuracy(root, submission):
@@ -117,23 +134,33 @@ def data_option(config, data):
         raise ConfigError(f"--data {data} and data={given} (from --config/--set) differ; give the data folder once")
     return {**config, "data": data}
 
+def resume_command(argv, out):
+    """The command line that continues this run: the same arguments, with --out and --resume."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--out" or a.startswith("--out=") for a in argv):
+        argv += ["--out", str(out)]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["python", "-m", "dogs.train", *argv])
+
 
 def main(argv=None):
     import torch
-    from .data import DataError
-    from .models import WeightsError
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         # config: file, then --set, then --data; every value checked before anything runs
         config = load_config_file(args.config) if args.config else {}
         config.update(parse_sets(args.set))
         config = resolve(data_option(config, args.data))
-        out = args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
         run(config, out, train_on_val=args.train_on_val, resume=args.resume,
             device=torch.device(args.device) if args.device else None)
-    except (UserError, DataError, WeightsError, KeyError, ValueError, FileNotFoundError) as err:
-        print(f"dogs-train: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"dogs-train: interrupted; continue with: {resume_command(argv, out)}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except UserError as err:
+        print(f"dogs-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

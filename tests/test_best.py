@@ -1,5 +1,7 @@
 """tune.best: the best trial of an experiment, predictions from its checkpoint or from a retrained config."""
 import json
+import pickle
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -52,7 +54,7 @@ def test_latest_experiment_best_trial_epoch_and_checkpoint(experiment):
     assert f"Best trial of {experiment['dir']}: " in out
     val_acc = scores[trial_id, epoch]
     assert val_acc == max(scores.values())   # the best score of any trial at any epoch (ties allowed)
-    assert f"val_acc      {val_acc:.4f} at epoch {epoch}" in out
+    assert f"best_val_acc {val_acc:.4f} at epoch {epoch}" in out
     path = checkpoint_line(out)
     saved = torch.load(path, map_location="cpu", weights_only=True)
     assert saved["epoch"] == epoch and saved["metrics"]["val_acc"] == pytest.approx(val_acc)
@@ -90,3 +92,74 @@ def test_mistakes_are_refused(experiment, tmp_path):
     assert code == 2 and "not an experiment" in err and str(tmp_path) in err
     code, _, err = run_main(best, ["--storage", str(tmp_path)])
     assert code == 2 and "no experiment in" in err
+
+
+# --- tune.best never runs code from an experiment folder; --data; its errors say dogs-best ---
+
+class Payload:
+    """Creates `marker` when unpickled: what a planted experiment state would do to a reader that unpickles it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_payloads(exp_dir, marker):
+    """Replace Ray's pickled state in a copy of an experiment: experiment_state-*.json (its cloudpickled
+    values), tuner.pkl, searcher-state-*.pkl and every trial's params.pkl."""
+    payload = pickle.dumps(Payload(marker))
+    for state_file in exp_dir.glob("experiment_state-*.json"):
+        state = json.loads(state_file.read_text())
+        for entry in state["trial_data"]:
+            trial = json.loads(entry[0])
+            trial["storage"] = {"_type": "CLOUDPICKLE_FALLBACK", "value": payload.hex()}
+            entry[0] = json.dumps(trial)
+        state_file.write_text(json.dumps(state))
+    for pickled in [exp_dir / "tuner.pkl", *exp_dir.glob("searcher-state-*.pkl"), *exp_dir.glob("trial_*/params.pkl")]:
+        pickled.write_bytes(payload)
+
+
+def test_best_runs_no_code_planted_in_the_experiment_state(experiment, tmp_path):
+    planted = shutil.copytree(experiment["dir"], tmp_path / "runs" / "planted")
+    marker = tmp_path / "pwned"
+    plant_payloads(planted, marker)
+    _, expected, _ = run_main(best, ["--experiment", str(experiment["dir"])])
+    code, out, err = run_main(best, ["--experiment", str(planted)])
+    assert code == 0, err
+    assert printed_best(out) == printed_best(expected)   # the same best trial and epoch, from the files it parses
+    code, out, err = run_main(best, ["--storage", str(tmp_path / "runs"), "--submit", "--out", str(tmp_path / "sub")])
+    assert code == 0, err
+    assert len(pd.read_csv(tmp_path / "sub" / "submission.csv")) == len(list((experiment["data"] / "Test").iterdir()))
+    assert not marker.exists()
+
+
+def test_best_data_dir_predicts_for_data_that_moved(experiment, tmp_path):
+    # the experiment came from another machine: its checkpoints name a data folder that is not here
+    moved = shutil.copytree(experiment["dir"], tmp_path / "moved")
+    for path in moved.glob("trial_*/checkpoint_*/checkpoint.pt"):
+        state = torch.load(path, weights_only=True)
+        state["config"]["data"] = "/data/on/another/machine"
+        torch.save(state, path)
+    code, _, err = run_main(best, ["--experiment", str(moved), "--submit", "--out", str(tmp_path / "a")])
+    assert code == 2 and err.startswith("dogs-best: error: ") and "/data/on/another/machine" in err
+    assert "--data" in err and "Traceback" not in err
+    code, out, err = run_main(best, ["--experiment", str(moved), "--submit", "--out", str(tmp_path / "b"),
+                                     "--data", str(experiment["data"])])
+    assert code == 0, err
+    assert sorted(pd.read_csv(tmp_path / "b" / "submission.csv").Id) == sorted(
+        p.name for p in (experiment["data"] / "Test").iterdir())
+    code, _, err = run_main(best, ["--experiment", str(moved), "--submit", "--data", str(tmp_path / "nowhere")])
+    assert code == 2 and err.startswith("dogs-best: error: --data: ") and "nowhere" in err and "Traceback" not in err
+
+
+def test_errors_from_shared_helpers_name_dogs_best(experiment, tmp_path):
+    code, _, err = run_main(best, ["--storage", str(tmp_path)])   # the latest experiment: a shared helper
+    assert code == 2 and err.startswith("dogs-best: error: no experiment in")
+    broken = shutil.copytree(experiment["dir"], tmp_path / "broken")
+    for path in broken.glob("trial_*/checkpoint_*/checkpoint.pt"):
+        path.write_bytes(path.read_bytes()[:100])   # truncated
+    code, _, err = run_main(best, ["--experiment", str(broken)])
+    assert code == 2 and err.startswith("dogs-best: error: ") and "checkpoint.pt is not a checkpoint" in err
+    assert err.count("\n") == 1

@@ -89,10 +89,11 @@ def test_asha_stopped_some_trials_and_optuna_sees_them_pruned(experiment):
             # told PRUNED, with its score for every epoch it ran as intermediate values
             assert ot_trial.state.name == "PRUNED"
             assert sorted(ot_trial.intermediate_values) == list(range(1, row.epochs + 1))
-            assert ot_trial.intermediate_values[row.epochs] == pytest.approx(row.val_acc)
+            assert ot_trial.intermediate_values[row.epochs] == pytest.approx(row.best_val_acc)
         else:
+            # TPE is told the trial's best epoch (best_<metric>): what the winner is chosen by
             assert ot_trial.state.name == "COMPLETE"
-            assert ot_trial.value == pytest.approx(row.val_acc)
+            assert ot_trial.value == pytest.approx(row.best_val_acc)
 
 
 def test_summary_reports_counts_overhead_and_where(experiment):
@@ -204,3 +205,64 @@ def test_bad_space_or_data_fails_before_ray(tiny_imagefolder, tmp_path):
     code, _, err = run_main(search, ["--space", "cnn_scratch", "--data", str(tmp_path / "nowhere")])
     assert code == 2 and "--data" in err and "nowhere" in err
     assert not ray.is_initialized()
+
+
+def swapped_validation(root):
+    """Validation's class folders rotated: the better a model learns Train, the worse its val_loss gets, so
+    val_loss is lowest at an early epoch and the last epoch is not the best."""
+    for a, b in (("circle", "tmp"), ("square", "circle"), ("triangle", "square"), ("tmp", "triangle")):
+        (root / "Validation" / a).rename(root / "Validation" / b)
+    return root
+
+
+def test_one_best_val_loss_min_summary_best_kept_checkpoint_train_and_retrain_agree(tmp_path):
+    from conftest import make_imagefolder
+    import torch
+    from dogs import checkpoint, train
+
+    data = swapped_validation(make_imagefolder(tmp_path / "data", n_train=16, n_val=6, awkward=False))
+    space = tmp_path / "space.yaml"
+    space.write_text("""
+search: {samples: 2, epochs: 3, grace_period: 3, seed: 0, metric: val_loss, mode: min}
+params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguniform: [3e-3, 1e-2]}}
+""")
+    code, out, err = run_main(search, ["--space", str(space), "--data", str(data), "--storage", str(tmp_path / "runs"),
+                                       "--name", "loss"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    exp_dir = tmp_path / "runs" / "loss"
+    table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
+    results = {row.trial_id: [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines()]
+               for row in table.itertuples()}
+    best_epochs = {t: min(reversed(rs), key=lambda r: r["val_loss"])["epoch"] for t, rs in results.items()}
+    best_losses = {t: min(r["val_loss"] for r in rs) for t, rs in results.items()}
+    winner = min(best_losses, key=best_losses.get)
+    assert best_epochs[winner] != 3   # the case: the last epoch is not the best one
+
+    # 1. every trial keeps its best epoch's checkpoint, and trials.csv reports best_val_loss at that epoch
+    for row in table.itertuples():
+        assert checkpoint.read(row.checkpoint)["epoch"] == best_epochs[row.trial_id] == row.best_epoch
+        assert row.best_val_loss == pytest.approx(best_losses[row.trial_id])
+    # 2. the summary's best trial is the one with the lowest val_loss at any epoch
+    assert f"best trial   {winner}: best_val_loss={best_losses[winner]:.4f} at epoch {best_epochs[winner]}" in out
+    # 3. TPE was told each trial's best_val_loss
+    study = AshaAwareOptunaSearch(None, "best_val_loss", "min", None, 3)
+    study.restore_from_dir(str(exp_dir))
+    for trial_id, ot_trial in study._ot_trials.items():
+        assert study._ot_study.trials[ot_trial.number].value == pytest.approx(best_losses[trial_id])
+    # 4. tune.best picks the same trial and epoch, and predicts from that checkpoint
+    code, out, err = run_main(best, ["--experiment", str(exp_dir)])
+    assert code == 0, err
+    assert f"Best trial of {exp_dir}: {winner}" in out
+    assert f"best_val_loss {best_losses[winner]:.4f} at epoch {best_epochs[winner]}" in out
+    # 5. tune.best --retrain's best.pt (dogs.train.run) is the best epoch by the same metric and mode
+    code, out, err = run_main(best, ["--experiment", str(exp_dir), "--submit", "--retrain", "--out",
+                                     str(tmp_path / "retrain")])
+    assert code == 0, err
+    history = pd.read_csv(tmp_path / "retrain" / "history.csv")
+    best_row = history.iloc[::-1].val_loss.idxmin()   # the later of equal epochs
+    assert checkpoint.read(tmp_path / "retrain" / "best.pt")["epoch"] == history.epoch[best_row] != 3
+    # and dogs.train by itself, with the same metric and mode
+    config = {**checkpoint.read(tmp_path / "retrain" / "best.pt")["config"], "epochs": 3}
+    result = train.run(config, tmp_path / "train", log=lambda m: None, device=torch.device("cpu"))
+    assert result["best_epoch"] == min(reversed(result["history"]), key=lambda m: m["val_loss"])["epoch"] != 3
+    assert checkpoint.read(tmp_path / "train" / "best.pt")["epoch"] == result["best_epoch"]

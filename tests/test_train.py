@@ -1,10 +1,14 @@
 """The epoch loop end to end: it learns, keeps the best weights, checkpoints round-trip, runs resume."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from dogs import checkpoint, data, engine, predict, train
+from dogs.errors import CheckpointError
+from conftest import run_main
 
 
 def quiet(message):
@@ -50,7 +54,7 @@ def test_checkpoint_alone_gives_identical_predictions(trained, tiny_imagefolder,
 def test_checkpoints_hold_no_pickled_objects(trained):
     _, out = trained
     torch.load(out / "best.pt", weights_only=True)  # raises on any pickled class
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         checkpoint.read(out / "missing")
 
 
@@ -79,11 +83,11 @@ def test_resume_continues_at_the_next_epoch_with_the_same_result(tiny_config, tm
     straight = train.run({**tiny_config, "epochs": 4}, tmp_path / "straight", log=quiet, device=device)
     train.run({**tiny_config, "epochs": 2}, tmp_path / "split", log=quiet, device=device)
     resumed = train.run({**tiny_config, "epochs": 4}, tmp_path / "split", resume=True, log=quiet, device=device)
-    assert [m["epoch"] for m in resumed["history"]] == [3, 4]
-    best_epoch = max(straight["history"], key=lambda m: m["val_acc"])["epoch"]  # the first of equals
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3, 4]
+    best_epoch = max(reversed(straight["history"]), key=lambda m: m["val_acc"])["epoch"]  # the last of equals
     assert checkpoint.read(tmp_path / "split" / "best.pt")["epoch"] == best_epoch
     assert pd.read_csv(resumed["submission"]).equals(pd.read_csv(straight["submission"]))
-    for a, b in zip(straight["history"][2:], resumed["history"]):
+    for a, b in zip(straight["history"][2:], resumed["history"][2:]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
 
 
@@ -150,3 +154,151 @@ def test_trainable_reports_every_epoch_and_resumes_from_its_checkpoint(tiny_conf
     dogs.trainable({**tiny_config, "epochs": 4})
     assert [m["epoch"] for m in reports] == [1, 2, 3, 4]
     assert checkpoint.read(saved["dir"])["epoch"] == 4
+
+
+# --- best by the config's metric and mode; resume that cannot mix runs; unusable checkpoints are one line ---
+
+def test_best_pt_is_chosen_by_metric_and_mode_not_val_acc(tiny_config, tmp_path, monkeypatch):
+    losses = iter([0.9, 0.2, 0.5, 0.7])   # val_loss is lowest at epoch 2; val_acc (real) is best elsewhere
+    real_evaluate = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *args: (next(losses), real_evaluate(*args)[1]))
+    config = {**tiny_config, "epochs": 4, "metric": "val_loss", "mode": "min"}
+    result = train.run(config, tmp_path, log=quiet, device=torch.device("cpu"))
+    assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 2
+    assert result["best_val_loss"] == 0.2 and result["best_epoch"] == 2
+    assert [m["best_val_loss"] for m in result["history"]] == [0.9, 0.2, 0.2, 0.2]   # reported every epoch
+    assert "best_val_acc" not in result["history"][-1]
+
+
+def swapped_classes_copy(root, tmp_path):
+    """An ImageFolder with other class names but the same count (3) at another path."""
+    import shutil
+    other = tmp_path / "other-data"
+    shutil.copytree(root, other)
+    for split in ("Train", "Validation"):
+        for old, new in (("circle", "ant"), ("square", "bee"), ("triangle", "cat")):
+            (other / split / old).rename(other / split / new)
+    return other
+
+
+def test_resume_on_another_data_set_with_the_same_number_of_classes_is_refused(tiny_config, tmp_path):
+
+    train.run({**tiny_config, "epochs": 1}, tmp_path / "out", log=quiet, device=torch.device("cpu"))
+    other = swapped_classes_copy(tiny_config["data"], tmp_path)
+    argv = ["--data", str(other), "--set", "model=cnn", "image_size=16", "batch_size=16", "epochs=2",
+            "--out", str(tmp_path / "out"), "--resume", "--device", "cpu"]
+    code, _, _ = run_main(train, argv)
+    message = str(code)
+    assert message.startswith("dogs-train: error: --resume") and "\n" not in message
+    assert "classes" in message and "ant" in message and "circle" in message and "data folder" in message
+    assert checkpoint.read(tmp_path / "out" / "last.pt")["epoch"] == 1   # nothing was overwritten
+
+
+def test_resume_with_another_data_root_or_model_config_is_refused(tiny_config, tmp_path):
+    import shutil
+    train.run({**tiny_config, "epochs": 1}, tmp_path / "out", log=quiet, device=torch.device("cpu"))
+    same_classes = shutil.copytree(tiny_config["data"], tmp_path / "moved")
+    with pytest.raises(CheckpointError, match="data folder") as err:
+        train.run({**tiny_config, "data": str(same_classes), "epochs": 2}, tmp_path / "out", resume=True, log=quiet)
+    assert "classes" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"head_width \(checkpoint: 512, now: 32\)"):
+        train.run({**tiny_config, "head_width": 32, "epochs": 2}, tmp_path / "out", resume=True, log=quiet)
+    # what may change on resume: the epoch budget, the learning rate
+    resumed = train.run({**tiny_config, "epochs": 2, "lr": 1e-3}, tmp_path / "out", resume=True, log=quiet,
+                        device=torch.device("cpu"))
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2]
+
+
+class Interrupt:
+    """engine.evaluate that raises KeyboardInterrupt (Ctrl-C) at the given call."""
+
+    def __init__(self, at):
+        self.at, self.calls, self.real = at, 0, engine.evaluate
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.real(*args)
+
+
+def test_history_csv_keeps_the_epochs_before_a_ctrl_c(tiny_config, tmp_path, monkeypatch):
+    device = torch.device("cpu")
+    monkeypatch.setattr(engine, "evaluate", Interrupt(at=3))
+    with pytest.raises(KeyboardInterrupt):
+        train.run({**tiny_config, "epochs": 4}, tmp_path, log=quiet, device=device)
+    assert list(pd.read_csv(tmp_path / "history.csv").epoch) == [1, 2]
+    monkeypatch.undo()
+    train.run({**tiny_config, "epochs": 4}, tmp_path, resume=True, log=quiet, device=device)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.epoch) == [1, 2, 3, 4] and history.val_acc.notna().all()
+
+
+def test_ctrl_c_during_dogs_train_exits_130_with_the_command_that_resumes(tiny_imagefolder, tmp_path, monkeypatch,
+                                                                          capsys):
+    import shlex
+    monkeypatch.setattr(engine, "evaluate", Interrupt(at=2))
+    monkeypatch.chdir(tmp_path)   # no --out: the default runs/train-<time> lands here
+    argv = ["--data", str(tiny_imagefolder), "--set", "model=cnn", "image_size=16", "batch_size=16", "epochs=3",
+            "--device", "cpu"]
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    assert stop.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    command = shlex.split(err[0].split("continue with: ")[1])
+    assert command[:3] == ["python", "-m", "dogs.train"] and "--resume" in command and "--out" in command
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    train.main(command[3:])   # the printed command, as typed
+    out = Path(command[command.index("--out") + 1])
+    assert list(pd.read_csv(out / "history.csv").epoch) == [1, 2, 3]
+
+
+def bad_checkpoints(good, folder, marker):
+    """{case: path} of every kind of unusable checkpoint."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))   # creates the marker file when unpickled
+
+    data = good.read_bytes()
+    state = torch.load(good, weights_only=True)
+    other_classes = {**state, "classes": state["classes"] + ["extra"]}
+    other_model = {**state, "config": {**state["config"], "head_width": 7}}
+    cases = {"truncated": data[: len(data) // 2], "text": b"101 not a checkpoint\n"}
+    paths = {}
+    for name, content in cases.items():
+        paths[name] = folder / f"{name}.pt"
+        paths[name].write_bytes(content)
+    for name, obj in (("pickled_code", {"model": Payload()}), ("other_class_count", other_classes),
+                      ("other_model", other_model), ("not_ours", {"weights": torch.zeros(2)})):
+        paths[name] = folder / f"{name}.pt"
+        torch.save(obj, paths[name], pickle_module=pickle)
+    return paths
+
+
+def test_every_unusable_checkpoint_is_one_line_truncated_text_class_count_model_or_pickled_code(trained, tmp_path):
+    _, out = trained
+    marker = tmp_path / "pwned"
+    for case, path in bad_checkpoints(out / "best.pt", tmp_path, marker).items():
+        with pytest.raises(CheckpointError) as err:
+            checkpoint.load(path)
+        message = str(err.value)
+        assert str(path) in message and "\n" not in message and "weights_only=False" not in message, case
+        assert len(message) < 400, (case, message)
+    assert not marker.exists()   # weights_only refused the payload: nothing ran
+
+
+def test_dogs_train_resume_from_an_unusable_checkpoint_is_one_error_line(tiny_imagefolder, trained, tmp_path):
+    _, out = trained
+    marker = tmp_path / "pwned"
+    for case, path in bad_checkpoints(out / "best.pt", tmp_path, marker).items():
+        run_dir = tmp_path / case
+        run_dir.mkdir()
+        (run_dir / "last.pt").write_bytes(path.read_bytes())
+        code, _, _ = run_main(train, ["--data", str(tiny_imagefolder), "--set", "model=cnn", "image_size=16",
+                                      "epochs=8", "--out", str(run_dir), "--resume", "--device", "cpu"])
+        assert str(code).startswith("dogs-train: error: ") and "\n" not in str(code), (case, code)
+    assert not marker.exists()

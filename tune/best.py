@@ -10,8 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from tune import spaces, storage
-from tune.search import DEFAULT_STORAGE, latest_experiment, saved_space
+from dogs.errors import ExperimentError, UserError
+from tune import experiment, spaces, storage
+from tune.experiment import DEFAULT_STORAGE
 
 
 def get_args_parser():
@@ -23,6 +24,8 @@ def get_args_parser():
                    help="--retrain: train the best config again for its full epoch budget; "
                         "--no-retrain (default): predict from the best checkpoint")
     p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation")
+    p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
+                                  "search read it (the experiment comes from another machine)")
     p.add_argument("--out", help="output folder (default: <experiment>/best; required for a URI)")
     return p
 
@@ -32,69 +35,99 @@ def fail(message):
     raise SystemExit(2)
 
 
-def best_trial(exp_dir):
-    """(space, trial, best checkpoint) of the experiment, by the space's metric over all epochs."""
-    from ray import tune
-
-    space = saved_space(exp_dir)
+def best_trial(exp_dir, space):
+    """(trial, location of its best checkpoint) by the search's metric and mode (see tune.experiment)."""
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    analysis = tune.ExperimentAnalysis(exp_dir, default_metric=metric, default_mode=mode)
-    trial = analysis.get_best_trial(metric, mode, scope="all")
+    trial = experiment.best_trial(experiment.read_trials(exp_dir), metric, mode)
     if trial is None:
-        fail(f"{exp_dir}: no trial has reported {metric} yet")
-    checkpoint = analysis.get_best_checkpoint(trial, metric, mode)
+        raise ExperimentError(f"{exp_dir}: no trial has reported {metric} yet")
+    checkpoint = experiment.best_checkpoint(trial, metric, mode)
     if checkpoint is None:
-        fail(f"{exp_dir}: trial {trial.trial_id} kept no checkpoint")
-    return space, trial, checkpoint
+        raise ExperimentError(f"{exp_dir}: trial {trial.trial_id} kept no checkpoint")
+    return trial, checkpoint
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.train_on_val and not args.retrain:
-        fail("--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)")
+    try:
+        return best(args)
+    except UserError as err:
+        fail(err)
+    except (ValueError, RuntimeError) as err:   # data/models/spaces errors not yet typed as UserError
+        from dogs.data import DataError
+        from dogs.models import WeightsError
 
-    # the experiment and its best trial
-    exp_dir = storage.resolve(args.experiment) if args.experiment else latest_experiment(args.storage)
-    if not storage.is_file(storage.join(exp_dir, "search_space.yaml")):
-        fail(f"--experiment {exp_dir}: not an experiment of dogs-search (no search_space.yaml in it)")
+        if isinstance(err, (DataError, WeightsError, spaces.SpaceError)):
+            fail(err)
+        raise
+
+
+def best(args):
+    """Print the best trial; with --submit or --retrain, write its predictions."""
+    if args.train_on_val and not args.retrain:
+        raise ExperimentError("--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)")
+
+    # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
+    exp_dir = storage.resolve(args.experiment) if args.experiment else experiment.latest_experiment(args.storage)
+    experiment.check(exp_dir)
     if storage.is_uri(exp_dir) and (args.submit or args.retrain) and not args.out:
-        fail(f"--experiment {exp_dir} is a URI: give --out, a local folder for the predictions")
-    space, trial, checkpoint = best_trial(exp_dir)
+        raise ExperimentError(f"--experiment {exp_dir} is a URI: give --out, a local folder for the predictions")
+    space = experiment.saved_space(exp_dir)
+    metric, mode = space["search"]["metric"], space["search"]["mode"]
+    trial, checkpoint = best_trial(exp_dir, space)
+    data = check_data(args.data) if args.data else None
 
     from dogs import checkpoint as dogs_checkpoint
 
-    with checkpoint.as_directory() as checkpoint_dir:   # a remote checkpoint is downloaded to a temp folder
-        model, ckpt = dogs_checkpoint.load(checkpoint_dir)
-    metric = space["search"]["metric"]
+    with storage.local_dir(checkpoint, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
+        model, ckpt = dogs_checkpoint.load(local)
     searched = {k: trial.config[k] for k in spaces.searched_names(space) if k in trial.config}
     print(f"Best trial of {exp_dir}: {trial.trial_id}")
-    print(f"  {metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
-          f"(of {trial.last_result.get('training_iteration')} run, budget {space['search']['epochs']})")
+    print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
+          f"({mode} {metric} of its {len(trial.results)} epochs run, budget {space['search']['epochs']})")
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")
-    print(f"  checkpoint   {storage.as_uri(checkpoint.filesystem, checkpoint.path)}/{dogs_checkpoint.FILENAME}")
+    print(f"  checkpoint   {experiment.printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
     if not args.submit and not args.retrain:
         return 0
 
-    # predictions: from the best checkpoint, or from the best config trained again
+    # predictions: from the best checkpoint, or from the best config trained again (best.pt by the same metric)
     out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
+    if data is None:
+        check_data(ckpt["config"]["data"], moved=True)
     if args.retrain:
         from dogs.train import run
 
-        config = {**ckpt["config"], "epochs": space["search"]["epochs"]}
+        config = {**ckpt["config"], "epochs": space["search"]["epochs"], "metric": metric, "mode": mode}
+        if data is not None:
+            config["data"] = data
         print(f"Retraining the best config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
         written = run(config, out_dir, train_on_val=args.train_on_val)
     else:
         from dogs.predict import submit
 
-        written = submit(model, ckpt, out_dir)
+        written = submit(model, ckpt, out_dir, data_root=data)
     for name in ("submission", "grid"):
         if written.get(name):
             print(f"  {name:<12} {written[name]}")
     if written.get("submission") is None:
-        print(f"  (no Test/ folder in {ckpt['config']['data']}: no submission.csv)")
+        print(f"  (no Test/ folder in {data or ckpt['config']['data']}: no submission.csv)")
     return 0
+
+
+def check_data(folder, moved=False):
+    """The data folder to predict for, checked; the demo (None) is built where it is missing."""
+    from dogs.data import DataError, resolve_root
+
+    if folder is None:
+        return None
+    try:
+        resolve_root(folder)
+    except DataError as err:
+        hint = " (the experiment was made elsewhere? give --data DIR, the folder on this machine)" if moved else ""
+        raise DataError(f"{'' if moved else '--data: '}{err}{hint}") from None
+    return str(Path(folder).expanduser().resolve())
 
 
 if __name__ == "__main__":

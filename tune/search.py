@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from tune import spaces, storage
+from dogs.errors import ExperimentError
+from tune import experiment, spaces, storage
+from tune.experiment import DEFAULT_STORAGE, saved_space
 
 SETTING_FLAGS = ("samples", "epochs", "grace_period", "reduction_factor", "metric", "mode", "seed",
                  "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
 SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
 SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
-DEFAULT_STORAGE = "runs"
 
 
 def get_args_parser():
@@ -50,7 +51,8 @@ def get_args_parser():
                    help="folder or URI (s3://bucket/prefix) that holds experiments (default: runs/)")
     p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted experiment (--name, or the latest one in --storage)")
+                   help="continue an interrupted experiment (--name, or the latest one in --storage). It restores "
+                        "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
     p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"tiny run: {SMOKE_SETTINGS}, config {SMOKE_CONFIG} (flags still override)")
@@ -83,21 +85,6 @@ def load_space(args, data_root):
     sets.update(parse_sets(args.set))
     # None: every node builds the demo data itself
     return spaces.load(path, overrides, sets, data=str(data_root) if data_root else None)
-
-
-def latest_experiment(runs):
-    """The most recently changed experiment folder in `runs` (a folder or a URI)."""
-    runs = storage.resolve(runs)
-    candidates = storage.subfolders_with(runs, "search_space.yaml")
-    if not candidates:
-        fail(f"no experiment in {runs} (looked for */search_space.yaml)")
-    return storage.join(runs, max(candidates, key=candidates.get))
-
-
-def saved_space(exp_dir):
-    """The space an experiment searched (its search_space.yaml)."""
-    with storage.local_dir(exp_dir, "search_space.yaml") as local:
-        return spaces.load(Path(local, "search_space.yaml"))
 
 
 def set_auth_mode(address):
@@ -178,15 +165,18 @@ def make_tuner(space, runs, name):
     from tune.tensorboard import TensorBoardCallback
 
     s = space["search"]
-    searcher = AshaAwareOptunaSearch(spaces.optuna_space(space), metric=s["metric"], mode=s["mode"],
+    # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
+    # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
+    score = f"best_{s['metric']}"
+    searcher = AshaAwareOptunaSearch(spaces.optuna_space(space), metric=score, mode=s["mode"],
                                      seed=s["seed"], max_t=s["epochs"], points_to_evaluate=space["first_trials"])
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"],
                               grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
     return tune.Tuner(
         make_trainable(s),
-        param_space={"epochs": s["epochs"]},
+        param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=s["metric"],
+            search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=score,
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"],
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
@@ -195,34 +185,15 @@ def make_tuner(space, runs, name):
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s["metric"],
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TensorBoardCallback(spaces.searched_names(space))],
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                       TensorBoardCallback(spaces.searched_names(space), s["metric"])],
         ),
     )
 
 
 def trials_table(exp_dir, space):
-    """One row per trial: status, stopped early, epochs, scores, time, parameters, checkpoint."""
-    from ray import tune
-
-    s = space["search"]
-    analysis = tune.ExperimentAnalysis(exp_dir, default_metric=s["metric"], default_mode=s["mode"])
-    rows = []
-    for trial in analysis.trials:
-        last = trial.last_result or {}
-        epochs_run = last.get("training_iteration", 0)
-        best = analysis.get_best_checkpoint(trial) if trial.checkpoint else None
-        rows.append({
-            "trial_id": trial.trial_id,
-            "status": trial.status,
-            "stopped_early": trial.status == "TERMINATED" and epochs_run < s["epochs"],
-            "epochs": epochs_run,
-            **{name: last.get(name) for name in spaces.METRICS},   # scores of the last epoch run
-            "time_s": last.get("time_total_s"),
-            **{name: trial.config.get(name) for name in spaces.searched_names(space)},
-            "checkpoint": storage.as_uri(best.filesystem, best.path) if best else None,
-            "path": storage.as_uri(trial.storage.storage_filesystem, trial.path),
-        })
-    return pd.DataFrame(rows)
+    """One row per trial (tune.experiment reads them from the trials' own files)."""
+    return experiment.trials_table(exp_dir, space)
 
 
 def plain(value):
@@ -241,25 +212,25 @@ def study_states(exp_dir, space):
     return pd.Series(list(searcher.study_states().values()), dtype=object).value_counts().to_dict()
 
 
-def summary(table, space, wall_s, slots, exp_dir):
-    """The lines printed at the end of a search."""
+def summary(table, space, wall_s, slots, exp_dir, pending=0):
+    """The lines printed at the end of a search; the best trial is tune.best's (tune.experiment.best_trial)."""
     s = space["search"]
-    done = table[table.status.isin(["TERMINATED"])]
-    ordered = done.sort_values("best_val_acc" if s["metric"] == "val_acc" else s["metric"],
-                               ascending=s["mode"] == "min")
+    metric, mode, score = s["metric"], s["mode"], f"best_{s['metric']}"
+    scored = table[table[score].notna()]
     trial_s = float(table.time_s.fillna(0).sum())
     lines = ["", f"Search finished: {exp_dir}"]
-    if len(ordered):
-        best = ordered.iloc[0]
+    if len(scored):
+        best = scored.loc[scored[score].idxmax() if mode == "max" else scored[score].idxmin()]
         params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
-        lines += [f"  best trial   {best.trial_id}: best_val_acc={best.best_val_acc:.4f} "
-                  f"(final val_acc={best.val_acc:.4f}, {best.epochs} epochs)",
+        lines += [f"  best trial   {best.trial_id}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
+                  f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",
                   f"  best config  {params}",
                   f"  checkpoint   {best.checkpoint}"]
+    terminated, stopped = int((table.status == "TERMINATED").sum()), int(table.stopped_early.sum())
     lines += [
-        f"  trials       {len(table)} run: {int((table.status == 'TERMINATED').sum() - table.stopped_early.sum())} "
-        f"complete, {int(table.stopped_early.sum())} stopped early by ASHA, {int((table.status == 'ERROR').sum())} "
-        f"errored, {int((~table.status.isin(['TERMINATED', 'ERROR'])).sum())} unfinished",
+        f"  trials       {len(table) + pending} run: {terminated - stopped} complete, {stopped} stopped early by "
+        f"ASHA, {int((table.status == 'ERROR').sum())} errored, "
+        f"{int((table.status == 'UNFINISHED').sum()) + pending} unfinished",
         f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED)",
         f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
         f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",
@@ -270,9 +241,11 @@ def summary(table, space, wall_s, slots, exp_dir):
 
 def resumed_experiment(args, runs):
     """(experiment folder, its saved space) to continue: --name in --storage, else the latest one."""
-    exp_dir = storage.join(runs, args.name) if args.name else latest_experiment(runs)
-    if not storage.is_file(storage.join(exp_dir, "search_space.yaml")):
-        fail(f"--resume: {exp_dir} is not an experiment of dogs-search (no search_space.yaml)")
+    try:
+        exp_dir = storage.join(runs, args.name) if args.name else experiment.latest_experiment(runs)
+        experiment.check(exp_dir)
+    except ExperimentError as err:
+        fail(f"--resume: {err}")
     print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored)")
     return exp_dir, saved_space(exp_dir)
 
@@ -355,13 +328,13 @@ def run(args, space, exp_dir, runs, resources):
 
     # run, then one table of all trials and a summary
     start = time.time()
-    tuner.fit()
+    grid = tuner.fit()
     wall_s = time.time() - start
     table = trials_table(exp_dir, space)
+    pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
-    print("\n".join(summary(table, space, wall_s, slots, exp_dir)))
-    unfinished = int((~table.status.isin(["TERMINATED", "ERROR"])).sum())
-    if unfinished:
+    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending)))
+    if pending or (table.status == "UNFINISHED").any():
         print(f"Interrupted: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
               f"--name {storage.name(exp_dir)}")
         return 130

@@ -2,11 +2,12 @@
 
 Ray's own writer only logs scalars under `ray/tune/` and an hparams record whose metrics are every
 result key. This callback writes, into each trial's folder:
-  - one scalar per metric per epoch (val_acc, val_loss, train_loss, train_acc, best_val_acc),
+  - one scalar per metric per epoch (val_acc, val_loss, train_loss, train_acc, and best_<metric>: the
+    search's metric at its best epoch so far, its score),
   - an HParams session start (the searched parameters) when the trial starts, and a session end
     when it finishes.
 TensorBoard's HParams dashboard builds the comparison from those sessions: each trial's hparams against
-the last value of val_acc (its final score) and of best_val_acc (its best epoch).
+the last value of each curve: its final scores, and best_<metric> (its best epoch, what it is ranked by).
 `tensorboard --logdir <experiment folder>` shows both.
 """
 import pyarrow.fs
@@ -14,7 +15,7 @@ from ray import tune
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-CURVES = ("val_acc", "best_val_acc", "val_loss", "train_loss", "train_acc")
+SCORES = ("val_acc", "val_loss", "train_loss", "train_acc")
 
 
 def hparam_value(value):
@@ -25,9 +26,14 @@ def hparam_value(value):
 class TensorBoardCallback(tune.Callback):
     """Writes curves and HParams sessions of every trial into the trial's folder."""
 
-    def __init__(self, hparam_names):
+    def __init__(self, hparam_names, metric="val_acc"):
         self.hparam_names = list(hparam_names)
+        self.metric = metric
         self._writers = {}
+
+    @property
+    def curves(self):
+        return (*SCORES, f"best_{getattr(self, 'metric', 'val_acc')}")
 
     def _writer(self, trial):
         if trial.trial_id not in self._writers:
@@ -45,7 +51,7 @@ class TensorBoardCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         writer = self._writer(trial)
         step = result.get("epoch", result.get("training_iteration"))
-        for name in CURVES:
+        for name in self.curves:
             if name in result:
                 writer.add_scalar(name, result[name], step)
         writer.flush()
@@ -71,4 +77,4 @@ class TensorBoardCallback(tune.Callback):
 
     def __getstate__(self):
         # open writers stay with the driver; a pickled copy (tuner.pkl) starts without them
-        return {"hparam_names": self.hparam_names, "_writers": {}}
+        return {"hparam_names": self.hparam_names, "metric": self.metric, "_writers": {}}
