@@ -11,12 +11,11 @@ import torch
 import torchvision
 from torch import nn
 
+from .errors import WeightsError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
-
-class WeightsError(RuntimeError):
-    """Pretrained weights could not be found; the message says where to put them."""
 
 
 class Net(nn.Module):

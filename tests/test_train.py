@@ -187,9 +187,8 @@ def test_resume_on_another_data_set_with_the_same_number_of_classes_is_refused(t
     other = swapped_classes_copy(tiny_config["data"], tmp_path)
     argv = ["--data", str(other), "--set", "model=cnn", "image_size=16", "batch_size=16", "epochs=2",
             "--out", str(tmp_path / "out"), "--resume", "--device", "cpu"]
-    code, _, _ = run_main(train, argv)
-    message = str(code)
-    assert message.startswith("dogs-train: error: --resume") and "\n" not in message
+    code, _, message = run_main(train, argv)
+    assert code == 2 and message.startswith("dogs-train: error: --resume") and message.count("\n") == 1
     assert "classes" in message and "ant" in message and "circle" in message and "data folder" in message
     assert checkpoint.read(tmp_path / "out" / "last.pt")["epoch"] == 1   # nothing was overwritten
 
@@ -298,7 +297,7 @@ def test_dogs_train_resume_from_an_unusable_checkpoint_is_one_error_line(tiny_im
         run_dir = tmp_path / case
         run_dir.mkdir()
         (run_dir / "last.pt").write_bytes(path.read_bytes())
-        code, _, _ = run_main(train, ["--data", str(tiny_imagefolder), "--set", "model=cnn", "image_size=16",
-                                      "epochs=8", "--out", str(run_dir), "--resume", "--device", "cpu"])
-        assert str(code).startswith("dogs-train: error: ") and "\n" not in str(code), (case, code)
+        code, _, err = run_main(train, ["--data", str(tiny_imagefolder), "--set", "model=cnn", "image_size=16",
+                                        "epochs=8", "--out", str(run_dir), "--resume", "--device", "cpu"])
+        assert code == 2 and err.startswith("dogs-train: error: ") and err.count("\n") == 1, (case, code, err)
     assert not marker.exists()

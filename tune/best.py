@@ -53,13 +53,6 @@ def main(argv=None):
         return best(args)
     except UserError as err:
         fail(err)
-    except (ValueError, RuntimeError) as err:   # data/models/spaces errors not yet typed as UserError
-        from dogs.data import DataError
-        from dogs.models import WeightsError
-
-        if isinstance(err, (DataError, WeightsError, spaces.SpaceError)):
-            fail(err)
-        raise
 
 
 def best(args):
