@@ -136,3 +136,22 @@ def test_ctrl_c_while_ray_starts_exits_130_with_one_line(tiny_imagefolder, tmp_p
     again = (f"continue with  python -m tune.search --resume --storage {tmp_path} --name exp" if resume
              else "rerun the same command")
     assert err.splitlines() == [f"dogs-search: interrupted while starting Ray; nothing ran yet: {again}"]
+
+
+def test_errored_trials_get_one_install_hint_per_missing_module(tmp_path):
+    from tune.search import failure_hints
+
+    errors = {"a": "ModuleNotFoundError: No module named 'dogs'", "b": "No module named 'dogs.trial'",
+              "c": "ModuleNotFoundError: No module named 'torchvision'", "d": "ValueError: lr"}
+    for trial_id, text in errors.items():
+        (tmp_path / f"trial_{trial_id}").mkdir()
+        (tmp_path / f"trial_{trial_id}" / "error.txt").write_text(f"Failure # 1\nTraceback ...\n{text}\n")
+    table = pd.DataFrame({"trial_id": ["a", "b", "c", "d", "e", "f"],     # f: errored, no error.txt
+                          "status": ["ERROR", "ERROR", "ERROR", "ERROR", "TERMINATED", "ERROR"]})
+    hints = failure_hints(str(tmp_path), table)
+    assert [line.split(":")[0] for line in hints] == [
+        "  hint         2 errored trial(s) failed with \"No module named 'dogs'\"",
+        "  hint         1 errored trial(s) failed with \"No module named 'torchvision'\""]
+    assert "this project is missing on a Ray node" in hints[0] and "pip install -e ." in hints[0]
+    assert "the Python package 'torchvision' is missing on a Ray node" in hints[1]
+    assert failure_hints(str(tmp_path), table[table.trial_id == "d"]) == []
