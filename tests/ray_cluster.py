@@ -3,8 +3,10 @@
 Each node is its own `ray start --block` process in its own session (process group) with its own
 temp dir, so a test can kill one node (SIGKILL to its whole group, like a machine that dies) and can
 stop everything it started without `ray stop`, which would also stop other people's Ray on this host.
-Token authentication is on: every node and every driver gets RAY_AUTH_MODE=token and a private
-(0600) token file of this cluster.
+Token authentication is on by default: every node and every driver gets RAY_AUTH_MODE=token and a
+private (0600) token file of this cluster (`LocalCluster(auth="disabled")`: no token, like a plain
+`ray start`). Every process also gets RAY_TMPDIR=<the cluster's folder>, so Ray's default temp dir (and
+its "current cluster" address file, ray/ray_current_cluster) is the cluster's, never the user's /tmp/ray.
 """
 import ipaddress
 import json
@@ -46,32 +48,44 @@ def free_port():
 class LocalCluster:
     """`with LocalCluster() as c:` starts a head (c.add_node(head=True)); c.address is for --address."""
 
-    def __init__(self, root=None):
+    def __init__(self, root=None, auth="token"):
         # A short root: Ray's unix sockets live under it and must stay under ~100 characters.
         self.root = Path(root or tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
+        self.auth = auth
         self.token_path = self.root / "auth_token"
         self.token_path.write_text(secrets.token_hex(32))
         self.token_path.chmod(0o600)
         self.nodes = {}            # name -> Popen of its `ray start --block`
+        self.temp_dirs = {}        # name -> its temp dir
         self.address = None
 
     # -- environment -------------------------------------------------------------------------
     def env(self, **extra):
         """Environment for any process that joins this cluster (nodes and drivers)."""
         env = dict(os.environ)
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path),
+        env.update(RAY_AUTH_MODE=self.auth, RAY_TMPDIR=str(self.root),
                    RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **LOOPBACK_ONLY)
+        if self.auth == "token":
+            env["RAY_AUTH_TOKEN_PATH"] = str(self.token_path)
+        else:
+            env.pop("RAY_AUTH_TOKEN_PATH", None)
         env.pop("RAY_AUTH_TOKEN", None)
         env.pop("RAY_ADDRESS", None)
         env.update(extra)
         return env
 
     # -- nodes -------------------------------------------------------------------------------
-    def add_node(self, name, head=False, num_cpus=1, resources=None, wait_s=60):
-        temp_dir = self.root / name
-        temp_dir.mkdir()
+    def add_node(self, name, head=False, num_cpus=1, resources=None, env=None, default_temp_dir=False,
+                 wait_s=60):
+        """Start node `name`; `resources`: its custom resources; `env`: extra variables for its processes.
+
+        `default_temp_dir`: no --temp-dir, as a user's `ray start` (Ray's default, <RAY_TMPDIR>/ray).
+        """
+        temp_dir = self.root / ("ray" if default_temp_dir else name)
+        temp_dir.mkdir(exist_ok=default_temp_dir)
+        self.temp_dirs[name] = temp_dir
         cmd = ["start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-               f"--temp-dir={temp_dir}",
+               *([] if default_temp_dir else [f"--temp-dir={temp_dir}"]),
                f"--num-cpus={num_cpus}", "--num-gpus=0",
                f"--resources={json.dumps(resources or {})}",
                "--object-store-memory=100000000",
@@ -83,17 +97,17 @@ class LocalCluster:
                     "--include-dashboard=false",
                     f"--ray-client-server-port={free_port()}"]
             self.address = f"127.0.0.1:{port}"
-            env = self.env(**FAST_FAILURE_DETECTION)
+            node_env = self.env(**FAST_FAILURE_DETECTION, **(env or {}))
         else:
             cmd = [sys.executable, __file__] + cmd + [f"--address={self.address}"]
-            env = self.env()
+            node_env = self.env(**(env or {}))
             for key in LOOPBACK_ONLY:
-                env.pop(key)
+                node_env.pop(key)
         log = open(self.root / f"{name}.log", "wb")
-        self.nodes[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+        self.nodes[name] = subprocess.Popen(cmd, env=node_env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         self.wait_for_nodes(len(self.alive_names()), wait_s)
-        return self.node_id(name)
+        return self.wait_for_node_id(name, wait_s)
 
     def alive_names(self):
         return [n for n, p in self.nodes.items() if p.poll() is None]
@@ -123,10 +137,21 @@ class LocalCluster:
             time.sleep(0.5)
         raise TimeoutError(f"{count} nodes not up after {wait_s}s; head log:\n{self.log('head')}")
 
+    def wait_for_node_id(self, name, wait_s=60):
+        """The node id of node `name` once the GCS lists it (a node killed just before may still count)."""
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                return self.node_id(name)
+            except LookupError:
+                if time.time() > deadline or self.nodes[name].poll() is not None:
+                    raise
+            time.sleep(0.5)
+
     def node_id(self, name):
         """The node id of node `name`, found by its temp dir's raylet."""
         for node in self.node_table():
-            if node["Alive"] and str(self.root / name) in node.get("ObjectStoreSocketName", ""):
+            if node["Alive"] and f"{self.temp_dirs[name]}/" in node.get("ObjectStoreSocketName", ""):
                 return node["NodeID"]
         raise LookupError(f"node {name} not in the node table")
 

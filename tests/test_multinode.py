@@ -3,6 +3,8 @@
 Every test runs `python -m tune.search --address ...` as a separate driver process against a head and
 a worker node started by `ray start` (tests/ray_cluster.py): both on 127.0.0.1, token auth on, one CPU
 each, so two trials run at once, one per node. Nodes report the same IP; node ids tell them apart.
+Worker nodes also have one unit of a custom resource (WORKER_ONLY): a search whose trials ask for it
+runs them on worker nodes only, one at a time, whatever the timing.
 The storage path is a folder on this machine, which both nodes reach, like S3 or EFS on a real cluster.
 """
 import json
@@ -42,6 +44,20 @@ params:
   lr: {{loguniform: [1.0e-3, 1.0e-2]}}
 """
 
+WORKER_ONLY = {"worker_only": 1}
+
+# The search as a driver whose trials also ask for the custom resources given first on its command line:
+# Tune's own per-trial request (tune.with_resources, as tune.search makes it), widened.
+PINNED_SEARCH = """
+import json, sys
+import ray.tune
+extra = json.loads(sys.argv.pop(1))
+with_resources = ray.tune.with_resources
+ray.tune.with_resources = lambda trainable, request: with_resources(trainable, {**request, **extra})
+from tune.search import main
+sys.exit(main())
+"""
+
 
 # -- a cluster for the module; each test gets a live worker node ---------------------------------
 
@@ -61,17 +77,18 @@ def two_nodes(cluster):
     """The cluster with a live worker node (a test before may have killed the last one)."""
     alive = [n for n in cluster.alive_names() if n != "head"]
     name = alive[0] if alive else f"worker{len(cluster.nodes)}"
-    worker_id = cluster.node_id(name) if alive else cluster.add_node(name)
+    worker_id = cluster.node_id(name) if alive else cluster.add_node(name, resources=WORKER_ONLY)
     return cluster, name, cluster.node_id("head"), worker_id
 
 
 # -- running the search ----------------------------------------------------------------------------
 
-def start_search(cluster, data, name, *extra):
-    """The search driver as its own process, joined to the cluster."""
+def start_search(cluster, data, name, *extra, resources=None):
+    """The search driver as its own process, joined to the cluster; its trials also ask for `resources`."""
     space = cluster.root / "space.yaml"
     space.write_text(SPACE)
-    cmd = [sys.executable, "-m", "tune.search", "--space", str(space), "--data", str(data),
+    driver = ["-c", PINNED_SEARCH, json.dumps(resources)] if resources else ["-m", "tune.search"]
+    cmd = [sys.executable, *driver, "--space", str(space), "--data", str(data),
            "--storage", str(cluster.root / "storage"), "--name", name, "--address", cluster.address, *extra]
     with open(cluster.root / f"driver-{name}-{len(extra)}.log", "w") as log:
         return subprocess.Popen(cmd, cwd=ROOT, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT,
@@ -168,20 +185,22 @@ def test_search_spreads_trials_over_both_nodes(two_nodes, tiny_imagefolder):
 
 
 def test_worker_node_lost_mid_trial(two_nodes, tiny_imagefolder):
-    cluster, worker, head_id, worker_id = two_nodes
-    proc = start_search(cluster, tiny_imagefolder, "node-loss")
+    # the trials run on worker nodes only (WORKER_ONLY), one at a time: the first finishes on the worker,
+    # the second is lost with it, and continues on the node that replaces it (as an autoscaler would)
+    cluster, worker, _, worker_id = two_nodes
+    proc = start_search(cluster, tiny_imagefolder, "node-loss", "--samples", "3", resources=WORKER_ONLY)
     exp_dir = cluster.root / "storage" / "node-loss"
     try:
         # wait for a finished trial and a trial on the worker node with a checkpoint and epochs to go
         def victim():
             rows = results(exp_dir)
-            on_worker = [t for t, r in rows.items()
-                         if r and r[-1]["node_id"] == worker_id and 2 <= r[-1]["epoch"] <= EPOCHS - 3]
-            return any(map(finished, rows.values())) and on_worker and (on_worker[0], rows)
-        trial, before = wait_until(victim, proc, 180, "trial running on the worker node")
+            running = [t for t, r in rows.items() if r and not finished(r) and 2 <= r[-1]["epoch"] <= EPOCHS - 3]
+            return any(map(finished, rows.values())) and running and (running[0], rows)
+        trial, before = wait_until(victim, proc, 300, "a finished trial and a running one")
         cluster.kill_node(worker)
         killed_at = time.time()
-        rc = proc.wait(timeout=240)
+        new_id = cluster.add_node(f"worker{len(cluster.nodes)}", resources=WORKER_ONLY)
+        rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -190,21 +209,23 @@ def test_worker_node_lost_mid_trial(two_nodes, tiny_imagefolder):
 
     after = results(exp_dir)
     table = trials_csv(exp_dir)
-    assert (table.status == "TERMINATED").all() and (table.epochs == EPOCHS).all(), table
-    # the lost trial went on from its last checkpoint on the head node, not from epoch 1
+    assert len(table) == 3 and (table.status == "TERMINATED").all() and (table.epochs == EPOCHS).all(), table
+    assert {row["node_id"] for rows in before.values() for row in rows} == {worker_id}
+    assert {row["node_id"] for rows in after.values() for row in rows} == {worker_id, new_id}   # never the head
+    # the lost trial went on from its last checkpoint on the new node, not from epoch 1
     rows = after[trial]
     last_on_worker = max(r["epoch"] for r in rows if r["node_id"] == worker_id)
-    on_head = [r for r in rows if r["node_id"] == head_id]
-    assert on_head, "the lost trial never ran again"
-    assert 1 < on_head[0]["epoch"] <= last_on_worker + 1
-    assert [r["epoch"] for r in on_head] == list(range(on_head[0]["epoch"], EPOCHS + 1))
+    on_new = [r for r in rows if r["node_id"] == new_id]
+    assert on_new, "the lost trial never ran again"
+    assert 1 < on_new[0]["epoch"] <= last_on_worker + 1
+    assert [r["epoch"] for r in on_new] == list(range(on_new[0]["epoch"], EPOCHS + 1))
     # every trial that had finished before the loss keeps its result
     for folder, rows_before in before.items():
         if finished(rows_before):
             assert after[folder] == rows_before
             assert table.loc[folder, "val_acc"] == pytest.approx(rows_before[-1]["val_acc"])
-    print(f"\nnode loss: {trial} lost after epoch {last_on_worker}; epoch {on_head[0]['epoch']} reported "
-          f"from the head {on_head[0]['timestamp'] - killed_at:.0f}s after the kill; "
+    print(f"\nnode loss: {trial} lost after epoch {last_on_worker}; epoch {on_new[0]['epoch']} reported "
+          f"from the new node {on_new[0]['timestamp'] - killed_at:.0f}s after the kill; "
           f"search done {time.time() - killed_at:.0f}s after the kill")
 
 

@@ -10,6 +10,7 @@ search_space.yaml (what was searched), trials.csv (all trials, one row each) and
 """
 import argparse
 import os
+import re
 import shlex
 import sys
 import time
@@ -98,7 +99,11 @@ def set_auth_mode(address):
 
 
 def start_ray(address):
-    """Start Ray here (dashboard off, loopback only), or join the cluster at `address`."""
+    """Start a new Ray here (dashboard off, loopback only), or join the cluster at `address`.
+
+    Never Ray's default `ray.init()`: that joins a Ray left running on this machine by `ray start` (or, after
+    one died without `ray stop`, retries its dead address for minutes); address="local" always starts a new one.
+    """
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -108,9 +113,21 @@ def start_ray(address):
         ray.init(address=address, log_to_driver=True)
         print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
     else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
-        print(f"Started a local Ray on 127.0.0.1 (RAY_AUTH_MODE={mode}, dashboard off)")
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1")
+        print(f"Started a local Ray on 127.0.0.1 for this search only (RAY_AUTH_MODE={mode}, dashboard off; "
+              "a running Ray cluster is joined only with --address)")
     return ray.cluster_resources()
+
+
+def interrupted_at_start(args, runs, exp_dir):
+    """The line printed when Ctrl-C stops Ray's start-up: nothing ran; how to start again."""
+    if args.resume:
+        again = f"continue with  python -m tune.search --resume --storage {shlex.quote(runs)} " \
+                f"--name {shlex.quote(storage.name(exp_dir))}"
+    else:
+        again = "rerun the same command"
+    return f"dogs-search: interrupted while starting Ray; nothing ran yet: {again}"
 
 
 def check_resources(search, resources, autoscaling=False):
@@ -140,6 +157,34 @@ def concurrency(search, resources):
     if search["gpus_per_trial"] > 0:
         slots = min(slots, int(round(resources.get("GPU", 0) / search["gpus_per_trial"], 6)))
     return max(1, min(slots, search["samples"], search["max_concurrent"] or slots))
+
+
+# errored trials whose cause the user can fix: a module missing on a node (found in their error.txt)
+MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
+INSTALL = ("install the project on every Ray node (pip install -e . in its folder, as cluster.yaml's "
+           "setup_commands do; docs/cluster.md), then continue with --resume: errored trials run again")
+
+
+def failure_hints(exp_dir, table):
+    """One line per distinct cause of the errored trials that has a known fix, read from their error.txt."""
+    fs, _ = storage.filesystem(exp_dir)
+    trials_of = {}
+    for trial_id in table.trial_id[table.status == "ERROR"]:
+        _, path = storage.filesystem(storage.join(exp_dir, f"trial_{trial_id}", "error.txt"))
+        try:
+            with fs.open_input_stream(path) as f:
+                text = f.read().decode(errors="replace")
+        except OSError:         # a trial that errored before its folder was synced
+            continue
+        for module in sorted({name.split(".")[0] for name in MISSING_MODULE.findall(text)}):
+            trials_of.setdefault(module, []).append(trial_id)
+    lines = []
+    for module, trials in trials_of.items():
+        what = "this project is missing on a Ray node" if module in ("dogs", "tune") \
+            else f"the Python package {module!r} is missing on a Ray node"
+        lines.append(f"  hint         {len(trials)} errored trial(s) failed with \"No module named {module!r}\": "
+                     f"{what}; {INSTALL}")
+    return lines
 
 
 def make_trainable(search):
@@ -297,7 +342,12 @@ def main(argv=None):
     # Ray: local or a cluster, and requests it can meet
     import ray
 
-    resources = start_ray(args.address)
+    try:
+        resources = start_ray(args.address)
+    except KeyboardInterrupt:
+        ray.shutdown()   # whatever part of Ray had started
+        print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
+        return 130
     try:
         return run(args, space, exp_dir, runs, resources)
     finally:
@@ -333,7 +383,8 @@ def run(args, space, exp_dir, runs, resources):
     table = trials_table(exp_dir, space)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
-    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending)))
+    print("
+".join(summary(table, space, wall_s, slots, exp_dir, pending) + failure_hints(exp_dir, table)))
     if pending or (table.status == "UNFINISHED").any():
         print(f"Interrupted: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
               f"--name {storage.name(exp_dir)}")
