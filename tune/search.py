@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dogs.errors import ExperimentError
+from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, saved_space
 
@@ -298,7 +298,6 @@ def resumed_experiment(args, runs):
 def new_experiment(args, runs):
     """(experiment folder, space) of a new search: the data resolved, the space file checked."""
     from dogs.data import DataError, resolve_root
-    from dogs.errors import UserError
 
     if not args.space:
         fail("--space is required (a file in search_spaces/ or a path), unless --resume")
@@ -321,6 +320,14 @@ def new_experiment(args, runs):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    try:
+        return search(args)
+    except UserError as err:   # helpers raise; the command prints once
+        fail(err)
+
+
+def search(args):
+    """The whole command: check the space and the data, start Ray, run the search, print the summary."""
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         # a local Ray would listen on every interface; keep it on 127.0.0.1 (Ray reads this when imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
