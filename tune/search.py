@@ -390,8 +390,7 @@ def run(args, space, exp_dir, runs, resources):
     table = trials_table(exp_dir, space)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
-    print("
-".join(summary(table, space, wall_s, slots, exp_dir, pending) + failure_hints(exp_dir, table)))
+    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending) + failure_hints(exp_dir, table)))
     if pending or (table.status == "UNFINISHED").any():
         print(f"Interrupted: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
               f"--name {storage.name(exp_dir)}")
