@@ -17,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs
 
+from dogs.config import METRICS
 from dogs.errors import ExperimentError
 from tune import spaces, storage
 
 DEFAULT_STORAGE = "runs"
 SPACE_FILE = "search_space.yaml"
-SCORES = ("val_acc", "val_loss", "train_acc", "train_loss")   # every epoch's scores (dogs.config.METRICS)
 
 
 @dataclass
@@ -74,14 +74,15 @@ def read_text(fs, path):
 
 
 def read_trials(exp_dir):
-    """Every trial of the experiment (a folder with params.json), from its own files."""
+    """Every trial of the experiment (a folder with params.json, or error.txt only), from its own files."""
     fs, root = storage.filesystem(exp_dir)
     folders = [info for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
                if info.type == pyarrow.fs.FileType.Directory]
     trials = []
     for folder in sorted(folders, key=lambda info: info.base_name):
         names = {info.base_name: info.type for info in fs.get_file_info(pyarrow.fs.FileSelector(folder.path))}
-        if names.get("params.json") != pyarrow.fs.FileType.File:
+        has_params = names.get("params.json") == pyarrow.fs.FileType.File
+        if not has_params and "error.txt" not in names:   # a trial that failed to start has only error.txt
             continue
         # every epoch reported; an epoch run twice (resumed after Ctrl-C) counts once, its later run
         by_epoch = {}
@@ -94,7 +95,7 @@ def read_trials(exp_dir):
         trial_id = results[-1]["trial_id"] if results else folder.base_name.removeprefix("trial_")
         trials.append(Trial(
             trial_id=str(trial_id), path=storage.join(exp_dir, folder.base_name),
-            config=json.loads(read_text(fs, f"{folder.path}/params.json")),
+            config=json.loads(read_text(fs, f"{folder.path}/params.json")) if has_params else {},
             results=results, errored="error.txt" in names,
             checkpoints={name for name, kind in names.items()
                          if name.startswith("checkpoint_") and kind == pyarrow.fs.FileType.Directory}))
@@ -150,7 +151,7 @@ def trials_table(exp_dir, space, trials=None):
             "status": status,
             "stopped_early": status == "TERMINATED" and len(trial.results) < s["epochs"],
             "epochs": len(trial.results),
-            **{name: last.get(name) for name in SCORES},   # scores of the last epoch run
+            **{name: last.get(name) for name in METRICS},   # scores of the last epoch run
             f"best_{metric}": best,
             "best_epoch": best_epoch,
             "time_s": last.get("time_total_s"),
@@ -159,7 +160,7 @@ def trials_table(exp_dir, space, trials=None):
             "path": printable(trial.path),
         })
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
-                                                         *SCORES, f"best_{metric}", "best_epoch", "time_s"])
+                                                         *METRICS, f"best_{metric}", "best_epoch", "time_s"])
 
 
 def printable(location):

@@ -15,7 +15,7 @@ from ray import tune
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-SCORES = ("val_acc", "val_loss", "train_loss", "train_acc")
+from dogs.config import METRICS
 
 
 def hparam_value(value):
@@ -33,7 +33,7 @@ class TensorBoardCallback(tune.Callback):
 
     @property
     def curves(self):
-        return (*SCORES, f"best_{getattr(self, 'metric', 'val_acc')}")
+        return (*METRICS, f"best_{getattr(self, 'metric', 'val_acc')}")
 
     def _writer(self, trial):
         if trial.trial_id not in self._writers:
