@@ -3,8 +3,8 @@
 Every way a checkpoint can be unusable is one CheckpointError line: missing, truncated, not a torch file,
 holding pickled code (refused by weights_only=True, never loaded), not ours, or from another run.
 """
-import pickle
 import zipfile
+from pickle import UnpicklingError  # what torch.load(weights_only=True) raises for pickled code
 from pathlib import Path
 
 import torch
@@ -39,7 +39,7 @@ def read(path):
         raise CheckpointError(f"{path} is not a checkpoint (truncated, or not a file written by torch.save)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except UnpicklingError:
         raise CheckpointError(f"{path} holds pickled code or objects, not only weights: refused, nothing in it "
                               "was run (checkpoints of dogs hold tensors, numbers and strings only)") from None
     except Exception as err:  # a damaged archive: torch's own reason, first line only
