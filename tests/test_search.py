@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tune import best, search
-from tune.searcher import AshaAwareOptunaSearch
+from tune.searcher import open_study
 from conftest import run_main
 
 EPOCHS = 3
@@ -42,11 +42,12 @@ def write_space(folder, samples, seed=0, max_concurrent="null", grace_period=1):
 
 
 def study_of(exp_dir):
-    """{trial_id: optuna FrozenTrial} from the searcher state saved in the experiment."""
-    searcher = AshaAwareOptunaSearch(None, "val_acc", "max", None, EPOCHS)
-    searcher.restore_from_dir(str(exp_dir))
-    trials = searcher._ot_study.trials
-    return {trial_id: trials[ot_trial.number] for trial_id, ot_trial in searcher._ot_trials.items()}
+    """{Tune trial id: optuna FrozenTrial} of the experiment's study (its study.db); every study trial has one."""
+    with open_study(exp_dir) as study:
+        trials = study.trials
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in trials}
+    assert len(by_id) == len(trials), "a Tune trial is more than one study trial"
+    return by_id
 
 
 def iterations(trial_dir):
@@ -88,12 +89,12 @@ def test_asha_stopped_some_trials_and_optuna_sees_them_pruned(experiment):
         if row.stopped_early:
             # told PRUNED, with its score for every epoch it ran as intermediate values
             assert ot_trial.state.name == "PRUNED"
-            assert sorted(ot_trial.intermediate_values) == list(range(1, row.epochs + 1))
-            assert ot_trial.intermediate_values[row.epochs] == pytest.approx(row.best_val_acc)
         else:
             # TPE is told the trial's best epoch (best_<metric>): what the winner is chosen by
             assert ot_trial.state.name == "COMPLETE"
             assert ot_trial.value == pytest.approx(row.best_val_acc)
+        assert sorted(ot_trial.intermediate_values) == list(range(1, row.epochs + 1))
+        assert ot_trial.intermediate_values[row.epochs] == pytest.approx(row.best_val_acc)
 
 
 def test_summary_reports_counts_overhead_and_where(experiment):
@@ -178,7 +179,9 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
         its = iterations(row.path)
         assert sorted(set(its)) == list(range(1, row.epochs + 1)), row.trial_id
         assert len(its) - len(set(its)) <= (0 if row.trial_id in {n[len("trial_"):] for n in finished} else 1)
-    assert len(study_of(exp_dir)) == samples   # the searcher's state came back: no trial suggested twice
+    # the study came back from study.db: one study trial per trial, none suggested twice, none left RUNNING
+    study = study_of(exp_dir)
+    assert set(study) == set(table.trial_id) and {t.state.name for t in study.values()} == {"COMPLETE"}
 
 
 def test_gpu_request_on_a_gpu_less_machine_fails_fast(tiny_imagefolder, tmp_path):
@@ -245,10 +248,10 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     # 2. the summary's best trial is the one with the lowest val_loss at any epoch
     assert f"best trial   {winner}: best_val_loss={best_losses[winner]:.4f} at epoch {best_epochs[winner]}" in out
     # 3. TPE was told each trial's best_val_loss
-    study = AshaAwareOptunaSearch(None, "best_val_loss", "min", None, 3)
-    study.restore_from_dir(str(exp_dir))
-    for trial_id, ot_trial in study._ot_trials.items():
-        assert study._ot_study.trials[ot_trial.number].value == pytest.approx(best_losses[trial_id])
+    study = study_of(exp_dir)
+    assert set(study) == set(best_losses)
+    for trial_id, ot_trial in study.items():
+        assert ot_trial.value == pytest.approx(best_losses[trial_id])
     # 4. tune.best picks the same trial and epoch, and predicts from that checkpoint
     code, out, err = run_main(best, ["--experiment", str(exp_dir)])
     assert code == 0, err

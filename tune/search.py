@@ -23,7 +23,7 @@ from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, saved_space
 
-SETTING_FLAGS = ("samples", "epochs", "grace_period", "reduction_factor", "metric", "mode", "seed",
+SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "grace_period", "reduction_factor", "metric", "mode", "seed",
                  "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
 SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
 SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
@@ -35,12 +35,15 @@ def get_args_parser():
     p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
     p.add_argument("--samples", type=int, help="trials to run (search.samples)")
     p.add_argument("--epochs", type=int, help="epochs per trial = ASHA's max_t (search.epochs)")
+    p.add_argument("--sampler", choices=spaces.SAMPLERS, help="Optuna sampler (search.sampler, default tpe)")
+    p.add_argument("--scheduler", choices=spaces.SCHEDULERS,
+                   help="asha: stop weak trials early; fifo: every trial runs all epochs (search.scheduler)")
     p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (search.grace_period)")
     p.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (search.reduction_factor)")
     p.add_argument("--metric", help=f"metric to optimise, one of {', '.join(spaces.METRICS)} (search.metric); "
                                     "a trial's score is best_<metric> over its epochs")
     p.add_argument("--mode", choices=["max", "min"], help="search.mode")
-    p.add_argument("--seed", type=int, help="seed of Optuna's TPE sampler (search.seed)")
+    p.add_argument("--seed", type=int, help="seed of the Optuna sampler (search.seed)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (search.cpus_per_trial)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (search.gpus_per_trial)")
     p.add_argument("--max-concurrent", type=int, help="most trials at once (search.max_concurrent)")
@@ -51,6 +54,9 @@ def get_args_parser():
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help="folder or URI (s3://bucket/prefix) that holds experiments (default: runs/)")
     p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="SQLAlchemy URL of a database for the Optuna study (e.g. postgresql://host/db); default: "
+                        "SQLite study.db in the experiment folder. The study is named after the experiment")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted experiment (--name, or the latest one in --storage). It restores "
                         "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
@@ -200,23 +206,24 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name):
-    """Tuner: TPE searcher (ASHA-aware), ASHA scheduler, bounded checkpoints, retries, TensorBoard."""
+def make_tuner(space, runs, name, optuna_storage=None):
+    """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from tune.searcher import AshaAwareOptunaSearch
+    from tune.searcher import StudySearcher
     from tune.tensorboard import TensorBoardCallback
 
     s = space["search"]
     # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
     # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
     score = f"best_{s['metric']}"
-    searcher = AshaAwareOptunaSearch(spaces.optuna_space(space), metric=score, mode=s["mode"],
-                                     seed=s["seed"], max_t=s["epochs"], points_to_evaluate=space["first_trials"])
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"],
-                              grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+    searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
+                             optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
+                             samples=s["samples"], first_trials=space["first_trials"])
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=s["grace_period"],
+                              reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
     return tune.Tuner(
         make_trainable(s),
         param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
@@ -246,15 +253,18 @@ def plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def study_states(exp_dir, space):
-    """{state: count} of the Optuna study, read back from the searcher state saved in the experiment."""
-    from tune.searcher import AshaAwareOptunaSearch
+def study_where(exp_dir):
+    from tune import searcher
 
-    searcher = AshaAwareOptunaSearch(None, space["search"]["metric"], space["search"]["mode"], None,
-                                     space["search"]["epochs"])
-    with storage.local_dir(exp_dir, "searcher-state-*.pkl") as local:
-        searcher.restore_from_dir(local)
-    return pd.Series(list(searcher.study_states().values()), dtype=object).value_counts().to_dict()
+    return searcher.study_where(exp_dir)
+
+
+def study_states(exp_dir, space=None):
+    """{state: count} of the experiment's Optuna study, read from its database."""
+    from tune.searcher import open_study
+
+    with open_study(exp_dir) as study:
+        return pd.Series([t.state.name for t in study.trials], dtype=object).value_counts().to_dict()
 
 
 def summary(table, space, wall_s, slots, exp_dir, pending=0):
@@ -276,7 +286,7 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0):
         f"  trials       {len(table) + pending} run: {terminated - stopped} complete, {stopped} stopped early by "
         f"ASHA, {int((table.status == 'ERROR').sum())} errored, "
         f"{int((table.status == 'UNFINISHED').sum()) + pending} unfinished",
-        f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED)",
+        f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED); {study_where(exp_dir)}",
         f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
         f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",
         f"  results      {storage.join(exp_dir, 'trials.csv')}; tensorboard --logdir {exp_dir}",
@@ -378,7 +388,7 @@ def run(args, space, exp_dir, runs, resources):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
         tuner = tune.Tuner.restore(exp_dir, trainable=make_trainable(search), resume_errored=True)
     else:
-        tuner = make_tuner(space, runs, storage.name(exp_dir))
+        tuner = make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")

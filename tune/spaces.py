@@ -29,6 +29,8 @@ from dogs.errors import SpaceError
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 MAX_SAMPLES = 10_000
+SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can use (tune.searcher makes them)
+SCHEDULERS = ("asha", "fifo")
 
 # search settings, checked like config keys: name -> Key(default, type, allowed, help)
 SETTINGS = {
@@ -39,7 +41,12 @@ SETTINGS = {
     "reduction_factor": Key(3, "number", Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
     "metric": SCHEMA["metric"],
     "mode": SCHEMA["mode"],
-    "seed": Key(0, "int or null", SEEDS, "seeds Optuna's TPE sampler"),
+    "sampler": Key("tpe", "str", SAMPLERS, "Optuna sampler that proposes each trial: tpe (learns from complete and "
+                   "stopped-early trials), random, qmc (quasi-random, space-filling), gp (Gaussian process; learns "
+                   "from complete trials only)"),
+    "scheduler": Key("asha", "str", SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
+                     "fifo = every trial runs all its epochs"),
+    "seed": Key(0, "int or null", SEEDS, "seeds the sampler: the same file proposes the same configurations"),
     "cpus_per_trial": Key(1, "number", Range(0, low_open=True), "CPUs each trial holds"),
     "gpus_per_trial": Key(0, "number", Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
     "max_concurrent": Key(None, "int or null", Range(1), "most trials at once; null = as many as the resources allow"),
