@@ -249,6 +249,7 @@ def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
     before = results(exp_dir)
     done_before = {t: r for t, r in before.items() if finished(r)}
     from tune.search import study_states
+    from tune.searcher import open_study
     from tune import spaces
 
     space = spaces.load(exp_dir / "search_space.yaml")
@@ -268,6 +269,14 @@ def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
         if rows and not finished(rows):
             epochs = [r["epoch"] for r in after[folder]]
             assert epochs.count(1) == 1 and epochs[-1] == EPOCHS
-    # the Optuna study came back: one study trial per Tune trial, all complete, none lost or doubled
-    assert sum(states_before.values()) >= len(before)
+    # the Optuna study (study.db) has exactly the experiment's trials: one study trial per Tune trial, all
+    # complete with the trial's score, none left RUNNING, none doubled
+    assert sum(states_before.values()) >= len(before) and states_before.get("RUNNING", 0) >= 1
     assert study_states(exp_dir, space) == {"COMPLETE": 4}
+    with open_study(exp_dir) as study:
+        trials = study.trials
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in trials}
+    assert len(trials) == len(by_id) == 4 and set(by_id) == set(table.trial_id), trials
+    for row in table.itertuples():
+        assert by_id[row.trial_id].value == pytest.approx(row.best_val_acc)
+        assert sorted(by_id[row.trial_id].intermediate_values) == list(range(1, EPOCHS + 1))

@@ -97,6 +97,52 @@ def test_asha_stopped_some_trials_and_optuna_sees_them_pruned(experiment):
         assert ot_trial.intermediate_values[row.epochs] == pytest.approx(row.best_val_acc)
 
 
+def test_optuna_dashboard_reads_the_study_over_http(experiment, tmp_path):
+    """optuna-dashboard's own server on 127.0.0.1, against the finished search's study.db, read back through its
+    HTTP API with a real client: one study named after the experiment, every trial with its state and scores."""
+    import socket
+    import urllib.request
+
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    assert dashboard.exists(), "optuna-dashboard is not installed (pip install -e '.[test]')"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    study_db = experiment["dir"] / "study.db"
+    assert f"optuna-dashboard sqlite:///{study_db}" in experiment["out"]   # the summary says how to open it
+    log = (tmp_path / "dashboard.log").open("w")
+    proc = subprocess.Popen([str(dashboard), f"sqlite:///{study_db}", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.time() + 60
+        while True:   # the server takes a moment to listen
+            try:
+                studies = get("/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "dashboard.log").read_text()
+                time.sleep(0.3)
+        assert [s["study_name"] for s in studies] == ["e2e"]
+        detail = get(f"/api/studies/{studies[0]['study_id']}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    table = experiment["table"].set_index("trial_id")
+    trials = {t["user_attrs"][0]["value"]: t for t in detail["trials"]}   # its one user attribute: tune_trial_id
+    assert sorted(trials) == sorted(table.index)
+    for trial_id, t in trials.items():
+        row = table.loc[trial_id]
+        assert t["state"] == ("Pruned" if row.stopped_early else "Complete")
+        assert [v["step"] for v in t["intermediate_values"]] == list(range(1, row.epochs + 1))
+        assert t["intermediate_values"][-1]["value"] == pytest.approx(row.best_val_acc)
+        assert {p["name"]: float(p["param_external_value"]) for p in t["params"]}["lr"] == pytest.approx(row.lr)
+
+
 def test_summary_reports_counts_overhead_and_where(experiment):
     out = experiment["out"]
     table = experiment["table"]
@@ -226,7 +272,7 @@ def test_one_best_val_loss_min_summary_best_kept_checkpoint_train_and_retrain_ag
     data = swapped_validation(make_imagefolder(tmp_path / "data", n_train=16, n_val=6, awkward=False))
     space = tmp_path / "space.yaml"
     space.write_text("""
-search: {samples: 2, epochs: 3, grace_period: 3, seed: 0, metric: val_loss, mode: min}
+search: {samples: 2, epochs: 3, grace_period: 1, seed: 0, metric: val_loss, mode: min, sampler: random, scheduler: fifo}
 params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguniform: [3e-3, 1e-2]}}
 """)
     code, out, err = run_main(search, ["--space", str(space), "--data", str(data), "--storage", str(tmp_path / "runs"),
@@ -236,6 +282,7 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
     results = {row.trial_id: [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines()]
                for row in table.itertuples()}
+    assert (table.epochs == 3).all() and not table.stopped_early.any()   # FIFO: no early stops, whatever grace_period
     best_epochs = {t: min(reversed(rs), key=lambda r: r["val_loss"])["epoch"] for t, rs in results.items()}
     best_losses = {t: min(r["val_loss"] for r in rs) for t, rs in results.items()}
     winner = min(best_losses, key=best_losses.get)

@@ -148,3 +148,15 @@ def test_samplers(name):
     sampler = make_sampler(name, 0, 20)
     assert isinstance(sampler, optuna.samplers.BaseSampler)
     assert startup_trials(8) == 3 and startup_trials(24) == 6 and startup_trials(400) == 10
+
+
+def test_sampler_and_scheduler_flags_are_settings(tmp_path):
+    from tune import search
+
+    path = tmp_path / "space.yaml"
+    path.write_text("search: {sampler: random}\nparams: {lr: {loguniform: [1e-4, 1e-2]}}\n")
+    args = search.get_args_parser().parse_args(["--space", str(path), "--scheduler", "fifo"])
+    assert {k: search.load_space(args, None)["search"][k] for k in ("sampler", "scheduler")} == \
+        {"sampler": "random", "scheduler": "fifo"}
+    args = search.get_args_parser().parse_args(["--space", str(path), "--sampler", "gp"])
+    assert search.load_space(args, None)["search"]["sampler"] == "gp"

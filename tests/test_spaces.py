@@ -73,6 +73,8 @@ def error_of(tmp_path, text):
     ("search: {mode: maximise}\n", ["search.mode", "['max', 'min']"]),
     ("search: {metric: accuracy}\n", ["search.metric", "val_acc"]),
     ("search: {reduction_factor: 1}\n", ["search.reduction_factor", "> 1"]),
+    ("search: {sampler: cmaes}\n", ["search.sampler", "'cmaes'", "['tpe', 'random', 'qmc', 'gp']"]),
+    ("search: {scheduler: hyperband}\n", ["search.scheduler", "['asha', 'fifo']"]),
     # first trials
     ("params: {lr: {loguniform: [1e-4, 1e-2]}}\nfirst_trials: [{lr: 1.0}]\n", ["first_trials[0].lr", "[0.0001, 0.01]"]),
     ("params: {lr: 1e-3}\nfirst_trials: [{lr: 1e-3}]\n", ["first_trials[0].lr", "not a searched parameter"]),
