@@ -316,3 +316,34 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     result = train.run(config, tmp_path / "train", log=lambda m: None, device=torch.device("cpu"))
     assert result["best_epoch"] == min(reversed(result["history"]), key=lambda m: m["val_loss"])["epoch"] != 3
     assert checkpoint.read(tmp_path / "train" / "best.pt")["epoch"] == result["best_epoch"]
+
+
+def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tmp_path):
+    """--time-budget stops the search as Ctrl-C does, whatever had run by then: exit 0, the summary and the
+    --resume command; no trial is marked finished that did not run all its epochs, and --resume (this session
+    without a budget) finishes every trial, one study trial each."""
+    samples = 3
+    space = write_space(tmp_path, samples=samples, seed=2, max_concurrent=1, grace_period=EPOCHS)
+    storage, name = tmp_path / "runs", "budget"
+    exp_dir = storage / name
+    code, out, err = run_main(search, ["--space", str(space), "--data", str(tiny_imagefolder), "--storage", str(storage),
+                                       "--name", name, "--time-budget", "1s"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert f"Time budget 1s used up: continue with  python -m tune.search --resume --storage {storage} --name {name}" in out
+    assert "Search finished" in out and "optuna study" in out
+    first = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
+    before = {row.trial_id: iterations(row.path) for row in first.itertuples()}
+    assert (first.status != "TERMINATED").any() or len(first) < samples
+    assert ((first.status != "TERMINATED") | (first.epochs == EPOCHS)).all()   # not cut short and called done
+    assert search.study_states(exp_dir).get("PRUNED", 0) == 0
+
+    code, out, err = run_main(search, ["--resume", "--storage", str(storage), "--name", name, "--time-budget", "none"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
+    assert len(table) == samples and set(table.status) == {"TERMINATED"} and (table.epochs == EPOCHS).all()
+    for row in table.itertuples():
+        its = iterations(row.path)
+        assert sorted(set(its)) == list(range(1, EPOCHS + 1)) and its[:len(before.get(row.trial_id, []))] == \
+            before.get(row.trial_id, [])
+    study = study_of(exp_dir)
+    assert set(study) == set(table.trial_id) and {t.state.name for t in study.values()} == {"COMPLETE"}

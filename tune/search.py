@@ -9,10 +9,13 @@ search_space.yaml (what was searched), trials.csv (all trials, one row each) and
 (`tensorboard --logdir <experiment>`: curves and an HParams comparison). docs/search.md has the details.
 """
 import argparse
+import contextlib
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +27,7 @@ from tune import experiment, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, saved_space
 
 SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "grace_period", "reduction_factor", "metric", "mode", "seed",
-                 "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
+                 "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "time_budget")
 SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
 SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
 
@@ -48,6 +51,10 @@ def get_args_parser():
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (search.gpus_per_trial)")
     p.add_argument("--max-concurrent", type=int, help="most trials at once (search.max_concurrent)")
     p.add_argument("--max-failures", type=int, help="retries of an errored trial (search.max_failures)")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="stop the search cleanly after this wall time, e.g. 30m, 2h, 1h30m (search.time_budget); "
+                        "--resume continues it. With --resume: this session's budget instead of the saved one "
+                        "('none': no budget)")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="fix config values for every trial, e.g. --set model=cnn lr=3e-4 (repeatable; "
                         "the data folder is --data)")
@@ -243,6 +250,40 @@ def make_tuner(space, runs, name, optuna_storage=None):
     )
 
 
+@contextlib.contextmanager
+def time_budget(seconds):
+    """An Event set when `seconds` of wall time are used up; then the search stops as on Ctrl-C.
+
+    Tune stops gracefully on SIGUSR1 as on SIGINT: the experiment state saved, running trials left to resume
+    from their last checkpoint. (Tune's own time_budget_s marks running trials TERMINATED: --resume would
+    skip them.) The signal repeats every 5 s until fit() returns, in case one came before Tune listened.
+    """
+    expired, done = threading.Event(), threading.Event()
+    if not seconds:
+        yield expired
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise UserError("--time-budget works only when the search runs in the main thread (Tune's stop signal)")
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)   # never the default action (exit)
+
+    def stop():
+        if done.wait(seconds):
+            return
+        expired.set()
+        while not done.is_set():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            done.wait(5)
+
+    timer = threading.Thread(target=stop, daemon=True)
+    timer.start()
+    try:
+        yield expired
+    finally:
+        done.set()
+        timer.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def trials_table(exp_dir, space):
     """One row per trial (tune.experiment reads them from the trials' own files)."""
     return experiment.trials_table(exp_dir, space)
@@ -301,8 +342,15 @@ def resumed_experiment(args, runs):
         experiment.check(exp_dir)
     except ExperimentError as err:
         fail(f"--resume: {err}")
-    print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored)")
-    return exp_dir, saved_space(exp_dir)
+    print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored, "
+          "but --time-budget)")
+    space = saved_space(exp_dir)
+    if args.time_budget is not None:   # this session's budget
+        none = args.time_budget.strip().lower() in ("none", "null")
+        if not none and spaces.parse_duration(args.time_budget) is None:
+            fail(f"--time-budget: {args.time_budget!r} is not a duration; allowed: e.g. 90s, 30m, 2h, 1h30m, or none")
+        space["search"]["time_budget"] = None if none else args.time_budget
+    return exp_dir, space
 
 
 def new_experiment(args, runs):
@@ -393,18 +441,20 @@ def run(args, space, exp_dir, runs, resources):
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")
 
-    # run, then one table of all trials and a summary
+    # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
-    grid = tuner.fit()
+    with time_budget(spaces.parse_duration(search["time_budget"]) if search["time_budget"] else None) as budget:
+        grid = tuner.fit()
     wall_s = time.time() - start
     table = trials_table(exp_dir, space)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending) + failure_hints(exp_dir, table)))
-    if pending or (table.status == "UNFINISHED").any():
-        print(f"Interrupted: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
+    if pending or (table.status == "UNFINISHED").any() or len(grid) < search["samples"]:
+        why = f"Time budget {search['time_budget']} used up" if budget.is_set() else "Interrupted"
+        print(f"{why}: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
               f"--name {storage.name(exp_dir)}")
-        return 130
+        return 0 if budget.is_set() else 130
     return 0
 
 
