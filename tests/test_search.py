@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tune import best, search
+from tune.plots import PLOTS
 from tune.searcher import open_study
 from conftest import run_main
 
@@ -143,6 +144,14 @@ def test_optuna_dashboard_reads_the_study_over_http(experiment, tmp_path):
         assert {p["name"]: float(p["param_external_value"]) for p in t["params"]}["lr"] == pytest.approx(row.lr)
 
 
+def test_search_plots(experiment):
+    """Optuna's plots of the study as PNGs in <experiment>/plots/, listed by the summary."""
+    for name in PLOTS:
+        png = experiment["dir"] / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
+    assert f"plots        {experiment['dir'] / 'plots'}: " + ", ".join(f"{n}.png" for n in PLOTS) in experiment["out"]
+
+
 def test_summary_reports_counts_overhead_and_where(experiment):
     out = experiment["out"]
     table = experiment["table"]
@@ -171,8 +180,13 @@ def test_tensorboard_has_every_trial_with_curves_and_hparams(experiment):
 
 
 def test_best_prints_and_submits(experiment, tmp_path):
-    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--submit", "--out", str(tmp_path)])
+    plots = experiment["dir"] / "plots"
+    for png in plots.glob("*.png"):
+        png.unlink()
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--submit", "--out", str(tmp_path),
+                                     "--plots"])
     assert code == 0, err
+    assert sorted(p.name for p in plots.glob("*.png")) == sorted(f"{name}.png" for name in PLOTS)   # written again
     table = experiment["table"]
     tops = table[table.best_val_acc == table.best_val_acc.max()]   # ties: any of them is the best
     assert any(t in out for t in tops.trial_id) and f"{tops.best_val_acc.iloc[0]:.4f}" in out

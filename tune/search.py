@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from dogs.errors import ExperimentError, UserError
-from tune import experiment, spaces, storage
+from tune import experiment, plots, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, saved_space
 
 SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "grace_period", "reduction_factor", "metric", "mode", "seed",
@@ -450,6 +450,7 @@ def run(args, space, exp_dir, runs, resources):
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending) + failure_hints(exp_dir, table)))
+    print("\n".join(plots.report(exp_dir)))
     if pending or (table.status == "UNFINISHED").any() or len(grid) < search["samples"]:
         why = f"Time budget {search['time_budget']} used up" if budget.is_set() else "Interrupted"
         print(f"{why}: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
