@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata
 
 from tune import best, search
 from tune.plots import PLOTS
@@ -172,11 +172,19 @@ def test_tensorboard_has_every_trial_with_curves_and_hparams(experiment):
         val_acc = events.Scalars("val_acc")
         assert [e.step for e in val_acc] == list(range(1, row.epochs + 1))
         assert val_acc[-1].value == pytest.approx(row.val_acc, abs=1e-6)
+        assert events.Scalars("stopped_early")[-1].value == float(row.stopped_early)
         content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
         start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
         assert start.hparams["lr"].number_value == pytest.approx(row.lr)
         assert start.hparams["head_width"].number_value == row.head_width
-        assert hparams_metadata.SESSION_END_INFO_TAG in content
+        end = hparams_metadata.parse_session_end_info_plugin_data(content[hparams_metadata.SESSION_END_INFO_TAG])
+        assert api_pb2.Status.Name(end.status) == "STATUS_SUCCESS"
+        # the experiment: choices are discrete values, ranges intervals; the metrics include stopped_early
+        exp = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
+        infos = {info.name: info for info in exp.hparam_infos}
+        assert [v.number_value for v in infos["head_width"].domain_discrete.values] == [0, 32]
+        assert (infos["lr"].domain_interval.min_value, infos["lr"].domain_interval.max_value) == (1e-6, 3e-2)
+        assert {m.name.tag for m in exp.metric_infos} >= {"val_acc", "best_val_acc", "stopped_early"}
 
 
 def test_best_prints_and_submits(experiment, tmp_path):
@@ -361,3 +369,16 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
             before.get(row.trial_id, [])
     study = study_of(exp_dir)
     assert set(study) == set(table.trial_id) and {t.state.name for t in study.values()} == {"COMPLETE"}
+
+
+def test_hparams_booleans_and_choices_are_discrete_values():
+    from tune.tensorboard import _value, hparam_info
+
+    augment = hparam_info({"name": "augment", "kind": "choice", "args": [False, True]})
+    assert api_pb2.DataType.Name(augment.type) == "DATA_TYPE_BOOL"
+    assert [v.bool_value for v in augment.domain_discrete.values] == [False, True]
+    assert _value(True).WhichOneof("kind") == "bool_value"      # shown as true/false, not 1/0
+    model = hparam_info({"name": "model", "kind": "choice", "args": ["cnn", "resnet18"]})
+    assert [v.string_value for v in model.domain_discrete.values] == ["cnn", "resnet18"]
+    size = hparam_info({"name": "batch_size", "kind": "randint", "args": [8, 65]})
+    assert (size.domain_interval.min_value, size.domain_interval.max_value) == (8, 64)

@@ -245,7 +245,7 @@ def make_tuner(space, runs, name, optuna_storage=None):
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
-                       TensorBoardCallback(spaces.searched_names(space), s["metric"])],
+                       TensorBoardCallback(space["params"], s["metric"])],
         ),
     )
 
@@ -337,11 +337,17 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0):
 
 def resumed_experiment(args, runs):
     """(experiment folder, its saved space) to continue: --name in --storage, else the latest one."""
+    from tune import searcher
+
     try:
         exp_dir = storage.join(runs, args.name) if args.name else experiment.latest_experiment(runs)
         experiment.check(exp_dir)
+        searcher.read_state(exp_dir)
     except ExperimentError as err:
         fail(f"--resume: {err}")
+    except ValueError:   # not our JSON: the pickled OptunaSearch state of an older dogs-search
+        fail(f"--resume: {exp_dir} was started by an older dogs-search whose Optuna searcher cannot be "
+             "continued (its study was pickled Ray state); start a new search")
     print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored, "
           "but --time-budget)")
     space = saved_space(exp_dir)
