@@ -66,7 +66,7 @@ def experiment(tiny_imagefolder, tmp_path_factory):
     code, out, err = run_main(search, argv)
     assert code == 0, out[-3000:] + err[-3000:]
     exp_dir = folder / "runs" / "e2e"
-    return {"dir": exp_dir, "out": out, "table": pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}), "data": tiny_imagefolder}
+    return {"dir": exp_dir, "out": out, "err": err, "table": pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}), "data": tiny_imagefolder}
 
 
 def test_every_trial_is_in_trials_csv(experiment):
@@ -152,6 +152,13 @@ def test_search_plots(experiment):
     assert f"plots        {experiment['dir'] / 'plots'}: " + ", ".join(f"{n}.png" for n in PLOTS) in experiment["out"]
 
 
+def test_compact_console_progress(experiment):
+    """One progress line now and then, not Ray's table per step, config box per trial or a log line per checkpoint."""
+    out, err = experiment["out"], experiment["err"]
+    assert "] 6/6 trials: 6 done (" in out and "| best best_val_acc " in out
+    assert "Trial status:" not in out and "Checkpoint successfully created" not in out + err
+
+
 def test_summary_reports_counts_overhead_and_where(experiment):
     out = experiment["out"]
     table = experiment["table"]
@@ -226,6 +233,8 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    console = (tmp_path / "first.log").read_text()   # a real console: the workers' lines reach it too
+    assert "Checkpoint successfully created" not in console and "Trial status:" not in console
     before = {p.name: (p / "result.json").read_text() for p in exp_dir.glob("trial_*") if (p / "result.json").exists()}
     finished = {n for n, text in before.items() if json.loads(text.splitlines()[-1])["training_iteration"] == EPOCHS}
     assert 1 <= len(finished) < samples, before.keys()
@@ -382,3 +391,18 @@ def test_hparams_booleans_and_choices_are_discrete_values():
     assert [v.string_value for v in model.domain_discrete.values] == ["cnn", "resnet18"]
     size = hparam_info({"name": "batch_size", "kind": "randint", "args": [8, 65]})
     assert (size.domain_interval.min_value, size.domain_interval.max_value) == (8, 64)
+
+
+def test_resume_of_an_experiment_with_a_pickled_searcher_is_one_clear_error(tmp_path):
+    import pickle
+    import ray
+
+    from conftest import TWO_TRIAL_SPACE
+
+    exp_dir = tmp_path / "old"
+    exp_dir.mkdir()
+    (exp_dir / "search_space.yaml").write_text(TWO_TRIAL_SPACE)
+    (exp_dir / "searcher-state-2025-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"_ot_study": None}))
+    code, _, err = run_main(search, ["--resume", "--storage", str(tmp_path), "--name", "old"])
+    assert code == 2 and "started by an older dogs-search" in err and "Traceback" not in err
+    assert not ray.is_initialized()

@@ -68,6 +68,9 @@ def get_args_parser():
                    help="continue an interrupted experiment (--name, or the latest one in --storage). It restores "
                         "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
     p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Ray's full console output (a status table and each trial's config, every checkpoint) "
+                        "instead of one progress line now and then")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"tiny run: {SMOKE_SETTINGS}, config {SMOKE_CONFIG} (flags still override)")
     return p
@@ -111,7 +114,7 @@ def set_auth_mode(address):
     return os.environ["RAY_AUTH_MODE"]
 
 
-def start_ray(address):
+def start_ray(address, verbose=False):
     """Start a new Ray here (dashboard off, loopback only), or join the cluster at `address`.
 
     Never Ray's default `ray.init()`: that joins a Ray left running on this machine by `ray start` (or, after
@@ -122,12 +125,21 @@ def start_ray(address):
     address = address or os.environ.get("RAY_ADDRESS")
 
     mode = set_auth_mode(address)
+    def quiet_ray_train():
+        """Each worker's set-up without -v: Ray Train's INFO lines (a "Checkpoint successfully created" per
+        trial-epoch) stay out of the console; warnings and errors still show. Defined here so that Ray ships
+        it by value: it needs nothing of this project on the node."""
+        import logging
+
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+    runtime_env = None if verbose else {"worker_process_setup_hook": quiet_ray_train}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
     else:
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1")
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env)
         print(f"Started a local Ray on 127.0.0.1 for this search only (RAY_AUTH_MODE={mode}, dashboard off; "
               "a running Ray cluster is joined only with --address)")
     return ray.cluster_resources()
@@ -213,12 +225,13 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name, optuna_storage=None):
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False):
     """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tune.progress import ProgressCallback
     from tune.searcher import StudySearcher
     from tune.tensorboard import TensorBoardCallback
 
@@ -239,13 +252,14 @@ def make_tuner(space, runs, name, optuna_storage=None):
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"],
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=name, storage_path=runs, verbose=1,
+            name=name, storage_path=runs, verbose=1 if verbose else 0,   # 0: our progress line only
             # keep the best checkpoint by the metric; Ray always keeps the latest one too
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s["metric"],
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
-                       TensorBoardCallback(space["params"], s["metric"])],
+                       TensorBoardCallback(space["params"], s["metric"])]
+                      + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"])]),
         ),
     )
 
@@ -342,10 +356,13 @@ def resumed_experiment(args, runs):
     try:
         exp_dir = storage.join(runs, args.name) if args.name else experiment.latest_experiment(runs)
         experiment.check(exp_dir)
-        searcher.read_state(exp_dir)
     except ExperimentError as err:
         fail(f"--resume: {err}")
-    except ValueError:   # not our JSON: the pickled OptunaSearch state of an older dogs-search
+    try:
+        searcher.read_state(exp_dir)
+    except ExperimentError:   # no searcher state yet: Tune's own check below says what is missing
+        pass
+    except ValueError:        # not our JSON: the pickled OptunaSearch state of an older dogs-search
         fail(f"--resume: {exp_dir} was started by an older dogs-search whose Optuna searcher cannot be "
              "continued (its study was pickled Ray state); start a new search")
     print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored, "
@@ -414,7 +431,7 @@ def search(args):
     import ray
 
     try:
-        resources = start_ray(args.address)
+        resources = start_ray(args.address, args.verbose)
     except KeyboardInterrupt:
         ray.shutdown()   # whatever part of Ray had started
         print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
@@ -442,7 +459,7 @@ def run(args, space, exp_dir, runs, resources):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
         tuner = tune.Tuner.restore(exp_dir, trainable=make_trainable(search), resume_errored=True)
     else:
-        tuner = make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage)
+        tuner = make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")
