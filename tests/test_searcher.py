@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from tune import spaces
-from tune.searcher import StudySearcher, make_sampler, open_study, startup_trials
+from tune.searcher import StudySearcher, abandoned_trial_ids, make_sampler, open_study, startup_trials
 
 SPACE = {
     "search": {"samples": 8, "epochs": 3, "seed": 0},
@@ -111,6 +111,7 @@ def test_driver_killed_then_resumed(tmp_path):
     before = {t.number: t.state.name for t in resumed.study.trials}
     assert before[by_tune_id(resumed.study)["e"].number] == "FAIL"      # it ran, and Ray will not resume it
     assert resumed.suggest("f") == orphan                                # d never reported: f takes it over
+    assert abandoned_trial_ids(resumed.study) == {"d", "e"}              # their folders are no trials any more
     resumed.on_trial_result("c", result(2, 0.5))                         # c continues from its checkpoint
     resumed.on_trial_complete("c", result(3, 0.6))
     resumed.on_trial_result("b", result(2, 0.3))                         # b errored: --resume retries it

@@ -299,8 +299,17 @@ def time_budget(seconds):
 
 
 def trials_table(exp_dir, space):
-    """One row per trial (tune.experiment reads them from the trials' own files)."""
-    return experiment.trials_table(exp_dir, space)
+    """One row per trial (tune.experiment reads them from the trials' own files); the folder of a trial that a
+    killed driver had started and Ray's saved state never knew is ABANDONED (the study says which): --resume
+    never runs it again."""
+    from tune.searcher import abandoned_trial_ids, open_study
+
+    table = experiment.trials_table(exp_dir, space)
+    with open_study(exp_dir) as study:
+        abandoned = abandoned_trial_ids(study)
+    if len(table) and abandoned:
+        table.loc[table.trial_id.isin(abandoned), "status"] = "ABANDONED"
+    return table
 
 
 def plain(value):
@@ -340,7 +349,9 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0):
     lines += [
         f"  trials       {len(table) + pending} run: {terminated - stopped} complete, {stopped} stopped early by "
         f"ASHA, {int((table.status == 'ERROR').sum())} errored, "
-        f"{int((table.status == 'UNFINISHED').sum()) + pending} unfinished",
+        f"{int((table.status == 'UNFINISHED').sum()) + pending} unfinished"
+        + (f", {int((table.status == 'ABANDONED').sum())} abandoned (started by a killed driver before Ray saved "
+           "them; never resumed)" if (table.status == "ABANDONED").any() else ""),
         f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED); {study_where(exp_dir)}",
         f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
         f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",

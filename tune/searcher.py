@@ -37,6 +37,7 @@ from tune.spaces import SAMPLERS, define_by_run
 STEP = "training_iteration"   # ASHA's time_attr: one step per epoch
 STUDY_FILE = "study.db"
 TRIAL_ATTR = "tune_trial_id"
+ABANDONED = "abandoned_tune_trial_ids"   # Tune trials of a killed driver that Ray's saved state never knew
 
 
 def startup_trials(samples):
@@ -262,8 +263,10 @@ class StudySearcher(Searcher):
 
     def restore(self, checkpoint_path):
         """Reopen the study as Ray last saved the experiment, and settle what a killed driver left behind:
-        a trial it asked after that save (RUNNING, unknown to Ray) is handed to the next new Tune trial when
-        it never reported, else told FAIL (it ran, but Ray will not resume it)."""
+        a trial it asked after that save (RUNNING, unknown to Ray, which will never resume it) is handed to the
+        next new Tune trial when it never reported, else told FAIL. Either way its Tune trial id is recorded
+        as abandoned (user attribute `abandoned_tune_trial_ids`): its folder, if Ray made one, is not a trial
+        of the experiment any more (see abandoned_trial_ids)."""
         state = json.loads(Path(checkpoint_path).read_text())
         self.numbers = state["trials"]
         if self.mirror:   # the bucket's copy, saved with Ray's state: replaces the local one
@@ -278,14 +281,23 @@ class StudySearcher(Searcher):
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number in known:
                 continue
+            trial = self._reopen(frozen.number)
+            if TRIAL_ATTR in frozen.user_attrs:   # absent when the driver died inside suggest()
+                trial.set_user_attr(ABANDONED, [*frozen.user_attrs.get(ABANDONED, []), frozen.user_attrs[TRIAL_ATTR]])
             if frozen.intermediate_values:
-                self.study.tell(frozen.number, state=TrialState.FAIL)
+                self.study.tell(trial, state=TrialState.FAIL)
             else:
                 self._recycle.append(frozen.number)
 
     def states(self):
         """{study trial number: state name}."""
         return {t.number: t.state.name for t in self.study.get_trials(deepcopy=False)}
+
+
+def abandoned_trial_ids(study):
+    """Tune trial ids a killed driver had started that Ray's saved state did not know: --resume never runs
+    them again (their configuration went to a new trial, or their study trial is FAIL)."""
+    return {trial_id for t in study.trials for trial_id in t.user_attrs.get(ABANDONED, [])}
 
 
 def shown_url(url):
