@@ -147,7 +147,7 @@ def main():
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--budget-trials", type=int, default=64, help="trials of the tpe+asha@budget arm")
-    p.add_argument("--out", default=str(ROOT / "bench" / "search_quality"))
+    p.add_argument("--out", default=str(ROOT / "outputs" / "search_quality"), help="runs, data, table, PNG")
     args = p.parse_args()
     arms = dict(ARMS)
     if args.small:

@@ -2,7 +2,7 @@
 
     optimization_history.png   every trial's score (best_<metric>) in order, and the best so far
     intermediate_values.png    every trial's best-so-far per epoch: ASHA's rungs are where lines stop
-    param_importances.png      how much each parameter explains the score (fANOVA, complete trials)
+    param_importances.png      how much each parameter explains the score (Optuna's default, PED-ANOVA)
     parallel_coordinate.png    each complete trial as a line through its parameter values, coloured by score
 
 Written at the end of a search and by `tune.best --plots`. A plot that the study cannot make yet (no complete
@@ -27,7 +27,6 @@ def write_plots(exp_dir, out=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
     import optuna.visualization.matplotlib as vis
 
     from tune.searcher import open_study
