@@ -132,6 +132,22 @@ def anytime(table, grid):
     return np.where(at >= 0, best[np.clip(at, 0, None)], np.nan)
 
 
+def early_rank_correlation(tables, epochs):
+    """How well an early epoch ranks trials (what ASHA relies on): Spearman correlation, over the trials of the
+    FIFO runs (every trial ran all epochs), of val_acc at epoch k with the final best_val_acc; mean over runs."""
+    rows = []
+    for (arm, seed), table in tables.items():
+        if not arm.endswith("fifo"):
+            continue
+        curves = [[json.loads(line)["val_acc"] for line in Path(p, "result.json").read_text().splitlines()]
+                  for p in table.path]
+        for k in range(1, epochs):
+            early = pd.Series([c[k - 1] for c in curves])
+            rows.append({"epoch": k, "arm": arm, "seed": seed,
+                         "spearman": early.corr(table.best_val_acc.reset_index(drop=True), method="spearman")})
+    return pd.DataFrame(rows).groupby("epoch").spearman.agg(["mean", "std", "count"]).reset_index()
+
+
 def markdown(frame):
     """A DataFrame as a markdown table (numbers to 3 decimals)."""
     cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
@@ -207,6 +223,8 @@ def main():
         test_acc_at_random_budget=("test_acc_at_random_budget", "mean"))
     print(markdown(summary.reset_index()))
     print("\nper seed:\n" + markdown(per_seed))
+    print("\nhow well epoch k ranks trials (Spearman of val_acc at epoch k with the final best_val_acc, FIFO runs):\n"
+          + markdown(early_rank_correlation(tables, args.epochs)))
 
     # anytime curve: best validation accuracy vs trial-epochs, mean and spread over seeds
     import matplotlib

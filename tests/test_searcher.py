@@ -161,3 +161,15 @@ def test_sampler_and_scheduler_flags_are_settings(tmp_path):
         {"sampler": "random", "scheduler": "fifo"}
     args = search.get_args_parser().parse_args(["--space", str(path), "--sampler", "gp"])
     assert search.load_space(args, None)["search"]["sampler"] == "gp"
+
+
+def test_small_validation_split_warns_when_asha_ranks_by_early_epochs(tmp_path):
+    from conftest import make_imagefolder
+    from tune import search
+
+    data = make_imagefolder(tmp_path / "data", n_train=4, n_val=5, n_test=0, awkward=False)
+    settings = {"scheduler": "asha", "grace_period": 1, "epochs": 4}
+    warning = search.small_validation_warning(data, settings)
+    assert "5 image(s) in its smallest class (15 in all)" in warning and "--scheduler fifo" in warning
+    assert search.small_validation_warning(data, {**settings, "scheduler": "fifo"}) is None
+    assert search.small_validation_warning(data, {**settings, "grace_period": 4}) is None   # ASHA stops nothing

@@ -30,6 +30,7 @@ SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "grace_period", "r
                  "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "time_budget")
 SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
 SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
+SMALL_VALIDATION = 30   # images per class below which an early epoch's score ranks trials poorly (issue #9)
 
 
 def get_args_parser():
@@ -387,6 +388,25 @@ def resumed_experiment(args, runs):
     return exp_dir, space
 
 
+def small_validation_warning(data_root, search):
+    """A warning when ASHA will rank trials by early epochs on a validation split this small, else None: a
+    score over a handful of images per class barely predicts a trial's final one, and ASHA stops trials by it."""
+    from collections import Counter
+
+    from dogs.data import VALIDATION, labeled_split
+
+    if search["scheduler"] != "asha" or search["grace_period"] >= search["epochs"]:
+        return None
+    _, _, labels = labeled_split(data_root, VALIDATION)
+    fewest = min(Counter(labels).values())
+    if fewest >= SMALL_VALIDATION:
+        return None
+    return (f"Warning: Validation/ has {fewest} image(s) in its smallest class ({len(labels)} in all): an early "
+            f"epoch's score on so few (< {SMALL_VALIDATION} per class) ranks trials poorly, and ASHA stops trials "
+            f"by it from epoch {search['grace_period']}. Consider --scheduler fifo, a grace_period nearer epochs "
+            f"({search['epochs']}), or a larger validation split (docs/search.md, Samplers and schedulers)")
+
+
 def new_experiment(args, runs):
     """(experiment folder, space) of a new search: the data resolved, the space file checked."""
     from dogs.data import DataError, resolve_root
@@ -403,6 +423,9 @@ def new_experiment(args, runs):
         space = load_space(args, None if is_demo else data_root)
     except UserError as err:   # a bad space file or --set value
         fail(str(err))
+    warning = small_validation_warning(data_root, space["search"])
+    if warning:
+        print(warning)
     name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     exp_dir = storage.join(runs, name)
     if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
