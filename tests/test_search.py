@@ -404,5 +404,10 @@ def test_resume_of_an_experiment_with_a_pickled_searcher_is_one_clear_error(tmp_
     (exp_dir / "search_space.yaml").write_text(TWO_TRIAL_SPACE)
     (exp_dir / "searcher-state-2025-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"_ot_study": None}))
     code, _, err = run_main(search, ["--resume", "--storage", str(tmp_path), "--name", "old"])
-    assert code == 2 and "started by an older dogs-search" in err and "Traceback" not in err
+    assert code == 2 and "searched by an older dogs-search" in err and "Traceback" not in err
     assert not ray.is_initialized()
+    from tune.plots import write_plots
+    from tune.searcher import PickledSearcherState
+
+    with pytest.raises(PickledSearcherState):   # tune.best --plots reads it as JSON only: a typed error, no code run
+        write_plots(exp_dir)

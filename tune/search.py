@@ -372,11 +372,10 @@ def resumed_experiment(args, runs):
         fail(f"--resume: {err}")
     try:
         searcher.read_state(exp_dir)
+    except searcher.PickledSearcherState as err:
+        fail(f"--resume: {err}")
     except ExperimentError:   # no searcher state yet: Tune's own check below says what is missing
         pass
-    except ValueError:        # not our JSON: the pickled OptunaSearch state of an older dogs-search
-        fail(f"--resume: {exp_dir} was started by an older dogs-search whose Optuna searcher cannot be "
-             "continued (its study was pickled Ray state); start a new search")
     print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored, "
           "but --time-budget)")
     space = saved_space(exp_dir)

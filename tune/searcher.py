@@ -40,6 +40,10 @@ TRIAL_ATTR = "tune_trial_id"
 ABANDONED = "abandoned_tune_trial_ids"   # Tune trials of a killed driver that Ray's saved state never knew
 
 
+class PickledSearcherState(ExperimentError):
+    """The experiment's searcher state is not our JSON (an older dogs-search pickled Ray's OptunaSearch)."""
+
+
 def startup_trials(samples):
     """Random trials before TPE/GP model anything: a quarter of the search, 3..10 (Optuna's default is 10)."""
     return int(min(10, max(3, samples // 4)))
@@ -324,7 +328,11 @@ def read_state(exp_dir):
         files = sorted(Path(local).glob("searcher-state-*.pkl"))
         if not files:
             raise ExperimentError(f"{exp_dir}: no searcher-state-*.pkl (the search saved no state yet)")
-        return json.loads(files[-1].read_text())
+        try:
+            return json.loads(files[-1].read_text())
+        except ValueError:   # parsed as JSON only: a planted or old pickle runs nothing
+            raise PickledSearcherState(f"{exp_dir} was searched by an older dogs-search, whose Optuna study was "
+                                       "pickled Ray state: it cannot be read or continued; start a new search") from None
 
 
 @contextlib.contextmanager
