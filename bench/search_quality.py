@@ -1,16 +1,17 @@
 """Does the search earn its keep? Searchers and schedulers side by side on a task that is not saturated.
 
-    python bench/search_quality.py                # 5 seeds x 4 arms x 24 trials x 8 epochs + the budget arm
+    python bench/search_quality.py                # 5 seeds x 4 arms x 16 trials x 6 epochs + the budget arm
+                                                  # (~25 min on 2 CPU cores; bench/RESULTS.md)
     python bench/search_quality.py --small        # 2 seeds x 2 arms x 8 trials x 4 epochs: a smoke run
 
 Task: scikit-learn's real handwritten digits at their native 8x8, with only 15 training and 10 validation
 images per class (the small, noisy validation sets this tool exists for), and a held-out labeled test set
 of 1,000 other digits that no search sees. The space is wide, with real bad regions: lr 1e-5..1e-1 (too
-small learns nothing in 8 epochs, too large diverges), batch size 8..128, head width, dropout up to 0.7,
+small learns nothing in 6 epochs, too large diverges), batch size 8..128, head width, dropout up to 0.7,
 weight decay up to 1e-2, and augmentation (a random flip is wrong for digits).
 
 Arms (each a real `python -m tune.search`, one trial at a time so that trial-epochs are a clock):
-  tpe+asha, random+fifo, tpe+fifo, random+asha  - the same number of trials (--trials, default 24)
+  tpe+asha, random+fifo, tpe+fifo, random+asha  - the same number of trials (--trials, default 16)
   tpe+asha@budget                               - TPE+ASHA with more trials, cut at random+fifo's trial-epochs
 Judged by the held-out test accuracy of the checkpoint each arm hands over (its best trial by best_val_acc,
 as the summary and tune.best pick it), and by validation: the best found against trial-epochs spent.
@@ -160,9 +161,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="2 seeds, 2 arms, 8 trials x 4 epochs")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--trials", type=int, default=24)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--budget-trials", type=int, default=64, help="trials of the tpe+asha@budget arm")
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--budget-trials", type=int, default=48, help="trials of the tpe+asha@budget arm")
     p.add_argument("--out", default=str(ROOT / "outputs" / "search_quality"), help="runs, data, table, PNG")
     args = p.parse_args()
     arms = dict(ARMS)

@@ -306,10 +306,12 @@ def test_one_best_val_loss_min_summary_best_kept_checkpoint_train_and_retrain_ag
 search: {samples: 2, epochs: 3, grace_period: 1, seed: 0, metric: val_loss, mode: min, sampler: random, scheduler: fifo}
 params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguniform: [3e-3, 1e-2]}}
 """)
+    studies = f"sqlite:///{tmp_path / 'studies.db'}"   # --optuna-storage: the study in another database
     code, out, err = run_main(search, ["--space", str(space), "--data", str(data), "--storage", str(tmp_path / "runs"),
-                                       "--name", "loss"])
+                                       "--name", "loss", "--optuna-storage", studies])
     assert code == 0, out[-3000:] + err[-3000:]
     exp_dir = tmp_path / "runs" / "loss"
+    assert f"optuna-dashboard {studies} (study loss)" in out and not (exp_dir / "study.db").exists()
     table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
     results = {row.trial_id: [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines()]
                for row in table.itertuples()}
