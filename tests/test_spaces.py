@@ -113,7 +113,7 @@ def test_command_line_overrides_win_and_are_checked(tmp_path):
 
 
 def sample(space, n, seed=0):
-    """n configs from the define-by-run function with a seeded TPE study (as OptunaSearch asks them)."""
+    """n configs from the define-by-run function with a seeded TPE study (as tune.searcher asks them)."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     suggest = spaces.optuna_space(space)
     configs = []

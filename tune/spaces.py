@@ -353,7 +353,7 @@ def _top(args):
 
 
 def optuna_space(space):
-    """The define-by-run function for OptunaSearch (picklable)."""
+    """The define-by-run function of a space (picklable): tune.searcher calls it with each new Optuna trial."""
     return functools.partial(define_by_run, space["params"])
 
 
