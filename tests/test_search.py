@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata
 
 from tune import best, search
-from tune.searcher import AshaAwareOptunaSearch
+from tune.plots import PLOTS
+from tune.searcher import open_study
 from conftest import run_main
 
 EPOCHS = 3
@@ -42,11 +43,12 @@ def write_space(folder, samples, seed=0, max_concurrent="null", grace_period=1):
 
 
 def study_of(exp_dir):
-    """{trial_id: optuna FrozenTrial} from the searcher state saved in the experiment."""
-    searcher = AshaAwareOptunaSearch(None, "val_acc", "max", None, EPOCHS)
-    searcher.restore_from_dir(str(exp_dir))
-    trials = searcher._ot_study.trials
-    return {trial_id: trials[ot_trial.number] for trial_id, ot_trial in searcher._ot_trials.items()}
+    """{Tune trial id: optuna FrozenTrial} of the experiment's study (its study.db); every study trial has one."""
+    with open_study(exp_dir) as study:
+        trials = study.trials
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in trials}
+    assert len(by_id) == len(trials), "a Tune trial is more than one study trial"
+    return by_id
 
 
 def iterations(trial_dir):
@@ -64,7 +66,7 @@ def experiment(tiny_imagefolder, tmp_path_factory):
     code, out, err = run_main(search, argv)
     assert code == 0, out[-3000:] + err[-3000:]
     exp_dir = folder / "runs" / "e2e"
-    return {"dir": exp_dir, "out": out, "table": pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}), "data": tiny_imagefolder}
+    return {"dir": exp_dir, "out": out, "err": err, "table": pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}), "data": tiny_imagefolder}
 
 
 def test_every_trial_is_in_trials_csv(experiment):
@@ -88,12 +90,73 @@ def test_asha_stopped_some_trials_and_optuna_sees_them_pruned(experiment):
         if row.stopped_early:
             # told PRUNED, with its score for every epoch it ran as intermediate values
             assert ot_trial.state.name == "PRUNED"
-            assert sorted(ot_trial.intermediate_values) == list(range(1, row.epochs + 1))
-            assert ot_trial.intermediate_values[row.epochs] == pytest.approx(row.best_val_acc)
         else:
             # TPE is told the trial's best epoch (best_<metric>): what the winner is chosen by
             assert ot_trial.state.name == "COMPLETE"
             assert ot_trial.value == pytest.approx(row.best_val_acc)
+        assert sorted(ot_trial.intermediate_values) == list(range(1, row.epochs + 1))
+        assert ot_trial.intermediate_values[row.epochs] == pytest.approx(row.best_val_acc)
+
+
+def test_optuna_dashboard_reads_the_study_over_http(experiment, tmp_path):
+    """optuna-dashboard's own server on 127.0.0.1, against the finished search's study.db, read back through its
+    HTTP API with a real client: one study named after the experiment, every trial with its state and scores."""
+    import socket
+    import urllib.request
+
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    assert dashboard.exists(), "optuna-dashboard is not installed (pip install -e '.[test]')"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    study_db = experiment["dir"] / "study.db"
+    assert f"optuna-dashboard sqlite:///{study_db}" in experiment["out"]   # the summary says how to open it
+    log = (tmp_path / "dashboard.log").open("w")
+    proc = subprocess.Popen([str(dashboard), f"sqlite:///{study_db}", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.time() + 60
+        while True:   # the server takes a moment to listen
+            try:
+                studies = get("/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "dashboard.log").read_text()
+                time.sleep(0.3)
+        assert [s["study_name"] for s in studies] == ["e2e"]
+        detail = get(f"/api/studies/{studies[0]['study_id']}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    table = experiment["table"].set_index("trial_id")
+    trials = {t["user_attrs"][0]["value"]: t for t in detail["trials"]}   # its one user attribute: tune_trial_id
+    assert sorted(trials) == sorted(table.index)
+    for trial_id, t in trials.items():
+        row = table.loc[trial_id]
+        assert t["state"] == ("Pruned" if row.stopped_early else "Complete")
+        assert [v["step"] for v in t["intermediate_values"]] == list(range(1, row.epochs + 1))
+        assert t["intermediate_values"][-1]["value"] == pytest.approx(row.best_val_acc)
+        assert {p["name"]: float(p["param_external_value"]) for p in t["params"]}["lr"] == pytest.approx(row.lr)
+
+
+def test_search_plots(experiment):
+    """Optuna's plots of the study as PNGs in <experiment>/plots/, listed by the summary."""
+    for name in PLOTS:
+        png = experiment["dir"] / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
+    assert f"plots        {experiment['dir'] / 'plots'}: " + ", ".join(f"{n}.png" for n in PLOTS) in experiment["out"]
+
+
+def test_compact_console_progress(experiment):
+    """One progress line now and then, not Ray's table per step, config box per trial or a log line per checkpoint."""
+    out, err = experiment["out"], experiment["err"]
+    assert "] 6/6 trials: 6 done (" in out and "| best best_val_acc " in out
+    assert "Trial status:" not in out and "Checkpoint successfully created" not in out + err
 
 
 def test_summary_reports_counts_overhead_and_where(experiment):
@@ -116,16 +179,29 @@ def test_tensorboard_has_every_trial_with_curves_and_hparams(experiment):
         val_acc = events.Scalars("val_acc")
         assert [e.step for e in val_acc] == list(range(1, row.epochs + 1))
         assert val_acc[-1].value == pytest.approx(row.val_acc, abs=1e-6)
+        assert events.Scalars("stopped_early")[-1].value == float(row.stopped_early)
         content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
         start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
         assert start.hparams["lr"].number_value == pytest.approx(row.lr)
         assert start.hparams["head_width"].number_value == row.head_width
-        assert hparams_metadata.SESSION_END_INFO_TAG in content
+        end = hparams_metadata.parse_session_end_info_plugin_data(content[hparams_metadata.SESSION_END_INFO_TAG])
+        assert api_pb2.Status.Name(end.status) == "STATUS_SUCCESS"
+        # the experiment: choices are discrete values, ranges intervals; the metrics include stopped_early
+        exp = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
+        infos = {info.name: info for info in exp.hparam_infos}
+        assert [v.number_value for v in infos["head_width"].domain_discrete.values] == [0, 32]
+        assert (infos["lr"].domain_interval.min_value, infos["lr"].domain_interval.max_value) == (1e-6, 3e-2)
+        assert {m.name.tag for m in exp.metric_infos} >= {"val_acc", "best_val_acc", "stopped_early"}
 
 
 def test_best_prints_and_submits(experiment, tmp_path):
-    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--submit", "--out", str(tmp_path)])
+    plots = experiment["dir"] / "plots"
+    for png in plots.glob("*.png"):
+        png.unlink()
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--submit", "--out", str(tmp_path),
+                                     "--plots"])
     assert code == 0, err
+    assert sorted(p.name for p in plots.glob("*.png")) == sorted(f"{name}.png" for name in PLOTS)   # written again
     table = experiment["table"]
     tops = table[table.best_val_acc == table.best_val_acc.max()]   # ties: any of them is the best
     assert any(t in out for t in tops.trial_id) and f"{tops.best_val_acc.iloc[0]:.4f}" in out
@@ -157,6 +233,8 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    console = (tmp_path / "first.log").read_text()   # a real console: the workers' lines reach it too
+    assert "Checkpoint successfully created" not in console and "Trial status:" not in console
     before = {p.name: (p / "result.json").read_text() for p in exp_dir.glob("trial_*") if (p / "result.json").exists()}
     finished = {n for n, text in before.items() if json.loads(text.splitlines()[-1])["training_iteration"] == EPOCHS}
     assert 1 <= len(finished) < samples, before.keys()
@@ -178,7 +256,9 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
         its = iterations(row.path)
         assert sorted(set(its)) == list(range(1, row.epochs + 1)), row.trial_id
         assert len(its) - len(set(its)) <= (0 if row.trial_id in {n[len("trial_"):] for n in finished} else 1)
-    assert len(study_of(exp_dir)) == samples   # the searcher's state came back: no trial suggested twice
+    # the study came back from study.db: one study trial per trial, none suggested twice, none left RUNNING
+    study = study_of(exp_dir)
+    assert set(study) == set(table.trial_id) and {t.state.name for t in study.values()} == {"COMPLETE"}
 
 
 def test_gpu_request_on_a_gpu_less_machine_fails_fast(tiny_imagefolder, tmp_path):
@@ -223,16 +303,19 @@ def test_one_best_val_loss_min_summary_best_kept_checkpoint_train_and_retrain_ag
     data = swapped_validation(make_imagefolder(tmp_path / "data", n_train=16, n_val=6, awkward=False))
     space = tmp_path / "space.yaml"
     space.write_text("""
-search: {samples: 2, epochs: 3, grace_period: 3, seed: 0, metric: val_loss, mode: min}
+search: {samples: 2, epochs: 3, grace_period: 1, seed: 0, metric: val_loss, mode: min, sampler: random, scheduler: fifo}
 params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguniform: [3e-3, 1e-2]}}
 """)
+    studies = f"sqlite:///{tmp_path / 'studies.db'}"   # --optuna-storage: the study in another database
     code, out, err = run_main(search, ["--space", str(space), "--data", str(data), "--storage", str(tmp_path / "runs"),
-                                       "--name", "loss"])
+                                       "--name", "loss", "--optuna-storage", studies])
     assert code == 0, out[-3000:] + err[-3000:]
     exp_dir = tmp_path / "runs" / "loss"
+    assert f"optuna-dashboard {studies} (study loss)" in out and not (exp_dir / "study.db").exists()
     table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
     results = {row.trial_id: [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines()]
                for row in table.itertuples()}
+    assert (table.epochs == 3).all() and not table.stopped_early.any()   # FIFO: no early stops, whatever grace_period
     best_epochs = {t: min(reversed(rs), key=lambda r: r["val_loss"])["epoch"] for t, rs in results.items()}
     best_losses = {t: min(r["val_loss"] for r in rs) for t, rs in results.items()}
     winner = min(best_losses, key=best_losses.get)
@@ -245,10 +328,10 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     # 2. the summary's best trial is the one with the lowest val_loss at any epoch
     assert f"best trial   {winner}: best_val_loss={best_losses[winner]:.4f} at epoch {best_epochs[winner]}" in out
     # 3. TPE was told each trial's best_val_loss
-    study = AshaAwareOptunaSearch(None, "best_val_loss", "min", None, 3)
-    study.restore_from_dir(str(exp_dir))
-    for trial_id, ot_trial in study._ot_trials.items():
-        assert study._ot_study.trials[ot_trial.number].value == pytest.approx(best_losses[trial_id])
+    study = study_of(exp_dir)
+    assert set(study) == set(best_losses)
+    for trial_id, ot_trial in study.items():
+        assert ot_trial.value == pytest.approx(best_losses[trial_id])
     # 4. tune.best picks the same trial and epoch, and predicts from that checkpoint
     code, out, err = run_main(best, ["--experiment", str(exp_dir)])
     assert code == 0, err
@@ -266,3 +349,67 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     result = train.run(config, tmp_path / "train", log=lambda m: None, device=torch.device("cpu"))
     assert result["best_epoch"] == min(reversed(result["history"]), key=lambda m: m["val_loss"])["epoch"] != 3
     assert checkpoint.read(tmp_path / "train" / "best.pt")["epoch"] == result["best_epoch"]
+
+
+def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tmp_path):
+    """--time-budget stops the search as Ctrl-C does, whatever had run by then: exit 0, the summary and the
+    --resume command; no trial is marked finished that did not run all its epochs, and --resume (this session
+    without a budget) finishes every trial, one study trial each."""
+    samples = 3
+    space = write_space(tmp_path, samples=samples, seed=2, max_concurrent=1, grace_period=EPOCHS)
+    storage, name = tmp_path / "runs", "budget"
+    exp_dir = storage / name
+    code, out, err = run_main(search, ["--space", str(space), "--data", str(tiny_imagefolder), "--storage", str(storage),
+                                       "--name", name, "--time-budget", "1s"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert f"Time budget 1s used up: continue with  python -m tune.search --resume --storage {storage} --name {name}" in out
+    assert "Search finished" in out and "optuna study" in out
+    first = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
+    before = {row.trial_id: iterations(row.path) for row in first.itertuples()}
+    assert (first.status != "TERMINATED").any() or len(first) < samples
+    assert ((first.status != "TERMINATED") | (first.epochs == EPOCHS)).all()   # not cut short and called done
+    assert search.study_states(exp_dir).get("PRUNED", 0) == 0
+
+    code, out, err = run_main(search, ["--resume", "--storage", str(storage), "--name", name, "--time-budget", "none"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
+    assert len(table) == samples and set(table.status) == {"TERMINATED"} and (table.epochs == EPOCHS).all()
+    for row in table.itertuples():
+        its = iterations(row.path)
+        assert sorted(set(its)) == list(range(1, EPOCHS + 1)) and its[:len(before.get(row.trial_id, []))] == \
+            before.get(row.trial_id, [])
+    study = study_of(exp_dir)
+    assert set(study) == set(table.trial_id) and {t.state.name for t in study.values()} == {"COMPLETE"}
+
+
+def test_hparams_booleans_and_choices_are_discrete_values():
+    from tune.tensorboard import _value, hparam_info
+
+    augment = hparam_info({"name": "augment", "kind": "choice", "args": [False, True]})
+    assert api_pb2.DataType.Name(augment.type) == "DATA_TYPE_BOOL"
+    assert [v.bool_value for v in augment.domain_discrete.values] == [False, True]
+    assert _value(True).WhichOneof("kind") == "bool_value"      # shown as true/false, not 1/0
+    model = hparam_info({"name": "model", "kind": "choice", "args": ["cnn", "resnet18"]})
+    assert [v.string_value for v in model.domain_discrete.values] == ["cnn", "resnet18"]
+    size = hparam_info({"name": "batch_size", "kind": "randint", "args": [8, 65]})
+    assert (size.domain_interval.min_value, size.domain_interval.max_value) == (8, 64)
+
+
+def test_resume_of_an_experiment_with_a_pickled_searcher_is_one_clear_error(tmp_path):
+    import pickle
+    import ray
+
+    from conftest import TWO_TRIAL_SPACE
+
+    exp_dir = tmp_path / "old"
+    exp_dir.mkdir()
+    (exp_dir / "search_space.yaml").write_text(TWO_TRIAL_SPACE)
+    (exp_dir / "searcher-state-2025-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"_ot_study": None}))
+    code, _, err = run_main(search, ["--resume", "--storage", str(tmp_path), "--name", "old"])
+    assert code == 2 and "searched by an older dogs-search" in err and "Traceback" not in err
+    assert not ray.is_initialized()
+    from tune.plots import write_plots
+    from tune.searcher import PickledSearcherState
+
+    with pytest.raises(PickledSearcherState):   # tune.best --plots reads it as JSON only: a typed error, no code run
+        write_plots(exp_dir)

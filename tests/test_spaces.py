@@ -73,6 +73,10 @@ def error_of(tmp_path, text):
     ("search: {mode: maximise}\n", ["search.mode", "['max', 'min']"]),
     ("search: {metric: accuracy}\n", ["search.metric", "val_acc"]),
     ("search: {reduction_factor: 1}\n", ["search.reduction_factor", "> 1"]),
+    ("search: {sampler: cmaes}\n", ["search.sampler", "'cmaes'", "['tpe', 'random', 'qmc', 'gp']"]),
+    ("search: {scheduler: hyperband}\n", ["search.scheduler", "['asha', 'fifo']"]),
+    ("search: {time_budget: 30x}\n", ["search.time_budget", "'30x'", "30m"]),
+    ("search: {time_budget: 0}\n", ["search.time_budget", "'0s'", "positive"]),
     # first trials
     ("params: {lr: {loguniform: [1e-4, 1e-2]}}\nfirst_trials: [{lr: 1.0}]\n", ["first_trials[0].lr", "[0.0001, 0.01]"]),
     ("params: {lr: 1e-3}\nfirst_trials: [{lr: 1e-3}]\n", ["first_trials[0].lr", "not a searched parameter"]),
@@ -109,7 +113,7 @@ def test_command_line_overrides_win_and_are_checked(tmp_path):
 
 
 def sample(space, n, seed=0):
-    """n configs from the define-by-run function with a seeded TPE study (as OptunaSearch asks them)."""
+    """n configs from the define-by-run function with a seeded TPE study (as tune.searcher asks them)."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     suggest = spaces.optuna_space(space)
     configs = []
@@ -248,3 +252,9 @@ def test_space_metrics_are_the_config_metrics():
     from dogs import config
 
     assert spaces.METRICS is config.METRICS and spaces.SETTINGS["metric"] is config.SCHEMA["metric"]
+
+
+def test_time_budget_durations(tmp_path):
+    assert [spaces.parse_duration(t) for t in ("90s", "30m", "2h", "1h30m", "1.5h")] == [90, 1800, 7200, 5400, 5400]
+    space = spaces.load(write(tmp_path, "search: {time_budget: 600}\nparams: {lr: 1e-3, model: {choice: [cnn]}}\n"))
+    assert space["search"]["time_budget"] == "600s"   # a plain number is seconds

@@ -27,6 +27,9 @@ def get_args_parser():
     p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
                                   "search read it (the experiment comes from another machine)")
     p.add_argument("--out", help="output folder (default: <experiment>/best; required for a URI)")
+    p.add_argument("--plots", action="store_true",
+                   help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
+                        "parallel coordinates) into <experiment>/plots/")
     return p
 
 
@@ -81,6 +84,10 @@ def best(args):
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")
     print(f"  checkpoint   {experiment.printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
+    if args.plots:
+        from tune import plots
+
+        print("\n".join(plots.report(exp_dir)))
     if not args.submit and not args.retrain:
         return 0
 

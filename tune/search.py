@@ -9,10 +9,13 @@ search_space.yaml (what was searched), trials.csv (all trials, one row each) and
 (`tensorboard --logdir <experiment>`: curves and an HParams comparison). docs/search.md has the details.
 """
 import argparse
+import contextlib
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,13 +23,14 @@ from pathlib import Path
 import pandas as pd
 
 from dogs.errors import ExperimentError, UserError
-from tune import experiment, spaces, storage
+from tune import experiment, plots, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, saved_space
 
-SETTING_FLAGS = ("samples", "epochs", "grace_period", "reduction_factor", "metric", "mode", "seed",
-                 "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
+SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "grace_period", "reduction_factor", "metric", "mode", "seed",
+                 "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "time_budget")
 SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
 SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
+SMALL_VALIDATION = 30   # images per class below which an early epoch's score ranks trials poorly (issue #9)
 
 
 def get_args_parser():
@@ -35,26 +39,39 @@ def get_args_parser():
     p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
     p.add_argument("--samples", type=int, help="trials to run (search.samples)")
     p.add_argument("--epochs", type=int, help="epochs per trial = ASHA's max_t (search.epochs)")
+    p.add_argument("--sampler", choices=spaces.SAMPLERS, help="Optuna sampler (search.sampler, default tpe)")
+    p.add_argument("--scheduler", choices=spaces.SCHEDULERS,
+                   help="asha: stop weak trials early; fifo: every trial runs all epochs (search.scheduler)")
     p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (search.grace_period)")
     p.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (search.reduction_factor)")
     p.add_argument("--metric", help=f"metric to optimise, one of {', '.join(spaces.METRICS)} (search.metric); "
                                     "a trial's score is best_<metric> over its epochs")
     p.add_argument("--mode", choices=["max", "min"], help="search.mode")
-    p.add_argument("--seed", type=int, help="seed of Optuna's TPE sampler (search.seed)")
+    p.add_argument("--seed", type=int, help="seed of the Optuna sampler (search.seed)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (search.cpus_per_trial)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (search.gpus_per_trial)")
     p.add_argument("--max-concurrent", type=int, help="most trials at once (search.max_concurrent)")
     p.add_argument("--max-failures", type=int, help="retries of an errored trial (search.max_failures)")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="stop the search cleanly after this wall time, e.g. 30m, 2h, 1h30m (search.time_budget); "
+                        "--resume continues it. With --resume: this session's budget instead of the saved one "
+                        "('none': no budget)")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="fix config values for every trial, e.g. --set model=cnn lr=3e-4 (repeatable; "
                         "the data folder is --data)")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help="folder or URI (s3://bucket/prefix) that holds experiments (default: runs/)")
     p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="SQLAlchemy URL of a database for the Optuna study (e.g. postgresql://host/db); default: "
+                        "SQLite study.db in the experiment folder. The study is named after the experiment")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted experiment (--name, or the latest one in --storage). It restores "
                         "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
     p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Ray's full console output (a status table and each trial's config, every checkpoint) "
+                        "instead of one progress line now and then")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"tiny run: {SMOKE_SETTINGS}, config {SMOKE_CONFIG} (flags still override)")
     return p
@@ -98,7 +115,7 @@ def set_auth_mode(address):
     return os.environ["RAY_AUTH_MODE"]
 
 
-def start_ray(address):
+def start_ray(address, verbose=False):
     """Start a new Ray here (dashboard off, loopback only), or join the cluster at `address`.
 
     Never Ray's default `ray.init()`: that joins a Ray left running on this machine by `ray start` (or, after
@@ -109,12 +126,21 @@ def start_ray(address):
     address = address or os.environ.get("RAY_ADDRESS")
 
     mode = set_auth_mode(address)
+    def quiet_ray_train():
+        """Each worker's set-up without -v: Ray Train's INFO lines (a "Checkpoint successfully created" per
+        trial-epoch) stay out of the console; warnings and errors still show. Defined here so that Ray ships
+        it by value: it needs nothing of this project on the node."""
+        import logging
+
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+    runtime_env = None if verbose else {"worker_process_setup_hook": quiet_ray_train}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
     else:
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1")
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env)
         print(f"Started a local Ray on 127.0.0.1 for this search only (RAY_AUTH_MODE={mode}, dashboard off; "
               "a running Ray cluster is joined only with --address)")
     return ray.cluster_resources()
@@ -200,23 +226,25 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name):
-    """Tuner: TPE searcher (ASHA-aware), ASHA scheduler, bounded checkpoints, retries, TensorBoard."""
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False):
+    """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from tune.searcher import AshaAwareOptunaSearch
+    from tune.progress import ProgressCallback
+    from tune.searcher import StudySearcher
     from tune.tensorboard import TensorBoardCallback
 
     s = space["search"]
     # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
     # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
     score = f"best_{s['metric']}"
-    searcher = AshaAwareOptunaSearch(spaces.optuna_space(space), metric=score, mode=s["mode"],
-                                     seed=s["seed"], max_t=s["epochs"], points_to_evaluate=space["first_trials"])
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"],
-                              grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+    searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
+                             optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
+                             samples=s["samples"], first_trials=space["first_trials"])
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=s["grace_period"],
+                              reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
     return tune.Tuner(
         make_trainable(s),
         param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
@@ -225,20 +253,64 @@ def make_tuner(space, runs, name):
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"],
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=name, storage_path=runs, verbose=1,
+            name=name, storage_path=runs, verbose=1 if verbose else 0,   # 0: our progress line only
             # keep the best checkpoint by the metric; Ray always keeps the latest one too
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s["metric"],
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
-                       TensorBoardCallback(spaces.searched_names(space), s["metric"])],
+                       TensorBoardCallback(space["params"], s["metric"])]
+                      + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"])]),
         ),
     )
 
 
+@contextlib.contextmanager
+def time_budget(seconds):
+    """An Event set when `seconds` of wall time are used up; then the search stops as on Ctrl-C.
+
+    Tune stops gracefully on SIGUSR1 as on SIGINT: the experiment state saved, running trials left to resume
+    from their last checkpoint. (Tune's own time_budget_s marks running trials TERMINATED: --resume would
+    skip them.) The signal repeats every 5 s until fit() returns, in case one came before Tune listened.
+    """
+    expired, done = threading.Event(), threading.Event()
+    if not seconds:
+        yield expired
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise UserError("--time-budget works only when the search runs in the main thread (Tune's stop signal)")
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)   # never the default action (exit)
+
+    def stop():
+        if done.wait(seconds):
+            return
+        expired.set()
+        while not done.is_set():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            done.wait(5)
+
+    timer = threading.Thread(target=stop, daemon=True)
+    timer.start()
+    try:
+        yield expired
+    finally:
+        done.set()
+        timer.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def trials_table(exp_dir, space):
-    """One row per trial (tune.experiment reads them from the trials' own files)."""
-    return experiment.trials_table(exp_dir, space)
+    """One row per trial (tune.experiment reads them from the trials' own files); the folder of a trial that a
+    killed driver had started and Ray's saved state never knew is ABANDONED (the study says which): --resume
+    never runs it again."""
+    from tune.searcher import abandoned_trial_ids, open_study
+
+    table = experiment.trials_table(exp_dir, space)
+    with open_study(exp_dir) as study:
+        abandoned = abandoned_trial_ids(study)
+    if len(table) and abandoned:
+        table.loc[table.trial_id.isin(abandoned), "status"] = "ABANDONED"
+    return table
 
 
 def plain(value):
@@ -246,15 +318,18 @@ def plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def study_states(exp_dir, space):
-    """{state: count} of the Optuna study, read back from the searcher state saved in the experiment."""
-    from tune.searcher import AshaAwareOptunaSearch
+def study_where(exp_dir):
+    from tune import searcher
 
-    searcher = AshaAwareOptunaSearch(None, space["search"]["metric"], space["search"]["mode"], None,
-                                     space["search"]["epochs"])
-    with storage.local_dir(exp_dir, "searcher-state-*.pkl") as local:
-        searcher.restore_from_dir(local)
-    return pd.Series(list(searcher.study_states().values()), dtype=object).value_counts().to_dict()
+    return searcher.study_where(exp_dir)
+
+
+def study_states(exp_dir, space=None):
+    """{state: count} of the experiment's Optuna study, read from its database."""
+    from tune.searcher import open_study
+
+    with open_study(exp_dir) as study:
+        return pd.Series([t.state.name for t in study.trials], dtype=object).value_counts().to_dict()
 
 
 def summary(table, space, wall_s, slots, exp_dir, pending=0):
@@ -275,8 +350,10 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0):
     lines += [
         f"  trials       {len(table) + pending} run: {terminated - stopped} complete, {stopped} stopped early by "
         f"ASHA, {int((table.status == 'ERROR').sum())} errored, "
-        f"{int((table.status == 'UNFINISHED').sum()) + pending} unfinished",
-        f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED)",
+        f"{int((table.status == 'UNFINISHED').sum()) + pending} unfinished"
+        + (f", {int((table.status == 'ABANDONED').sum())} abandoned (started by a killed driver before Ray saved "
+           "them; never resumed)" if (table.status == "ABANDONED").any() else ""),
+        f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED); {study_where(exp_dir)}",
         f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
         f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",
         f"  results      {storage.join(exp_dir, 'trials.csv')}; tensorboard --logdir {exp_dir}",
@@ -286,13 +363,47 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0):
 
 def resumed_experiment(args, runs):
     """(experiment folder, its saved space) to continue: --name in --storage, else the latest one."""
+    from tune import searcher
+
     try:
         exp_dir = storage.join(runs, args.name) if args.name else experiment.latest_experiment(runs)
         experiment.check(exp_dir)
     except ExperimentError as err:
         fail(f"--resume: {err}")
-    print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored)")
-    return exp_dir, saved_space(exp_dir)
+    try:
+        searcher.read_state(exp_dir)
+    except searcher.PickledSearcherState as err:
+        fail(f"--resume: {err}")
+    except ExperimentError:   # no searcher state yet: Tune's own check below says what is missing
+        pass
+    print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored, "
+          "but --time-budget)")
+    space = saved_space(exp_dir)
+    if args.time_budget is not None:   # this session's budget
+        none = args.time_budget.strip().lower() in ("none", "null")
+        if not none and spaces.parse_duration(args.time_budget) is None:
+            fail(f"--time-budget: {args.time_budget!r} is not a duration; allowed: e.g. 90s, 30m, 2h, 1h30m, or none")
+        space["search"]["time_budget"] = None if none else args.time_budget
+    return exp_dir, space
+
+
+def small_validation_warning(data_root, search):
+    """A warning when ASHA will rank trials by early epochs on a validation split this small, else None: a
+    score over a handful of images per class barely predicts a trial's final one, and ASHA stops trials by it."""
+    from collections import Counter
+
+    from dogs.data import VALIDATION, labeled_split
+
+    if search["scheduler"] != "asha" or search["grace_period"] >= search["epochs"]:
+        return None
+    _, _, labels = labeled_split(data_root, VALIDATION)
+    fewest = min(Counter(labels).values())
+    if fewest >= SMALL_VALIDATION:
+        return None
+    return (f"Warning: Validation/ has {fewest} image(s) in its smallest class ({len(labels)} in all): an early "
+            f"epoch's score on so few (< {SMALL_VALIDATION} per class) ranks trials poorly, and ASHA stops trials "
+            f"by it from epoch {search['grace_period']}. Consider --scheduler fifo, a grace_period nearer epochs "
+            f"({search['epochs']}), or a larger validation split (docs/search.md, Samplers and schedulers)")
 
 
 def new_experiment(args, runs):
@@ -311,6 +422,9 @@ def new_experiment(args, runs):
         space = load_space(args, None if is_demo else data_root)
     except UserError as err:   # a bad space file or --set value
         fail(str(err))
+    warning = small_validation_warning(data_root, space["search"])
+    if warning:
+        print(warning)
     name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     exp_dir = storage.join(runs, name)
     if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
@@ -350,7 +464,7 @@ def search(args):
     import ray
 
     try:
-        resources = start_ray(args.address)
+        resources = start_ray(args.address, args.verbose)
     except KeyboardInterrupt:
         ray.shutdown()   # whatever part of Ray had started
         print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
@@ -378,23 +492,26 @@ def run(args, space, exp_dir, runs, resources):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
         tuner = tune.Tuner.restore(exp_dir, trainable=make_trainable(search), resume_errored=True)
     else:
-        tuner = make_tuner(space, runs, storage.name(exp_dir))
+        tuner = make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")
 
-    # run, then one table of all trials and a summary
+    # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
-    grid = tuner.fit()
+    with time_budget(spaces.parse_duration(search["time_budget"]) if search["time_budget"] else None) as budget:
+        grid = tuner.fit()
     wall_s = time.time() - start
     table = trials_table(exp_dir, space)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending) + failure_hints(exp_dir, table)))
-    if pending or (table.status == "UNFINISHED").any():
-        print(f"Interrupted: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
+    print("\n".join(plots.report(exp_dir)))
+    if pending or (table.status == "UNFINISHED").any() or len(grid) < search["samples"]:
+        why = f"Time budget {search['time_budget']} used up" if budget.is_set() else "Interrupted"
+        print(f"{why}: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
               f"--name {storage.name(exp_dir)}")
-        return 130
+        return 0 if budget.is_set() else 130
     return 0
 
 

@@ -1,35 +1,355 @@
-"""Optuna TPE through Ray Tune, told the truth about trials that ASHA stopped early.
+"""The search's Optuna study, owned through Optuna's public API, as a Ray Tune Searcher.
 
-Ray 2.60's OptunaSearch tells Optuna COMPLETE with the partial-epoch score of a trial that ASHA
-stopped at a low rung, so TPE takes a 1-epoch score for a finished result. Here such a trial is told
-PRUNED (its per-epoch scores stay as Optuna intermediate values), so TPE ranks it below complete trials.
+Tune asks for a configuration (suggest), reports every epoch (on_trial_result) and says when a trial ends
+(on_trial_complete). Here that is study.ask() + the space's define-by-run function, trial.report() of the
+trial's score (best_<metric>) at each epoch, and study.tell() with the state the trial really ended in:
+
+    COMPLETE  it ran all max_t epochs: its final best_<metric> (its last epoch is an intermediate value too)
+    PRUNED    ASHA stopped it before max_t: its intermediate values, which TPE ranks pruned trials by
+    FAIL      it errored after its retries (or never produced a score)
+
+The study lives in a database, so it outlives the driver: by default SQLite `study.db` in the experiment
+folder (optuna-dashboard reads it live); any SQLAlchemy URL with --optuna-storage; for an experiment in a
+bucket, a local SQLite file whose copy goes into the bucket with every state Ray saves. Each study trial
+carries its Tune trial id (user attribute `tune_trial_id`). save()/restore() (Tune's --resume) keep only
+where the study is and which Tune trial is which study trial, as JSON; restore() reopens the study and
+settles the trials a killed driver left RUNNING that Ray's saved state does not know.
 """
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import sqlite3
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import optuna
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
-STEP = "training_iteration"   # ASHA's time_attr, and the step OptunaSearch reports intermediate values at
+from dogs.errors import ExperimentError, UserError
+from tune import storage
+from tune.spaces import SAMPLERS, define_by_run
+
+STEP = "training_iteration"   # ASHA's time_attr: one step per epoch
+STUDY_FILE = "study.db"
+TRIAL_ATTR = "tune_trial_id"
+ABANDONED = "abandoned_tune_trial_ids"   # Tune trials of a killed driver that Ray's saved state never knew
 
 
-class AshaAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that reports a trial stopped before `max_t` iterations as PRUNED."""
+class PickledSearcherState(ExperimentError):
+    """The experiment's searcher state is not our JSON (an older dogs-search pickled Ray's OptunaSearch)."""
 
-    def __init__(self, space, metric, mode, seed, max_t, points_to_evaluate=None):
-        super().__init__(space=space, metric=metric, mode=mode, seed=seed, points_to_evaluate=points_to_evaluate)
-        self.max_t = max_t
+
+def startup_trials(samples):
+    """Random trials before TPE/GP model anything: a quarter of the search, 3..10 (Optuna's default is 10)."""
+    return int(min(10, max(3, samples // 4)))
+
+
+def make_sampler(name, seed, samples):
+    """The Optuna sampler a search's `sampler` setting names."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            # multivariate + group: TPE models parameters jointly, each group of conditional ones over the
+            # trials where they exist; constant liar: trials still running count as bad, so trials that run
+            # at once are not proposed the same configuration (no effect when they run one at a time)
+            return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
+                                              n_startup_trials=startup_trials(samples), seed=seed)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "qmc":
+            return optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
+        if name == "gp":
+            return optuna.samplers.GPSampler(n_startup_trials=startup_trials(samples), seed=seed,
+                                             warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {name!r}; allowed: {SAMPLERS}")
+
+
+def sqlite_url(path):
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def study_location(exp_dir, optuna_storage=None):
+    """(SQLAlchemy URL of the live study, experiment URI its study.db copy goes to, or None).
+
+    A local experiment: its own study.db. --optuna-storage: that database. An experiment in a bucket: a
+    local SQLite file on the driver (in the temp folder), copied into the bucket with Ray's saved state.
+    """
+    if optuna_storage:
+        return optuna_storage, None
+    if not storage.is_uri(exp_dir):
+        return sqlite_url(Path(exp_dir) / STUDY_FILE), None
+    key = hashlib.sha256(storage.resolve(exp_dir).encode()).hexdigest()[:8]
+    local = Path(tempfile.gettempdir(), "dogs-tune-studies", f"{storage.name(exp_dir)}-{key}", STUDY_FILE)
+    return sqlite_url(local), exp_dir
+
+
+def sqlite_path(url):
+    """The file of a sqlite:/// URL, else None."""
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def open_storage(url):
+    """An Optuna RDB storage (SQLite: the file's folder is created)."""
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # no line per trial from Optuna: the search prints
+    return optuna.storages.RDBStorage(url)
+
+
+class StudySearcher(Searcher):
+    """Optuna's ask/report/tell driven by Tune; the study is in a database (see the module docstring)."""
+
+    def __init__(self, params, metric, mode, *, max_t, exp_dir, optuna_storage=None, sampler="tpe", seed=0,
+                 samples=10, first_trials=()):
+        super().__init__(metric=metric, mode=mode)
+        self.params, self.max_t = params, max_t
+        self.study_url, self.mirror = study_location(exp_dir, optuna_storage)
+        self.in_experiment = not optuna_storage   # study.db is in the experiment folder (or its bucket copy is)
+        self.study_name = storage.name(exp_dir)
+        self.sampler_name, self.seed, self.samples = sampler, seed, samples
+        self.numbers = {}         # Tune trial id -> study trial number, of every trial this search handed out
+        self._reset()
+        self._create(first_trials)
+
+    def _reset(self):
+        """What lives in this process only: the open study and trials."""
+        self._rdb = None          # the study's storage
+        self._study = None
+        self._trials = {}         # Tune trial id -> optuna.Trial, open
+        self._last_step = {}      # Tune trial id -> last step reported
+        self._recycle = []        # trials a killed driver asked that Ray's saved state does not know
+
+    def __getstate__(self):
+        # Tune pickles the searcher (tuner.pkl): the study stays in its database
+        state = dict(self.__dict__)
+        for key in ("_rdb", "_study", "_trials", "_last_step", "_recycle"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    # ---- the study: created once, reopened by restore() ----
+    def _create(self, first_trials):
+        """A new study (with the space's first_trials queued); a study of that name is another search's."""
+        try:
+            study = optuna.create_study(storage=self.rdb, study_name=self.study_name,
+                                        direction="maximize" if self.mode == "max" else "minimize",
+                                        sampler=make_sampler(self.sampler_name, self.seed, self.samples))
+        except optuna.exceptions.DuplicatedStudyError:
+            raise UserError(f"the Optuna study {self.study_name!r} already exists in {self.study_url}: it holds "
+                            "another search; pick another --name, or continue that one with --resume") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([self.metric])
+        study.set_user_attr("max_t", self.max_t)
+        for point in first_trials:
+            study.enqueue_trial(point)
+        self._study = study
+
+    @property
+    def rdb(self):
+        if self._rdb is None:
+            self._rdb = open_storage(self.study_url)
+        return self._rdb
+
+    @property
+    def study(self):
+        if self._study is None:
+            self._load()
+        return self._study
+
+    def _load(self):
+        """Reopen the study. A sampler whose randomness lives in memory gets a seed that depends on how many
+        trials the study has, so that a resumed search does not repeat its first proposals."""
+        path = sqlite_path(self.study_url)
+        if path is not None and not path.is_file():
+            raise ExperimentError(f"the search's Optuna study is missing: no {path}")
+        seed = self.seed
+        if seed is not None and self.sampler_name != "qmc":   # QMC keeps its place in its sequence by seed
+            n = len(optuna.load_study(study_name=self.study_name, storage=self.rdb).trials)
+            seed = int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
+        self._study = optuna.load_study(study_name=self.study_name, storage=self.rdb,
+                                        sampler=make_sampler(self.sampler_name, seed, self.samples))
+
+    def _reopen(self, number):
+        """An open handle on trial `number`, asked by an earlier driver (through the storage's public methods)."""
+        trial_id = self.rdb.get_trial_id_from_study_id_trial_number(
+            self.rdb.get_study_id_from_name(self.study_name), number)
+        return optuna.trial.Trial(self.study, trial_id)
+
+    def _frozen(self, number):
+        return self.study.get_trials(deepcopy=False)[number]
+
+    def _handle(self, trial_id):
+        """The open trial of a Tune trial, reopened after a resume; None when its study trial has finished.
+
+        When its study trial had failed and Tune retries the trial (--resume retries errored trials), the
+        retry is a new study trial with the same parameters: Optuna's convention (RetryFailedTrialCallback),
+        the failed one stays FAIL. A COMPLETE or PRUNED one stays as it is (Tune reran an epoch it had lost).
+        """
+        if trial_id in self._trials:
+            return self._trials[trial_id]
+        frozen = self._frozen(self.numbers[trial_id])
+        if frozen.state == TrialState.RUNNING:
+            self._last_step[trial_id] = max(frozen.intermediate_values, default=0)
+            trial = self._reopen(frozen.number)
+        elif frozen.state == TrialState.FAIL:
+            self.study.add_trial(optuna.trial.create_trial(
+                state=TrialState.RUNNING, params=frozen.params, distributions=frozen.distributions,
+                user_attrs={**frozen.user_attrs, "retry_of": frozen.number}))
+            trial = self._reopen(len(self.study.get_trials(deepcopy=False)) - 1)
+            self.numbers[trial_id], self._last_step[trial_id] = trial.number, 0
+        else:
+            return None
+        self._trials[trial_id] = trial
+        return trial
+
+    # ---- Tune's calls ----
+    def suggest(self, trial_id):
+        """A new trial's config: the next queued first trial, or what the sampler proposes."""
+        trial = self._reopen(self._recycle.pop(0)) if self._recycle else self.study.ask()
+        trial.set_user_attr(TRIAL_ATTR, trial_id)
+        fixed = define_by_run(self.params, trial)
+        self.numbers[trial_id], self._trials[trial_id], self._last_step[trial_id] = trial.number, trial, 0
+        return {**trial.params, **fixed}
+
+    def on_trial_result(self, trial_id, result):
+        """An epoch's score, as the trial's intermediate value at that step (each step once)."""
+        if trial_id not in self.numbers or result.get(self.metric) is None:
+            return
+        trial, step = self._handle(trial_id), result[STEP]
+        if trial is not None and step > self._last_step[trial_id]:
+            trial.report(result[self.metric], step)
+            self._last_step[trial_id] = step
 
     def on_trial_complete(self, trial_id, result=None, error=False):
-        stopped_early = (not error and result and result.get(STEP, self.max_t) < self.max_t
-                         and trial_id in self._ot_trials and trial_id not in self._completed_trials)
-        if not stopped_early:
-            return super().on_trial_complete(trial_id, result=result, error=error)
+        """Tell the study how the trial ended: COMPLETE (all max_t epochs), PRUNED (stopped early), FAIL."""
+        if trial_id not in self.numbers:
+            return
+        if result:   # the last epoch: Tune gives the result a trial stops on here, not to on_trial_result
+            self.on_trial_result(trial_id, result)
+        trial = self._handle(trial_id)
+        if trial is None:
+            return
+        value = (result or {}).get(self.metric)
+        if error or value is None or not math.isfinite(value):
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        elif result[STEP] < self.max_t:
+            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            self.study.tell(trial, value, state=TrialState.COMPLETE, skip_if_finished=True)
+        self._trials.pop(trial_id)
 
-        # Tune skips on_trial_result for the result ASHA stopped on: record it as the last intermediate value
-        ot_trial = self._ot_trials[trial_id]
-        if result.get(self.metric) is not None:
-            ot_trial.report(result[self.metric], result[STEP])
-        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+    # ---- Tune's saved state (--resume) ----
+    def save(self, checkpoint_path):
+        """Where the study is and which Tune trial is which study trial (JSON, despite Ray's .pkl name);
+        for an experiment in a bucket, a consistent copy of the study beside it, which Ray uploads."""
+        state = {"study_url": self.study_url, "study_name": self.study_name, "mirror": self.mirror,
+                 "in_experiment": self.in_experiment, "trials": self.numbers}
+        Path(checkpoint_path).write_text(json.dumps(state, indent=1))
+        if self.mirror:   # SQLite's online backup: a consistent copy while the study is open
+            copy = Path(checkpoint_path).with_name(STUDY_FILE)
+            tmp = copy.with_name(f".{copy.name}.tmp")
+            src, dst = sqlite3.connect(sqlite_path(self.study_url)), sqlite3.connect(tmp)
+            try:
+                src.backup(dst)
+            finally:
+                src.close(), dst.close()
+            tmp.replace(copy)
 
-    def study_states(self):
-        """{optuna trial number: state name}, e.g. for tests and the summary."""
-        return {t.number: t.state.name for t in self._ot_study.trials}
+    def restore(self, checkpoint_path):
+        """Reopen the study as Ray last saved the experiment, and settle what a killed driver left behind:
+        a trial it asked after that save (RUNNING, unknown to Ray, which will never resume it) is handed to the
+        next new Tune trial when it never reported, else told FAIL. Either way its Tune trial id is recorded
+        as abandoned (user attribute `abandoned_tune_trial_ids`): its folder, if Ray made one, is not a trial
+        of the experiment any more (see abandoned_trial_ids)."""
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.numbers = state["trials"]
+        if self.mirror:   # the bucket's copy, saved with Ray's state: replaces the local one
+            path = sqlite_path(self.study_url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with storage.local_dir(self.mirror, STUDY_FILE) as local:
+                if not Path(local, STUDY_FILE).is_file():
+                    raise ExperimentError(f"the search's Optuna study is missing: no {STUDY_FILE} in {self.mirror}")
+                shutil.copyfile(Path(local, STUDY_FILE), path)
+        self._reset()
+        known = set(self.numbers.values())
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number in known:
+                continue
+            trial = self._reopen(frozen.number)
+            if TRIAL_ATTR in frozen.user_attrs:   # absent when the driver died inside suggest()
+                trial.set_user_attr(ABANDONED, [*frozen.user_attrs.get(ABANDONED, []), frozen.user_attrs[TRIAL_ATTR]])
+            if frozen.intermediate_values:
+                self.study.tell(trial, state=TrialState.FAIL)
+            else:
+                self._recycle.append(frozen.number)
+
+    def states(self):
+        """{study trial number: state name}."""
+        return {t.number: t.state.name for t in self.study.get_trials(deepcopy=False)}
+
+
+def abandoned_trial_ids(study):
+    """Tune trial ids a killed driver had started that Ray's saved state did not know: --resume never runs
+    them again (their configuration went to a new trial, or their study trial is FAIL)."""
+    return {trial_id for t in study.trials for trial_id in t.user_attrs.get(ABANDONED, [])}
+
+
+def shown_url(url):
+    """A database URL to print: any password masked."""
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def study_where(exp_dir):
+    """Where the experiment's study is, as a line to print (the command that opens it in optuna-dashboard)."""
+    state = read_state(exp_dir)
+    if not state["in_experiment"]:
+        return f"optuna-dashboard {shown_url(state['study_url'])} (study {state['study_name']})"
+    if state["mirror"]:
+        return (f"{storage.join(exp_dir, STUDY_FILE)} (copied there with Ray's state; while the search runs: "
+                f"optuna-dashboard {state['study_url']})")
+    return f"optuna-dashboard {sqlite_url(Path(exp_dir, STUDY_FILE))}"
+
+
+def read_state(exp_dir):
+    """The newest searcher state saved in an experiment (our JSON, parsed as such): where its study is."""
+    with storage.local_dir(exp_dir, "searcher-state-*.pkl") as local:
+        files = sorted(Path(local).glob("searcher-state-*.pkl"))
+        if not files:
+            raise ExperimentError(f"{exp_dir}: no searcher-state-*.pkl (the search saved no state yet)")
+        try:
+            return json.loads(files[-1].read_text())
+        except ValueError:   # parsed as JSON only: a planted or old pickle runs nothing
+            raise PickledSearcherState(f"{exp_dir} was searched by an older dogs-search, whose Optuna study was "
+                                       "pickled Ray state: it cannot be read or continued; start a new search") from None
+
+
+@contextlib.contextmanager
+def open_study(exp_dir):
+    """The experiment's Optuna study, to read: its study.db (a temporary copy of the bucket's for an
+    experiment in a bucket), or the --optuna-storage database it was searched in."""
+    state = read_state(exp_dir)
+    if not state["in_experiment"]:
+        yield optuna.load_study(study_name=state["study_name"], storage=open_storage(state["study_url"]))
+        return
+    with storage.local_dir(exp_dir, STUDY_FILE) as local:
+        path = Path(local, STUDY_FILE)
+        if not path.is_file():
+            raise ExperimentError(f"{exp_dir}: the search's Optuna study is missing (no {STUDY_FILE})")
+        rdb = open_storage(sqlite_url(path))
+        try:
+            yield optuna.load_study(study_name=state["study_name"], storage=rdb)
+        finally:
+            rdb.remove_session()
+            rdb.engine.dispose()

@@ -19,6 +19,7 @@ of the space as a top-level `data:`. This module never imports torch.
 """
 import functools
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,8 @@ from dogs.errors import SpaceError
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 MAX_SAMPLES = 10_000
+SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can use (tune.searcher makes them)
+SCHEDULERS = ("asha", "fifo")
 
 # search settings, checked like config keys: name -> Key(default, type, allowed, help)
 SETTINGS = {
@@ -39,12 +42,21 @@ SETTINGS = {
     "reduction_factor": Key(3, "number", Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
     "metric": SCHEMA["metric"],
     "mode": SCHEMA["mode"],
-    "seed": Key(0, "int or null", SEEDS, "seeds Optuna's TPE sampler"),
+    "sampler": Key("tpe", "str", SAMPLERS, "Optuna sampler that proposes each trial: tpe (learns from complete and "
+                   "stopped-early trials), random, qmc (quasi-random, space-filling), gp (Gaussian process; learns "
+                   "from complete trials only)"),
+    "scheduler": Key("asha", "str", SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
+                     "fifo = every trial runs all its epochs"),
+    "seed": Key(0, "int or null", SEEDS, "seeds the sampler: the same file proposes the same configurations"),
     "cpus_per_trial": Key(1, "number", Range(0, low_open=True), "CPUs each trial holds"),
     "gpus_per_trial": Key(0, "number", Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
     "max_concurrent": Key(None, "int or null", Range(1), "most trials at once; null = as many as the resources allow"),
     "max_failures": Key(2, "int", Range(0), "retries of an errored trial from its last checkpoint"),
+    "time_budget": Key(None, "str or null", None, "wall time after which the search stops cleanly, like Ctrl-C "
+                       "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none"),
 }
+DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([smhd])")
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # distribution name -> number of list items it takes
 DISTRIBUTIONS = {
@@ -176,8 +188,24 @@ def _check_first_trials(points, params, where):
     return points
 
 
+def parse_duration(text):
+    """'1h30m' -> 5400.0 seconds; None when it is not a positive duration with units s, m, h, d."""
+    text = str(text).strip().lower()
+    parts = DURATION.findall(text)
+    if not parts or "".join(DURATION.sub("", text).split()):
+        return None
+    seconds = sum(float(number) * SECONDS[unit] for number, unit in parts)
+    return seconds if seconds > 0 else None
+
+
 def _check_settings(search, where):
     """Each setting against its Key, then the settings that depend on each other."""
+    budget = search["time_budget"]
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):   # a plain number: seconds
+        search["time_budget"] = budget = f"{budget:g}s"
+    if budget is not None and (not isinstance(budget, str) or parse_duration(budget) is None):
+        raise SpaceError(f"{where}: search.time_budget: {budget!r} is not a duration; allowed: a positive "
+                         "duration like 90s, 30m, 2h or 1h30m, a number of seconds, or null")
     for key, spec in SETTINGS.items():
         why = problem(spec, search[key])
         if why:
@@ -325,7 +353,7 @@ def _top(args):
 
 
 def optuna_space(space):
-    """The define-by-run function for OptunaSearch (picklable)."""
+    """The define-by-run function of a space (picklable): tune.searcher calls it with each new Optuna trial."""
     return functools.partial(define_by_run, space["params"])
 
 

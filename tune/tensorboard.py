@@ -4,18 +4,28 @@ Ray's own writer only logs scalars under `ray/tune/` and an hparams record whose
 result key. This callback writes, into each trial's folder:
   - one scalar per metric per epoch (val_acc, val_loss, train_loss, train_acc, and best_<metric>: the
     search's metric at its best epoch so far, its score),
-  - an HParams session start (the searched parameters) when the trial starts, and a session end
-    when it finishes.
-TensorBoard's HParams dashboard builds the comparison from those sessions: each trial's hparams against
-the last value of each curve: its final scores, and best_<metric> (its best epoch, what it is ranked by).
-`tensorboard --logdir <experiment folder>` shows both.
+  - the HParams experiment (every searched parameter with its domain: choices, booleans and strings as
+    discrete values, ranges as intervals; and the metrics), and a session start (the trial's values) when
+    the trial starts,
+  - when it ends, a `stopped_early` scalar (1 = ASHA stopped it before its last epoch) and a session end
+    whose status is Success (complete or stopped early) or Failure (errored after its retries); a trial
+    still running has none (Unknown).
+TensorBoard's HParams dashboard builds the comparison from those: each trial's hparams against the last
+value of each curve: its final scores, best_<metric> (its best epoch, what it is ranked by) and
+stopped_early. `tensorboard --logdir <experiment folder>` shows both.
 """
+import time
+
 import pyarrow.fs
+from google.protobuf import struct_pb2
 from ray import tune
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from dogs.config import METRICS
+
+STOPPED_EARLY = "stopped_early"
 
 
 def hparam_value(value):
@@ -23,17 +33,50 @@ def hparam_value(value):
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
+def _summary(tag, data):
+    """A Summary holding HParams plugin data, as TensorBoard's hparams plugin reads it."""
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data))])
+
+
+def _value(value):
+    """A protobuf Value of an hparam: bool, number or string."""
+    value = hparam_value(value)
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, (int, float)):
+        return struct_pb2.Value(number_value=value)
+    return struct_pb2.Value(string_value=value)
+
+
+def hparam_info(param):
+    """HParamInfo of a searched parameter of the space: a choice is discrete, a range an interval."""
+    if param["kind"] == "choice":
+        values = [hparam_value(v) for v in param["args"]]
+        kind = ("DATA_TYPE_BOOL" if all(isinstance(v, bool) for v in values) else
+                "DATA_TYPE_FLOAT64" if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                else "DATA_TYPE_STRING")
+        if kind == "DATA_TYPE_STRING":
+            values = [str(v) for v in values]
+        return api_pb2.HParamInfo(name=param["name"], type=api_pb2.DataType.Value(kind),
+                                  domain_discrete=struct_pb2.ListValue(values=[_value(v) for v in values]))
+    low, high = param["args"][0], param["args"][1]
+    if param["kind"] in ("randint", "lograndint"):
+        high -= 1
+    return api_pb2.HParamInfo(name=param["name"], type=api_pb2.DataType.Value("DATA_TYPE_FLOAT64"),
+                              domain_interval=api_pb2.Interval(min_value=low, max_value=high))
+
+
 class TensorBoardCallback(tune.Callback):
     """Writes curves and HParams sessions of every trial into the trial's folder."""
 
-    def __init__(self, hparam_names, metric="val_acc"):
-        self.hparam_names = list(hparam_names)
+    def __init__(self, params, metric="val_acc"):
+        self.params = [p for p in params if p["kind"] != "fixed"]   # the searched parameters of the space
         self.metric = metric
         self._writers = {}
 
     @property
     def curves(self):
-        return (*METRICS, f"best_{getattr(self, 'metric', 'val_acc')}")
+        return (*METRICS, f"best_{self.metric}")
 
     def _writer(self, trial):
         if trial.trial_id not in self._writers:
@@ -44,9 +87,20 @@ class TensorBoardCallback(tune.Callback):
         return self._writers[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        hparams = {k: hparam_value(trial.config[k]) for k in self.hparam_names if k in trial.config}
-        _, session_start, _ = hparams_summaries(hparams, {})
-        self._writer(trial).file_writer.add_summary(session_start)
+        # the experiment (every parameter's domain, the metrics), then this trial's values
+        experiment = api_pb2.Experiment(
+            hparam_infos=[hparam_info(p) for p in self.params],
+            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=name))
+                          for name in (*self.curves, STOPPED_EARLY)])
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        for p in self.params:
+            if p["name"] in trial.config:   # a conditional parameter that does not exist in this trial: blank
+                start.hparams[p["name"]].CopyFrom(_value(trial.config[p["name"]]))
+        writer = self._writer(trial).file_writer
+        for tag, data in ((metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+                          (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))):
+            data.version = metadata.PLUGIN_DATA_VERSION
+            writer.add_summary(_summary(tag, data))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         writer = self._writer(trial)
@@ -57,18 +111,21 @@ class TensorBoardCallback(tune.Callback):
         writer.flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        _, _, session_end = hparams_summaries({}, {})
-        self._writer(trial).file_writer.add_summary(session_end)
-        self._close(trial)
+        last = trial.last_result or {}
+        epoch = last.get("epoch", last.get("training_iteration", 0))
+        self._writer(trial).add_scalar(STOPPED_EARLY, float(epoch < trial.config.get("epochs", epoch)), epoch)
+        self._end(trial, "STATUS_SUCCESS")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        # no session end: a retried trial starts its session again
-        self._close(trial)
+        # Tune calls this once a trial has no retries left (a retry is on_trial_recover)
+        self._end(trial, "STATUS_FAILURE")
 
-    def _close(self, trial):
-        writer = self._writers.pop(trial.trial_id, None)
-        if writer is not None:
-            writer.close()
+    def _end(self, trial, status):
+        end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(status), end_time_secs=time.time())
+        data = plugin_data_pb2.HParamsPluginData(session_end_info=end, version=metadata.PLUGIN_DATA_VERSION)
+        self._writer(trial).file_writer.add_summary(_summary(metadata.SESSION_END_INFO_TAG, data))
+        writer = self._writers.pop(trial.trial_id)
+        writer.close()
 
     def on_experiment_end(self, trials, **info):
         for writer in self._writers.values():
@@ -77,4 +134,4 @@ class TensorBoardCallback(tune.Callback):
 
     def __getstate__(self):
         # open writers stay with the driver; a pickled copy (tuner.pkl) starts without them
-        return {"hparam_names": self.hparam_names, "metric": self.metric, "_writers": {}}
+        return {"params": self.params, "metric": self.metric, "_writers": {}}

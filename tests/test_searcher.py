@@ -1,0 +1,175 @@
+"""tune.searcher.StudySearcher driven by synthetic Tune calls, no Ray cluster: every state the study can hold
+(COMPLETE, PRUNED, FAIL), intermediate values, first trials, conditional parameters, seeding, and the
+state a killed driver leaves behind settled by save/restore (as Tune's --resume calls them)."""
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tune import spaces
+from tune.searcher import StudySearcher, abandoned_trial_ids, make_sampler, open_study, startup_trials
+
+SPACE = {
+    "search": {"samples": 8, "epochs": 3, "seed": 0},
+    "params": {
+        "model": {"choice": ["cnn", "resnet18"]},
+        "unfreeze": {"int": [0, 3], "when": {"model": "resnet18"}},    # exists only for the ResNet
+        "lr": {"loguniform": [1e-4, 1e-2]},
+        "image_size": 32,
+    },
+    "first_trials": [{"model": "resnet18", "unfreeze": 2, "lr": 1e-3}],
+}
+MAX_T = 3
+
+
+def make(exp_dir, sampler="tpe", seed=0, optuna_storage=None):
+    space = spaces.validate(SPACE)
+    return StudySearcher(space["params"], "best_val_acc", "max", max_t=MAX_T, exp_dir=str(exp_dir), sampler=sampler,
+                         seed=seed, samples=8, first_trials=space["first_trials"], optuna_storage=optuna_storage)
+
+
+@pytest.fixture
+def tmp_path():
+    """A folder in memory where the machine has one (/dev/shm): SQLite's fsync per write is the slow part."""
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix="dogs-searcher-", dir=shm if shm.is_dir() else None))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def db(tmp_path):
+    """One SQLite database (--optuna-storage) for searches that need no study.db of their own: each search
+    is a study named after its experiment."""
+    return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+def result(step, score):
+    return {"training_iteration": step, "best_val_acc": score}
+
+
+def by_tune_id(study):
+    return {t.user_attrs["tune_trial_id"]: t for t in study.trials if "tune_trial_id" in t.user_attrs}
+
+
+def test_every_state_intermediate_values_first_trials_and_conditions(tmp_path, db):
+    searcher = make(tmp_path / "states", optuna_storage=db)
+    configs = {t: searcher.suggest(t) for t in ("a", "b", "c", "d")}
+    assert configs["a"] == {"model": "resnet18", "unfreeze": 2, "lr": 1e-3, "image_size": 32}   # first_trials
+    for config in configs.values():
+        assert ("unfreeze" in config) == (config["model"] == "resnet18") and config["image_size"] == 32
+    # a: all epochs -> COMPLETE with its final best_val_acc, the last epoch an intermediate value too
+    searcher.on_trial_result("a", result(1, 0.5))
+    searcher.on_trial_result("a", result(2, 0.7))
+    searcher.on_trial_result("a", result(2, 0.7))          # a repeated epoch is reported once
+    searcher.on_trial_complete("a", result(3, 0.8))
+    # b: ASHA stopped it at epoch 2 (Tune gives that last result to on_trial_complete only) -> PRUNED
+    searcher.on_trial_result("b", result(1, 0.2))
+    searcher.on_trial_complete("b", result(2, 0.3))
+    # c: errored after its retries -> FAIL; d: a score that is not a number -> FAIL
+    searcher.on_trial_result("c", result(1, 0.4))
+    searcher.on_trial_complete("c", error=True)
+    searcher.on_trial_complete("d", result(3, float("nan")))
+
+    trials = by_tune_id(searcher.study)
+    assert trials["a"].state.name == "COMPLETE" and trials["a"].value == 0.8
+    assert trials["a"].intermediate_values == {1: 0.5, 2: 0.7, 3: 0.8}
+    assert trials["b"].state.name == "PRUNED" and trials["b"].intermediate_values == {1: 0.2, 2: 0.3}
+    assert trials["c"].state.name == "FAIL" and trials["d"].state.name == "FAIL"
+    assert {n: t.params for n, t in trials.items()} == {
+        n: {k: v for k, v in c.items() if k != "image_size"} for n, c in configs.items()}
+    assert searcher.study.metric_names == ["best_val_acc"]
+
+
+def test_same_seed_same_proposals_other_seed_others(tmp_path, db):
+    searchers = [make(tmp_path / f"seed{i}", seed=seed, optuna_storage=db) for i, seed in ((0, 0), (1, 0), (2, 1))]
+    proposals = [[searcher.suggest(t) for t in ("x", "y", "z")] for searcher in searchers]
+    assert proposals[0] == proposals[1] != proposals[2]
+
+
+def test_driver_killed_then_resumed(tmp_path):
+    exp_dir = tmp_path / "exp"
+    searcher = make(exp_dir)
+    pickled = pickle.dumps(searcher)                        # tuner.pkl: Tune pickles the searcher it was given
+    for t in ("a", "b", "c"):
+        searcher.suggest(t)
+    searcher.on_trial_complete("a", result(3, 0.9))
+    searcher.on_trial_complete("b", error=True)
+    searcher.on_trial_result("c", result(1, 0.4))
+    searcher.save(str(tmp_path / "searcher-state-1.pkl"))   # Ray saves its state (a, b, c) ...
+    orphan = searcher.suggest("d")                          # ... then asks two more trials and the driver dies
+    searcher.suggest("e")
+    searcher.on_trial_result("e", result(1, 0.1))
+    searcher.on_trial_result("c", result(2, 0.5))
+
+    # --resume: Tune unpickles the searcher and restores it from its saved state
+    resumed = pickle.loads(pickled)
+    resumed.restore(str(tmp_path / "searcher-state-1.pkl"))
+    before = {t.number: t.state.name for t in resumed.study.trials}
+    assert before[by_tune_id(resumed.study)["e"].number] == "FAIL"      # it ran, and Ray will not resume it
+    assert resumed.suggest("f") == orphan                                # d never reported: f takes it over
+    assert abandoned_trial_ids(resumed.study) == {"d", "e"}              # their folders are no trials any more
+    resumed.on_trial_result("c", result(2, 0.5))                         # c continues from its checkpoint
+    resumed.on_trial_complete("c", result(3, 0.6))
+    resumed.on_trial_result("b", result(2, 0.3))                         # b errored: --resume retries it
+    resumed.on_trial_complete("b", result(3, 0.7))
+    resumed.on_trial_complete("f", result(1, 0.2))
+    resumed.on_trial_complete("a", result(3, 0.9))                       # finished before: stays as it was
+
+    trials = resumed.study.trials
+    assert "RUNNING" not in {t.state.name for t in trials}
+    c = by_tune_id(resumed.study)["c"]
+    assert c.state.name == "COMPLETE" and c.intermediate_values == {1: 0.4, 2: 0.5, 3: 0.6}
+    retry = [t for t in trials if "retry_of" in t.user_attrs]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].value == 0.7
+    assert trials[retry[0].user_attrs["retry_of"]].state.name == "FAIL"
+    assert retry[0].params == trials[retry[0].user_attrs["retry_of"]].params
+    assert [t.user_attrs["tune_trial_id"] for t in trials if t.state.name == "PRUNED"] == ["f"]
+    assert len([t for t in trials if t.state.name == "COMPLETE"]) == 2 + 1   # a, c and b's retry
+
+    # readers find the study from the experiment's saved state
+    (exp_dir / "searcher-state-1.pkl").write_text((tmp_path / "searcher-state-1.pkl").read_text())
+    with open_study(exp_dir) as study:
+        assert len(study.trials) == len(trials)
+
+
+def test_a_second_search_of_the_same_name_is_refused(tmp_path, db):
+    from dogs.errors import UserError
+
+    make(tmp_path / "twice", optuna_storage=db)
+    with pytest.raises(UserError, match="already exists"):
+        make(tmp_path / "twice", optuna_storage=db)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "qmc", "gp"])
+def test_samplers(name):
+    sampler = make_sampler(name, 0, 20)
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
+    assert startup_trials(8) == 3 and startup_trials(24) == 6 and startup_trials(400) == 10
+
+
+def test_sampler_and_scheduler_flags_are_settings(tmp_path):
+    from tune import search
+
+    path = tmp_path / "space.yaml"
+    path.write_text("search: {sampler: random}\nparams: {lr: {loguniform: [1e-4, 1e-2]}}\n")
+    args = search.get_args_parser().parse_args(["--space", str(path), "--scheduler", "fifo"])
+    assert {k: search.load_space(args, None)["search"][k] for k in ("sampler", "scheduler")} == \
+        {"sampler": "random", "scheduler": "fifo"}
+    args = search.get_args_parser().parse_args(["--space", str(path), "--sampler", "gp"])
+    assert search.load_space(args, None)["search"]["sampler"] == "gp"
+
+
+def test_small_validation_split_warns_when_asha_ranks_by_early_epochs(tmp_path):
+    from conftest import make_imagefolder
+    from tune import search
+
+    data = make_imagefolder(tmp_path / "data", n_train=4, n_val=5, n_test=0, awkward=False)
+    settings = {"scheduler": "asha", "grace_period": 1, "epochs": 4}
+    warning = search.small_validation_warning(data, settings)
+    assert "5 image(s) in its smallest class (15 in all)" in warning and "--scheduler fifo" in warning
+    assert search.small_validation_warning(data, {**settings, "scheduler": "fifo"}) is None
+    assert search.small_validation_warning(data, {**settings, "grace_period": 4}) is None   # ASHA stops nothing
