@@ -63,8 +63,7 @@ def test_best_weights_are_restored_when_a_later_epoch_is_worse(tiny_config, tmp_
     real_evaluate = engine.evaluate
 
     def scripted_evaluate(*args):
-        loss, _ = real_evaluate(*args)
-        return loss, next(scores)
+        return {**real_evaluate(*args), "acc": next(scores)}
 
     monkeypatch.setattr(engine, "evaluate", scripted_evaluate)
     result = train.run({**tiny_config, "epochs": 4}, tmp_path, log=quiet, device=torch.device("cpu"))
@@ -94,7 +93,7 @@ def test_resume_continues_at_the_next_epoch_with_the_same_result(tiny_config, tm
 def test_resume_keeps_a_best_epoch_from_before_the_interruption(tiny_config, tmp_path, monkeypatch):
     scores = iter([0.5, 0.9, 0.3, 0.4])  # the best epoch (2) comes before the resume at epoch 3
     real_evaluate = engine.evaluate
-    monkeypatch.setattr(engine, "evaluate", lambda *args: (real_evaluate(*args)[0], next(scores)))
+    monkeypatch.setattr(engine, "evaluate", lambda *args: {**real_evaluate(*args), "acc": next(scores)})
     device = torch.device("cpu")
     train.run({**tiny_config, "epochs": 2}, tmp_path, log=quiet, device=device)
     resumed = train.run({**tiny_config, "epochs": 4}, tmp_path, resume=True, log=quiet, device=device)
@@ -161,7 +160,7 @@ def test_trainable_reports_every_epoch_and_resumes_from_its_checkpoint(tiny_conf
 def test_best_pt_is_chosen_by_metric_and_mode_not_val_acc(tiny_config, tmp_path, monkeypatch):
     losses = iter([0.9, 0.2, 0.5, 0.7])   # val_loss is lowest at epoch 2; val_acc (real) is best elsewhere
     real_evaluate = engine.evaluate
-    monkeypatch.setattr(engine, "evaluate", lambda *args: (next(losses), real_evaluate(*args)[1]))
+    monkeypatch.setattr(engine, "evaluate", lambda *args: {**real_evaluate(*args), "loss": next(losses)})
     config = {**tiny_config, "epochs": 4, "metric": "val_loss", "mode": "min"}
     result = train.run(config, tmp_path, log=quiet, device=torch.device("cpu"))
     assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 2
