@@ -242,7 +242,10 @@ def parse_sets(pairs):
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set lr=3e-4")
-        key, value = key.strip(), parse_value(value)
+        key, text = key.strip(), value
+        value = parse_value(text)
+        if value is None and key in SCHEMA and SCHEMA[key].type == "str":  # weights=none: the word, not null
+            value = text.strip()
         check_value(key, value)
         out[key] = value
     return out

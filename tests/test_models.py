@@ -209,3 +209,8 @@ def test_unfreeze_range_is_each_models_own():
         resolve({"model": "resnet18", "unfreeze": 5})
     with pytest.raises(ConfigError, match=r"unfreeze: 1 .* 'cnn'.*0\.\.0"):
         resolve({"model": "cnn", "unfreeze": 1})
+
+
+def test_weights_none_on_the_command_line_is_the_word_none():
+    from dogs.config import parse_sets
+    assert parse_sets(["weights=none", "seed=none"]) == {"weights": "none", "seed": None}
