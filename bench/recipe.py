@@ -1,7 +1,7 @@
 """What each recipe knob does on the demo (accuracy, CPU epoch time), what each backbone costs, and whether
 the trainable got slower for configs that use none of the new knobs (this tree against an older commit).
 
-    python bench/recipe.py knobs      # the CNN from scratch on the digits demo, 16 px, each knob alone
+    python bench/recipe.py knobs --epochs 6   # the CNN from scratch on the digits demo, 8 px, each knob alone
     python bench/recipe.py backbones  # every registry backbone, random weights, 32 px: feature pass and epochs
     python bench/recipe.py speed --before 87a903a   # default-knob configs, old vs new tree, interleaved
 
@@ -65,7 +65,7 @@ KNOBS = {  # name -> config overrides of the CNN baseline (Adam 3e-3, constant, 
 
 
 def knobs(args):
-    base = {"model": "cnn", "image_size": 16, "batch_size": 32, "epochs": args.epochs, "lr": 3e-3}
+    base = {"model": "cnn", "image_size": args.size, "batch_size": 32, "epochs": args.epochs, "lr": 3e-3}
     rows = []
     for name, overrides in KNOBS.items():
         results = []
@@ -82,7 +82,7 @@ def knobs(args):
             "epoch s (median)": statistics.median(m["epoch_time_s"] for h in results for m in h[1:]),
         })
         print(f"  {name}: best val_acc {rows[-1]['best val_acc']:.4f}", flush=True)
-    print(f"\nthe CNN on the digits demo (1,257 train / 269 validation images), 16 px, batch 32, {args.epochs} "
+    print(f"\nthe CNN on the digits demo (1,257 train / 269 validation images), {args.size} px, batch 32, {args.epochs} "
           f"epochs, mean of seeds 0..{args.seeds - 1}\n")
     print(table(rows))
 
@@ -158,6 +158,7 @@ def main():
     p.add_argument("part", choices=["knobs", "backbones", "speed"])
     p.add_argument("--epochs", type=int, default=10, help="epochs per run (knobs: 10; speed: use 4)")
     p.add_argument("--seeds", type=int, default=2, help="knobs: seeds averaged per knob")
+    p.add_argument("--size", type=int, default=8, help="knobs: image size (the digits are 8 x 8)")
     p.add_argument("--before", default="87a903a", help="speed: the commit to compare with")
     p.add_argument("--repeats", type=int, default=3, help="speed: interleaved runs per tree")
     args = p.parse_args()
