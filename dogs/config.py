@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import yaml
 
+from .backbones import BACKBONES, STAGES
 from .errors import ConfigError
 
 
@@ -51,8 +52,9 @@ class Key(NamedTuple):
     help: str
 
 
-MODELS = ("cnn", "resnet18", "resnet34", "resnet50")
-METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")   # a run's score is best_<metric> over its epochs
+MODELS = tuple(BACKBONES)                                         # dogs/backbones.py: one entry per model
+# every score an epoch reports; a run's score is best_<metric> over its epochs (natural_mode: max unless a loss)
+METRICS = ("val_acc", "val_loss", "val_top5", "val_macro_f1", "train_acc", "train_loss")
 SEEDS = Range(0, 2**32 - 1)                                       # what numpy's seed takes
 
 SCHEMA = {
@@ -64,19 +66,25 @@ SCHEMA = {
     "feature_cache":   Key(True, "bool", None, "compute a frozen prefix's output once and train only the tail; off when augment"),
     "normalize":       Key("auto", "str", ("auto", "imagenet", "half"), "imagenet mean/std; half = mean and std 0.5 as in the notebook; auto = half for the CNN, imagenet for ResNets"),
     # model
-    "model":           Key("resnet18", "str", MODELS, "cnn = the notebook's from-scratch CNN, or a torchvision ResNet"),
+    "model":           Key("resnet18", "str", MODELS, "cnn = the notebook's from-scratch CNN, or a pretrained torchvision backbone (dogs/backbones.py)"),
     "weights":         Key("DEFAULT", "str", None, "torchvision weights name, a path to a .pth state_dict, or none for random init"),
     "head_on":         Key("features", "str", ("features", "logits"), "the head reads the pooled features, or the 1000 ImageNet logits as in the notebook"),
     "head_width":      Key(512, "int", Range(0), "hidden width of the MLP head; 0 = a single linear layer"),
     "dropout":         Key(0.5, "number", Range(0, 1, high_open=True), "dropout before the head's last layer"),
-    "unfreeze":        Key(0, "int", Range(0, 4), "how many of the last residual stages train; the rest stay frozen in eval mode"),
+    "unfreeze":        Key(0, "int", Range(0, max(STAGES.values())), "how many of the model's last stages train (its own count: resnets 4, efficientnets 5, ...; all = the whole network); the rest stay frozen in eval mode"),
     # optimisation
     "epochs":          Key(10, "int", Range(1), "epochs to train; in a search, search.epochs sets it: ASHA's max_t"),
     "batch_size":      Key(64, "int", Range(1), "images per step"),
-    "lr":              Key(1e-3, "number", Range(0, low_open=True), "Adam learning rate of the head, and of the whole CNN"),
-    "backbone_lr":     Key(1e-4, "number", Range(0, low_open=True), "Adam learning rate of the unfrozen residual stages"),
-    "weight_decay":    Key(0.0, "number", Range(0), "Adam weight decay"),
+    "optimizer":       Key("adam", "str", ("adam", "adamw", "sgd"), "adam, adamw (decoupled weight decay) or sgd (Nesterov, momentum 0.9)"),
+    "lr":              Key(1e-3, "number", Range(0, low_open=True), "peak learning rate of the head, and of the whole CNN"),
+    "backbone_lr":     Key(1e-4, "number", Range(0, low_open=True), "peak learning rate of the unfrozen backbone stages"),
+    "weight_decay":    Key(0.0, "number", Range(0), "weight decay of the optimizer (adam: L2 in the gradient; adamw, sgd: as torch defines it)"),
+    "schedule":        Key("constant", "str", ("constant", "cosine", "onecycle"), "learning rate per step after the warm-up: constant, cosine to 0, or one-cycle (rises for warmup_epochs, then anneals)"),
+    "warmup_epochs":   Key(0, "int", Range(0), "epochs of linear warm-up from 1% of the learning rate (onecycle: its rising phase, >= 1); less than epochs"),
     "label_smoothing": Key(0.0, "number", Range(0, 1, high_open=True), "cross-entropy label smoothing"),
+    "mixup":           Key(0.0, "number", Range(0), "mixup alpha, 0 = off: pairs of the trained part's inputs (images, or the frozen prefix's features) and their labels mixed by Beta(alpha, alpha), per batch"),
+    "cutmix":          Key(0.0, "number", Range(0), "cutmix alpha, 0 = off: a box of another image pasted in, labels mixed by its area, per batch; needs images (no feature cache); with mixup, each batch uses one of the two"),
+    "ema":             Key(0.0, "number", Range(0, 1, high_open=True), "decay of an exponential moving average of the trained weights per step, 0 = off; when on, the average is what is evaluated and saved"),
     "seed":            Key(0, "int or null", SEEDS, "shuffle, init, dropout and augmentation seed; null = not seeded"),
     # what "best" means
     "metric":          Key("val_acc", "str", METRICS, "the score: a run's best epoch and best checkpoint are those with the best metric"),
@@ -151,6 +159,36 @@ def metric_mode_problem(metric, mode):
     return None
 
 
+def has_frozen_prefix(config):
+    """Whether part of the model stays frozen: a pretrained backbone with fewer than all its stages unfrozen."""
+    return 0 < STAGES[config["model"]] and config["unfreeze"] < STAGES[config["model"]]
+
+
+def feature_cache_applies(config):
+    """Whether a run trains on cached frozen features (feature_cache on, augment off, a frozen prefix)."""
+    return config["feature_cache"] and not config["augment"] and has_frozen_prefix(config)
+
+
+def combination_problem(config):
+    """None, or why values that are each allowed cannot be honoured together (a checked, complete config)."""
+    model, unfreeze, stages = config["model"], config["unfreeze"], STAGES[config["model"]]
+    if unfreeze > stages:
+        why = "the CNN trains from scratch, all of it" if stages == 0 else f"{model} has {stages} stages"
+        return (f"unfreeze: {unfreeze!r} is out of range for model {model!r}; allowed: an integer in 0..{stages} "
+                f"for {model} ({why})")
+    if config["warmup_epochs"] and config["warmup_epochs"] >= config["epochs"]:
+        return (f"warmup_epochs: {config['warmup_epochs']!r} is not less than epochs ({config['epochs']}); "
+                f"allowed: an integer in 0..{config['epochs'] - 1} with epochs {config['epochs']}")
+    if config["schedule"] == "onecycle" and config["warmup_epochs"] == 0:
+        return ("schedule: 'onecycle' rises for warmup_epochs, then anneals; allowed with warmup_epochs >= 1 "
+                "(given 0), or schedule constant or cosine")
+    if config["cutmix"] and feature_cache_applies(config):
+        return (f"cutmix: {config['cutmix']!r} pastes boxes of images, but this run trains on cached frozen features "
+                f"({model} with unfreeze {unfreeze} < {stages}); allowed: cutmix 0, or feature_cache false "
+                f"(or augment true), or mixup, which mixes features too")
+    return None
+
+
 def resolve(config=None):
     """Defaults overlaid with `config`, every value checked; unknown keys are an error that lists the known ones."""
     config = dict(config or {})
@@ -162,7 +200,7 @@ def resolve(config=None):
         check_value(key, value)
     if out["mode"] is None:  # the metric's own direction
         out["mode"] = natural_mode(out["metric"])
-    why = metric_mode_problem(out["metric"], out["mode"])
+    why = metric_mode_problem(out["metric"], out["mode"]) or combination_problem(out)
     if why:
         raise ConfigError(why)
     return out
@@ -204,7 +242,10 @@ def parse_sets(pairs):
         key, sep, value = pair.partition("=")
         if not sep:
             raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set lr=3e-4")
-        key, value = key.strip(), parse_value(value)
+        key, text = key.strip(), value
+        value = parse_value(text)
+        if value is None and key in SCHEMA and SCHEMA[key].type == "str":  # weights=none: the word, not null
+            value = text.strip()
         check_value(key, value)
         out[key] = value
     return out

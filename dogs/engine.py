@@ -11,10 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.transforms import v2
 
 from . import cache, checkpoint, data, features, models
 from .batches import Batches, feature_preparer, image_preparer
-from .config import resolve
+from .config import DEFAULTS, feature_cache_applies, resolve
 from .errors import CheckpointError
 
 log = logging.getLogger("dogs")
@@ -72,7 +75,7 @@ def load_splits(config, log_fn=print):
 
 
 def use_feature_cache(config, model):
-    return config["feature_cache"] and not config["augment"] and len(model.frozen) > 0
+    return feature_cache_applies(config) and len(model.frozen) > 0
 
 
 def feature_cache_key(config, files, device=None):
@@ -108,23 +111,86 @@ def make_batches(split, model, config, device, amp, train):
                    shuffle=train, seed=seed, key=split.images.key)
 
 
-def train_one_epoch(model, forward, optimizer, loss_fn, batches, amp):
-    """One pass over the training batches; returns (mean loss, accuracy, images, seconds)."""
+# --- the recipe: optimizer, schedule, mixup/cutmix, EMA ---
+
+OPTIMIZERS = {  # name -> optimizer over parameter groups (each group has its own lr)
+    "adam": lambda groups, wd: torch.optim.Adam(groups, weight_decay=wd),
+    "adamw": lambda groups, wd: torch.optim.AdamW(groups, weight_decay=wd),
+    "sgd": lambda groups, wd: torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=wd),
+}
+WARMUP_START = 0.01  # the warm-up starts at 1% of each group's learning rate (torchvision's reference default)
+
+
+def make_schedule(optimizer, config, steps_per_epoch):
+    """The per-step learning-rate schedule of config schedule/warmup_epochs; None = constant, no warm-up."""
+    total, warm = config["epochs"] * steps_per_epoch, config["warmup_epochs"] * steps_per_epoch
+    if config["schedule"] == "onecycle":  # rises for the warm-up, then anneals (torch's one-cycle policy)
+        return lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                       total_steps=total, pct_start=warm / total)
+    if config["schedule"] == "constant" and warm == 0:
+        return None
+    after = (lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warm) if config["schedule"] == "cosine"
+             else lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0))
+    if warm == 0:
+        return after
+    warmup = lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START, total_iters=warm)
+    return lr_scheduler.SequentialLR(optimizer, [warmup, after], milestones=[warm])
+
+
+class Mixer:
+    """Mixup / cutmix of a batch on the device, one mixing per batch (torchvision's v2.MixUp and v2.CutMix).
+
+    Cutmix pastes boxes of images, before the frozen prefix; mixup mixes what the trained part reads (the
+    frozen prefix's output, which is the images when nothing is frozen), so cached and uncached features
+    train alike. With both on, each batch uses one of them. Returns (the tail's input, soft targets).
+    """
+
+    def __init__(self, config, num_classes, prefix):
+        self.mixup = v2.MixUp(alpha=config["mixup"], num_classes=num_classes) if config["mixup"] else None
+        self.cutmix = v2.CutMix(alpha=config["cutmix"], num_classes=num_classes) if config["cutmix"] else None
+        self.prefix = prefix  # the frozen prefix, or None when the inputs are its cached output
+
+    def __call__(self, x, y):
+        # which mixing this batch gets: a draw of torch's CPU generator (seeded per epoch), no device sync
+        cut = self.cutmix is not None and (self.mixup is None or bool(torch.rand(()) < 0.5))
+        if cut:
+            x, target = self.cutmix(x, y)
+        if self.prefix is not None:
+            with torch.no_grad():
+                x = self.prefix(x)
+        if not cut:
+            flat = x.reshape(len(x), -1, 1, 1) if x.dim() != 4 else x  # MixUp takes (B, C, H, W)
+            mixed, target = self.mixup(flat, y)
+            x = mixed.reshape(x.shape)
+        return x, target
+
+
+def train_one_epoch(model, forward, optimizer, loss_fn, batches, amp, scheduler=None, ema=None, mix=None):
+    """One pass over the training batches; returns (mean loss, accuracy, images, seconds).
+
+    `forward` maps a batch to logits; with `mix` (a Mixer) it is the trained tail and `mix` makes its input.
+    The schedule steps and the EMA (of model.tail) updates after every optimizer step.
+    """
     model.train()
     start = time.perf_counter()
     total_loss = torch.zeros((), device=batches.device)
     correct = torch.zeros((), device=batches.device, dtype=torch.long)
     seen = 0
     for x, y in batches:
-        # forward in bf16 autocast where the device has it
+        # forward in bf16 autocast where the device has it; mixup/cutmix make soft targets
         with torch.autocast(batches.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            x, target = mix(x, y) if mix is not None else (x, y)
             logits = forward(x)
-            loss = loss_fn(logits, y)
-        # backward and step
+            loss = loss_fn(logits, target)
+        # backward and step; then the schedule and the weights' moving average
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # accumulate on the device: no host sync inside the loop
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model.tail)
+        # accumulate on the device: no host sync inside the loop (accuracy against the unmixed labels)
         total_loss += loss.detach().float() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -134,18 +200,37 @@ def train_one_epoch(model, forward, optimizer, loss_fn, batches, amp):
 
 @torch.no_grad()
 def evaluate(model, forward, loss_fn, batches, amp):
-    """(mean loss, accuracy) over the batches, in eval mode."""
+    """{"loss", "acc", "top5", "macro_f1", "confusion"} over the batches, in eval mode.
+
+    The confusion matrix (rows: true class, columns: predicted) is accumulated on the device; one host
+    copy at the end. top5 = the true class among the 5 highest logits; macro_f1 = the mean F1 over the
+    classes that occur (as truth or prediction), as sklearn's f1_score(average="macro") computes it.
+    """
     model.eval()
     total_loss = torch.zeros((), device=batches.device)
-    correct = torch.zeros((), device=batches.device, dtype=torch.long)
-    seen = 0
+    top5 = torch.zeros((), device=batches.device, dtype=torch.long)
+    confusion, seen = None, 0
     for x, y in batches:
         with torch.autocast(batches.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = forward(x)
+        classes = logits.shape[1]
+        if confusion is None:
+            confusion = torch.zeros(classes * classes, device=batches.device, dtype=torch.long)
         total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        confusion.index_add_(0, y * classes + logits.argmax(1), torch.ones_like(y))
+        top5 += (logits.topk(min(5, classes), dim=1).indices == y[:, None]).any(1).sum()
         seen += len(y)
-    return total_loss.item() / seen, correct.item() / seen
+    confusion = confusion.view(classes, classes).cpu().numpy()
+    return {"loss": total_loss.item() / seen, "acc": float(np.trace(confusion)) / seen, "top5": top5.item() / seen,
+            "macro_f1": macro_f1(confusion), "confusion": confusion}
+
+
+def macro_f1(confusion):
+    """Mean F1 over the classes present as truth or as prediction (rows: truth, columns: prediction)."""
+    tp = np.diag(confusion).astype(float)
+    fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
+    present = (tp + fp + fn) > 0
+    return float(np.mean(2 * tp[present] / (2 * tp[present] + fp[present] + fn[present]))) if present.any() else 0.0
 
 
 class Run:
@@ -159,6 +244,7 @@ class Run:
         self.root, self.classes, train, val = load_splits(config, log_fn)
         if resume is not None:  # continuing another run's checkpoint would mix the two runs
             diffs = checkpoint.differences(resume, config, self.classes, self.root)
+            diffs += recipe_differences(resume["config"], config)
             if diffs:
                 raise CheckpointError(f"the checkpoint is from another run: {'; '.join(diffs)} differ")
         if train_on_val:  # final retrain: Validation joins the training set
@@ -167,20 +253,38 @@ class Run:
         self.model = models.build_model(config, len(self.classes), load_weights=resume is None).to(device)
         if config["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if resume is not None:
-            self.model.load_state_dict(resume["model"])
+        if resume is not None:  # with EMA, "model" holds the average and "live" the trained weights
+            self.model.load_state_dict(resume.get("live") or resume["model"])
         self.amp = amp_dtype(config, device)
         # inputs: cached frozen features feed the tail; otherwise images feed the whole net
         self.cached = use_feature_cache(config, self.model)
-        self.forward = self.model.tail if self.cached else self.model
-        if config["compile"]:
-            self.forward = torch.compile(self.forward)
         self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True)
         self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False)
-        # optimizer: Adam, head at lr, unfrozen stages at backbone_lr
-        self.optimizer = torch.optim.Adam(models.param_groups(self.model, config), weight_decay=config["weight_decay"])
+        # mixup/cutmix make the tail's input (cutmix before the frozen prefix, mixup after it)
+        self.mix = None
+        if config["mixup"] or config["cutmix"]:
+            self.mix = Mixer(config, len(self.classes), prefix=None if self.cached else self.model.frozen)
+        trained = self.model.tail if self.cached or self.mix is not None else self.model
+        self.forward = torch.compile(trained) if config["compile"] else trained
+        # optimizer (head at lr, unfrozen stages at backbone_lr) and its per-step schedule
+        self.optimizer = OPTIMIZERS[config["optimizer"]](models.param_groups(self.model, config),
+                                                         config["weight_decay"])
+        self.scheduler = make_schedule(self.optimizer, config, len(self.train_batches))
         if resume is not None:
             self.optimizer.load_state_dict(resume["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(resume["scheduler"])
+        # EMA of the tail's weights (BatchNorm statistics too): what is evaluated and saved when on
+        self.ema, self.eval_model = None, self.model
+        if config["ema"]:
+            self.ema = AveragedModel(self.model.tail, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]), use_buffers=True)
+            self.eval_model = models.Net(self.model.frozen, self.ema.module)
+            if resume is not None:
+                self.eval_model.load_state_dict(resume["model"])
+                self.ema.n_averaged.fill_(resume["ema_updates"])
+        self.eval_forward = self.forward if self.ema is None and self.mix is None else (
+            self.eval_model.tail if self.cached else self.eval_model)
+        self.confusion = None  # the last epoch's validation confusion matrix (rows: truth)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
         self.epoch = resume["epoch"] if resume else 0
         # "best" = the best value of config metric over the epochs, by config mode (a resumed run keeps its best)
@@ -199,9 +303,11 @@ class Run:
             if self.config["seed"] is not None:
                 torch.manual_seed(self.config["seed"] * 100_003 + self.epoch)
             train_loss, train_acc, seen, seconds = train_one_epoch(
-                self.model, self.forward, self.optimizer, self.loss_fn, self.train_batches, self.amp)
-            val_loss, val_acc = evaluate(self.model, self.forward, self.loss_fn, self.val_batches, self.amp)
-            scores = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+                self.model, self.forward, self.optimizer, self.loss_fn, self.train_batches, self.amp,
+                self.scheduler, self.ema, self.mix)
+            val = evaluate(self.eval_model, self.eval_forward, self.loss_fn, self.val_batches, self.amp)
+            self.confusion = val.pop("confusion")
+            scores = {"train_loss": train_loss, "train_acc": train_acc, **{f"val_{k}": v for k, v in val.items()}}
             # the best epoch by metric and mode; a tie goes to the later epoch, as Ray's checkpoint keeping does
             self.improved = is_better(scores[self.metric], self.best, self.mode)
             if self.improved:
@@ -213,8 +319,26 @@ class Run:
             yield self.metrics
 
     def state(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "config": self.config,
-                "classes": self.classes, "root": str(self.root), "epoch": self.epoch, "metrics": self.metrics}
+        """The checkpoint: "model" = the weights that are evaluated (the EMA's when on; "live" = the trained ones)."""
+        state = {"model": self.eval_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                 "config": self.config, "classes": self.classes, "root": str(self.root), "epoch": self.epoch,
+                 "metrics": self.metrics}
+        if self.ema is not None:
+            state.update(live=self.model.state_dict(), ema_updates=int(self.ema.n_averaged))
+        return state
+
+
+# config keys a resumed run must share with its checkpoint beyond the model's (dogs.checkpoint.MODEL_KEYS):
+# the optimizer's state and the schedule's position only mean something for the same recipe
+RECIPE_KEYS = ("optimizer", "schedule", "warmup_epochs", "ema")
+
+
+def recipe_differences(saved, config):
+    """What differs in the training recipe between a checkpoint's config and a run about to continue it."""
+    saved = {**DEFAULTS, **saved}  # a checkpoint of an older version: the keys it lacks had their defaults
+    keys = RECIPE_KEYS + (("epochs",) if config["schedule"] != "constant" else ())  # cosine/onecycle span epochs
+    return [f"{key} (checkpoint: {saved[key]!r}, now: {config[key]!r})" for key in keys if saved[key] != config[key]]
 
 
 def is_better(value, best, mode):

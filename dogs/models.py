@@ -1,8 +1,9 @@
-"""Models: the notebook's from-scratch CNN, or a torchvision ResNet with an MLP head.
+"""Models: the notebook's from-scratch CNN, or a torchvision backbone of dogs.backbones with an MLP head.
 
 Every model is a `Net`: a `frozen` prefix (no gradients, always in eval mode so its BatchNorm statistics
-never drift) followed by a `tail` that trains. `unfreeze` moves the last residual stages into the tail.
+never drift) followed by a `tail` that trains. `unfreeze` moves the backbone's last stages into the tail.
 Because the prefix is a pure function of the image, its output can be cached (see features.py).
+Nothing here names a model: what differs between backbones is one entry of dogs.backbones.BACKBONES.
 """
 import os
 from pathlib import Path
@@ -11,11 +12,12 @@ import torch
 import torchvision
 from torch import nn
 
+from .backbones import BACKBONES, FLATTEN
 from .errors import WeightsError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": (HALF_MEAN, HALF_STD)}
 
 
 class Net(nn.Module):
@@ -49,12 +51,17 @@ def notebook_cnn(config, num_classes):
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(64), nn.MaxPool2d(2),
         nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(128), nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        head(128, config["head_width"], config["dropout"], num_classes),
+        head(BACKBONES["cnn"].features, config["head_width"], config["dropout"], num_classes),
     )
 
 
+def weights_enum(name):
+    """The torchvision weights enum class of backbone `name` (ResNet18_Weights, ...)."""
+    return getattr(torchvision.models, BACKBONES[name].weights)
+
+
 def pretrained_state_dict(name, weights):
-    """ImageNet weights for torchvision model `name`, offline-first.
+    """ImageNet weights for backbone `name`, offline-first.
 
     `weights` is a torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...), looked up in the torch hub
     cache ($TORCH_HOME/hub/checkpoints) before any download, or a path to a saved state_dict.
@@ -65,12 +72,12 @@ def pretrained_state_dict(name, weights):
             raise WeightsError(f"weights file {path} does not exist; pass weights=<path to a {name} state_dict "
                                f".pth>, a torchvision weights name such as DEFAULT, or none for random init")
         return torch.load(path, map_location="cpu", weights_only=True)
+    enums = weights_enum(name)
     try:
-        enum = torchvision.models.get_model_weights(name)[weights]
+        enum = enums[weights]
     except KeyError:
-        choices = list(torchvision.models.get_model_weights(name).__members__)
-        raise WeightsError(f"weights={weights!r} is not a {name} weights name; choose one of {choices}, "
-                           f"a path to a .pth file, or none") from None
+        raise WeightsError(f"weights={weights!r} is not a {name} weights name; choose one of "
+                           f"{list(enums.__members__)}, a path to a .pth file, or none") from None
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     try:
         return enum.get_state_dict(progress=False, check_hash=False)
@@ -83,38 +90,49 @@ def pretrained_state_dict(name, weights):
         ) from e
 
 
-def resnet(config, num_classes, load_weights=True):
-    """A torchvision ResNet split into a frozen prefix and a trainable tail (last `unfreeze` stages + head)."""
-    name, unfreeze = config["model"], int(config["unfreeze"])
-    net = torchvision.models.get_model(name, weights=None)
-    if load_weights and str(config["weights"]).lower() != "none":
-        net.load_state_dict(pretrained_state_dict(name, config["weights"]))
-    features = net.fc.in_features
-    stem = [net.conv1, net.bn1, net.relu, net.maxpool]
-    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
-    pool = [net.avgpool, nn.Flatten()]
+def _modules(net, paths):
+    return [nn.Flatten() if path == FLATTEN else net.get_submodule(path) for path in paths]
+
+
+def _stage(net, paths):
+    """One stage as one module (a single module as it is, so its state_dict names stay those of torchvision)."""
+    modules = _modules(net, paths)
+    return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
+
+
+def split(net, entry, config, num_classes):
+    """A built torchvision net cut into Net(frozen prefix, tail = last `unfreeze` stages + pool + head)."""
+    unfreeze = int(config["unfreeze"])
+    stem = _modules(net, entry.stem)
+    stages = [_stage(net, paths) for paths in entry.stages]
+    pool, features = _modules(net, entry.pool), entry.features
     if config["head_on"] == "logits":  # the notebook's variant: the head reads the 1000 ImageNet logits
-        pool.append(net.fc)
-        features = net.fc.out_features
+        pool += _modules(net, entry.logits)
+        features = 1000
     mlp = head(features, config["head_width"], config["dropout"], num_classes)
+    if unfreeze == len(stages):  # a full fine-tune: the stem trains too
+        return Net(nn.Sequential(), nn.Sequential(*stem, *stages, *pool, mlp))
+    cut = len(stages) - unfreeze
     if unfreeze == 0:  # everything but the head is frozen
         return Net(nn.Sequential(*stem, *stages, *pool), nn.Sequential(mlp))
-    if unfreeze == 4:  # a full fine-tune: the stem trains too
-        return Net(nn.Sequential(), nn.Sequential(*stem, *stages, *pool, mlp))
-    cut = 4 - unfreeze
     return Net(nn.Sequential(*stem, *stages[:cut]), nn.Sequential(*stages[cut:], *pool, mlp))
 
 
 def build_model(config, num_classes, load_weights=True):
     """The model a config describes; `load_weights=False` when a checkpoint will fill in every weight."""
-    if config["model"] == "cnn":
+    name = config["model"]
+    entry = BACKBONES[name]
+    if entry.builder is None:  # the from-scratch CNN: all of it trains
         return Net(nn.Sequential(), notebook_cnn(config, num_classes))
-    return resnet(config, num_classes, load_weights)
+    net = torchvision.models.get_model(entry.builder, weights=None)
+    if load_weights and str(config["weights"]).lower() != "none":
+        net.load_state_dict(pretrained_state_dict(name, config["weights"]))
+    return split(net, entry, config, num_classes)
 
 
 def param_groups(model, config):
-    """Adam parameter groups: the head at `lr`, unfrozen residual stages at `backbone_lr`."""
-    if config["model"] == "cnn":
+    """Optimizer parameter groups: the head (and a from-scratch model) at `lr`, unfrozen stages at `backbone_lr`."""
+    if BACKBONES[config["model"]].builder is None:
         return [{"params": list(model.tail.parameters()), "lr": config["lr"]}]
     head_params = list(model.tail[-1].parameters())
     head_ids = {id(p) for p in head_params}
@@ -126,8 +144,8 @@ def param_groups(model, config):
 
 
 def normalization(config):
-    """(mean, std) the images are normalized with (config["normalize"] was checked by dogs.config.resolve)."""
+    """(mean, std) the images are normalized with; `auto` = the model's own (dogs.backbones)."""
     choice = config["normalize"]
     if choice == "auto":
-        choice = "half" if config["model"] == "cnn" else "imagenet"
-    return {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": (HALF_MEAN, HALF_STD)}[choice]
+        choice = BACKBONES[config["model"]].normalize
+    return NORMALIZATIONS[choice]

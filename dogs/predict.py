@@ -1,4 +1,11 @@
-"""Predictions: submission.csv (Id,Class) for Test/, and a grid of validation images with their predictions."""
+"""Predictions: submission.csv (Id,Class) for Test/, a grid of validation images with their predictions, and
+(for tune.best) a report: validation accuracy of the single model vs TTA vs an ensemble, per-class accuracy
+and a confusion matrix.
+
+A predictor is one model or an ensemble of `members`, each (model, config): each decodes the images at its
+own image_size and normalizes them its own way; their softmax outputs are averaged. With `tta`, each
+member's output is the mean over the image and its horizontal mirror.
+"""
 import logging
 from pathlib import Path
 
@@ -9,14 +16,15 @@ import torch
 from . import cache, data, models
 from .batches import Batches, image_preparer
 from .engine import amp_dtype, default_device, load_split
+from .errors import CheckpointError
 from .files import atomic_path
 
 log = logging.getLogger("dogs")
 
 
 @torch.no_grad()
-def predict_images(model, config, images, index, device):
-    """Predicted class index for rows `index` of a CachedImages."""
+def predict_probs(model, config, images, index, device, tta=False):
+    """Softmax outputs (len(index), classes) for rows `index` of a CachedImages; with `tta` averaged with the mirror."""
     mean, std = models.normalization(config)
     batches = Batches(images.images, np.zeros(len(images.images)), index, 256, device,
                       image_preparer(mean, std, device, channels_last=config["channels_last"]), key=images.key)
@@ -25,24 +33,47 @@ def predict_images(model, config, images, index, device):
     out = []
     for x, _ in batches:
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out.append(model(x).argmax(1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+            probs = model(x).float().softmax(1)
+            if tta:  # the horizontal mirror (width is the last axis of NCHW)
+                probs = (probs + model(x.flip(3)).float().softmax(1)) / 2
+        out.append(probs.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def write_submission(model, config, root, path, device, fallback_class=0):
+def predict_images(model, config, images, index, device, tta=False):
+    """Predicted class index for rows `index` of a CachedImages."""
+    probs = predict_probs(model, config, images, index, device, tta)
+    return probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+
+
+def ensemble_probs(members, files, device, tta=False):
+    """(mean softmax (len(files), classes), readable mask) of the members [(model, config)] over `files`."""
+    total, ok = None, None
+    for model, config in members:
+        images = cache.cached_images(files, config["image_size"], config["cache_dir"] or data.default_cache_dir())
+        rows = np.flatnonzero(images.ok)
+        probs = predict_probs(model, config, images, rows, device, tta)
+        full = np.zeros((len(files), probs.shape[1] if len(rows) else 0), dtype=np.float32)
+        full[rows] = probs
+        total = full if total is None else total + full
+        ok = images.ok.copy() if ok is None else ok & images.ok
+    return total / len(members), ok
+
+
+def write_submission(model, config, root, path, device, fallback_class=0, tta=False, others=()):
     """submission.csv with one row per Test/ file in numeric order; None when there is no Test/ folder.
 
-    An unreadable Test file still gets a row (Kaggle wants one per file): the `fallback_class`, with a warning.
+    `others`: more (model, config) members averaged with this one. An unreadable Test file still gets a row
+    (Kaggle wants one per file): the `fallback_class`, with a warning.
     """
     files = data.test_files(root)
     if not files:
         return None
-    images = cache.cached_images(files, config["image_size"], config["cache_dir"] or data.default_cache_dir())
+    probs, ok = ensemble_probs([(model, config), *others], files, device, tta)
     predicted = np.full(len(files), fallback_class, dtype=np.int64)
-    ok = np.flatnonzero(images.ok)
-    predicted[ok] = predict_images(model, config, images, ok, device)
-    if len(ok) < len(files):
-        log.warning("%d Test file(s) unreadable; predicted class %d for them", len(files) - len(ok), fallback_class)
+    predicted[ok] = probs[ok].argmax(1)
+    if not ok.all():
+        log.warning("%d Test file(s) unreadable; predicted class %d for them", (~ok).sum(), fallback_class)
     with atomic_path(path) as tmp:
         pd.DataFrame({"Id": [f.name for f in files], "Class": predicted}).to_csv(tmp, index=False)
     return Path(path)
@@ -72,14 +103,81 @@ def save_grid(model, config, classes, root, path, device, count=16):
     return Path(path)
 
 
-def submit(model, ckpt, out_dir, data_root=None, device=None):
-    """Write submission.csv (when Test/ exists) and predictions.png into out_dir from a loaded checkpoint."""
-    config = {**ckpt["config"], "data": data_root if data_root is not None else ckpt["config"]["data"]}
+def write_report(members, classes, root, folder, device, tta=False, log_fn=print):
+    """report/: accuracy.csv (single vs TTA vs ensemble on Validation, printed too), per_class.csv and
+    confusion.png of the submitted predictor (the ensemble of all members, with TTA when asked)."""
+    val_classes, files, labels = data.labeled_split(root, data.VALIDATION)
+    if list(val_classes) != list(classes):
+        raise CheckpointError(f"{root}/{data.VALIDATION}: its classes are not those of the checkpoint")
+    labels, folder = np.asarray(labels), Path(folder)
+    variants = {"single": (members[:1], False)}
+    if tta:
+        variants["single + TTA"] = (members[:1], True)
+    if len(members) > 1:
+        variants[f"ensemble of {len(members)}"] = (members, False)
+        if tta:
+            variants[f"ensemble of {len(members)} + TTA"] = (members, True)
+    rows, predicted = [], None
+    for name, (chosen, flip) in variants.items():  # the last variant is the submitted one
+        probs, ok = ensemble_probs(chosen, files, device, flip)
+        predicted = np.where(ok, probs.argmax(1) if probs.size else -1, -1)
+        rows.append({"predictor": name, "val_acc": float((predicted[ok] == labels[ok]).mean()), "images": int(ok.sum())})
+        log_fn(f"  val_acc      {rows[-1]['val_acc']:.4f}  {name}")
+    ok = predicted >= 0
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(confusion, (labels[ok], predicted[ok]), 1)
+    support = confusion.sum(1)
+    per_class = pd.DataFrame({"class": classes, "images": support, "correct": np.diag(confusion),
+                              "accuracy": np.diag(confusion) / np.maximum(support, 1)})
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, table in (("accuracy.csv", pd.DataFrame(rows)), ("per_class.csv", per_class)):
+        with atomic_path(folder / name) as tmp:
+            table.to_csv(tmp, index=False)
+    save_confusion(confusion, classes, folder / "confusion.png", title=rows[-1]["predictor"])
+    return folder
+
+
+def save_confusion(confusion, classes, path, title=""):
+    """The confusion matrix (rows: true class, columns: predicted), row-normalized, with the class names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(classes)
+    side = min(4 + 0.18 * n, 40)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(confusion / np.maximum(confusion.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    font = max(3, min(10, 400 / n))
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), classes, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Validation confusion matrix ({title}; rows sum to 1)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def submit(model, ckpt, out_dir, data_root=None, device=None, tta=False, others=(), report=False, log_fn=print):
+    """Write submission.csv (when Test/ exists) and predictions.png into out_dir from a loaded checkpoint.
+
+    `others`: more (model, ckpt) pairs whose softmax is averaged with this one; `report`: also out_dir/report/.
+    """
     device = device or default_device()
-    model = model.to(device)
+    members = [(m.to(device), {**c["config"], "data": data_root if data_root is not None else c["config"]["data"]})
+               for m, c in [(model, ckpt), *others]]
+    for _, c in others:
+        if list(c["classes"]) != list(ckpt["classes"]):
+            raise CheckpointError(f"ensemble members have different classes ({len(c['classes'])} vs "
+                                  f"{len(ckpt['classes'])}): they were trained on other data")
+    (model, config), rest = members[0], members[1:]
     root, _ = data.resolve_root(config["data"], config["cache_dir"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    submission = write_submission(model, config, root, out_dir / "submission.csv", device)
+    submission = write_submission(model, config, root, out_dir / "submission.csv", device, tta=tta, others=rest)
     grid = save_grid(model, config, ckpt["classes"], root, out_dir / "predictions.png", device)
-    return {"submission": submission, "grid": grid}
+    written = {"submission": submission, "grid": grid}
+    if report:
+        written["report"] = write_report(members, ckpt["classes"], root, out_dir / "report", device, tta, log_fn)
+    return written

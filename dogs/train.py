@@ -66,14 +66,14 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
         with atomic_path(history_csv) as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)
         if not train_on_val and run.improved:
-            best_weights = copy_state(run.model.state_dict())
+            best_weights = copy_state(run.eval_model.state_dict())
             checkpoint.save(run.state(), out_dir / "best.pt")
     # restore the best weights (the last ones when Validation was trained on)
     if best_weights is not None:
-        run.model.load_state_dict(best_weights)
+        run.eval_model.load_state_dict(best_weights)
     else:
         checkpoint.save(run.state(), out_dir / "best.pt")
-    written = predict.submit(run.model, run.state(), out_dir, device=run.device)
+    written = predict.submit(run.eval_model, run.state(), out_dir, device=run.device)
     score = demo_test_accuracy(run.root, written["submission"])
     if run.best is not None:
         log(f"best {metric} {run.best:.4f} at epoch {run.best_epoch} ({run.mode})"

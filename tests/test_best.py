@@ -163,3 +163,24 @@ def test_errors_from_shared_helpers_name_dogs_best(experiment, tmp_path):
     code, _, err = run_main(best, ["--experiment", str(broken)])
     assert code == 2 and err.startswith("dogs-best: error: ") and "checkpoint.pt is not a checkpoint" in err
     assert err.count("\n") == 1
+
+
+def test_submit_with_tta_and_an_ensemble_writes_a_report(experiment, tmp_path):
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--submit", "--tta", "--ensemble", "2",
+                                     "--out", str(tmp_path)])
+    assert code == 0, err
+    accuracy = pd.read_csv(tmp_path / "report" / "accuracy.csv")
+    assert list(accuracy.predictor) == ["single", "single + TTA", "ensemble of 2", "ensemble of 2 + TTA"]
+    assert accuracy.val_acc.between(0, 1).all() and (accuracy.images == 24).all()
+    assert all(f"{row.val_acc:.4f}  {row.predictor}" in out for row in accuracy.itertuples())   # printed too
+    trial_id, epoch = printed_best(out)
+    assert accuracy.val_acc[0] == pytest.approx(val_acc_by_trial_and_epoch(experiment["dir"])[trial_id, epoch])
+    per_class = pd.read_csv(tmp_path / "report" / "per_class.csv")
+    assert list(per_class["class"]) == ["circle", "square", "triangle"] and per_class.images.sum() == 24
+    assert per_class.correct.sum() / 24 == pytest.approx(accuracy.val_acc.iloc[-1])   # of the submitted predictor
+    assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
+    assert len(pd.read_csv(tmp_path / "submission.csv")) == len(list((experiment["data"] / "Test").iterdir()))
+    code, _, err = run_main(best, ["--experiment", str(experiment["dir"]), "--submit", "--ensemble", "3"])
+    assert code == 2 and "only 2 trial(s) kept a checkpoint" in err
+    code, _, err = run_main(best, ["--experiment", str(experiment["dir"]), "--tta"])
+    assert code == 2 and "need --submit" in err

@@ -35,12 +35,14 @@ def alternatives(other, weights):
         "feature_cache": False, "normalize": "half", "model": "resnet34", "weights": str(weights),
         "head_on": "logits", "head_width": 0, "dropout": 0.1, "unfreeze": 1, "epochs": 3, "batch_size": 32,
         "lr": 3e-4, "backbone_lr": 1e-5, "weight_decay": 1e-4, "label_smoothing": 0.1, "seed": 1,
+        "optimizer": "sgd", "schedule": "cosine", "warmup_epochs": 1, "mixup": 0.2, "cutmix": 1.0, "ema": 0.99,
         "metric": "val_loss", "mode": "min", "precision": "bf16", "channels_last": False, "compile": True,
     }
 
 
-# values only valid together with another: mode min needs a loss metric; a new metric takes its own mode
-COMPANIONS = {"mode": {"metric": "val_loss"}, "metric": {"mode": None}}
+# values only valid together with another: mode min needs a loss metric; a new metric takes its own mode;
+# cutmix pastes images, so it needs the feature cache off
+COMPANIONS = {"mode": {"metric": "val_loss"}, "metric": {"mode": None}, "cutmix": {"feature_cache": False}}
 
 
 def files_of(config):

@@ -112,3 +112,105 @@ def test_unfreeze_moves_stages_into_the_tail():
     groups = models.param_groups(full, resolve({**RESNET, "unfreeze": 4, "backbone_lr": 1e-5}))
     assert [g["lr"] for g in groups] == [1e-3, 1e-5]
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in full.parameters())
+
+
+# --- the backbone registry (dogs/backbones.py): every entry builds, splits and freezes as it says ---
+
+import copy
+
+from dogs.backbones import BACKBONES, FLATTEN, STAGES
+
+PRETRAINED = [name for name, entry in BACKBONES.items() if entry.builder is not None]
+
+
+def params_of(net, paths):
+    return {id(p) for path in paths if path != FLATTEN for p in net.get_submodule(path).parameters()}
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_registry_entry_builds_splits_and_freezes_for_every_unfreeze(name):
+    entry = BACKBONES[name]
+    assert models.weights_enum(name) is torchvision.models.get_model_weights(entry.builder)
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(entry.builder, weights=None).eval()
+    # a stage is the blocks at one resolution: each stage's output is smaller than the one before
+    with torch.no_grad():
+        x, sizes = torch.zeros(1, 3, 64, 64), []
+        for module in [net.get_submodule(p) for p in entry.stem]:
+            x = module(x)
+        for paths in entry.stages:
+            for p in paths:
+                x = net.get_submodule(p)(x)
+            sizes.append(x.shape[-1])
+        for p in entry.pool:
+            x = torch.flatten(x, 1) if p == FLATTEN else net.get_submodule(p)(x)
+        assert x.shape == (1, entry.features)  # the registry's feature width is the pooled width
+        for p in entry.logits:
+            x = net.get_submodule(p)(x)
+        assert x.shape == (1, 1000)
+    assert sizes == sorted(set(sizes), reverse=True) and len(sizes) == STAGES[name]
+    for unfreeze in range(STAGES[name] + 1):
+        config = resolve({"model": name, "weights": "none", "unfreeze": unfreeze, "head_width": 8})
+        copied = copy.deepcopy(net)
+        model = models.split(copied, entry, config, num_classes=3)
+        # the tail holds exactly the last `unfreeze` stages (+ the stem when all train), pool and head
+        cut = STAGES[name] - unfreeze
+        expected = {id(p) for p in model.tail[-1].parameters()}
+        if unfreeze:
+            expected |= params_of(copied, [p for s in entry.stages[cut:] for p in s] + list(entry.pool))
+        if unfreeze == STAGES[name]:
+            expected |= params_of(copied, entry.stem)
+        assert {id(p) for p in model.tail.parameters()} == expected, unfreeze
+        assert not any(p.requires_grad for p in model.frozen.parameters())
+        # one training step: frozen weights and BatchNorm statistics unchanged, the tail's changed
+        optimizer = torch.optim.Rprop(models.param_groups(model, config))  # a step of lr * sign(gradient): any
+        # nonzero gradient moves a weight, however tiny or huge (random weights on a 32 px batch of 2 make both)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        model.train()
+        assert not any(m.training for m in model.frozen.modules())
+        loss = nn_loss(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 2]))
+        loss.backward()
+        optimizer.step()
+        after, named = model.state_dict(), dict(model.named_parameters())
+        changed = {key for key in before if not torch.equal(before[key], after[key])}
+        assert not {key for key in changed if key.startswith("frozen.")}, unfreeze
+        for key, p in named.items():
+            if key.startswith("tail."):  # every trained weight got a gradient; a nonzero one moved it
+                assert p.grad is not None and (key in changed or not p.grad.any()), (unfreeze, key)
+        tail_stats = {k for k in before if k.endswith("running_mean") and k.startswith("tail.")}
+        assert not tail_stats or tail_stats & changed, unfreeze  # trained BatchNorm layers update their statistics
+        for i, module in enumerate(model.tail):  # each unfrozen stage (and the head) learned
+            if any(True for _ in module.parameters()):
+                assert any(k.startswith(f"tail.{i}.") for k in changed), (unfreeze, i)
+
+
+def nn_loss(logits, y):
+    return torch.nn.functional.cross_entropy(logits, y)
+
+
+def test_cached_and_uncached_features_give_the_same_losses_for_a_non_resnet(tiny_config):
+    config = {**tiny_config, "model": "mobilenet_v3_large", "weights": "none", "image_size": 32, "unfreeze": 1,
+              "head_width": 16, "epochs": 2, "precision": "fp32", "seed": 0}
+    histories = []
+    for cached in (False, True):
+        run = Run({**config, "feature_cache": cached}, device=torch.device("cpu"), log_fn=lambda m: None)
+        assert run.cached == cached
+        histories.append(list(run.epochs()))
+    for a, b in zip(*histories):
+        for key in ("train_loss", "val_loss", "val_macro_f1"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+        assert a["val_acc"] == b["val_acc"]
+
+
+def test_unfreeze_range_is_each_models_own():
+    from dogs.config import ConfigError
+    assert resolve({"model": "efficientnet_b0", "unfreeze": 5})["unfreeze"] == 5
+    with pytest.raises(ConfigError, match=r"^unfreeze: 5 is out of range for model 'resnet18'; allowed: .*0\.\.4"):
+        resolve({"model": "resnet18", "unfreeze": 5})
+    with pytest.raises(ConfigError, match=r"unfreeze: 1 .* 'cnn'.*0\.\.0"):
+        resolve({"model": "cnn", "unfreeze": 1})
+
+
+def test_weights_none_on_the_command_line_is_the_word_none():
+    from dogs.config import parse_sets
+    assert parse_sets(["weights=none", "seed=none"]) == {"weights": "none", "seed": None}

@@ -55,7 +55,7 @@ def error_of(tmp_path, text):
     ("params: {lr: {uniform: [0.1, 0.01]}}\n", ["params.lr.uniform", "low 0.1 >= high 0.01", "low < high"]),
     ("params: {lr: {loguniform: [0, 0.1]}}\n", ["params.lr.loguniform", "log-scale", "> 0"]),
     ("params: {dropout: {quniform: [0, 0.5, 0]}}\n", ["params.dropout.quniform", "step q must be > 0"]),
-    ("params: {unfreeze: {int: [0, 7]}}\n", ["params.unfreeze", "0..4"]),
+    ("params: {unfreeze: {int: [0, 7]}}\n", ["params.unfreeze", "0..5"]),
     ("params: {model: {choice: [cnn, resnet-18]}}\n", ["params.model", "resnet-18", "resnet18"]),
     # distributions
     ("params: {lr: {gaussian: [0, 1]}}\n", ["params.lr", "loguniform", "choice"]),

@@ -63,8 +63,7 @@ def test_best_weights_are_restored_when_a_later_epoch_is_worse(tiny_config, tmp_
     real_evaluate = engine.evaluate
 
     def scripted_evaluate(*args):
-        loss, _ = real_evaluate(*args)
-        return loss, next(scores)
+        return {**real_evaluate(*args), "acc": next(scores)}
 
     monkeypatch.setattr(engine, "evaluate", scripted_evaluate)
     result = train.run({**tiny_config, "epochs": 4}, tmp_path, log=quiet, device=torch.device("cpu"))
@@ -94,7 +93,7 @@ def test_resume_continues_at_the_next_epoch_with_the_same_result(tiny_config, tm
 def test_resume_keeps_a_best_epoch_from_before_the_interruption(tiny_config, tmp_path, monkeypatch):
     scores = iter([0.5, 0.9, 0.3, 0.4])  # the best epoch (2) comes before the resume at epoch 3
     real_evaluate = engine.evaluate
-    monkeypatch.setattr(engine, "evaluate", lambda *args: (real_evaluate(*args)[0], next(scores)))
+    monkeypatch.setattr(engine, "evaluate", lambda *args: {**real_evaluate(*args), "acc": next(scores)})
     device = torch.device("cpu")
     train.run({**tiny_config, "epochs": 2}, tmp_path, log=quiet, device=device)
     resumed = train.run({**tiny_config, "epochs": 4}, tmp_path, resume=True, log=quiet, device=device)
@@ -161,7 +160,7 @@ def test_trainable_reports_every_epoch_and_resumes_from_its_checkpoint(tiny_conf
 def test_best_pt_is_chosen_by_metric_and_mode_not_val_acc(tiny_config, tmp_path, monkeypatch):
     losses = iter([0.9, 0.2, 0.5, 0.7])   # val_loss is lowest at epoch 2; val_acc (real) is best elsewhere
     real_evaluate = engine.evaluate
-    monkeypatch.setattr(engine, "evaluate", lambda *args: (next(losses), real_evaluate(*args)[1]))
+    monkeypatch.setattr(engine, "evaluate", lambda *args: {**real_evaluate(*args), "loss": next(losses)})
     config = {**tiny_config, "epochs": 4, "metric": "val_loss", "mode": "min"}
     result = train.run(config, tmp_path, log=quiet, device=torch.device("cpu"))
     assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 2
@@ -301,3 +300,38 @@ def test_dogs_train_resume_from_an_unusable_checkpoint_is_one_error_line(tiny_im
                                         "epochs=8", "--out", str(run_dir), "--resume", "--device", "cpu"])
         assert code == 2 and err.startswith("dogs-train: error: ") and err.count("\n") == 1, (case, code, err)
     assert not marker.exists()
+
+
+def test_resume_with_schedule_ema_and_mixing_repeats_a_straight_run_bit_for_bit(tiny_config, tmp_path, monkeypatch):
+    """Cosine after warm-up, SGD-Nesterov, EMA, mixup + cutmix: Ctrl-C in epoch 3, resume = the straight run."""
+    device = torch.device("cpu")
+    config = {**tiny_config, "epochs": 4, "optimizer": "sgd", "lr": 0.05, "schedule": "cosine", "warmup_epochs": 1,
+              "ema": 0.9, "mixup": 0.4, "cutmix": 1.0}
+    straight = train.run(config, tmp_path / "straight", log=quiet, device=device)
+    monkeypatch.setattr(engine, "evaluate", Interrupt(at=3))
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, tmp_path / "split", log=quiet, device=device)
+    monkeypatch.undo()
+    assert checkpoint.read(tmp_path / "split" / "last.pt")["epoch"] == 2
+    resumed = train.run(config, tmp_path / "split", resume=True, log=quiet, device=device)
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3, 4]
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_macro_f1")
+    assert [[m[k] for k in keys] for m in resumed["history"]] == [[m[k] for k in keys] for m in straight["history"]]
+    a, b = checkpoint.read(tmp_path / "straight" / "last.pt"), checkpoint.read(tmp_path / "split" / "last.pt")
+    for part in ("model", "live"):  # the EMA weights (evaluated, saved) and the trained ones
+        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert a["scheduler"] == b["scheduler"] and a["ema_updates"] == b["ema_updates"] > 0
+    assert not all(torch.equal(a["model"][k], a["live"][k]) for k in a["model"])  # the EMA is not the live model
+    lrs = [g["lr"] for g in a["optimizer"]["param_groups"]]
+    assert max(lrs) < 1e-9  # the cosine ran its course to 0 (a constant lr would still be 0.05)
+    history = pd.read_csv(tmp_path / "split" / "history.csv")
+    assert {"val_top5", "val_macro_f1"} <= set(history.columns) and len(history) == 4
+
+
+def test_resume_with_another_recipe_is_refused(tiny_config, tmp_path):
+    config = {**tiny_config, "epochs": 2, "schedule": "cosine"}
+    train.run(config, tmp_path, log=quiet, device=torch.device("cpu"))
+    with pytest.raises(CheckpointError, match=r"optimizer \(checkpoint: 'adam', now: 'adamw'\)"):
+        train.run({**config, "optimizer": "adamw"}, tmp_path, resume=True, log=quiet)
+    with pytest.raises(CheckpointError, match=r"epochs \(checkpoint: 2, now: 4\)"):  # a cosine spans its epochs
+        train.run({**config, "epochs": 4}, tmp_path, resume=True, log=quiet)

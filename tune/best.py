@@ -4,6 +4,7 @@
     python -m tune.best --experiment runs/X --submit      # + submission.csv and predictions.png from its checkpoint
     python -m tune.best --submit --retrain --train-on-val # train the best config again (Train + Validation) first
     python -m tune.best --experiment s3://bucket/runs/X --submit --out best/     # an experiment on S3
+    python -m tune.best --submit --tta --ensemble 3       # mirror TTA, softmax of the 3 best trials averaged
 """
 import argparse
 import json
@@ -26,6 +27,10 @@ def get_args_parser():
     p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation")
     p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
                                   "search read it (the experiment comes from another machine)")
+    p.add_argument("--tta", action="store_true", help="with --submit: average each prediction over the image and "
+                                                       "its horizontal mirror")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="with --submit: average the softmax of the K best trials' best checkpoints (default 1)")
     p.add_argument("--out", help="output folder (default: <experiment>/best; required for a URI)")
     p.add_argument("--plots", action="store_true",
                    help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
@@ -36,6 +41,17 @@ def get_args_parser():
 def fail(message):
     print(f"dogs-best: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def best_trials(exp_dir, space, count):
+    """The `count` best trials that kept a checkpoint, best first, each with its best checkpoint's location."""
+    metric, mode = space["search"]["metric"], space["search"]["mode"]
+    ranked = sorted((t for t in experiment.read_trials(exp_dir) if experiment.score(t, metric, mode)[0] is not None),
+                    key=lambda t: experiment.key(experiment.score(t, metric, mode)[0], mode), reverse=True)
+    kept = [(t, c) for t, c in ((t, experiment.best_checkpoint(t, metric, mode)) for t in ranked) if c is not None]
+    if len(kept) < count:
+        raise ExperimentError(f"{exp_dir}: --ensemble {count}, but only {len(kept)} trial(s) kept a checkpoint")
+    return kept[:count]
 
 
 def best_trial(exp_dir, space):
@@ -62,6 +78,13 @@ def best(args):
     """Print the best trial; with --submit or --retrain, write its predictions."""
     if args.train_on_val and not args.retrain:
         raise ExperimentError("--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)")
+    if (args.tta or args.ensemble != 1) and not args.submit:
+        raise ExperimentError("--tta and --ensemble shape the submission: they need --submit")
+    if args.ensemble < 1:
+        raise ExperimentError(f"--ensemble {args.ensemble}: the number of best trials to average must be >= 1")
+    if args.ensemble > 1 and args.retrain:
+        raise ExperimentError("--ensemble averages the best trials' checkpoints; --retrain trains the best config "
+                              "alone: use one of the two")
 
     # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
     exp_dir = storage.resolve(args.experiment) if args.experiment else experiment.latest_experiment(args.storage)
@@ -104,11 +127,20 @@ def best(args):
         print(f"Retraining the best config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
         written = run(config, out_dir, train_on_val=args.train_on_val)
-    else:
+        if args.tta:  # the retrained best.pt, mirrored
+            model, ckpt = dogs_checkpoint.load(written["checkpoint"])
+    if not args.retrain or args.tta:
         from dogs.predict import submit
 
-        written = submit(model, ckpt, out_dir, data_root=data)
-    for name in ("submission", "grid"):
+        others = []
+        for other, location in best_trials(exp_dir, space, args.ensemble)[1:]:
+            with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
+                others.append(dogs_checkpoint.load(local))
+            print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
+        if args.train_on_val:
+            print("  (trained on Validation too: the validation accuracies below are not held out)")
+        written = submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)
+    for name in ("submission", "grid", "report"):
         if written.get(name):
             print(f"  {name:<12} {written[name]}")
     if written.get("submission") is None:

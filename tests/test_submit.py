@@ -1,0 +1,43 @@
+"""Predictions for a submission: an ensemble of one is the model itself, mirror TTA is a mirror average."""
+import numpy as np
+import torch
+
+from dogs import cache, data, models, predict
+from dogs.config import resolve
+
+CPU = torch.device("cpu")
+
+
+def cnn(tiny_imagefolder, seed, **values):
+    config = resolve({"data": str(tiny_imagefolder), "model": "cnn", "image_size": 16, "head_width": 16,
+                      "seed": seed, **values})
+    torch.manual_seed(seed)
+    return models.build_model(config, 3).eval(), config
+
+
+def test_an_ensemble_of_one_predicts_what_the_model_predicts(tiny_imagefolder):
+    files = data.test_files(tiny_imagefolder)
+    model, config = cnn(tiny_imagefolder, 0)
+    images = cache.cached_images(files, 16, data.default_cache_dir())
+    single = predict.predict_probs(model, config, images, np.arange(len(files)), CPU)
+    alone, ok = predict.ensemble_probs([(model, config)], files, CPU)
+    assert ok.all() and np.array_equal(alone, single)
+    # members with their own image size and normalization: the mean of their own outputs
+    other, other_config = cnn(tiny_imagefolder, 1, image_size=24, normalize="imagenet")
+    theirs = predict.predict_probs(other, other_config, cache.cached_images(files, 24, data.default_cache_dir()),
+                                   np.arange(len(files)), CPU)
+    both, _ = predict.ensemble_probs([(model, config), (other, other_config)], files, CPU)
+    assert np.allclose(both, (single + theirs) / 2) and not np.allclose(both, single)
+
+
+def test_tta_on_mirror_symmetric_images_equals_no_tta_and_differs_otherwise(tiny_imagefolder):
+    model, config = cnn(tiny_imagefolder, 0)
+    rng = np.random.default_rng(0)
+    half = rng.integers(0, 256, size=(6, 16, 8, 3), dtype=np.uint8)
+    symmetric = cache.CachedImages("sym", np.concatenate([half, half[:, :, ::-1]], axis=2), [])
+    rows = np.arange(6)
+    plain = predict.predict_probs(model, config, symmetric, rows, CPU)
+    assert np.allclose(predict.predict_probs(model, config, symmetric, rows, CPU, tta=True), plain, atol=1e-6)
+    lopsided = cache.CachedImages("lop", rng.integers(0, 256, size=(6, 16, 16, 3), dtype=np.uint8), [])
+    assert not np.allclose(predict.predict_probs(model, config, lopsided, rows, CPU, tta=True),
+                           predict.predict_probs(model, config, lopsided, rows, CPU), atol=1e-6)
