@@ -1,6 +1,8 @@
 """The Ray Tune trainable: one trial = one `Run`, reported and checkpointed every epoch."""
+import logging
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +25,8 @@ def trainable(config):
     import ray
     from ray import tune
     # resume: a restarted trial (node lost, search resumed, error retried) continues after its last epoch
+    # console: Ray logs a line per checkpoint ("Checkpoint successfully created at"); the driver says enough
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     saved = tune.get_checkpoint()
     resume = None
     if saved is not None:
@@ -34,4 +38,6 @@ def trainable(config):
     for metrics in run.epochs():
         with tempfile.TemporaryDirectory() as folder:
             checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
-            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
+            # reported_at: when the epoch ended (Ray's own timestamp is whole seconds), for the real concurrency
+            tune.report({**metrics, **where, "reported_at": time.time()},
+                        checkpoint=tune.Checkpoint.from_directory(folder))

@@ -152,7 +152,8 @@ def check_resources(search, resources, autoscaling=False):
 
 
 def concurrency(search, resources):
-    """How many trials can run at the same time."""
+    """How many trials can run at the same time: the slots. Tune is given as many (max_concurrent_trials), so it
+    keeps that many trials pending, and a worker for each starts with the first trials, whatever their length."""
     slots = int(resources.get("CPU", 1) // search["cpus_per_trial"])
     if search["gpus_per_trial"] > 0:
         slots = min(slots, int(round(resources.get("GPU", 0) / search["gpus_per_trial"], 6)))
@@ -200,7 +201,7 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name):
+def make_tuner(space, runs, name, slots=None):
     """Tuner: TPE searcher (ASHA-aware), ASHA scheduler, bounded checkpoints, retries, TensorBoard."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -222,7 +223,7 @@ def make_tuner(space, runs, name):
         param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=score,
-            mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"],
+            mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"] or slots,
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=runs, verbose=1,
@@ -257,9 +258,31 @@ def study_states(exp_dir, space):
     return pd.Series(list(searcher.study_states().values()), dtype=object).value_counts().to_dict()
 
 
-def summary(table, space, wall_s, slots, exp_dir, pending=0):
+def observed_concurrency(trials):
+    """(mean, most) trials running at once, from their results: a trial runs from (its last report - its own
+    time) to its last report; the mean is the trials' own time over the span from the first start to the last end."""
+    spans = []
+    for trial in trials:
+        last = trial.last
+        if last.get("time_total_s") is not None:
+            end = last.get("reported_at", last.get("timestamp"))   # reported_at: float; Ray's timestamp: whole s
+            if end is not None:
+                spans.append((end - last["time_total_s"], end))
+    if not spans:
+        return 0.0, 0
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    span = max(end for _, end in spans) - min(start for start, _ in spans)
+    return (sum(end - start for start, end in spans) / span if span > 0 else float(len(spans))), most
+
+
+def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=()):
     """The lines printed at the end of a search; the best trial is tune.best's (tune.experiment.best_trial)."""
     s = space["search"]
+    mean, most = observed_concurrency(trials)
     metric, mode, score = s["metric"], s["mode"], f"best_{s['metric']}"
     scored = table[table[score].notna()]
     trial_s = float(table.time_s.fillna(0).sum())
@@ -277,8 +300,9 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0):
         f"ASHA, {int((table.status == 'ERROR').sum())} errored, "
         f"{int((table.status == 'UNFINISHED').sum()) + pending} unfinished",
         f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED)",
-        f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
-        f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",
+        f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s; they ran {mean:.2f} at a time on "
+        f"average, at most {most}, in {slots} slot(s); driver overhead {wall_s - trial_s / slots:.1f} s "
+        f"(wall - trial time / slots)",
         f"  results      {storage.join(exp_dir, 'trials.csv')}; tensorboard --logdir {exp_dir}",
     ]
     return lines
@@ -378,7 +402,7 @@ def run(args, space, exp_dir, runs, resources):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
         tuner = tune.Tuner.restore(exp_dir, trainable=make_trainable(search), resume_errored=True)
     else:
-        tuner = make_tuner(space, runs, storage.name(exp_dir))
+        tuner = make_tuner(space, runs, storage.name(exp_dir), slots=None if joined else slots)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")
@@ -387,10 +411,11 @@ def run(args, space, exp_dir, runs, resources):
     start = time.time()
     grid = tuner.fit()
     wall_s = time.time() - start
-    table = trials_table(exp_dir, space)
+    trials = experiment.read_trials(exp_dir)
+    table = experiment.trials_table(exp_dir, space, trials)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
-    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending) + failure_hints(exp_dir, table)))
+    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending, trials) + failure_hints(exp_dir, table)))
     if pending or (table.status == "UNFINISHED").any():
         print(f"Interrupted: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
               f"--name {storage.name(exp_dir)}")
