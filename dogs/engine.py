@@ -92,14 +92,17 @@ def feature_cache_key(config, files, device=None):
                                 amp_dtype(config, device), device, config["channels_last"])
 
 
-def make_batches(split, model, config, device, amp, train):
-    """Batches of a split: cached frozen features when they apply, else images normalized on the device."""
+def make_batches(split, model, config, device, amp, train, prefix=None):
+    """Batches of a split: cached frozen features when they apply, else images normalized on the device.
+
+    `prefix`: features.prefix_hash(model.frozen), when the caller has it already.
+    """
     mean, std = models.normalization(config)
     seed = config["seed"]
     if use_feature_cache(config, model):
         cache_dir = config["cache_dir"] or data.default_cache_dir()
         array, key = features.frozen_features(model, split.images, mean, std, device, amp, config["channels_last"],
-                                              cache_dir)
+                                              cache_dir, prefix)
         return Batches(array, split.labels, split.index, config["batch_size"], device,
                        feature_preparer(device, config["channels_last"]), shuffle=train, seed=seed, key=key)
     images = image_preparer(mean, std, device, augment=train and config["augment"],
@@ -163,20 +166,28 @@ class Run:
                 raise CheckpointError(f"the checkpoint is from another run: {'; '.join(diffs)} differ")
         if train_on_val:  # final retrain: Validation joins the training set
             train = concat_splits(train, val)
-        # model: a checkpoint fills every weight, so only a fresh run loads pretrained weights
-        self.model = models.build_model(config, len(self.classes), load_weights=resume is None).to(device)
-        if config["channels_last"]:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # model: a checkpoint fills every weight it holds; pretrained weights only where it holds none (a
+        # fresh run) or not the frozen prefix's (it holds the prefix's hash: checked)
+        frozen = resume.get("frozen") if resume is not None else None
+        self.model = models.build_model(config, len(self.classes),
+                                        load_weights=resume is None or frozen is not None).to(device)
         if resume is not None:
-            self.model.load_state_dict(resume["model"])
+            if frozen is not None:
+                checkpoint.check_frozen(self.model, frozen, "the checkpoint")
+            checkpoint.load_weights(self.model, resume["model"], frozen)
+        self.frozen = checkpoint.frozen_identity(config, self.model)  # what a checkpoint holds instead of the prefix
         self.amp = amp_dtype(config, device)
         # inputs: cached frozen features feed the tail; otherwise images feed the whole net
         self.cached = use_feature_cache(config, self.model)
         self.forward = self.model.tail if self.cached else self.model
+        if config["channels_last"]:  # what runs each epoch (a cached prefix is converted only if it must run)
+            self.forward.to(memory_format=torch.channels_last)
         if config["compile"]:
             self.forward = torch.compile(self.forward)
-        self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True)
-        self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False)
+        # the prefix hashed once, for both splits' feature cache keys
+        prefix = self.frozen["hash"] if self.frozen else None
+        self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True, prefix=prefix)
+        self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False, prefix=prefix)
         # optimizer: Adam, head at lr, unfrozen stages at backbone_lr
         self.optimizer = torch.optim.Adam(models.param_groups(self.model, config), weight_decay=config["weight_decay"])
         if resume is not None:
@@ -213,7 +224,8 @@ class Run:
             yield self.metrics
 
     def state(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "config": self.config,
+        return {"model": checkpoint.trained_weights(self.model, self.frozen), "frozen": self.frozen,
+                "optimizer": self.optimizer.state_dict(), "config": self.config,
                 "classes": self.classes, "root": str(self.root), "epoch": self.epoch, "metrics": self.metrics}
 
 
