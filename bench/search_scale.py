@@ -16,7 +16,7 @@ revision, then for this tree, one after the other (same load, same caches). Per 
   wall          the driver process, start to exit (Python + Ray start, the fit, the summary, shutdown)
   fit           the wall time the summary prints (tuner.fit() only)
   marginal      (wall - wall of the previous N) / (N - previous N): what one more trial costs
-  conc mean     the trials' own time (sum of time_total_s) / fit: how many ran at once, on average
+  conc mean     the trials' own time (sum of time_total_s) / the span from the first start to the last end
   conc peak     most trials whose [start, end] overlap (from result.json: end = timestamp, start = end - total)
   set-up        median over trials of (first iteration - second iteration): a trial's set-up time
   driver CPU    user + system CPU seconds of the driver process (getrusage), and per trial
@@ -134,18 +134,21 @@ def trial_rows(exp_dir):
     return [rows for rows in out if rows]
 
 
-def concurrency(trials, fit_s):
-    """(mean trials at once = their own time / fit, most trials whose [start, end] overlap)."""
-    own = sum(rows[-1]["time_total_s"] for rows in trials)
-    events = []
+def concurrency(trials):
+    """(mean trials at once = their own time / the span from the first start to the last end, most at once);
+    a trial runs from (end - its time_total_s) to end = its last report (reported_at, else Ray's whole-second
+    timestamp: the revision before it has only that)."""
+    spans = []
     for rows in trials:
-        end = rows[-1].get("reported_at", rows[-1]["timestamp"])   # float where the trainable reports it
-        events += [(end - rows[-1]["time_total_s"], 1), (end, -1)]
+        end = rows[-1].get("reported_at", rows[-1]["timestamp"])
+        spans.append((end - rows[-1]["time_total_s"], end))
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     peak = running = 0
-    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+    for _, step in events:
         running += step
         peak = max(peak, running)
-    return own / fit_s if fit_s else float("nan"), peak
+    span = max(e for _, e in spans) - min(s for s, _ in spans)
+    return sum(e - s for s, e in spans) / span, peak
 
 
 def setup_s(trials):
@@ -179,7 +182,7 @@ def search(tree, cache, work, kind, n):
                if "wall time" in line)
     exp_dir = storage / name
     trials = trial_rows(exp_dir)
-    mean, peak = concurrency(trials, fit)
+    mean, peak = concurrency(trials)
     mb, files = disk(exp_dir)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "tune.best", "--experiment", str(exp_dir)], cwd=tree,

@@ -112,3 +112,25 @@ def test_a_frozen_prefix_that_is_gone_or_changed_is_one_checkpoint_error(tiny_im
     with pytest.raises(CheckpointError, match="cannot be found") as err:
         checkpoint.load(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_local_search_runs_a_trial_per_slot_from_the_first_trials(tiny_imagefolder, tmp_path):
+    # trials far shorter than a worker's start: Tune used to hand every trial to the first worker up
+    from conftest import run_main
+    from tune import experiment, search
+
+    from dogs.config import resolve
+    from dogs.engine import load_splits
+
+    load_splits(resolve({"data": str(tiny_imagefolder), "image_size": 8}), log_fn=None)   # decoded before: short trials
+    space = tmp_path / "space.yaml"
+    space.write_text("search: {samples: 6, epochs: 1, grace_period: 1, seed: 0}\n"
+                     "params: {model: cnn, image_size: 8, batch_size: 64, lr: {loguniform: [1.0e-3, 1.0e-2]}}\n")
+    cpus = os.cpu_count()
+    code, out, err = run_main(search, ["--space", str(space), "--data", str(tiny_imagefolder), "--storage",
+                                       str(tmp_path / "runs"), "--name", "slots", "--cpus-per-trial", str(cpus / 2)])
+    assert code == 0, err
+    trials = experiment.read_trials(tmp_path / "runs" / "slots")
+    assert len(trials) == 6 and len({t.last["pid"] for t in trials}) == 2   # both slots' workers ran trials
+    mean, most = search.observed_concurrency(trials)
+    assert most == 2 and f"at most 2, in 2 slot(s)" in out

@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -373,6 +374,16 @@ def search(args):
     # Ray: local or a cluster, and requests it can meet
     import ray
 
+    # trial workers of a local Ray wait for each other before their first trial (dogs.trial.wait_for_workers)
+    workers = None
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        import tempfile
+
+        from dogs.trial import WORKERS_ENV
+
+        workers = tempfile.mkdtemp(prefix="dogs-tune-workers-")
+        os.environ[WORKERS_ENV] = workers   # Ray's processes inherit it
+
     try:
         resources = start_ray(args.address)
     except KeyboardInterrupt:
@@ -380,12 +391,15 @@ def search(args):
         print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
         return 130
     try:
-        return run(args, space, exp_dir, runs, resources)
+        return run(args, space, exp_dir, runs, resources, workers)
     finally:
         ray.shutdown()
+        if workers:
+            shutil.rmtree(workers, ignore_errors=True)
+            os.environ.pop(WORKERS_ENV, None)
 
 
-def run(args, space, exp_dir, runs, resources):
+def run(args, space, exp_dir, runs, resources, workers=None):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
     from ray import tune
 
@@ -395,6 +409,8 @@ def run(args, space, exp_dir, runs, resources):
     slots = concurrency(search, resources)
     if joined:  # Tune keeps 1 trial pending with a searcher: let the autoscaler see several at once
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(search["max_concurrent"] or 8))
+    if workers:   # how many trial workers start together (dogs.trial.wait_for_workers)
+        Path(workers, "slots").write_text(str(slots))
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     if args.resume:
