@@ -227,6 +227,9 @@ def main():
     p.add_argument("--frozen", type=int, nargs="*", default=[32], help="frozen-trial search sizes (0: none)")
     p.add_argument("--before", metavar="REV", help="also run git revision REV (e.g. 87a903a), side by side")
     p.add_argument("--no-optuna", action="store_true", help="skip the in-process Optuna loop")
+    p.add_argument("--optuna-before", action="store_true", help="run the Optuna loop with --before's tree too "
+                   "(default: with this tree only; it is the anchor this tree's search is compared with)")
+    p.add_argument("--big-before", action="store_true", help="run N >= 512 with --before's tree too (slow)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (experiments, logs)")
     args = p.parse_args()
     ns = sorted(set(args.n + ([512, 1000] if args.big else [])))
@@ -250,7 +253,9 @@ def main():
         for label, tree in trees.items():
             folder = work / label.replace(" ", "-")
             folder.mkdir(parents=True, exist_ok=True)
-            if not args.no_optuna and n <= 128:
+            if label != "this tree" and n >= 512 and not args.big_before:
+                continue
+            if not args.no_optuna and n <= 128 and (label == "this tree" or args.optuna_before):
                 row = optuna_loop(tree, cache, folder, kind, n)
                 rows.append({"tree": label, "what": f"optuna loop, {kind}", "N": n, **row})
                 print(f"  {label} optuna loop {kind} N={n}: {row['wall s']:.1f}s", flush=True)
