@@ -26,7 +26,7 @@ revision, then for this tree, one after the other (same load, same caches). Per 
   load          1-minute load average before -> after (the machine is shared: read ratios, not absolutes)
 
 and the anchor: an in-process Optuna TPE loop over `dogs.engine.Run` (no Ray, one process, same space,
-ask/tell), its loop wall (imports excluded) and per trial.
+ask/tell, one torch thread as each trial of the search has), its loop wall (imports excluded) and per trial.
 """
 # ----------------------------------------------------------------------------- setup
 import argparse
@@ -82,6 +82,8 @@ DRIVER = textwrap.dedent("""
 OPTUNA_LOOP = textwrap.dedent("""
     import json, sys, time
     import optuna
+    import torch
+    torch.set_num_threads(1)   # as a trial of the search gets it (cpus_per_trial 1: Ray sets OMP_NUM_THREADS=1)
     from dogs.engine import Run
     from tune import spaces
     space = spaces.load(sys.argv[1])
