@@ -30,6 +30,7 @@ ask/tell, one torch thread as each trial of the search has), its loop wall (impo
 """
 # ----------------------------------------------------------------------------- setup
 import argparse
+import io
 import json
 import os
 import platform
@@ -117,7 +118,7 @@ def checkout(rev, folder):
     """The tree of git revision `rev` in `folder` (git archive: no worktree registered)."""
     archive = subprocess.run(["git", "-C", str(HERE), "archive", rev], check=True, capture_output=True).stdout
     folder.mkdir(parents=True)
-    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     return folder
 

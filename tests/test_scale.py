@@ -3,6 +3,7 @@ serves a stale listing), and a frozen trial's checkpoint holds only what trains 
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -34,20 +35,20 @@ def test_listing_reused_until_a_folder_changes_and_a_file_changed_in_place_chang
 
     # a file changed in place: the same listing, served from memory, and another image cache key
     time.sleep(0.01)
-    draw("circle", __import__("numpy").random.default_rng(5)).save(files[0], format="PNG")
+    draw("circle", np.random.default_rng(5)).save(files[0], format="PNG")
     assert data.labeled_split(root, "Train")[1] == files and calls == ["Train"]
     assert cache.image_key(files, 16) != key
 
     # a file added, a file removed, a class folder added: each is listed at once
     new = root / "Train" / "square" / "new.png"
-    draw("square", __import__("numpy").random.default_rng(6)).save(new)
+    draw("square", np.random.default_rng(6)).save(new)
     assert new in data.labeled_split(root, "Train")[1]
     age(root)
     new.unlink()
     assert new not in data.labeled_split(root, "Train")[1]
     age(root)
     (root / "Train" / "star").mkdir()
-    draw("circle", __import__("numpy").random.default_rng(7)).save(root / "Train" / "star" / "a.png")
+    draw("circle", np.random.default_rng(7)).save(root / "Train" / "star" / "a.png")
     assert "star" in data.labeled_split(root, "Train")[0]
 
 
@@ -133,4 +134,4 @@ def test_a_local_search_runs_a_trial_per_slot_from_the_first_trials(tiny_imagefo
     trials = experiment.read_trials(tmp_path / "runs" / "slots")
     assert len(trials) == 6 and len({t.last["pid"] for t in trials}) == 2   # both slots' workers ran trials
     mean, most = search.observed_concurrency(trials)
-    assert most == 2 and f"at most 2, in 2 slot(s)" in out
+    assert most == 2 and "at most 2, in 2 slot(s)" in out
