@@ -143,8 +143,9 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     space = write_space(tmp_path, samples=samples, seed=1, max_concurrent=1, grace_period=EPOCHS)
     storage, name = tmp_path / "runs", "resume"
     exp_dir = storage / name
+    # 64 px: epochs long enough that Ctrl-C lands while the second trial runs (cached trials start at once)
     cmd = [sys.executable, "-m", "tune.search", "--space", str(space), "--data", str(tiny_imagefolder),
-           "--storage", str(storage), "--name", name]
+           "--storage", str(storage), "--name", name, "--set", "image_size=64"]
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
 
@@ -157,7 +158,8 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    before = {p.name: (p / "result.json").read_text() for p in exp_dir.glob("trial_*") if (p / "result.json").exists()}
+    before = {p.name: (p / "result.json").read_text() for p in exp_dir.glob("trial_*")
+              if (p / "result.json").exists() and (p / "result.json").read_text().strip()}
     finished = {n for n, text in before.items() if json.loads(text.splitlines()[-1])["training_iteration"] == EPOCHS}
     assert 1 <= len(finished) < samples, before.keys()
 

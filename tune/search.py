@@ -385,15 +385,17 @@ def search(args):
         os.environ[WORKERS_ENV] = workers   # Ray's processes inherit it
 
     try:
-        resources = start_ray(args.address)
-    except KeyboardInterrupt:
-        ray.shutdown()   # whatever part of Ray had started
-        print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
-        return 130
-    try:
-        return run(args, space, exp_dir, runs, resources, workers)
+        try:
+            resources = start_ray(args.address)
+        except KeyboardInterrupt:
+            ray.shutdown()   # whatever part of Ray had started
+            print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
+            return 130
+        try:
+            return run(args, space, exp_dir, runs, resources, workers)
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
         if workers:
             shutil.rmtree(workers, ignore_errors=True)
             os.environ.pop(WORKERS_ENV, None)
