@@ -123,6 +123,13 @@ def write_report(members, classes, root, folder, device, tta=False, log_fn=print
         predicted = np.where(ok, probs.argmax(1) if probs.size else -1, -1)
         rows.append({"predictor": name, "val_acc": float((predicted[ok] == labels[ok]).mean()), "images": int(ok.sum())})
         log_fn(f"  val_acc      {rows[-1]['val_acc']:.4f}  {name}")
+    top = max(rows, key=lambda row: row["val_acc"])
+    if top["val_acc"] > rows[-1]["val_acc"]:  # the submission is the last variant: say when another did better
+        members_flag = f"--ensemble {len(members)}" if top["predictor"].startswith("ensemble") else "--ensemble 1"
+        tta_flag = "--tta" if top["predictor"].endswith("TTA") else "without --tta"
+        log_fn(f"  note         the submission ({rows[-1]['predictor']}) scores below {top['predictor']} on Validation "
+               f"(mirroring can change what an image shows, e.g. digits or text; weaker members dilute an ensemble): "
+               f"{members_flag} {tta_flag} submits that one")
     ok = predicted >= 0
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (labels[ok], predicted[ok]), 1)

@@ -173,6 +173,10 @@ def test_submit_with_tta_and_an_ensemble_writes_a_report(experiment, tmp_path):
     assert list(accuracy.predictor) == ["single", "single + TTA", "ensemble of 2", "ensemble of 2 + TTA"]
     assert accuracy.val_acc.between(0, 1).all() and (accuracy.images == 24).all()
     assert all(f"{row.val_acc:.4f}  {row.predictor}" in out for row in accuracy.itertuples())   # printed too
+    # a note names the better predictor when the submitted one (the last) scores below it
+    top = accuracy.predictor[accuracy.val_acc.idxmax()]
+    assert ("note" in out) == (accuracy.val_acc.iloc[-1] < accuracy.val_acc.max())
+    assert "note" not in out or f"scores below {top} on Validation" in out
     trial_id, epoch = printed_best(out)
     assert accuracy.val_acc[0] == pytest.approx(val_acc_by_trial_and_epoch(experiment["dir"])[trial_id, epoch])
     per_class = pd.read_csv(tmp_path / "report" / "per_class.csv")

@@ -211,6 +211,9 @@ def test_best_prints_and_submits(experiment, tmp_path):
     assert sorted(submission.Id) == test_files
     assert set(submission.Class) <= {0, 1, 2}   # class indices (sorted class folder names)
     assert (tmp_path / "predictions.png").stat().st_size > 0
+    # the experiment by its name in --storage, as tune.search --name gave it
+    code, named, err = run_main(best, ["--experiment", "e2e", "--storage", str(experiment["dir"].parent)])
+    assert code == 0 and str(experiment["dir"]) in named, err
 
 
 def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):

@@ -13,13 +13,15 @@ from pathlib import Path
 
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage
-from tune.experiment import DEFAULT_STORAGE
+from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(prog="dogs-best", description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", help=f"experiment folder or URI (default: the latest one in {DEFAULT_STORAGE}/)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="where to look for the latest experiment (folder or URI)")
+    p.add_argument("--experiment", help="experiment folder or URI, or its name in --storage (tune.search --name) "
+                                        f"(default: the latest one in --storage)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"where experiments are, as tune.search --storage (folder or URI; default {DEFAULT_STORAGE})")
     p.add_argument("--submit", action="store_true", help="write submission.csv (Id,Class) and predictions.png")
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                    help="--retrain: train the best config again for its full epoch budget; "
@@ -66,6 +68,17 @@ def best_trial(exp_dir, space):
     return trial, checkpoint
 
 
+def experiment_dir(given, runs):
+    """--experiment as a folder or URI; else, when no such folder exists, its name in --storage (as tune.search's
+    --name); without it, the latest experiment in --storage."""
+    if not given:
+        return experiment.latest_experiment(runs)
+    named = storage.join(storage.resolve(runs), given)
+    if not storage.is_uri(given) and not Path(given).exists() and storage.is_file(storage.join(named, SPACE_FILE)):
+        return named
+    return storage.resolve(given)
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
@@ -87,7 +100,7 @@ def best(args):
                               "alone: use one of the two")
 
     # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
-    exp_dir = storage.resolve(args.experiment) if args.experiment else experiment.latest_experiment(args.storage)
+    exp_dir = experiment_dir(args.experiment, args.storage)
     experiment.check(exp_dir)
     if storage.is_uri(exp_dir) and (args.submit or args.retrain) and not args.out:
         raise ExperimentError(f"--experiment {exp_dir} is a URI: give --out, a local folder for the predictions")
