@@ -523,6 +523,9 @@ def run(args, space, exp_dir, runs, resources, workers=None):
     joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
     check_resources(search, resources, autoscaling=joined)
     slots = concurrency(search, resources)
+    if args.resume:  # only the trials not finished yet run: no worker waits for a slot no trial will fill
+        finished = sum(trial.status == "TERMINATED" for trial in experiment.read_trials(exp_dir))
+        slots = max(1, min(slots, search["samples"] - finished))
     if joined:  # Tune keeps 1 trial pending with a searcher: let the autoscaler see several at once
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(search["max_concurrent"] or 8))
     if workers:   # how many trial workers start together (dogs.trial.wait_for_workers)
