@@ -314,36 +314,49 @@ def searched_names(space):
     return [p["name"] for p in space["params"] if p["kind"] != "fixed"]
 
 
-def define_by_run(params, trial):
-    """Optuna define-by-run: suggest each parameter whose condition holds; return the fixed ones.
-
-    Module-level (with functools.partial) so that the searcher pickles for --resume.
-    """
+def assign(params, pick):
+    """(chosen, fixed) of one trial: every parameter whose condition holds, in order; `pick(p)` gives a searched
+    one's value. The one walk over a space: Optuna's define-by-run and the combination check both use it."""
     chosen, fixed = {}, {}
     for p in params:
         # skip a parameter whose condition does not hold for this trial
         if any({**chosen, **fixed}.get(name, _MISSING) not in values for name, values in p["when"].items()):
             continue
-        name, kind, args = p["name"], p["kind"], p["args"]
-        if kind == "fixed":
-            fixed[name] = args
-        elif kind == "choice":
-            chosen[name] = trial.suggest_categorical(name, args)
-        elif kind == "uniform":
-            chosen[name] = trial.suggest_float(name, args[0], args[1])
-        elif kind == "quniform":
-            chosen[name] = trial.suggest_float(name, args[0], _top(args), step=args[2])
-        elif kind == "loguniform":
-            chosen[name] = trial.suggest_float(name, args[0], args[1], log=True)
-        elif kind == "int":
-            chosen[name] = trial.suggest_int(name, args[0], args[1])
-        elif kind == "randint":
-            chosen[name] = trial.suggest_int(name, args[0], args[1] - 1)
-        elif kind == "qrandint":
-            chosen[name] = trial.suggest_int(name, args[0], int(_top(args)), step=args[2])
-        elif kind == "lograndint":
-            chosen[name] = trial.suggest_int(name, args[0], args[1] - 1, log=True)
-    return fixed
+        if p["kind"] == "fixed":
+            fixed[p["name"]] = p["args"]
+        else:
+            chosen[p["name"]] = pick(p)
+    return chosen, fixed
+
+
+def define_by_run(params, trial):
+    """Optuna define-by-run: suggest each parameter whose condition holds; return the fixed ones.
+
+    Module-level (with functools.partial) so that the searcher pickles for --resume.
+    """
+    return assign(params, functools.partial(suggest, trial))[1]
+
+
+def suggest(trial, p):
+    """One searched parameter's value, asked of an Optuna trial."""
+    name, kind, args = p["name"], p["kind"], p["args"]
+    if kind == "choice":
+        return trial.suggest_categorical(name, args)
+    if kind == "uniform":
+        return trial.suggest_float(name, args[0], args[1])
+    if kind == "quniform":
+        return trial.suggest_float(name, args[0], _top(args), step=args[2])
+    if kind == "loguniform":
+        return trial.suggest_float(name, args[0], args[1], log=True)
+    if kind == "int":
+        return trial.suggest_int(name, args[0], args[1])
+    if kind == "randint":
+        return trial.suggest_int(name, args[0], args[1] - 1)
+    if kind == "qrandint":
+        return trial.suggest_int(name, args[0], int(_top(args)), step=args[2])
+    if kind == "lograndint":
+        return trial.suggest_int(name, args[0], args[1] - 1, log=True)
+    raise ValueError(f"unknown distribution {kind!r}")
 
 
 def _top(args):
