@@ -13,7 +13,9 @@ A space file has two sections, and an optional third (docs/search.md has the ful
       - {model: cnn, lr: 1.0e-4}
 
 Every value is checked against dogs.config's schema (fixed values, each choice, both bounds of every
-range) before Ray starts; a mistake raises SpaceError naming the file, the key and what is allowed.
+range) before Ray starts, and so is every combination of values a trial can get that dogs.config would refuse
+(fixed values, first trials, what sampling can reach: _check_combinations); a mistake raises SpaceError naming
+the file, the key(s) and what is allowed.
 The data folder is not part of a space: tune.search gives it (--data), and records it in its saved copy
 of the space as a top-level `data:`. This module never imports torch.
 """
