@@ -121,9 +121,15 @@ class CachedImages:
         return cls(meta["key"], np.load(path, mmap_mode="r"), meta["bad"], meta["build_seconds"])
 
 
+_OPEN = {}  # (cache folder, key) -> CachedImages: a worker process maps each array once, whatever its trials
+
+
 def cached_images(files, size, cache_dir, workers=None):
     """Open the decode cache for `files` at `size` px, building it first if needed (once per node)."""
     key = image_key(files, size)
+    slot = (os.path.abspath(cache_dir), key)
+    if slot in _OPEN:
+        return _OPEN[slot]
     folder = Path(cache_dir) / "images"
     path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     # the metadata lands last: its presence means the array is complete
@@ -133,6 +139,9 @@ def cached_images(files, size, cache_dir, workers=None):
     if cache.bad:
         log.warning("skipped %d unreadable image(s): %s", len(cache.bad),
                     "; ".join(f"{f} ({e})" for _, f, e in cache.bad[:10]) + (" ..." if len(cache.bad) > 10 else ""))
+    while len(_OPEN) >= 8:   # the last few data sets and sizes
+        _OPEN.pop(next(iter(_OPEN)))
+    _OPEN[slot] = cache
     return cache
 
 

@@ -2,6 +2,7 @@
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,15 @@ def _skip_link(link, tree, visited):
     return False
 
 
-def image_files(folder, tree):
-    """Image files under `folder` (any depth), sorted. Folder links are followed unless they loop back into `tree`."""
+def image_files(folder, tree, walked=None):
+    """Image files under `folder` (any depth), sorted. Folder links are followed unless they loop back into `tree`.
+
+    Every folder walked is appended to `walked` (when given).
+    """
     found, visited = [], {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        if walked is not None:
+            walked.append(dirpath)
         # prune links back into the data tree and loops; remember every real folder walked
         dirnames[:] = [d for d in dirnames if not (os.path.islink(os.path.join(dirpath, d))
                                                   and _skip_link(os.path.join(dirpath, d), tree, visited))]
@@ -92,8 +98,45 @@ def image_files(folder, tree):
     return sorted(found)
 
 
+# (root, split) -> (folders walked, their stamps, (classes, files, labels)): what this process listed last.
+# A worker process runs trial after trial on the same data: it lists the tree once, and after that only
+# stats its folders. Adding, removing or renaming an entry changes its folder's mtime; a file changed in
+# place keeps the listing valid, and changes the image cache key (cache.image_key stats every file).
+_LISTED = {}
+RACY_NS = 2_000_000_000  # a folder changed this close before the listing began may have changed during it
+
+
+def _stamps(folders):
+    """(mtime in ns, size) of each folder (links followed); None when one is gone."""
+    try:
+        return [(st.st_mtime_ns, st.st_size) for st in map(os.stat, folders)]
+    except OSError:
+        return None
+
+
 def labeled_split(root, split):
-    """(classes, files, labels) of ROOT/split/<class>/*; a class folder without images, or one class, is an error."""
+    """(classes, files, labels) of ROOT/split/<class>/*; a class folder without images, or one class, is an error.
+
+    Listed once per process while no folder of the split (nor the root) changes; see _LISTED.
+    """
+    slot = (os.path.abspath(root), split)
+    if slot in _LISTED:
+        folders, stamps, (classes, files, labels) = _LISTED[slot]
+        if _stamps(folders) == stamps:
+            return list(classes), list(files), list(labels)
+        del _LISTED[slot]
+    began = time.time_ns()
+    walked = [str(root), str(Path(root) / split)]
+    listing = _list_split(root, split, walked)
+    stamps = _stamps(walked)
+    # remember it only when no folder changed since shortly before the walk began (git's "racy" rule)
+    if stamps is not None and all(mtime < began - RACY_NS for mtime, _ in stamps):
+        _LISTED[slot] = (walked, stamps, listing)
+    classes, files, labels = listing
+    return list(classes), list(files), list(labels)
+
+
+def _list_split(root, split, walked):
     folder = Path(root) / split
     tree = _split_folders(root)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
@@ -105,7 +148,7 @@ def labeled_split(root, split):
                         f"add a folder per class; {LAYOUT}")
     files, labels, empty = [], [], []
     for label, name in enumerate(classes):
-        found = image_files(folder / name, tree)
+        found = image_files(folder / name, tree, walked)
         if not found:
             empty.append(name)
         files += found

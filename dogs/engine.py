@@ -95,14 +95,17 @@ def feature_cache_key(config, files, device=None):
                                 amp_dtype(config, device), device, config["channels_last"])
 
 
-def make_batches(split, model, config, device, amp, train):
-    """Batches of a split: cached frozen features when they apply, else images normalized on the device."""
+def make_batches(split, model, config, device, amp, train, prefix=None):
+    """Batches of a split: cached frozen features when they apply, else images normalized on the device.
+
+    `prefix`: features.prefix_hash(model.frozen), when the caller has it already.
+    """
     mean, std = models.normalization(config)
     seed = config["seed"]
     if use_feature_cache(config, model):
         cache_dir = config["cache_dir"] or data.default_cache_dir()
         array, key = features.frozen_features(model, split.images, mean, std, device, amp, config["channels_last"],
-                                              cache_dir)
+                                              cache_dir, prefix)
         return Batches(array, split.labels, split.index, config["batch_size"], device,
                        feature_preparer(device, config["channels_last"]), shuffle=train, seed=seed, key=key)
     images = image_preparer(mean, std, device, augment=train and config["augment"],
@@ -248,17 +251,25 @@ class Run:
                 raise CheckpointError(why)
         if train_on_val:  # final retrain: Validation joins the training set
             train = concat_splits(train, val)
-        # model: a checkpoint fills every weight, so only a fresh run loads pretrained weights
-        self.model = models.build_model(config, len(self.classes), load_weights=resume is None).to(device)
-        if config["channels_last"]:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # model: a checkpoint fills every weight it holds; pretrained weights only where it holds none (a
+        # fresh run) or not the frozen prefix's (it holds the prefix's hash: checked)
+        frozen = resume.get("frozen") if resume is not None else None
+        self.model = models.build_model(config, len(self.classes),
+                                        load_weights=resume is None or frozen is not None).to(device)
         if resume is not None:  # with EMA, "model" holds the average and "live" the trained weights
-            self.model.load_state_dict(resume.get("live") or resume["model"])
+            if frozen is not None:
+                checkpoint.check_frozen(self.model, frozen, "the checkpoint")
+            checkpoint.load_weights(self.model, resume.get("live") or resume["model"], frozen)
+        self.frozen = checkpoint.frozen_identity(config, self.model)  # what a checkpoint holds instead of the prefix
         self.amp = amp_dtype(config, device)
         # inputs: cached frozen features feed the tail; otherwise images feed the whole net
         self.cached = use_feature_cache(config, self.model)
-        self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True)
-        self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False)
+        if config["channels_last"]:  # what runs each epoch (a cached prefix is converted only if it must run)
+            (self.model.tail if self.cached else self.model).to(memory_format=torch.channels_last)
+        # the prefix hashed once, for both splits' feature cache keys
+        prefix = self.frozen["hash"] if self.frozen else None
+        self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True, prefix=prefix)
+        self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False, prefix=prefix)
         # mixup/cutmix make the tail's input (cutmix before the frozen prefix, mixup after it)
         self.mix = None
         if config["mixup"] or config["cutmix"]:
@@ -279,7 +290,7 @@ class Run:
             self.ema = AveragedModel(self.model.tail, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]), use_buffers=True)
             self.eval_model = models.Net(self.model.frozen, self.ema.module)
             if resume is not None:
-                self.eval_model.load_state_dict(resume["model"])
+                checkpoint.load_weights(self.eval_model, resume["model"], frozen)
                 self.ema.n_averaged.fill_(resume["ema_updates"])
         self.eval_forward = self.forward if self.ema is None and self.mix is None else (
             self.eval_model.tail if self.cached else self.eval_model)
@@ -319,12 +330,13 @@ class Run:
 
     def state(self):
         """The checkpoint: "model" = the weights that are evaluated (the EMA's when on; "live" = the trained ones)."""
-        state = {"model": self.eval_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": checkpoint.trained_weights(self.eval_model, self.frozen), "frozen": self.frozen,
+                 "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "config": self.config, "classes": self.classes, "root": str(self.root), "epoch": self.epoch,
                  "metrics": self.metrics}
         if self.ema is not None:
-            state.update(live=self.model.state_dict(), ema_updates=int(self.ema.n_averaged))
+            state.update(live=checkpoint.trained_weights(self.model, self.frozen), ema_updates=int(self.ema.n_averaged))
         return state
 
 

@@ -64,10 +64,13 @@ def storage_dtype(amp):
     return np.float16 if amp is not None else np.float32
 
 
-def feature_key(image_key, frozen, mean, std, amp, device, channels_last):
-    """Hash of everything the features of `frozen` over the images of `image_key` depend on."""
+def feature_key(image_key, frozen, mean, std, amp, device, channels_last, prefix=None):
+    """Hash of everything the features of `frozen` over the images of `image_key` depend on.
+
+    `prefix`: prefix_hash(frozen) when the caller has it already (a run hashes its prefix once for both splits).
+    """
     described = {
-        "images": image_key, "prefix": prefix_hash(frozen), "mean": list(mean), "std": list(std),
+        "images": image_key, "prefix": prefix or prefix_hash(frozen), "mean": list(mean), "std": list(std),
         "autocast": str(amp), "store": np.dtype(storage_dtype(amp)).name, "channels_last": bool(channels_last),
         "device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "batch": BATCH, "torch": torch.__version__,
@@ -75,15 +78,24 @@ def feature_key(image_key, frozen, mean, std, amp, device, channels_last):
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def frozen_features(model, images, mean, std, device, amp, channels_last, cache_dir):
-    """(N, ...) array of `model.frozen` applied to every image of `images` (a CachedImages), cached on disk."""
-    key = feature_key(images.key, model.frozen, mean, std, amp, device, channels_last)
+def frozen_features(model, images, mean, std, device, amp, channels_last, cache_dir, prefix=None):
+    """(N, ...) array of `model.frozen` applied to every image of `images` (a CachedImages), cached on disk.
+
+    The prefix runs in channels_last memory format when `channels_last` (converted here, when it must run).
+    """
+    key = feature_key(images.key, model.frozen, mean, std, amp, device, channels_last, prefix)
     folder = Path(cache_dir) / "features"
     path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+
+    def build():
+        if channels_last:
+            model.frozen.to(memory_format=torch.channels_last)
+        _build(model, images, image_preparer(mean, std, device), device, amp,
+               path, meta_path)
+
     # the metadata lands last: its presence means the array is complete
     with cache_errors(cache_dir):
-        build_once(meta_path, lambda: _build(model, images, image_preparer(mean, std, device), device, amp,
-                                             path, meta_path))
+        build_once(meta_path, build)
     return np.load(path, mmap_mode="r"), key
 
 

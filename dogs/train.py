@@ -4,6 +4,7 @@ Prints the notebook's epoch table, keeps the best-validation weights, and writes
 predictions.png and (when the data has Test/) submission.csv into --out.
 """
 import argparse
+import copy
 import json
 import logging
 import shlex
@@ -55,7 +56,11 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     if state is not None and history_csv.exists():
         history = [row for row in pd.read_csv(history_csv).to_dict("records") if row["epoch"] <= run.epoch]
     if state is not None and not train_on_val and (out_dir / "best.pt").exists():
-        best_weights = checkpoint.read(out_dir / "best.pt")["model"]
+        best = checkpoint.read(out_dir / "best.pt")
+        if best.get("frozen") is not None:   # a checkpoint without the frozen prefix: it must be this run's
+            checkpoint.check_frozen(run.model, best["frozen"], out_dir / "best.pt")
+        best_weights = copy_state(
+            checkpoint.load_weights(copy.deepcopy(run.model), best["model"], best.get("frozen")).state_dict())
     log(HEADER)
     for m in run.epochs():
         # log the epoch, checkpoint it and its history, keep a copy of the best weights

@@ -1,6 +1,9 @@
 """The Ray Tune trainable: one trial = one `Run`, reported and checkpointed every epoch."""
+import logging
+import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -18,11 +21,46 @@ def trial_device():
     return torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
 
 
+# Set by tune.search for a Ray it starts itself: a folder where each trial worker process leaves its pid, and
+# `slots` (how many trials run at once). See wait_for_workers.
+WORKERS_ENV = "DOGS_TUNE_WORKERS"
+WAIT_S = 60.0
+_arrived = False
+
+
+def wait_for_workers(folder=None, timeout=WAIT_S):
+    """The first trial of a worker process waits until a worker is up for every slot (at most `timeout` s).
+
+    Tune (reuse_actors) hands the next trial to the first worker that is free, and drops a worker still
+    starting (importing torch takes seconds): with trials shorter than that, a search ran one trial at a
+    time whatever its slots. Once every slot's worker is up, each one takes the next trial as it finishes.
+    Returns the seconds waited.
+    """
+    global _arrived
+    folder = folder or os.environ.get(WORKERS_ENV)
+    if _arrived or not folder or not os.path.isdir(folder):
+        return 0.0
+    _arrived = True
+    start = time.monotonic()
+    try:
+        Path(folder, f"worker-{os.getpid()}").touch()
+        slots = int(Path(folder, "slots").read_text())
+        while sum(name.startswith("worker-") for name in os.listdir(folder)) < slots \
+                and time.monotonic() - start < timeout:
+            time.sleep(0.02)
+    except (OSError, ValueError):   # the search is over, or no slots written: nothing to wait for
+        pass
+    return time.monotonic() - start
+
+
 def trainable(config):
     """Ray Tune function trainable (Ray 2.60: only ray.tune.* APIs; ray.train.* inside Tune breaks trials)."""
     import ray
     from ray import tune
     # resume: a restarted trial (node lost, search resumed, error retried) continues after its last epoch
+    # console: Ray logs a line per checkpoint ("Checkpoint successfully created at"); the driver says enough
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    wait_for_workers()
     saved = tune.get_checkpoint()
     resume = None
     if saved is not None:
@@ -34,4 +72,6 @@ def trainable(config):
     for metrics in run.epochs():
         with tempfile.TemporaryDirectory() as folder:
             checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
-            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
+            # reported_at: when the epoch ended (Ray's own timestamp is whole seconds), for the real concurrency
+            tune.report({**metrics, **where, "reported_at": time.time()},
+                        checkpoint=tune.Checkpoint.from_directory(folder))

@@ -219,8 +219,9 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     space = write_space(tmp_path, samples=samples, seed=1, max_concurrent=1, grace_period=EPOCHS)
     storage, name = tmp_path / "runs", "resume"
     exp_dir = storage / name
+    # 64 px: epochs long enough that Ctrl-C lands while the second trial runs (cached trials start at once)
     cmd = [sys.executable, "-m", "tune.search", "--space", str(space), "--data", str(tiny_imagefolder),
-           "--storage", str(storage), "--name", name]
+           "--storage", str(storage), "--name", name, "--set", "image_size=64"]
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
 
@@ -235,12 +236,12 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
     console = (tmp_path / "first.log").read_text()   # a real console: the workers' lines reach it too
     assert "Checkpoint successfully created" not in console and "Trial status:" not in console
-    results = {p.name: p / "result.json" for p in exp_dir.glob("trial_*") if (p / "result.json").exists()}
-    before = {n: f.read_text() for n, f in results.items()}
+    before = {p.name: (p / "result.json").read_text() for p in exp_dir.glob("trial_*")
+              if (p / "result.json").exists() and (p / "result.json").read_text().strip()}
     # finished = reached its last epoch before the trial after it started (one at a time: Tune had recorded it
     # TERMINATED). The trial that ran last may have logged its last epoch while Ctrl-C stopped Tune before that
     # epoch's checkpoint was recorded: its last epoch was in flight, and may run again below, as any in flight.
-    last_running = max(results, key=lambda n: results[n].stat().st_mtime_ns)
+    last_running = max(before, key=lambda n: json.loads(before[n].splitlines()[-1])["reported_at"])
     finished = {n for n, text in before.items()
                 if json.loads(text.splitlines()[-1])["training_iteration"] == EPOCHS and n != last_running}
     assert 1 <= len(finished) < samples, before.keys()

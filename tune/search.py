@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -178,7 +179,8 @@ def check_resources(search, resources, autoscaling=False):
 
 
 def concurrency(search, resources):
-    """How many trials can run at the same time."""
+    """How many trials can run at the same time: the slots. Tune is given as many (max_concurrent_trials), so it
+    keeps that many trials pending, and a worker for each starts with the first trials, whatever their length."""
     slots = int(resources.get("CPU", 1) // search["cpus_per_trial"])
     if search["gpus_per_trial"] > 0:
         slots = min(slots, int(round(resources.get("GPU", 0) / search["gpus_per_trial"], 6)))
@@ -231,7 +233,7 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name, optuna_storage=None, verbose=False):
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None):
     """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -255,7 +257,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False):
         param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=score,
-            mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"],
+            mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"] or slots,
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=runs, verbose=1 if verbose else 0,   # 0: our progress line only
@@ -304,13 +306,13 @@ def time_budget(seconds):
         signal.signal(signal.SIGUSR1, previous)
 
 
-def trials_table(exp_dir, space):
+def trials_table(exp_dir, space, trials=None):
     """One row per trial (tune.experiment reads them from the trials' own files); the folder of a trial that a
     killed driver had started and Ray's saved state never knew is ABANDONED (the study says which): --resume
     never runs it again."""
     from tune.searcher import abandoned_trial_ids, open_study
 
-    table = experiment.trials_table(exp_dir, space)
+    table = experiment.trials_table(exp_dir, space, trials)
     with open_study(exp_dir) as study:
         abandoned = abandoned_trial_ids(study)
     if len(table) and abandoned:
@@ -337,9 +339,31 @@ def study_states(exp_dir, space=None):
         return pd.Series([t.state.name for t in study.trials], dtype=object).value_counts().to_dict()
 
 
-def summary(table, space, wall_s, slots, exp_dir, pending=0):
+def observed_concurrency(trials):
+    """(mean, most) trials running at once, from their results: a trial runs from (its last report - its own
+    time) to its last report; the mean is the trials' own time over the span from the first start to the last end."""
+    spans = []
+    for trial in trials:
+        last = trial.last
+        if last.get("time_total_s") is not None:
+            end = last.get("reported_at", last.get("timestamp"))   # reported_at: float; Ray's timestamp: whole s
+            if end is not None:
+                spans.append((end - last["time_total_s"], end))
+    if not spans:
+        return 0.0, 0
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    span = max(end for _, end in spans) - min(start for start, _ in spans)
+    return (sum(end - start for start, end in spans) / span if span > 0 else float(len(spans))), most
+
+
+def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=()):
     """The lines printed at the end of a search; the best trial is tune.best's (tune.experiment.best_trial)."""
     s = space["search"]
+    mean, most = observed_concurrency(trials)
     metric, mode, score = s["metric"], s["mode"], f"best_{s['metric']}"
     scored = table[table[score].notna()]
     trial_s = float(table.time_s.fillna(0).sum())
@@ -359,8 +383,9 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0):
         + (f", {int((table.status == 'ABANDONED').sum())} abandoned (started by a killed driver before Ray saved "
            "them; never resumed)" if (table.status == "ABANDONED").any() else ""),
         f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED); {study_where(exp_dir)}",
-        f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s over {slots} slot(s); "
-        f"driver overhead {wall_s - trial_s / slots:.1f} s (wall - trial time / slots)",
+        f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s; they ran {mean:.2f} at a time on "
+        f"average, at most {most}, in {slots} slot(s); driver overhead {wall_s - trial_s / slots:.1f} s "
+        f"(wall - trial time / slots)",
         f"  results      {storage.join(exp_dir, 'trials.csv')}; tensorboard --logdir {exp_dir}",
     ]
     return lines
@@ -468,19 +493,34 @@ def search(args):
     # Ray: local or a cluster, and requests it can meet
     import ray
 
+    # trial workers of a local Ray wait for each other before their first trial (dogs.trial.wait_for_workers)
+    workers = None
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        import tempfile
+
+        from dogs.trial import WORKERS_ENV
+
+        workers = tempfile.mkdtemp(prefix="dogs-tune-workers-")
+        os.environ[WORKERS_ENV] = workers   # Ray's processes inherit it
+
     try:
-        resources = start_ray(args.address, args.verbose)
-    except KeyboardInterrupt:
-        ray.shutdown()   # whatever part of Ray had started
-        print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
-        return 130
-    try:
-        return run(args, space, exp_dir, runs, resources)
+        try:
+            resources = start_ray(args.address, args.verbose)
+        except KeyboardInterrupt:
+            ray.shutdown()   # whatever part of Ray had started
+            print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
+            return 130
+        try:
+            return run(args, space, exp_dir, runs, resources, workers)
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        if workers:
+            shutil.rmtree(workers, ignore_errors=True)
+            os.environ.pop(WORKERS_ENV, None)
 
 
-def run(args, space, exp_dir, runs, resources):
+def run(args, space, exp_dir, runs, resources, workers=None):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
     from ray import tune
 
@@ -490,6 +530,8 @@ def run(args, space, exp_dir, runs, resources):
     slots = concurrency(search, resources)
     if joined:  # Tune keeps 1 trial pending with a searcher: let the autoscaler see several at once
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(search["max_concurrent"] or 8))
+    if workers:   # how many trial workers start together (dogs.trial.wait_for_workers)
+        Path(workers, "slots").write_text(str(slots))
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     if args.resume:
@@ -497,7 +539,8 @@ def run(args, space, exp_dir, runs, resources):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
         tuner = tune.Tuner.restore(exp_dir, trainable=make_trainable(search), resume_errored=True)
     else:
-        tuner = make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose)
+        tuner = make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
+                           slots=None if joined else slots)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")
@@ -507,10 +550,11 @@ def run(args, space, exp_dir, runs, resources):
     with time_budget(spaces.parse_duration(search["time_budget"]) if search["time_budget"] else None) as budget:
         grid = tuner.fit()
     wall_s = time.time() - start
-    table = trials_table(exp_dir, space)
+    trials = experiment.read_trials(exp_dir)
+    table = trials_table(exp_dir, space, trials)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
-    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending) + failure_hints(exp_dir, table)))
+    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending, trials) + failure_hints(exp_dir, table)))
     print("\n".join(plots.report(exp_dir)))
     if pending or (table.status == "UNFINISHED").any() or len(grid) < search["samples"]:
         why = f"Time budget {search['time_budget']} used up" if budget.is_set() else "Interrupted"
