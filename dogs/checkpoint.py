@@ -10,13 +10,14 @@ Every way a checkpoint can be unusable is one CheckpointError line: missing, tru
 holding pickled code (refused by weights_only=True, never loaded), not ours, from another run, or whose
 frozen prefix cannot be found or is not the one it was trained with.
 """
+import json
 import zipfile
 from pickle import UnpicklingError  # what torch.load(weights_only=True) raises for pickled code
 from pathlib import Path
 
 import torch
 
-from .config import resolve
+from .config import SCHEMA, resolve
 from .errors import CheckpointError, UserError
 from .features import prefix_hash
 from .files import atomic_path
@@ -24,8 +25,19 @@ from .models import build_model
 
 FILENAME = "checkpoint.pt"
 KEYS = ("model", "optimizer", "config", "classes", "epoch", "metrics")
-# what the model is and what it sees: resuming with any of these changed would mix two runs
-MODEL_KEYS = ("model", "weights", "head_on", "head_width", "unfreeze", "image_size", "normalize")
+# The config keys that may differ between a checkpoint and the run that continues it (dogs.train --resume, a
+# Tune trial restored from its checkpoint: the same config). Every other key must match, because it changes the
+# model or what it sees, the optimizer (its saved state holds lr, backbone_lr, weight_decay: a new value would be
+# silently dropped), the schedule and its position, the seeded draws (shuffle, dropout, mixing), or what "best"
+# means. A difference is one CheckpointError line naming each key with both values (resume_problem).
+RESUME_MAY_CHANGE = {
+    "epochs": "train longer (or stop at an epoch not yet trained) with schedule constant; cosine and onecycle "
+              "span the epochs, so another count would change every step's learning rate",
+    "data": "it must be the same folder with the same classes, however it is written",
+    "cache_dir": "where the caches are; they are keyed on what they hold",
+    "channels_last": "memory layout: the same model, other kernels",
+    "compile": "torch.compile: the same model, other kernels",
+}
 
 
 def save(state, path):
@@ -132,10 +144,11 @@ def load(path, device="cpu"):
     return model.to(device).eval(), ckpt
 
 
-def differences(ckpt, config, classes, root):
-    """What differs between a checkpoint and a run about to continue it: classes, data folder, model keys."""
+def resume_problem(ckpt, config, classes, root):
+    """None, or why a run of `config` on `classes` read from `root` cannot continue checkpoint `ckpt`: one line
+    naming each difference with both values, what may change (RESUME_MAY_CHANGE), and how to continue it."""
     try:
-        saved = resolve(ckpt["config"])
+        saved = resolve(ckpt["config"])   # a checkpoint of an older version: the keys it lacks had their defaults
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"its config is not one of this version ({err.args[0] if err.args else err})") from None
     diffs = []
@@ -145,9 +158,26 @@ def differences(ckpt, config, classes, root):
     demo = saved["data"] is None and config["data"] is None  # the demo's folder is per node: compare its classes
     if not demo and ckpt.get("root") is not None and str(ckpt["root"]) != str(root):
         diffs.append(f"data folder (checkpoint: {ckpt['root']}, now: {root})")
-    diffs += [f"{key} (checkpoint: {saved[key]!r}, now: {config[key]!r})"
-              for key in MODEL_KEYS if saved[key] != config[key]]
-    return diffs
+    changed = {key: f"{key} (checkpoint: {saved[key]!r}, now: {config[key]!r})"
+               for key in SCHEMA if key not in RESUME_MAY_CHANGE and saved[key] != config[key]}
+    if config["epochs"] < ckpt["epoch"]:
+        changed["epochs"] = f"epochs (checkpoint: {ckpt['epoch']} trained, now: {config['epochs']})"
+    elif config["schedule"] != "constant" and saved["epochs"] != config["epochs"]:
+        changed["epochs"] = (f"epochs (checkpoint: {saved['epochs']}, now: {config['epochs']}; "
+                             f"the {config['schedule']} schedule spans them)")
+    diffs += changed.values()
+    if not diffs:
+        return None
+    may = ", ".join("epochs (schedule constant)" if key == "epochs" else key for key in RESUME_MAY_CHANGE if key != "data")
+    fix = (f"the checkpoint's values: --set {' '.join(f'{key}={_as_set(saved[key])}' for key in changed)}" if changed
+           else "the data it was trained on")
+    return (f"the checkpoint is from another run: {'; '.join(diffs)} differ. A resumed run continues the checkpoint's "
+            f"weights, optimizer state and schedule, so only {may} may change; to continue it, give {fix}")
+
+
+def _as_set(value):
+    """A config value as --set reads it back: lr=0.001, model=cnn, seed=null, augment=true."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _short(names, count=4):

@@ -169,6 +169,12 @@ def feature_cache_applies(config):
     return config["feature_cache"] and not config["augment"] and has_frozen_prefix(config)
 
 
+# every key combination_problem reads (tests/test_spaces.py checks it). A search space's combination check tries
+# every value these can take together at the ends of their ranges, and one value of every other key: exact while
+# each rule compares each number with a threshold (unfreeze > stages, warmup_epochs == 0, cutmix != 0, ...)
+COMBINATION_KEYS = ("model", "unfreeze", "epochs", "warmup_epochs", "schedule", "cutmix", "feature_cache", "augment")
+
+
 def combination_problem(config):
     """None, or why values that are each allowed cannot be honoured together (a checked, complete config)."""
     model, unfreeze, stages = config["model"], config["unfreeze"], STAGES[config["model"]]

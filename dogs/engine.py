@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from . import cache, checkpoint, data, features, models
 from .batches import Batches, feature_preparer, image_preparer
-from .config import DEFAULTS, feature_cache_applies, resolve
+from .config import feature_cache_applies, resolve
 from .errors import CheckpointError
 
 log = logging.getLogger("dogs")
@@ -246,10 +246,9 @@ class Run:
         # data: decoded once into the node's cache
         self.root, self.classes, train, val = load_splits(config, log_fn)
         if resume is not None:  # continuing another run's checkpoint would mix the two runs
-            diffs = checkpoint.differences(resume, config, self.classes, self.root)
-            diffs += recipe_differences(resume["config"], config)
-            if diffs:
-                raise CheckpointError(f"the checkpoint is from another run: {'; '.join(diffs)} differ")
+            why = checkpoint.resume_problem(resume, config, self.classes, self.root)
+            if why:
+                raise CheckpointError(why)
         if train_on_val:  # final retrain: Validation joins the training set
             train = concat_splits(train, val)
         # model: a checkpoint fills every weight it holds; pretrained weights only where it holds none (a
@@ -339,18 +338,6 @@ class Run:
         if self.ema is not None:
             state.update(live=checkpoint.trained_weights(self.model, self.frozen), ema_updates=int(self.ema.n_averaged))
         return state
-
-
-# config keys a resumed run must share with its checkpoint beyond the model's (dogs.checkpoint.MODEL_KEYS):
-# the optimizer's state and the schedule's position only mean something for the same recipe
-RECIPE_KEYS = ("optimizer", "schedule", "warmup_epochs", "ema")
-
-
-def recipe_differences(saved, config):
-    """What differs in the training recipe between a checkpoint's config and a run about to continue it."""
-    saved = {**DEFAULTS, **saved}  # a checkpoint of an older version: the keys it lacks had their defaults
-    keys = RECIPE_KEYS + (("epochs",) if config["schedule"] != "constant" else ())  # cosine/onecycle span epochs
-    return [f"{key} (checkpoint: {saved[key]!r}, now: {config[key]!r})" for key in keys if saved[key] != config[key]]
 
 
 def is_better(value, best, mode):

@@ -44,7 +44,7 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     try:
         run = Run(config, device=device, resume=state, train_on_val=train_on_val, log_fn=log)
     except CheckpointError as err:
-        raise CheckpointError(f"--resume {last}: {err}; use another --out, or the same data and config") from None
+        raise CheckpointError(f"--resume {last}: {err}; or start a new run with another --out") from None
     (out_dir / "config.json").write_text(json.dumps(run.config, indent=2))
     log(f"{run.config['model']} on {len(run.classes)} classes, device {run.device}, "
         f"{'cached frozen features' if run.cached else 'images'} -> {out_dir}")

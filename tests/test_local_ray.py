@@ -155,3 +155,18 @@ def test_errored_trials_get_one_install_hint_per_missing_module(tmp_path):
     assert "this project is missing on a Ray node" in hints[0] and "pip install -e ." in hints[0]
     assert "the Python package 'torchvision' is missing on a Ray node" in hints[1]
     assert failure_hints(str(tmp_path), table[table.trial_id == "d"]) == []
+
+
+def test_a_trial_that_raised_our_typed_error_gets_its_one_line_in_the_summary(tmp_path):
+    """Ray's error.txt is a traceback; the summary prints the ConfigError's line (the trainable's last check)."""
+    from tune.search import failure_hints
+
+    why = "unfreeze: 3 is out of range for model 'cnn'; allowed: an integer in 0..0 for cnn"
+    tail = ('  File "dogs/config.py", line 211, in resolve\n    raise ConfigError(why)\n'
+            f"dogs.errors.ConfigError: {why}\n")
+    for trial_id, failures in {"a": 1, "b": 3}.items():   # b: retried twice, each retry failed the same way
+        (tmp_path / f"trial_{trial_id}").mkdir()
+        text = "".join(f"Failure # {i + 1} (occurred at ...)\nray::ImplicitFunc.train() ...\n{tail}" for i in range(failures))
+        (tmp_path / f"trial_{trial_id}" / "error.txt").write_text(text)
+    table = pd.DataFrame({"trial_id": ["a", "b"], "status": ["ERROR", "ERROR"]})
+    assert failure_hints(str(tmp_path), table) == [f"  error        2 errored trial(s) raised ConfigError: {why}"]

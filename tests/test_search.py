@@ -294,6 +294,12 @@ def test_bad_space_or_data_fails_before_ray(tiny_imagefolder, tmp_path):
     assert code == 2 and str(bad) in err and "params.lr.loguniform" in err
     code, _, err = run_main(search, ["--space", "cnn_scratch", "--data", str(tmp_path / "nowhere")])
     assert code == 2 and "--data" in err and "nowhere" in err
+    # values that cannot run together: fixed by --set, or reachable by sampling
+    code, _, err = run_main(search, ["--space", "cnn_scratch", "--data", str(tiny_imagefolder), "--set", "unfreeze=2"])
+    assert code == 2 and err.count("\n") == 1 and "the fixed values model='cnn' (fixed), unfreeze=2 (--set)" in err
+    bad.write_text("params: {model: {choice: [resnet18, cnn]}, unfreeze: {int: [0, 4]}}\n")
+    code, _, err = run_main(search, ["--space", str(bad), "--data", str(tiny_imagefolder), "--storage", str(tmp_path)])
+    assert code == 2 and f"{bad}: params: a trial can draw model='cnn' (sampled), unfreeze=4 (sampled)" in err
     assert not ray.is_initialized()
 
 

@@ -5,6 +5,7 @@ import optuna
 import pytest
 import yaml
 
+from dogs.config import resolve
 from tune import spaces
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -258,3 +259,101 @@ def test_time_budget_durations(tmp_path):
     assert [spaces.parse_duration(t) for t in ("90s", "30m", "2h", "1h30m", "1.5h")] == [90, 1800, 7200, 5400, 5400]
     space = spaces.load(write(tmp_path, "search: {time_budget: 600}\nparams: {lr: 1e-3, model: {choice: [cnn]}}\n"))
     assert space["search"]["time_budget"] == "600s"   # a plain number is seconds
+
+
+# combinations: values each allowed but that cannot run together are refused before Ray starts
+
+def test_fixed_and_set_values_that_cannot_run_together_are_refused(tmp_path):
+    path = write(tmp_path, "params: {model: resnet18, lr: {loguniform: [1e-4, 1e-2]}}\n", "resnet.yaml")
+    with pytest.raises(spaces.SpaceError) as info:
+        spaces.load(path, sets={"unfreeze": 5})
+    message = str(info.value)
+    assert message.startswith(f"{path}: params: the fixed values model='resnet18' (fixed), unfreeze=5 (--set) "
+                              "cannot run together: unfreeze: 5 is out of range for model 'resnet18'"), message
+    assert "allowed: an integer in 0..4 for resnet18" in message and "\n" not in message
+    message = error_of(tmp_path, "search: {epochs: 3}\nparams: {warmup_epochs: 3, lr: {loguniform: [1e-4, 1e-2]}}\n")
+    assert "the fixed values search.epochs=3, warmup_epochs=3 (fixed)" in message and "0..2" in message
+    assert spaces.load(path, sets={"unfreeze": 4})   # resnet18 has 4 stages
+
+
+def test_a_first_trial_that_cannot_run_is_refused_naming_its_index(tmp_path):
+    message = error_of(tmp_path, "params:\n  model: {choice: [cnn, resnet18]}\n  unfreeze: {int: [0, 4]}\n"
+                                 "first_trials: [{model: resnet18, unfreeze: 4}, {model: cnn, unfreeze: 4}]\n")
+    assert (": first_trials[1] {'model': 'cnn', 'unfreeze': 4}: a trial with model='cnn' (first_trials[1]), "
+            "unfreeze=4 (first_trials[1]) cannot run") in message, message
+    assert "0..0 for cnn" in message and "change the entry" in message
+
+
+@pytest.mark.parametrize("text, drawn", [
+    # unfreeze 0..4 suits the ResNet, not the CNN (0 stages): a `when:` would keep it honest
+    ("params: {model: {choice: [resnet18, cnn]}, unfreeze: {int: [0, 4]}}\n",
+     "model='cnn' (sampled), unfreeze=4 (sampled)"),
+    # onecycle needs a warm-up; the range's low end 0 is drawn with it
+    ("params:\n  schedule: {choice: [constant, onecycle]}\n  warmup_epochs: {int: [0, 2], when: {schedule: onecycle}}\n",
+     "schedule='onecycle' (sampled), warmup_epochs=0 (sampled)"),
+    # warm-up as long as the search's epochs
+    ("search: {epochs: 4}\nparams: {schedule: cosine, warmup_epochs: {randint: [0, 5]}}\n",
+     "search.epochs=4, warmup_epochs=4 (sampled)"),
+    # cutmix on cached frozen features (augment off, a frozen prefix)
+    ("params: {model: resnet18, augment: {choice: [true, false]}, cutmix: {choice: [0.0, 1.0]}}\n",
+     "augment=False (sampled), cutmix=1.0 (sampled)"),
+    # inside a range: cutmix exists only at unfreeze 2, where resnet18 still has a frozen, cached prefix
+    ("params:\n  model: resnet18\n  unfreeze: {int: [0, 4]}\n  cutmix: {value: 1.0, when: {unfreeze: 2}}\n",
+     "unfreeze=2 (sampled), cutmix=1.0 (fixed)"),
+])
+def test_combinations_sampling_can_reach_are_refused(tmp_path, text, drawn):
+    message = error_of(tmp_path, text)
+    assert f"params: a trial can draw {drawn}, which cannot run together: " in message, message
+    assert "narrow the range(s), or add a `when:` condition" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text", [
+    "params:\n  model: {choice: [cnn, resnet18, efficientnet_b0]}\n  unfreeze: {int: [0, 4], when: {model: [resnet18, "
+    "efficientnet_b0]}}\n  augment: {choice: [false, true]}\n  cutmix: {choice: [0.0, 1.0], when: {augment: true}}\n",
+    "search: {epochs: 3}\nparams:\n  schedule: {choice: [constant, cosine, onecycle]}\n  warmup_epochs: {int: [1, 2], "
+    "when: {schedule: [cosine, onecycle]}}\n",
+    "params: {model: resnet18, unfreeze: {int: [0, 4]}, cutmix: {value: 1.0, when: {unfreeze: 4}}}\n",
+])
+def test_spaces_whose_every_combination_runs_are_not_refused(tmp_path, text):
+    space = spaces.load(write(tmp_path, text))
+    s = space["search"]
+    for config in sample(space, 30):   # and every trial it proposes resolves
+        resolve({**config, "epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]})
+
+
+@pytest.mark.parametrize("name", ["modern_finetune.yaml", "resnet_unfreeze.yaml", "notebook.yaml"])
+def test_shipped_spaces_pass_the_combination_check_with_smoke_test_sizes(name):
+    from tune.search import SMOKE_CONFIG, SMOKE_SETTINGS
+
+    assert spaces.load(spaces.SPACES_DIR / name, overrides=SMOKE_SETTINGS, sets=SMOKE_CONFIG)
+
+
+def test_beyond_the_cap_a_seeded_sample_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(spaces, "COMBINATIONS_CHECKED", 40)
+    cutmix = ", ".join(str(i / 10) for i in range(50))
+    space = spaces.load(write(tmp_path, f"params: {{model: resnet18, augment: true, cutmix: {{choice: [{cutmix}]}}, "
+                                        "unfreeze: {int: [0, 4]}}\n"))
+    drawn = spaces._combinations(space["params"])
+    assert len(drawn) == 40 and drawn == spaces._combinations(space["params"])   # 100 to try: a seeded 40
+    message = error_of(tmp_path, f"params: {{model: {{choice: [resnet18, cnn]}}, cutmix: {{choice: [{cutmix}]}}, "
+                                 "unfreeze: {int: [0, 4]}}\n")
+    assert "unfreeze=4 (sampled)" in message and "model='cnn' (sampled)" in message
+
+
+def test_combination_keys_are_every_key_the_rules_read():
+    import itertools
+
+    from dogs.config import COMBINATION_KEYS, DEFAULTS, MODELS, combination_problem
+
+    class Reads(dict):
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+    read = set()
+    for model, unfreeze, schedule, warmup, cutmix, cache, augment in itertools.product(
+            MODELS, (0, 2, 5), ("constant", "onecycle"), (0, 1, 3), (0.0, 1.0), (True, False), (True, False)):
+        combination_problem(Reads({**DEFAULTS, "model": model, "unfreeze": unfreeze, "schedule": schedule,
+                                   "warmup_epochs": warmup, "epochs": 3, "cutmix": cutmix, "feature_cache": cache,
+                                   "augment": augment}))
+    assert read == set(COMBINATION_KEYS)

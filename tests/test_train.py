@@ -201,9 +201,9 @@ def test_resume_with_another_data_root_or_model_config_is_refused(tiny_config, t
     assert "classes" not in str(err.value)
     with pytest.raises(CheckpointError, match=r"head_width \(checkpoint: 512, now: 32\)"):
         train.run({**tiny_config, "head_width": 32, "epochs": 2}, tmp_path / "out", resume=True, log=quiet)
-    # what may change on resume: the epoch budget, the learning rate
-    resumed = train.run({**tiny_config, "epochs": 2, "lr": 1e-3}, tmp_path / "out", resume=True, log=quiet,
-                        device=torch.device("cpu"))
+    # what may change on resume: the epoch budget (schedule constant), where the cache is, how the arithmetic runs
+    resumed = train.run({**tiny_config, "epochs": 2, "cache_dir": str(tmp_path / "cache"), "channels_last": False},
+                        tmp_path / "out", resume=True, log=quiet, device=torch.device("cpu"))
     assert [m["epoch"] for m in resumed["history"]] == [1, 2]
 
 
@@ -333,5 +333,50 @@ def test_resume_with_another_recipe_is_refused(tiny_config, tmp_path):
     train.run(config, tmp_path, log=quiet, device=torch.device("cpu"))
     with pytest.raises(CheckpointError, match=r"optimizer \(checkpoint: 'adam', now: 'adamw'\)"):
         train.run({**config, "optimizer": "adamw"}, tmp_path, resume=True, log=quiet)
-    with pytest.raises(CheckpointError, match=r"epochs \(checkpoint: 2, now: 4\)"):  # a cosine spans its epochs
+    with pytest.raises(CheckpointError, match=r"epochs \(checkpoint: 2, now: 4; the cosine schedule spans them\)"):
         train.run({**config, "epochs": 4}, tmp_path, resume=True, log=quiet)
+
+
+def test_resume_with_a_changed_lr_is_one_line_naming_both_values(tiny_imagefolder, tmp_path):
+    """The optimizer's saved state holds the learning rate: a new lr would be silently dropped, so it is refused."""
+    argv = ["--data", str(tiny_imagefolder), "--set", "model=cnn", "image_size=16", "batch_size=16", "lr=3e-3",
+            "--out", str(tmp_path), "--device", "cpu"]
+    assert run_main(train, [*argv, "--set", "epochs=1"])[0] is None   # main returns None when it trained
+    code, _, message = run_main(train, [*argv, "--set", "epochs=2", "lr=1e-2", "optimizer=sgd", "--resume"])
+    assert code == 2 and message.count("\n") == 1, message
+    assert message.startswith(f"dogs-train: error: --resume {tmp_path / 'last.pt'}: the checkpoint is from another "
+                              "run: optimizer (checkpoint: 'adam', now: 'sgd'); lr (checkpoint: 0.003, now: 0.01) "
+                              "differ."), message
+    assert "only epochs (schedule constant), cache_dir, channels_last, compile may change" in message
+    assert message.rstrip().endswith("give the checkpoint's values: --set optimizer=adam lr=0.003; or start a new "
+                                     "run with another --out"), message
+    assert checkpoint.read(tmp_path / "last.pt")["epoch"] == 1   # nothing was overwritten
+    # the checkpoint's values, as the message says: it continues
+    assert run_main(train, [*argv, "--set", "epochs=2", "optimizer=adam", "lr=0.003", "--resume"])[0] is None
+    assert checkpoint.read(tmp_path / "last.pt")["epoch"] == 2
+
+
+def test_what_may_change_on_resume_is_one_list(tiny_config):
+    """resume_problem: every config key outside RESUME_MAY_CHANGE must match; epochs only grows, and only when the
+    schedule does not span it."""
+    from dogs.config import SCHEMA, resolve
+
+    saved = resolve({**tiny_config, "epochs": 4})
+    ckpt = {"config": saved, "classes": ["a", "b"], "root": tiny_config["data"], "epoch": 2}
+
+    def problem(**changes):
+        return checkpoint.resume_problem(ckpt, resolve({**saved, **changes}), ["a", "b"], tiny_config["data"])
+
+    assert set(checkpoint.RESUME_MAY_CHANGE) <= set(SCHEMA)
+    assert problem() is None
+    assert problem(epochs=9, cache_dir="/elsewhere", channels_last=False, compile=True) is None
+    assert problem(epochs=2) is None   # stop after the epochs already trained
+    for key, value in {"lr": 0.1, "backbone_lr": 0.5, "weight_decay": 0.1, "batch_size": 8, "seed": 1,
+                       "dropout": 0.1, "label_smoothing": 0.1, "mixup": 0.2, "augment": True, "precision": "fp32",
+                       "metric": "val_loss", "feature_cache": False, "ema": 0.9}.items():
+        why = problem(**{key: value, **({"mode": "min"} if key == "metric" else {})})
+        assert why and f"{key} (checkpoint: {saved[key]!r}, now: {value!r})" in why, (key, why)
+        assert f"--set {key}=" in why and "\n" not in why
+    assert "epochs (checkpoint: 2 trained, now: 1)" in problem(epochs=1)
+    ckpt["config"] = saved = resolve({**saved, "schedule": "onecycle", "warmup_epochs": 1})
+    assert "epochs (checkpoint: 4, now: 6; the onecycle schedule spans them)" in problem(epochs=6)

@@ -187,16 +187,19 @@ def concurrency(search, resources):
     return max(1, min(slots, search["samples"], search["max_concurrent"] or slots))
 
 
-# errored trials whose cause the user can fix: a module missing on a node (found in their error.txt)
+# errored trials whose cause the user can fix, found in their error.txt (Ray's traceback): a module missing on a
+# node, or one of our typed errors (dogs/errors.py), whose message is the traceback's last line
 MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
+USER_ERROR = re.compile(r"^dogs\.errors\.(\w+Error): (.+)$", re.MULTILINE)
 INSTALL = ("install the project on every Ray node (pip install -e . in its folder, as cluster.yaml's "
            "setup_commands do; docs/cluster.md), then continue with --resume: errored trials run again")
 
 
 def failure_hints(exp_dir, table):
-    """One line per distinct cause of the errored trials that has a known fix, read from their error.txt."""
+    """One line per distinct cause of the errored trials that has a known fix, read from their error.txt: our
+    typed error's one line (a config the trainable refused, ...), or a module missing on a node."""
     fs, _ = storage.filesystem(exp_dir)
-    trials_of = {}
+    trials_of, errors_of = {}, {}
     for trial_id in table.trial_id[table.status == "ERROR"]:
         _, path = storage.filesystem(storage.join(exp_dir, f"trial_{trial_id}", "error.txt"))
         try:
@@ -206,7 +209,9 @@ def failure_hints(exp_dir, table):
             continue
         for module in sorted({name.split(".")[0] for name in MISSING_MODULE.findall(text)}):
             trials_of.setdefault(module, []).append(trial_id)
-    lines = []
+        for kind, message in USER_ERROR.findall(text)[-1:]:
+            errors_of.setdefault(f"{kind}: {message}", []).append(trial_id)
+    lines = [f"  error        {len(trials)} errored trial(s) raised {error}" for error, trials in errors_of.items()]
     for module, trials in trials_of.items():
         what = "this project is missing on a Ray node" if module in ("dogs", "tune") \
             else f"the Python package {module!r} is missing on a Ray node"
