@@ -133,5 +133,21 @@ def test_a_local_search_runs_a_trial_per_slot_from_the_first_trials(tiny_imagefo
     assert code == 0, err
     trials = experiment.read_trials(tmp_path / "runs" / "slots")
     assert len(trials) == 6 and len({t.last["pid"] for t in trials}) == 2   # both slots' workers ran trials
-    mean, most = search.observed_concurrency(trials)
+    mean, most, _ = search.observed_concurrency(trials)
     assert most == 2 and "at most 2, in 2 slot(s)" in out
+
+
+def test_a_resumed_search_reports_its_own_session_time_and_concurrency():
+    from tune import search
+    from tune.experiment import Trial
+
+    def epochs(*ends):   # one result per epoch of 2 s, reported at each end
+        return [{"epoch": i + 1, "time_this_iter_s": 2.0, "reported_at": end} for i, end in enumerate(ends)]
+
+    # before the resume: a alone (epochs 1-2); after it (since 150): a and b at once, 2 epochs each
+    a = Trial("a", "a", {}, epochs(102, 104, 202, 204))
+    b = Trial("b", "b", {}, epochs(202, 204))
+    mean, most, own = search.observed_concurrency([a, b], since=150)
+    assert (mean, most, own) == (2.0, 2, 8.0)
+    mean, most, own = search.observed_concurrency([a, b])   # the whole experiment: a's span covers the gap
+    assert most == 2 and own == 12.0 and mean == pytest.approx(12.0 / 104)

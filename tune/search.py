@@ -339,34 +339,39 @@ def study_states(exp_dir, space=None):
         return pd.Series([t.state.name for t in study.trials], dtype=object).value_counts().to_dict()
 
 
-def observed_concurrency(trials):
-    """(mean, most) trials running at once, from their results: a trial runs from (its last report - its own
-    time) to its last report; the mean is the trials' own time over the span from the first start to the last end."""
-    spans = []
+def observed_concurrency(trials, since=None):
+    """(mean, most, seconds) of this session's trial work, from the epochs reported at or after `since` (all when
+    None): a trial runs from its first such epoch's start to its last report; `seconds` is the trials' own time
+    (time_this_iter_s) and the mean is that over the span from the first start to the last end."""
+    spans, own = [], 0.0
     for trial in trials:
-        last = trial.last
-        if last.get("time_total_s") is not None:
-            end = last.get("reported_at", last.get("timestamp"))   # reported_at: float; Ray's timestamp: whole s
-            if end is not None:
-                spans.append((end - last["time_total_s"], end))
+        ran = []
+        for result in trial.results:
+            end = result.get("reported_at", result.get("timestamp"))   # reported_at: float; Ray's timestamp: whole s
+            if end is not None and result.get("time_this_iter_s") is not None and (since is None or end >= since):
+                ran.append((end - result["time_this_iter_s"], end))
+        if ran:
+            spans.append((min(start for start, _ in ran), max(end for _, end in ran)))
+            own += sum(end - start for start, end in ran)
     if not spans:
-        return 0.0, 0
+        return 0.0, 0, 0.0
     events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     running = most = 0
     for _, step in events:
         running += step
         most = max(most, running)
     span = max(end for _, end in spans) - min(start for start, _ in spans)
-    return (sum(end - start for start, end in spans) / span if span > 0 else float(len(spans))), most
+    return (own / span if span > 0 else float(len(spans))), most, own
 
 
-def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=()):
-    """The lines printed at the end of a search; the best trial is tune.best's (tune.experiment.best_trial)."""
+def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=None):
+    """The lines printed at the end of a search; the best trial is tune.best's (tune.experiment.best_trial).
+    Times and concurrency are this session's (`since`: when it started; a resumed search ran some epochs before)."""
     s = space["search"]
-    mean, most = observed_concurrency(trials)
+    mean, most, own_s = observed_concurrency(trials, since)
     metric, mode, score = s["metric"], s["mode"], f"best_{s['metric']}"
     scored = table[table[score].notna()]
-    trial_s = float(table.time_s.fillna(0).sum())
+    trial_s = own_s if trials else float(table.time_s.fillna(0).sum())
     lines = ["", f"Search finished: {exp_dir}"]
     if len(scored):
         best = scored.loc[scored[score].idxmax() if mode == "max" else scored[score].idxmin()]
@@ -557,7 +562,7 @@ def run(args, space, exp_dir, runs, resources, workers=None):
     table = trials_table(exp_dir, space, trials)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
-    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending, trials) + failure_hints(exp_dir, table)))
+    print("\n".join(summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start) + failure_hints(exp_dir, table)))
     print("\n".join(plots.report(exp_dir)))
     if pending or (table.status == "UNFINISHED").any() or len(grid) < search["samples"]:
         why = f"Time budget {search['time_budget']} used up" if budget.is_set() else "Interrupted"
