@@ -12,7 +12,7 @@
 # /tmp/gpu-bench-out): gpu.txt (all), one .txt per stage, search-trials.csv.
 #   bash bench/gpu.sh                     # the GPU machine: device tool run(command="bash bench/gpu.sh",
 #                                         #   carry=[".whl"], timeout_s=540)
-#   bash bench/gpu.sh --small             # any CPU: tiny sizes, every stage (5.5 min on the 2-core dev machine)
+#   bash bench/gpu.sh --small             # any CPU: tiny sizes, every stage (2.5-5.5 min on the 2-core dev machine)
 #   bash bench/gpu.sh --budget-s 300 --stages machine,bundle,search
 set -uo pipefail
 cd "$(dirname "$0")/.."
