@@ -12,7 +12,8 @@ without
   ray/jars/                     the Java worker (30.7 MiB): Ray starts Java workers only when the `java`
                                 command AND the jars exist (ray/_private/services.py), a Python search never
   ray/dashboard/client/build/**/*.map   the dashboard web app's source maps (1.5 MiB, read by a browser's
-                                debugger only); the app itself stays, so ray.init()'s dashboard still works
+                                debugger only); the app stays, for a dashboard where ray[default]'s packages
+                                are (without them, as there, ray.init() starts none; tune.search asks for none)
 and with its RECORD rewritten to list exactly what is left (the kept files are byte-identical, so their
 hashes stand). Its name and METADATA are unchanged: pip sees ray 2.60.0.
 """
