@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,17 +55,31 @@ def sync(device):
 
 
 # ----------------------------------------------------------------------------- data
-def make_photos(root, n_train, n_val, classes=8, seed=0):
-    """An ImageFolder of 500x375 JPEGs that decode like photos (smooth shapes, texture, ~40 KB each)."""
+def make_photo(job):
+    """One 500x375 JPEG that decodes like a photo (smooth shapes, texture, ~40 KB), from its own seed."""
+    path, seed = job
     rng = np.random.default_rng(seed)
-    for split, n in (("Train", n_train), ("Validation", n_val)):
+    low = rng.integers(0, 255, size=(12, 16, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(low).resize((500, 375), Image.BICUBIC), dtype=np.int16)
+    noise = rng.integers(-12, 12, size=base.shape, dtype=np.int16)
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(path, quality=85)
+
+
+def make_photos(root, n_train, n_val, classes=8, seed=0, workers=None):
+    """An ImageFolder of generated photos (Train/ and Validation/, `classes` folders), on `workers` processes."""
+    jobs = []
+    for s, (split, n) in enumerate((("Train", n_train), ("Validation", n_val))):
         for i in range(n):
             folder = root / split / f"class{i % classes}"
             folder.mkdir(parents=True, exist_ok=True)
-            low = rng.integers(0, 255, size=(12, 16, 3), dtype=np.uint8)
-            base = np.asarray(Image.fromarray(low).resize((500, 375), Image.BICUBIC), dtype=np.int16)
-            noise = rng.integers(-12, 12, size=base.shape, dtype=np.int16)
-            Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"{i}.jpg", quality=85)
+            jobs.append((folder / f"{i}.jpg", (seed, s, i)))
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        for job in jobs:
+            make_photo(job)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(make_photo, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
     return root
 
 
