@@ -213,6 +213,20 @@ def test_best_prints_and_submits(experiment, tmp_path):
     assert (tmp_path / "predictions.png").stat().st_size > 0
 
 
+def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
+    # Ray keeps every epoch's checkpoint (num_to_keep would save the experiment state after each one);
+    # tune.checkpoints deletes the others: what tune.best predicts from stays
+    ran_all = 0
+    for row in experiment["table"].itertuples():
+        rows = [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines() if line.strip()]
+        best = max(reversed(rows), key=lambda r: r["val_acc"])    # the later of equal epochs
+        kept = sorted(p.name for p in Path(row.path).glob("checkpoint_*"))
+        assert kept == sorted({best["checkpoint_dir_name"], rows[-1]["checkpoint_dir_name"]}), row.trial_id
+        assert Path(row.checkpoint).name == best["checkpoint_dir_name"] and row.best_epoch == best["epoch"]
+        ran_all += len(rows) == EPOCHS
+    assert ran_all   # a trial of 3 epochs had 3 checkpoints to keep 2 of
+
+
 def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     samples = 5
     # one trial at a time, no early stopping: a trial has finished exactly when it reached epoch 3
@@ -329,9 +343,13 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     winner = min(best_losses, key=best_losses.get)
     assert best_epochs[winner] != 3   # the case: the last epoch is not the best one
 
-    # 1. every trial keeps its best epoch's checkpoint, and trials.csv reports best_val_loss at that epoch
+    # 1. every trial keeps its best epoch's checkpoint and its last one, no other (tune.checkpoints), and
+    # trials.csv reports best_val_loss at that epoch
     for row in table.itertuples():
         assert checkpoint.read(row.checkpoint)["epoch"] == best_epochs[row.trial_id] == row.best_epoch
+        by_epoch = {r["epoch"]: r["checkpoint_dir_name"] for r in results[row.trial_id]}
+        assert sorted(p.name for p in Path(row.path).glob("checkpoint_*")) == sorted({by_epoch[row.best_epoch],
+                                                                                     by_epoch[3]})
         assert row.best_val_loss == pytest.approx(best_losses[row.trial_id])
     # 2. the summary's best trial is the one with the lowest val_loss at any epoch
     assert f"best trial   {winner}: best_val_loss={best_losses[winner]:.4f} at epoch {best_epochs[winner]}" in out
