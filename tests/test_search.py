@@ -239,11 +239,16 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
 
-    # interrupt (Ctrl-C) once one trial has finished and the next one has reported an epoch
+    # interrupt (Ctrl-C) once one trial has finished and the next one has reported an epoch: read in the live
+    # study (the trials' files reach the experiment folder only when Ray saves its state, every 10 s or more)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        runs = [iterations(p) for p in exp_dir.glob("trial_*") if (p / "result.json").exists()]
-        if any(its[-1:] == [EPOCHS] for its in runs) and any(1 <= len(its) < EPOCHS for its in runs):
+        try:
+            with open_study(exp_dir) as study:
+                states = [(t.state.name, len(t.intermediate_values)) for t in study.trials]
+        except Exception:   # no study.db yet
+            states = []
+        if ("COMPLETE", EPOCHS) in states and any(s == "RUNNING" and 1 <= n < EPOCHS for s, n in states):
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -256,7 +261,7 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     # finished = reached its last epoch before the trial after it started (one at a time: Tune had recorded it
     # TERMINATED). The trial that ran last may have logged its last epoch while Ctrl-C stopped Tune before that
     # epoch's checkpoint was recorded: its last epoch was in flight, and may run again below, as any in flight.
-    last_running = max(results, key=lambda n: results[n].stat().st_mtime_ns)
+    last_running = max(results, key=lambda n: json.loads(before[n].splitlines()[0])["reported_at"])   # started last
     finished = {n for n, text in before.items()
                 if json.loads(text.splitlines()[-1])["training_iteration"] == EPOCHS and n != last_running}
     assert 1 <= len(finished) < samples, before.keys()
