@@ -15,7 +15,8 @@ revision, then for this tree, one after the other (same load, same caches). Per 
 
   wall          the driver process, start to exit (Python + Ray start, the fit, the summary, shutdown)
   fit           the wall time the summary prints (tuner.fit() only)
-  marginal      (wall - wall of the previous N) / (N - previous N): what one more trial costs
+  marginal      (wall - wall of the previous N) / (N - previous N): what one more trial costs; the same for
+                the driver's CPU (marginal CPU): its cost per trial, without Ray's start and shutdown
   conc mean     the trials' own time (sum of time_total_s) / the span from the first start to the last end
   conc peak     most trials whose [start, end] overlap (from result.json: end = timestamp, start = end - total)
   set-up        median over trials of (first iteration - second iteration): a trial's set-up time
@@ -265,7 +266,9 @@ def main():
             row = search(tree, cache, folder, kind, n)
             earlier = [r for r in rows if r["tree"] == label and r["what"] == f"tune.search, {kind}"]
             if earlier:
-                row = {**row, "marginal s/trial": (row["wall s"] - earlier[-1]["wall s"]) / (n - earlier[-1]["N"])}
+                more = n - earlier[-1]["N"]
+                row = {**row, "marginal s/trial": (row["wall s"] - earlier[-1]["wall s"]) / more,
+                       "marginal CPU s/trial": (row["driver CPU s"] - earlier[-1]["driver CPU s"]) / more}
             rows.append({"tree": label, "what": f"tune.search, {kind}", "N": n, **row})
             print(f"  {label} tune.search {kind} N={n}: {row['wall s']:.1f}s", flush=True)
     print(f"\n# load average {os.getloadavg()} at the end\n")
