@@ -22,9 +22,9 @@ of that trial's folder in the experiment; the state (`get_state`/`set_state`, sa
 dicts, so a resumed search keeps pruning where it stopped.
 """
 import re
+import sys
 from pathlib import PurePosixPath
 
-import pyarrow.fs
 from ray import tune
 
 from tune.experiment import key
@@ -90,10 +90,13 @@ class KeepBestAndLatest(tune.Callback):
         for trial_id, names in self.scores.items():
             keep = self.keep(trial_id, since.get(trial_id))
             for name in sorted(set(names) - keep):
+                path = f"{self._root}/trial_{trial_id}/{name}"
                 try:
-                    self._fs.delete_dir(f"{self._root}/trial_{trial_id}/{name}")
+                    self._fs.delete_dir(path)
                 except FileNotFoundError:
                     pass
+                except OSError as err:   # the search goes on; the folder stays
+                    print(f"Warning: could not delete the checkpoint {path}: {err}", file=sys.stderr)
                 del names[name]
 
     def __getstate__(self):
