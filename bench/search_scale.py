@@ -194,10 +194,10 @@ def search(tree, cache, work, kind, n):
                    env=env_for(tree, cache), check=True, capture_output=True)
     best = time.perf_counter() - start
     own = sum(rows[-1]["time_total_s"] for rows in trials) / len(trials)
-    return {"wall s": wall, "fit s": fit, "trials": len(trials), "own s/trial": own, "conc mean": mean, "conc peak": peak,
-            "set-up s": setup_s(trials), "driver CPU s": driver["cpu_s"], "CPU/trial s": driver["cpu_s"] / n,
-            "driver RSS MB": driver["rss_mb"], "disk MB/trial": mb / n, "files/trial": files / n,
-            "best s": best, "load": f"{before:.1f}->{load():.1f}"}
+    return {"wall s": wall, "fit s": fit, "trials": len(trials), "own s/trial": own, "conc mean": mean,
+            "conc peak": peak, "set-up s": setup_s(trials), "driver CPU s": driver["cpu_s"],
+            "CPU/trial s": driver["cpu_s"] / n, "driver RSS MB": driver["rss_mb"], "disk MB/trial": mb / n,
+            "files/trial": files / n, "best s": best, "load": f"{before:.1f}->{load():.1f}"}
 
 
 def optuna_loop(tree, cache, work, kind, n):
