@@ -15,7 +15,9 @@ revision, then for this tree, one after the other (same load, same caches). Per 
 
   wall          the driver process, start to exit (Python + Ray start, the fit, the summary, shutdown)
   fit           the wall time the summary prints (tuner.fit() only)
-  marginal      (wall - wall of the previous N) / (N - previous N): what one more trial costs
+  marginal      (wall - wall of the previous N) / (N - previous N): what one more trial costs; the same for
+                the driver's CPU (marginal CPU): its cost per trial, without Ray's start and shutdown
+  own           a trial's own time (time_total_s, its set-up included), mean over trials
   conc mean     the trials' own time (sum of time_total_s) / the span from the first start to the last end
   conc peak     most trials whose [start, end] overlap (from result.json: end = timestamp, start = end - total)
   set-up        median over trials of (first iteration - second iteration): a trial's set-up time
@@ -191,10 +193,11 @@ def search(tree, cache, work, kind, n):
     subprocess.run([sys.executable, "-m", "tune.best", "--experiment", str(exp_dir)], cwd=tree,
                    env=env_for(tree, cache), check=True, capture_output=True)
     best = time.perf_counter() - start
-    return {"wall s": wall, "fit s": fit, "trials": len(trials), "conc mean": mean, "conc peak": peak,
-            "set-up s": setup_s(trials), "driver CPU s": driver["cpu_s"], "CPU/trial s": driver["cpu_s"] / n,
-            "driver RSS MB": driver["rss_mb"], "disk MB/trial": mb / n, "files/trial": files / n,
-            "best s": best, "load": f"{before:.1f}->{load():.1f}"}
+    own = sum(rows[-1]["time_total_s"] for rows in trials) / len(trials)
+    return {"wall s": wall, "fit s": fit, "trials": len(trials), "own s/trial": own, "conc mean": mean,
+            "conc peak": peak, "set-up s": setup_s(trials), "driver CPU s": driver["cpu_s"],
+            "CPU/trial s": driver["cpu_s"] / n, "driver RSS MB": driver["rss_mb"], "disk MB/trial": mb / n,
+            "files/trial": files / n, "best s": best, "load": f"{before:.1f}->{load():.1f}"}
 
 
 def optuna_loop(tree, cache, work, kind, n):
@@ -265,7 +268,9 @@ def main():
             row = search(tree, cache, folder, kind, n)
             earlier = [r for r in rows if r["tree"] == label and r["what"] == f"tune.search, {kind}"]
             if earlier:
-                row = {**row, "marginal s/trial": (row["wall s"] - earlier[-1]["wall s"]) / (n - earlier[-1]["N"])}
+                more = n - earlier[-1]["N"]
+                row = {**row, "marginal s/trial": (row["wall s"] - earlier[-1]["wall s"]) / more,
+                       "marginal CPU s/trial": (row["driver CPU s"] - earlier[-1]["driver CPU s"]) / more}
             rows.append({"tree": label, "what": f"tune.search, {kind}", "N": n, **row})
             print(f"  {label} tune.search {kind} N={n}: {row['wall s']:.1f}s", flush=True)
     print(f"\n# load average {os.getloadavg()} at the end\n")

@@ -84,14 +84,19 @@ def two_nodes(cluster):
 # -- running the search ----------------------------------------------------------------------------
 
 def start_search(cluster, data, name, *extra, resources=None):
-    """The search driver as its own process, joined to the cluster; its trials also ask for `resources`."""
+    """The search driver as its own process, joined to the cluster; its trials also ask for `resources`.
+
+    Ray saves the experiment state, and copies the trials' files (result.json) to the storage path with it,
+    every 2 s here (TUNE_GLOBAL_CHECKPOINT_S) instead of every max(10 s, 19 x a save's time): the tests read
+    those files while the search runs, and a killed driver is resumed from such a save."""
     space = cluster.root / "space.yaml"
     space.write_text(SPACE)
     driver = ["-c", PINNED_SEARCH, json.dumps(resources)] if resources else ["-m", "tune.search"]
     cmd = [sys.executable, *driver, "--space", str(space), "--data", str(data),
            "--storage", str(cluster.root / "storage"), "--name", name, "--address", cluster.address, *extra]
     with open(cluster.root / f"driver-{name}-{len(extra)}.log", "w") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=ROOT, env=cluster.env(TUNE_GLOBAL_CHECKPOINT_S="2"), stdout=log,
+                                stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
@@ -124,6 +129,27 @@ def results(exp_dir):
                 break
         out[path.parent.name] = rows
     return out
+
+
+def live(exp_dir):
+    """{trial folder: epochs reported} of the trials running now, read in the Optuna study (live, unlike the
+    trials' files in the storage path); {} before the study can be read."""
+    from tune.searcher import open_study
+
+    try:
+        with open_study(exp_dir) as study:
+            trials = study.trials
+    except Exception:
+        return {}
+    return {"trial_" + t.user_attrs["tune_trial_id"]: len(t.intermediate_values) for t in trials
+            if t.state.name == "RUNNING" and "tune_trial_id" in t.user_attrs}
+
+
+def saved_status(exp_dir):
+    """{trial folder: status} in the experiment state Ray saved last (what --resume restores; read as JSON)."""
+    state = json.loads(max(Path(exp_dir).glob("experiment_state-*.json")).read_text())
+    trials = [json.loads(trial) for trial, _ in state["trial_data"]]
+    return {"trial_" + t["trial_id"]: t["status"] for t in trials}
 
 
 def finished(rows):
@@ -193,8 +219,7 @@ def test_worker_node_lost_mid_trial(two_nodes, tiny_imagefolder):
     try:
         # wait for a finished trial and a trial on the worker node with a checkpoint and epochs to go
         def victim():
-            rows = results(exp_dir)
-            running = [t for t, r in rows.items() if r and not finished(r) and 2 <= r[-1]["epoch"] <= EPOCHS - 3]
+            rows, running = results(exp_dir), [t for t, n in live(exp_dir).items() if 2 <= n <= EPOCHS - 3]
             return any(map(finished, rows.values())) and running and (running[0], rows)
         trial, before = wait_until(victim, proc, 300, "a finished trial and a running one")
         cluster.kill_node(worker)
@@ -235,8 +260,7 @@ def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
     exp_dir = cluster.root / "storage" / "crash"
     try:
         def mid_search():
-            rows = results(exp_dir)
-            running = [t for t, r in rows.items() if r and not finished(r) and r[-1]["epoch"] <= EPOCHS - 3]
+            rows, running = results(exp_dir), [t for t, n in live(exp_dir).items() if 1 <= n <= EPOCHS - 3]
             return any(map(finished, rows.values())) and running and rows
         wait_until(mid_search, proc, 180, "a finished trial and a running one")
         proc.send_signal(signal.SIGKILL)
@@ -247,7 +271,11 @@ def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
             proc.wait()
     time.sleep(1)   # let the last result line land (the trials die with their driver)
     before = results(exp_dir)
-    done_before = {t: r for t, r in before.items() if finished(r)}
+    # finished: in the state --resume restores (a trial that finished after Ray's last save runs its last
+    # epochs again from the checkpoint that save names, as an unfinished one)
+    saved = saved_status(exp_dir)
+    done_before = {t: r for t, r in before.items() if finished(r) and saved.get(t) == "TERMINATED"}
+    assert done_before, (saved, {t: len(r) for t, r in before.items()})
     from tune.search import study_states
     from tune.searcher import open_study
     from tune import spaces
@@ -273,7 +301,7 @@ def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
     for folder, rows in done_before.items():       # finished trials were not run again
         assert after[folder] == rows
     for folder, rows in before.items():            # unfinished ones went on from a checkpoint
-        if rows and not finished(rows) and folder not in abandoned.index:
+        if rows and folder not in done_before and folder not in abandoned.index:
             epochs = [r["epoch"] for r in after[folder]]
             assert epochs.count(1) == 1 and epochs[-1] == EPOCHS
     # the Optuna study (study.db) has exactly the experiment's trials: one study trial per Tune trial, all

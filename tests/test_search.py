@@ -216,6 +216,20 @@ def test_best_prints_and_submits(experiment, tmp_path):
     assert code == 0 and str(experiment["dir"]) in named, err
 
 
+def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
+    # Ray keeps every epoch's checkpoint (num_to_keep would save the experiment state after each one);
+    # tune.checkpoints deletes the others: what tune.best predicts from stays
+    ran_all = 0
+    for row in experiment["table"].itertuples():
+        rows = [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines() if line.strip()]
+        best = max(reversed(rows), key=lambda r: r["val_acc"])    # the later of equal epochs
+        kept = sorted(p.name for p in Path(row.path).glob("checkpoint_*"))
+        assert kept == sorted({best["checkpoint_dir_name"], rows[-1]["checkpoint_dir_name"]}), row.trial_id
+        assert Path(row.checkpoint).name == best["checkpoint_dir_name"] and row.best_epoch == best["epoch"]
+        ran_all += len(rows) == EPOCHS
+    assert ran_all   # a trial of 3 epochs had 3 checkpoints to keep 2 of
+
+
 def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     samples = 5
     # one trial at a time, no early stopping: a trial has finished exactly when it reached epoch 3
@@ -228,11 +242,16 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
 
-    # interrupt (Ctrl-C) once one trial has finished and the next one has reported an epoch
+    # interrupt (Ctrl-C) once one trial has finished and the next one has reported an epoch: read in the live
+    # study (the trials' files reach the experiment folder only when Ray saves its state, every 10 s or more)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        runs = [iterations(p) for p in exp_dir.glob("trial_*") if (p / "result.json").exists()]
-        if any(its[-1:] == [EPOCHS] for its in runs) and any(1 <= len(its) < EPOCHS for its in runs):
+        try:
+            with open_study(exp_dir) as study:
+                states = [(t.state.name, len(t.intermediate_values)) for t in study.trials]
+        except Exception:   # no study.db yet
+            states = []
+        if ("COMPLETE", EPOCHS) in states and any(s == "RUNNING" and 1 <= n < EPOCHS for s, n in states):
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -244,7 +263,7 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
     # finished = reached its last epoch before the trial after it started (one at a time: Tune had recorded it
     # TERMINATED). The trial that ran last may have logged its last epoch while Ctrl-C stopped Tune before that
     # epoch's checkpoint was recorded: its last epoch was in flight, and may run again below, as any in flight.
-    last_running = max(before, key=lambda n: json.loads(before[n].splitlines()[-1])["reported_at"])
+    last_running = max(before, key=lambda n: json.loads(before[n].splitlines()[0])["reported_at"])   # started last
     finished = {n for n, text in before.items()
                 if json.loads(text.splitlines()[-1])["training_iteration"] == EPOCHS and n != last_running}
     assert 1 <= len(finished) < samples, before.keys()
@@ -337,9 +356,13 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     winner = min(best_losses, key=best_losses.get)
     assert best_epochs[winner] != 3   # the case: the last epoch is not the best one
 
-    # 1. every trial keeps its best epoch's checkpoint, and trials.csv reports best_val_loss at that epoch
+    # 1. every trial keeps its best epoch's checkpoint and its last one, no other (tune.checkpoints), and
+    # trials.csv reports best_val_loss at that epoch
     for row in table.itertuples():
         assert checkpoint.read(row.checkpoint)["epoch"] == best_epochs[row.trial_id] == row.best_epoch
+        by_epoch = {r["epoch"]: r["checkpoint_dir_name"] for r in results[row.trial_id]}
+        assert sorted(p.name for p in Path(row.path).glob("checkpoint_*")) == sorted({by_epoch[row.best_epoch],
+                                                                                     by_epoch[3]})
         assert row.best_val_loss == pytest.approx(best_losses[row.trial_id])
     # 2. the summary's best trial is the one with the lowest val_loss at any epoch
     assert f"best trial   {winner}: best_val_loss={best_losses[winner]:.4f} at epoch {best_epochs[winner]}" in out

@@ -114,3 +114,26 @@ def test_search_resume_and_best_on_s3(s3, tiny_imagefolder, tmp_path):
     assert list(submission.columns) == ["Id", "Class"]
     assert sorted(submission.Id) == sorted(p.name for p in (tiny_imagefolder / "Test").iterdir())
     assert set(submission.Class) <= {0, 1, 2}
+
+
+def test_checkpoints_are_pruned_in_the_bucket(s3):
+    # tune.checkpoints deletes through the filesystem of Tune's checkpoints: here the bucket's
+    from ray import tune
+    from types import SimpleNamespace
+
+    from tune.checkpoints import KeepBestAndLatest
+
+    fs, _ = s3
+    keep, trial_dir = KeepBestAndLatest("val_acc", "max"), "dogs/prune/exp/trial_a"
+    for epoch, score in enumerate((0.9, 0.1, 0.2, 0.3)):
+        name = f"checkpoint_{epoch:06d}"
+        with fs.open_output_stream(f"{trial_dir}/{name}/checkpoint.pt") as f:
+            f.write(b"x")
+        keep.on_checkpoint(iteration=0, trials=[], trial=SimpleNamespace(
+            trial_id="a", last_result={"val_acc": score, "checkpoint_dir_name": name}),
+            checkpoint=tune.Checkpoint(path=f"{trial_dir}/{name}", filesystem=fs))
+    keep.get_state()
+    keep.on_experiment_end(trials=[])
+    files = fs.get_file_info(pyarrow.fs.FileSelector("dogs/prune", recursive=True))
+    assert sorted(i.path for i in files if i.type == pyarrow.fs.FileType.File) == [
+        f"{trial_dir}/checkpoint_000000/checkpoint.pt", f"{trial_dir}/checkpoint_000003/checkpoint.pt"]

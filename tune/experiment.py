@@ -8,7 +8,7 @@ tuner.pkl, searcher-state-*.pkl, params.pkl) holds pickled objects and is never 
 from someone else's bucket cannot run code through it.
 
 "Best" has one meaning (dogs.config metric/mode): a trial's score is best_<metric>, the best value of the
-metric over its epochs; its best checkpoint is that epoch's, which Ray keeps (checkpoint_score_attribute).
+metric over its epochs; its best checkpoint is that epoch's, which tune.checkpoints keeps.
 """
 import json
 from dataclasses import dataclass, field

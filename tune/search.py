@@ -239,6 +239,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tune.checkpoints import KeepBestAndLatest
     from tune.progress import ProgressCallback
     from tune.searcher import StudySearcher
     from tune.tensorboard import TensorBoardCallback
@@ -261,12 +262,13 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=runs, verbose=1 if verbose else 0,   # 0: our progress line only
-            # keep the best checkpoint by the metric; Ray always keeps the latest one too
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s["metric"],
+            # Ray deletes no checkpoint (num_to_keep would save the whole experiment state after every
+            # checkpoint: O(N) per checkpoint); KeepBestAndLatest keeps each trial's best and latest
+            checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=s["metric"],
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
-                       TensorBoardCallback(space["params"], s["metric"])]
+                       TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"])]
                       + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"])]),
         ),
     )
@@ -482,8 +484,9 @@ def search(args):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray's own TensorBoard writer off (ours writes curves + HParams); JSON/CSV loggers are added explicitly
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # a snapshot per checkpoint is intended (resume never loses a reported epoch): no warning for it
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's record of each trial's checkpoints (in every save of the experiment state) holds only their score:
+    # it keeps every epoch's (tune.checkpoints deletes the folders), not the whole result of each
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     runs = storage.resolve(args.storage)
 
     # the space and the data: checked before Ray starts

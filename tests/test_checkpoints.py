@@ -1,0 +1,113 @@
+"""tune.checkpoints.KeepBestAndLatest on its own, driven as Tune drives it (no Ray started): each trial keeps its
+best checkpoint, and every checkpoint from its latest one at the previous save of the experiment state on
+(the state --resume reads names it); after the last save, its best and its latest only."""
+import math
+import pickle
+from types import SimpleNamespace
+
+from ray import tune
+
+from tune.checkpoints import KeepBestAndLatest
+
+
+def folder_names(trial_dir):
+    return sorted(p.name for p in trial_dir.iterdir())
+
+
+class Trial:
+    """A trial reporting epochs as Tune would: the epoch's result, then its checkpoint recorded."""
+
+    def __init__(self, root, trial_id, callback):
+        self.trial_id, self.dir, self.callback, self.epochs = trial_id, root / f"trial_{trial_id}", callback, 0
+        self.dir.mkdir(parents=True)
+
+    def epoch(self, score, metric="val_acc", name=None):
+        name = name or f"checkpoint_{self.epochs:06d}"
+        (self.dir / name).mkdir(exist_ok=True)
+        (self.dir / name / "checkpoint.pt").write_bytes(b"x")
+        self.epochs += 1
+        trial = SimpleNamespace(trial_id=self.trial_id, last_result={metric: score, "checkpoint_dir_name": name})
+        self.callback.on_checkpoint(iteration=0, trials=[], trial=trial,
+                                    checkpoint=tune.Checkpoint(path=str(self.dir / name)))
+
+    def kept(self):
+        return [int(name.rsplit("_", 1)[1]) for name in folder_names(self.dir)]
+
+
+def test_a_trial_keeps_its_best_and_what_the_last_saved_state_names(tmp_path):
+    keep = KeepBestAndLatest("val_acc", "max")
+    trial = Trial(tmp_path, "a", keep)
+    for score in (0.9, 0.1):
+        trial.epoch(score)
+    keep.get_state()                 # save 1: names checkpoint 1 (the latest); nothing saved before it
+    assert trial.kept() == [0, 1]
+    for score in (0.2, 0.3):
+        trial.epoch(score)
+    keep.get_state()                 # save 2: the copy of save 1 may be all --resume has: 1 stays
+    assert trial.kept() == [0, 1, 2, 3]
+    keep.get_state()                 # save 3: save 2 named 3; 0 is the best
+    assert trial.kept() == [0, 3]
+    trial.epoch(0.95)
+    keep.get_state()
+    keep.on_experiment_end(trials=[])   # after the final save: the best and the latest
+    assert trial.kept() == [4]
+
+
+def test_best_is_tune_best_s_equal_scores_the_later_min_mode_nan_worst(tmp_path):
+    ties, low, nan = (KeepBestAndLatest("val_acc", "max"), KeepBestAndLatest("val_loss", "min"),
+                      KeepBestAndLatest("val_acc", "max"))
+    for keep, name, metric, scores in ((ties, "t", "val_acc", (0.5, 0.6, 0.6, 0.3)),
+                                       (low, "l", "val_loss", (0.9, 0.2, 0.4, 0.8)),
+                                       (nan, "n", "val_acc", (0.4, math.nan, float("nan"), 0.1))):
+        trial = Trial(tmp_path, name, keep)
+        for score in scores:
+            trial.epoch(score, metric)
+        keep.get_state()
+        keep.get_state()
+        keep.on_experiment_end(trials=[])
+        assert trial.kept() == {"t": [2, 3], "l": [1, 3], "n": [0, 3]}[name]
+
+
+def test_never_deletes_what_it_cannot_vouch_for(tmp_path):
+    keep = KeepBestAndLatest("val_acc", "max")
+    trial = Trial(tmp_path, "a", keep)
+    trial.epoch(0.1)
+    # a checkpoint whose result is not the one Tune gives with it (its score unknown)
+    (trial.dir / "checkpoint_000001").mkdir()
+    keep.on_checkpoint(iteration=0, trials=[], trial=SimpleNamespace(trial_id="a", last_result={
+        "val_acc": 0.0, "checkpoint_dir_name": "checkpoint_000000"}),
+        checkpoint=tune.Checkpoint(path=str(trial.dir / "checkpoint_000001")))
+    trial.epochs = 2
+    # a folder not named checkpoint_<n>, and one in another trial's folder
+    trial.epoch(0.2, name="best_weights")
+    other = tmp_path / "trial_b" / "checkpoint_000000"
+    other.mkdir(parents=True)
+    keep.on_checkpoint(iteration=0, trials=[], trial=SimpleNamespace(trial_id="a", last_result={
+        "val_acc": 0.0, "checkpoint_dir_name": "checkpoint_000000"}), checkpoint=tune.Checkpoint(path=str(other)))
+    trial.epoch(0.3)
+    trial.epoch(0.4)
+    for _ in range(3):
+        keep.get_state()
+    keep.on_experiment_end(trials=[])
+    assert folder_names(trial.dir) == ["best_weights", "checkpoint_000001", "checkpoint_000004"]
+    assert other.is_dir()
+
+
+def test_a_resumed_search_prunes_from_the_saved_state(tmp_path):
+    first = KeepBestAndLatest("val_acc", "max")
+    trial = Trial(tmp_path, "a", first)
+    for score in (0.5, 0.9, 0.1, 0.2):
+        trial.epoch(score)
+    saved = pickle.loads(pickle.dumps(first.get_state()))   # the state --resume reads: names checkpoint 3
+    trial.epoch(0.3)                 # then the driver is killed: checkpoint 4 is unknown to that state
+    # Tune restores the callback from tuner.pkl and sets its state from the saved one
+    second = pickle.loads(pickle.dumps(first))
+    second.set_state(saved)
+    second.get_state()               # before any checkpoint of this driver: nothing deleted
+    assert trial.kept() == [0, 1, 2, 3, 4]
+    trial.callback, trial.epochs = second, 4
+    trial.epoch(0.15)                # the trial goes on from checkpoint 3: epoch 4 again
+    second.get_state()               # against the state it resumed from (3): 0 and 2 go
+    assert trial.kept() == [1, 3, 4]
+    second.on_experiment_end(trials=[])
+    assert trial.kept() == [1, 4]
