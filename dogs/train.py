@@ -36,7 +36,6 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     history.csv is written every epoch; a resumed run keeps the rows of the epochs before the interruption.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     last, history_csv = out_dir / "last.pt", out_dir / "history.csv"
     state = checkpoint.read(last) if resume and last.exists() else None
     if resume and state is None:
@@ -45,6 +44,7 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
         run = Run(config, device=device, resume=state, train_on_val=train_on_val, log_fn=log)
     except CheckpointError as err:
         raise CheckpointError(f"--resume {last}: {err}; or start a new run with another --out") from None
+    out_dir.mkdir(parents=True, exist_ok=True)   # only once the run can start: a refused run leaves no folder
     (out_dir / "config.json").write_text(json.dumps(run.config, indent=2))
     log(f"{run.config['model']} on {len(run.classes)} classes, device {run.device}, "
         f"{'cached frozen features' if run.cached else 'images'} -> {out_dir}")

@@ -123,8 +123,9 @@ def test_command_line(tiny_imagefolder, tmp_path, capsys):
     assert (tmp_path / "out" / "submission.csv").exists() and (tmp_path / "out" / "predictions.png").exists()
     code, _, err = run_main(train, ["--data", str(tiny_imagefolder), "--set", "learning_rate=1"])
     assert code == 2 and re.match(r"dogs-train: error: unknown config key.*'learning_rate'", err), err
-    code, _, err = run_main(train, ["--data", str(tmp_path), "--set", "model=cnn"])
+    code, _, err = run_main(train, ["--data", str(tmp_path), "--set", "model=cnn", "--out", str(tmp_path / "refused")])
     assert code == 2 and "has no Train/ folder" in err, err
+    assert not (tmp_path / "refused").exists()   # a run that cannot start leaves no folder behind
 
 
 def test_trainable_reports_every_epoch_and_resumes_from_its_checkpoint(tiny_config, tmp_path, monkeypatch):
