@@ -92,6 +92,8 @@ def test_mistakes_are_refused(experiment, tmp_path):
     assert code == 2 and "not an experiment" in err and str(tmp_path) in err
     code, _, err = run_main(best, ["--storage", str(tmp_path)])
     assert code == 2 and "no experiment in" in err
+    code, _, err = run_main(best, ["--experiment", "nowhere", "--storage", str(tmp_path)])
+    assert code == 2 and "--experiment nowhere: no such folder here" in err and str(tmp_path / "nowhere") in err
 
 
 # --- tune.best never runs code from an experiment folder; --data; its errors say dogs-best ---

@@ -74,9 +74,11 @@ def experiment_dir(given, runs):
     if not given:
         return experiment.latest_experiment(runs)
     named = storage.join(storage.resolve(runs), given)
-    if not storage.is_uri(given) and not Path(given).exists() and storage.is_file(storage.join(named, SPACE_FILE)):
+    if storage.is_uri(given) or Path(given).exists():
+        return storage.resolve(given)
+    if storage.is_file(storage.join(named, SPACE_FILE)):
         return named
-    return storage.resolve(given)
+    raise ExperimentError(f"--experiment {given}: no such folder here, and no experiment {named} in --storage")
 
 
 def main(argv=None):
