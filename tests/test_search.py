@@ -244,17 +244,18 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
 
     # interrupt (Ctrl-C) once one trial has finished and the next one has reported an epoch: read in the live
     # study (the trials' files reach the experiment folder only when Ray saves its state, every 10 s or more)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
+    deadline, reached, states = time.time() + 480, False, []   # generous: a loaded 2-core machine took 150 s to the first trial's end
+    while not reached and time.time() < deadline and proc.poll() is None:
         try:
             with open_study(exp_dir) as study:
                 states = [(t.state.name, len(t.intermediate_values)) for t in study.trials]
         except Exception:   # no study.db yet
             states = []
-        if ("COMPLETE", EPOCHS) in states and any(s == "RUNNING" and 1 <= n < EPOCHS for s, n in states):
-            break
-        time.sleep(0.2)
+        reached = ("COMPLETE", EPOCHS) in states and any(s == "RUNNING" and 1 <= n < EPOCHS for s, n in states)
+        time.sleep(0 if reached else 0.2)
     proc.send_signal(signal.SIGINT)
+    assert reached, f"the search never had a finished trial and a running one ({states}): " + \
+        (tmp_path / "first.log").read_text()[-3000:]
     assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
     console = (tmp_path / "first.log").read_text()   # a real console: the workers' lines reach it too
     assert "Checkpoint successfully created" not in console and "Trial status:" not in console
