@@ -53,7 +53,7 @@ SETTINGS = {
                    "from complete trials only)"),
     "scheduler": Key("asha", "str", SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
                      "fifo = every trial runs all its epochs"),
-    "seed": Key(0, "int or null", SEEDS, "seeds the sampler: the same file proposes the same configurations"),
+    "seed": Key(0, "int or null", SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
     "cpus_per_trial": Key(1, "number", Range(0, low_open=True), "CPUs each trial holds"),
     "gpus_per_trial": Key(0, "number", Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
     "max_concurrent": Key(None, "int or null", Range(1), "most trials at once; null = as many as the resources allow"),
