@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SPACE = """
-search: {{samples: {samples}, epochs: {epochs}, grace_period: 1, reduction_factor: 3, metric: val_acc, max_concurrent: 1}}
+search: {{samples: {samples}, epochs: {epochs}, grace_period: {grace}, reduction_factor: 3, metric: val_acc, max_concurrent: 1}}
 params:
   model: cnn
   weights: none
@@ -164,6 +164,10 @@ def main():
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--budget-trials", type=int, default=48, help="trials of the tpe+asha@budget arm")
+    p.add_argument("--grace", type=int, nargs="+", default=[1],
+                   help="ASHA grace periods to compare: each one past the first adds tpe+asha and tpe+asha@budget arms")
+    p.add_argument("--arms", nargs="+", help="run only these arms (names as in the table, e.g. random+fifo "
+                   "'tpe+asha@budget g2'); default: all; random+fifo is always run (the reference)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "search_quality"), help="runs, data, table, PNG")
     args = p.parse_args()
     arms = dict(ARMS)
@@ -181,23 +185,36 @@ def main():
     # every arm x seed, each a real search
     spaces = {}
     for samples in (args.trials, args.budget_trials):
-        spaces[samples] = out / f"space-{samples}.yaml"
-        spaces[samples].write_text(SPACE.format(samples=samples, epochs=args.epochs))
-    plan = [(arm, s, c, args.trials) for arm, (s, c) in arms.items()] + [("tpe+asha@budget", "tpe", "asha",
-                                                                          args.budget_trials)]
+        for grace in args.grace:
+            tag = "" if grace == args.grace[0] else f"-g{grace}"
+            spaces[samples, grace] = out / f"space-{samples}{tag}.yaml"
+            spaces[samples, grace].write_text(SPACE.format(samples=samples, epochs=args.epochs, grace=grace))
+    first = args.grace[0]
+    plan = [(arm, s, c, args.trials, first) for arm, (s, c) in arms.items()]
+    plan += [("tpe+asha@budget", "tpe", "asha", args.budget_trials, first)]
+    for grace in args.grace[1:]:   # the same TPE+ASHA arms with another grace period
+        plan += [(f"tpe+asha g{grace}", "tpe", "asha", args.trials, grace),
+                 (f"tpe+asha@budget g{grace}", "tpe", "asha", args.budget_trials, grace)]
+    if args.arms:
+        plan = [row for row in plan if row[0] in {*args.arms, "random+fifo"}]
     tables, walls = {}, {}
     for seed in range(args.seeds):
-        for arm, sampler, scheduler, samples in plan:
-            name = f"{arm.replace('+', '-').replace('@', '-')}-s{seed}"
+        for arm, sampler, scheduler, samples, grace in plan:
+            name = f"{arm.replace('+', '-').replace('@', '-').replace(' ', '-')}-s{seed}"
             if not Path(runs, name, "trials.csv").is_file():
-                walls[arm, seed] = search(spaces[samples], task, runs, name, sampler, scheduler, seed,
+                walls[arm, seed] = search(spaces[samples, grace], task, runs, name, sampler, scheduler, seed,
                                           out / f"{name}.log")
                 print(f"  {name}: {walls[arm, seed]:.0f} s", flush=True)
             tables[arm, seed] = trials_in_order(runs / name)
 
-    # score every trial's kept checkpoint on the held-out digits, once
-    for table in tables.values():
-        table["test_acc"] = [test_accuracy(c, holdout, cache) for c in table.checkpoint]
+    # score every trial's kept checkpoint on the held-out digits, once (kept in <run>/test_acc.csv)
+    for (arm, seed), table in tables.items():
+        scored = Path(table.path.iloc[0]).parent / "test_acc.csv"
+        if scored.is_file():
+            table["test_acc"] = table.trial_id.map(pd.read_csv(scored, dtype={"trial_id": str}).set_index("trial_id").test_acc)
+        else:
+            table["test_acc"] = [test_accuracy(c, holdout, cache) for c in table.checkpoint]
+            table[["trial_id", "test_acc"]].to_csv(scored, index=False)
 
     # per arm and seed: best found, what it cost, what it hands over
     rows = []
@@ -224,6 +241,12 @@ def main():
         test_acc_at_random_budget=("test_acc_at_random_budget", "mean"))
     print(markdown(summary.reset_index()))
     print("\nper seed:\n" + markdown(per_seed))
+    budgets = [b for b in (24, 32, 48, 64, 96, 128, 192) if b <= per_seed.trial_epochs.max()]
+    at_budget = pd.DataFrame([{"arm": arm, **{f"{b} ep": np.mean([getattr(handed_over(tables[arm, s], b), "test_acc", np.nan)
+                                                                 for s in range(args.seeds)]) for b in budgets}}
+                              for arm in dict.fromkeys(a for a, _ in tables)])
+    print("\ntest accuracy of the checkpoint handed over after B trial-epochs (mean over seeds; a run that ended "
+          "sooner hands over its final pick; nan = some seed had no trial finished by then):\n" + markdown(at_budget))
     print("\nhow well epoch k ranks trials (Spearman of val_acc at epoch k with the final best_val_acc, FIFO runs):\n"
           + markdown(early_rank_correlation(tables, args.epochs)))
 
@@ -236,7 +259,7 @@ def main():
     top = max(int(t.trial_epochs.iloc[-1]) for t in tables.values())
     grid = np.arange(1, top + 1)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for arm in [*arms, "tpe+asha@budget"]:
+    for arm in dict.fromkeys(arm for arm, *_ in plan):
         curves = np.array([anytime(tables[arm, s], grid) for s in range(args.seeds)])
         ends = min(int(tables[arm, s].trial_epochs.iloc[-1]) for s in range(args.seeds))
         with warnings.catch_warnings():   # before any trial has finished: no value yet
