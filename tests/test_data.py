@@ -1,4 +1,5 @@
 """Data: layout errors, awkward files, decode cache, test-file order, the digits demo."""
+import logging
 import os
 import re
 import shutil
@@ -95,3 +96,34 @@ def test_demo_is_real_digits_in_imagefolder_layout(tmp_path):
     n_test = len(data.test_files(root))
     assert len(files) + n_val + n_test == 1797
     assert (root / "test_labels.csv").read_text().count("\n") == n_test + 1
+
+
+def test_hidden_and_nas_folders_inside_a_class_are_not_walked_and_stray_files_are_warned(tmp_path, caplog):
+    root = make_imagefolder(tmp_path / "d", n_train=2, n_val=1, n_test=0, awkward=False)
+    circle = root / "Train" / "circle"
+    # copies a notebook, a NAS or a zip tool leave behind: each would silently add an image to the class
+    for junk in (".ipynb_checkpoints", "@eaDir/0.png", "__MACOSX", "sub/.thumbnails"):
+        (circle / junk).mkdir(parents=True)
+        shutil.copy(circle / "0.png", circle / junk / "0-copy.png")
+    (root / "Train" / ".ipynb_checkpoints").mkdir()          # a hidden folder in Train/ is no class
+    shutil.copy(circle / "0.png", circle / "sub" / "kept.png")  # a plain subfolder is part of its class
+    shutil.copy(circle / "0.png", circle / "photo.jfif")       # a JPEG as browsers save it: an image name
+    shutil.copy(circle / "0.png", root / "Train" / "loose.png")  # in no class folder
+    for name in ("IMG_1.heic", "notes.txt", "Thumbs.db", "._0.png", ".DS_Store"):
+        (circle / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="dogs"):
+        classes, files, _ = data.labeled_split(root, "Train")
+    assert classes == ["circle", "square", "triangle"]
+    assert sorted(str(f.relative_to(circle)) for f in files if circle in f.parents) == [
+        "0.png", "1.jpg", "photo.jfif", "sub/kept.png"]
+    assert "holds 1 image(s) outside the class folders (e.g. loose.png)" in caplog.text
+    assert "skipping 2 file(s) whose names are not images (.heic: 1, .txt: 1;" in caplog.text  # not the junk
+
+
+def test_test_files_whose_names_are_not_images_are_warned_they_get_no_row(tmp_path, caplog):
+    (tmp_path / "Test").mkdir()
+    for name in ("0.jpg", "1.HEIC", "Thumbs.db"):
+        (tmp_path / "Test" / name).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="dogs"):
+        assert [p.name for p in data.test_files(tmp_path)] == ["0.jpg"]
+    assert "skipping 1 file(s) whose names are not images (.heic: 1;" in caplog.text
