@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import make_imagefolder
 from dogs import cache, data
@@ -42,6 +43,27 @@ def test_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path):
     assert np.array_equal(changed.images, first.images)
     assert cache.cached_images(files, 24, tmp_path / "c").images.shape[1:] == (24, 24, 3)
 
+
+
+def test_cache_is_rebuilt_when_a_file_is_rewritten_keeping_its_size_and_mtime(tmp_path):
+    # `exiftool -P -Orientation=6`: the same bytes but one, the modification time kept; the photo now stands upright
+    pixels = np.zeros((16, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = (255, 0, 0)  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    before = cache.cached_images([path], 16, tmp_path / "c").images[0].copy()
+    st = os.stat(path)
+    raw = path.read_bytes()
+    tag = b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x01"  # big-endian IFD entry: Orientation, SHORT, 1, value 1
+    assert raw.count(tag) == 1
+    path.write_bytes(raw.replace(tag, tag[:-2] + b"\x00\x06"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = cache.cached_images([path], 16, tmp_path / "c").images[0]
+    assert before[:, :4, 0].mean() > 200 and before[:, -4:, 0].mean() < 50     # red on the left
+    assert after[:4, :, 0].mean() > 200 and after[-4:, :, 0].mean() < 50       # turned: red on top
 
 def test_test_files_are_in_numeric_order(tiny_imagefolder):
     names = [p.name for p in data.test_files(tiny_imagefolder)]
