@@ -3,6 +3,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -199,9 +200,23 @@ def check_same_classes(train_classes, val_classes, root):
     if train_classes != val_classes:
         only_train = sorted(set(train_classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(train_classes))
+        nfc = {unicodedata.normalize("NFC", name) for name in only_train}
+        hint = ("; they differ only in how accents are encoded (Unicode NFC vs NFD, e.g. one split copied from "
+                "macOS): rename them in one split" if nfc & {unicodedata.normalize("NFC", n) for n in only_val} else "")
         raise DataError(f"{root}: Train/ and Validation/ must have the same class folders; "
-                        f"only in Train: {only_train}, only in Validation: {only_val}")
+                        f"only in Train: {only_train}, only in Validation: {only_val}{hint}")
 
+
+
+def warn_shared_files(train_files, val_files):
+    """A warning when Validation files are Train files too (symbolic or hard links to one file): not held out."""
+    def ids(files):
+        return {(st.st_dev, st.st_ino): f for f, st in ((f, os.stat(f)) for f in files)}
+    train = ids(train_files)
+    shared = [(f, train[key]) for key, f in ids(val_files).items() if key in train]
+    if shared:
+        log.warning("%d Validation image(s) are Train images too (links to one file, e.g. %s and %s): validation "
+                    "scores are not held out; link each image into one split only", len(shared), *shared[0])
 
 def _natural_key(path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.stem)] + [path.name]

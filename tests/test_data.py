@@ -3,6 +3,7 @@ import logging
 import os
 import re
 import shutil
+import unicodedata
 
 import numpy as np
 import pytest
@@ -149,3 +150,26 @@ def test_test_files_whose_names_are_not_images_are_warned_they_get_no_row(tmp_pa
     with caplog.at_level(logging.WARNING, logger="dogs"):
         assert [p.name for p in data.test_files(tmp_path)] == ["0.jpg"]
     assert "skipping 1 file(s) whose names are not images (.heic: 1;" in caplog.text
+
+
+def test_class_names_that_differ_only_in_unicode_normalization_say_so(tmp_path):
+    root = make_imagefolder(tmp_path / "d", n_train=1, n_val=1, n_test=0, awkward=False)
+    (root / "Train" / "circle").rename(root / "Train" / unicodedata.normalize("NFD", "café"))   # as macOS writes it
+    (root / "Validation" / "circle").rename(root / "Validation" / unicodedata.normalize("NFC", "café"))
+    with pytest.raises(data.DataError, match="only in Train: .*differ only in how accents are encoded"):
+        data.check_same_classes(data.labeled_split(root, "Train")[0], data.labeled_split(root, "Validation")[0], root)
+
+
+def test_validation_images_that_are_train_images_too_are_warned_and_class_mismatch_is_found_before_decoding(
+        tmp_path, caplog, monkeypatch):
+    root = make_imagefolder(tmp_path / "d", n_train=2, n_val=1, n_test=0, awkward=False)
+    os.symlink(root / "Train" / "circle" / "1.jpg", root / "Validation" / "circle" / "linked.jpg")
+    os.link(root / "Train" / "square" / "0.png", root / "Validation" / "square" / "hard.png")
+    config = resolve({"data": str(root), "model": "cnn", "image_size": 16, "cache_dir": str(tmp_path / "c")})
+    with caplog.at_level(logging.WARNING, logger="dogs"):
+        load_splits(config, log_fn=lambda m: None)
+    assert "2 Validation image(s) are Train images too" in caplog.text and "not held out" in caplog.text
+    shutil.rmtree(root / "Validation" / "triangle")
+    monkeypatch.setattr(cache, "cached_images", lambda *a, **k: pytest.fail("decoded before the classes were checked"))
+    with pytest.raises(data.DataError, match=re.escape("only in Train: ['triangle']")):
+        load_splits(config, log_fn=lambda m: None)
