@@ -1,8 +1,8 @@
 """Decode once: every image of a split, RGB and resized, in one memory-mapped uint8 array (N, H, W, 3).
 
-The array file is keyed by everything its bytes depend on: the file list (paths, sizes, mtimes, in order),
-the resolution, and how a file is decoded (data.DECODE and Pillow's version). A changed data set or decode
-is rebuilt; an unchanged one never is. All trials on a node map the same file, so one copy lives in the
+The array file is keyed by everything its bytes depend on: the file list (paths, sizes, mtimes, inodes, ctimes,
+in order), the resolution, and how a file is decoded (data.DECODE and Pillow's version). A changed data set or
+decode is rebuilt; an unchanged one never is. All trials on a node map the same file, so one copy lives in the
 page cache, and a file lock makes trials that start together build it once. Corrupt files keep their slot
 (all zeros) and are listed in the metadata; `CachedImages.ok` masks them out.
 """
@@ -68,12 +68,17 @@ def cpu_count():
 
 
 def image_key(files, size):
-    """Hash of DECODE, Pillow's version, the size and each file (path, bytes, mtime) in order."""
+    """Hash of DECODE, Pillow's version, the size and each file (path, bytes, mtime, inode, ctime) in order.
+
+    The inode and ctime catch a file rewritten with its size and mtime kept (`exiftool -P` setting the orientation,
+    `cp -p`, `rsync -a`): no tool can set ctime, and every write or replacement changes it (so does chmod: a rebuild).
+    """
     decode = json.dumps({"decode": DECODE, "pillow": PIL.__version__, "size": size}, sort_keys=True)
     h = hashlib.sha256(decode.encode() + b"\n")
     for path in files:
         st = os.stat(path)
-        h.update(f"{os.path.abspath(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        h.update(f"{os.path.abspath(path)}\t{stamp}\n".encode())
     return h.hexdigest()[:24]
 
 

@@ -213,7 +213,20 @@ def resolve(config=None):
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but `1e-4` is a float (plain YAML 1.1 reads it as a string)."""
+    """PyYAML's safe loader, but `1e-4` is a float (plain YAML 1.1 reads it as a string) and a key given twice in
+    one mapping is an error (PyYAML keeps the last value: `lr: 0.1` ... `lr: 0.001` silently trained at 0.001)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in lines:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key_node.value!r} is given twice (lines {lines[key]} and "
+                        f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+                lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -226,6 +239,13 @@ _Loader.add_implicit_resolver(
 def load_yaml(text):
     """YAML as a config file or a search space means it: safe, and 1e-4 is a number."""
     return yaml.load(text, Loader=_Loader)
+
+
+def yaml_problem(err):
+    """A YAML error in one line: 'line 2, column 13: mapping values are not allowed here'."""
+    mark = getattr(err, "problem_mark", None)
+    words = "; ".join(w for w in (getattr(err, "context", None), getattr(err, "problem", None)) if w)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {words}" if mark and words else " ".join(str(err).split())
 
 
 def parse_value(text):

@@ -3,6 +3,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,12 @@ from .files import atomic_path, build_once
 
 log = logging.getLogger("dogs")
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".avif", ".tif", ".tiff",
+                    ".ppm", ".pgm"}
+# never walked: hidden folders (.ipynb_checkpoints, .thumbnails) and what NAS, zip and OS tools leave beside photos
+# (Synology's @eaDir holds a thumbnail of every photo: walking it would add each image again, at thumbnail size)
+SKIPPED_FOLDERS = {"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information"}
+JUNK_FILES = {"thumbs.db", "desktop.ini"}  # not images, and not worth a warning (nor are hidden files: ._x.jpg)
 TRAIN, VALIDATION, TEST = "Train", "Validation", "Test"
 LAYOUT = (
     "expected layout:\n"
@@ -61,6 +67,26 @@ def is_image_name(path):
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def is_skipped_folder(name):
+    return name.startswith(".") or name in SKIPPED_FOLDERS
+
+
+def is_junk(path):
+    return path.name.startswith(".") or path.name.lower() in JUNK_FILES
+
+
+def warn_not_images(folder, others):
+    """One warning for the files under `folder` skipped because their names are not images (.heic, .txt, ...)."""
+    if not others:
+        return
+    counts = {}
+    for p in others:
+        counts[p.suffix.lower() or p.name] = counts.get(p.suffix.lower() or p.name, 0) + 1
+    log.warning("%s: skipping %d file(s) whose names are not images (%s; e.g. %s); image extensions: %s",
+                folder, len(others), ", ".join(f"{ext}: {n}" for ext, n in sorted(counts.items())), others[0],
+                " ".join(sorted(IMAGE_EXTENSIONS)))
+
+
 def _split_folders(root):
     """Real locations of the split folders: a folder link that resolves into one points back into the data tree."""
     folders = [Path(root) / split for split in (TRAIN, VALIDATION, TEST)]
@@ -81,20 +107,25 @@ def _skip_link(link, tree, visited):
     return False
 
 
-def image_files(folder, tree, walked=None):
+def image_files(folder, tree, walked=None, others=None):
     """Image files under `folder` (any depth), sorted. Folder links are followed unless they loop back into `tree`.
 
-    Every folder walked is appended to `walked` (when given).
+    Hidden and system folders (is_skipped_folder) are not walked. Every folder walked is appended to `walked`,
+    every other file that is not junk (is_junk) to `others` (when given).
     """
     found, visited = [], {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         if walked is not None:
             walked.append(dirpath)
-        # prune links back into the data tree and loops; remember every real folder walked
-        dirnames[:] = [d for d in dirnames if not (os.path.islink(os.path.join(dirpath, d))
-                                                  and _skip_link(os.path.join(dirpath, d), tree, visited))]
+        # prune hidden and system folders, links back into the data tree and loops; remember every real folder walked
+        dirnames[:] = [d for d in dirnames if not is_skipped_folder(d) and not (
+            os.path.islink(os.path.join(dirpath, d)) and _skip_link(os.path.join(dirpath, d), tree, visited))]
         visited.update(os.path.realpath(os.path.join(dirpath, d)) for d in dirnames)
-        found += [p for p in (Path(dirpath) / f for f in filenames) if is_image_name(p) and p.is_file()]
+        for p in (Path(dirpath) / f for f in filenames):
+            if is_image_name(p) and p.is_file():
+                found.append(p)
+            elif others is not None and not is_junk(p):
+                others.append(p)
     return sorted(found)
 
 
@@ -139,20 +170,26 @@ def labeled_split(root, split):
 def _list_split(root, split, walked):
     folder = Path(root) / split
     tree = _split_folders(root)
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+    entries = sorted(folder.iterdir())
+    classes = sorted(p.name for p in entries if p.is_dir() and not is_skipped_folder(p.name)
                      and not (p.is_symlink() and _skip_link(p, tree, set())))
+    loose = [p.name for p in entries if p.is_file() and is_image_name(p)]
+    if loose:
+        log.warning("%s holds %d image(s) outside the class folders (e.g. %s): not used; move each into the "
+                    "folder of its class", folder, len(loose), loose[0])
     if not classes:
         raise DataError(f"{folder} has no class folders; {LAYOUT}")
     if len(classes) == 1:
         raise DataError(f"{folder} has one class folder ({classes[0]}): nothing to classify; "
                         f"add a folder per class; {LAYOUT}")
-    files, labels, empty = [], [], []
+    files, labels, empty, others = [], [], [], []
     for label, name in enumerate(classes):
-        found = image_files(folder / name, tree, walked)
+        found = image_files(folder / name, tree, walked, others)
         if not found:
             empty.append(name)
         files += found
         labels += [label] * len(found)
+    warn_not_images(folder, others)
     if empty:
         raise DataError(f"{folder}: class folder(s) with no images: {empty} "
                         f"(image extensions: {sorted(IMAGE_EXTENSIONS)}); remove them or add images")
@@ -163,9 +200,23 @@ def check_same_classes(train_classes, val_classes, root):
     if train_classes != val_classes:
         only_train = sorted(set(train_classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(train_classes))
+        nfc = {unicodedata.normalize("NFC", name) for name in only_train}
+        hint = ("; they differ only in how accents are encoded (Unicode NFC vs NFD, e.g. one split copied from "
+                "macOS): rename them in one split" if nfc & {unicodedata.normalize("NFC", n) for n in only_val} else "")
         raise DataError(f"{root}: Train/ and Validation/ must have the same class folders; "
-                        f"only in Train: {only_train}, only in Validation: {only_val}")
+                        f"only in Train: {only_train}, only in Validation: {only_val}{hint}")
 
+
+
+def warn_shared_files(train_files, val_files):
+    """A warning when Validation files are Train files too (symbolic or hard links to one file): not held out."""
+    def ids(files):
+        return {(st.st_dev, st.st_ino): f for f, st in ((f, os.stat(f)) for f in files)}
+    train = ids(train_files)
+    shared = [(f, train[key]) for key, f in ids(val_files).items() if key in train]
+    if shared:
+        log.warning("%d Validation image(s) are Train images too (links to one file, e.g. %s and %s): validation "
+                    "scores are not held out; link each image into one split only", len(shared), *shared[0])
 
 def _natural_key(path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.stem)] + [path.name]
@@ -182,10 +233,11 @@ def test_files(root):
     if not folder.is_dir():
         return []
     entries = sorted(folder.iterdir())
-    subfolders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
+    subfolders = [p.name for p in entries if p.is_dir() and not is_skipped_folder(p.name)]
     if subfolders:
         log.warning("Test/ holds files only: skipping its subfolder(s) %s and the files in them", subfolders[:5])
     files = [p for p in entries if p.is_file() and is_image_name(p)]
+    warn_not_images(folder, [p for p in entries if p.is_file() and not is_image_name(p) and not is_junk(p)])
     if all(p.stem.isdigit() for p in files):
         by_number = {}
         for p in files:

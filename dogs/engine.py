@@ -68,9 +68,13 @@ def load_splits(config, log_fn=print):
     root, is_demo = data.resolve_root(config["data"], config["cache_dir"])
     if is_demo:
         log_fn(f"no data folder given: using the built-in demo, scikit-learn's handwritten digits, at {root}")
+    # both splits listed and checked against each other before anything is decoded
+    train_classes, train_files, _ = data.labeled_split(root, data.TRAIN)
+    val_classes, val_files, _ = data.labeled_split(root, data.VALIDATION)
+    data.check_same_classes(train_classes, val_classes, root)
+    data.warn_shared_files(train_files, val_files)
     classes, train = load_split(root, data.TRAIN, config)
-    val_classes, val = load_split(root, data.VALIDATION, config)
-    data.check_same_classes(classes, val_classes, root)
+    _, val = load_split(root, data.VALIDATION, config)
     return root, classes, train, val
 
 

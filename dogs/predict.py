@@ -7,6 +7,7 @@ own image_size and normalizes them its own way; their softmax outputs are averag
 member's output is the mean over the image and its horizontal mirror.
 """
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,17 @@ def submit(model, ckpt, out_dir, data_root=None, device=None, tta=False, others=
                                   f"{len(ckpt['classes'])}): they were trained on other data")
     (model, config), rest = members[0], members[1:]
     root, _ = data.resolve_root(config["data"], config["cache_dir"])
+    # the data's classes are the checkpoint's, checked before anything is written (Class is an index into them)
+    classes = list(ckpt["classes"])
+    val_classes = data.labeled_split(root, data.VALIDATION)[0]
+    if val_classes != classes:
+        raise CheckpointError(f"{root}: its classes are not those of the checkpoint (only in the checkpoint: "
+                              f"{sorted(set(classes) - set(val_classes))[:5]}, only in {data.VALIDATION}/: "
+                              f"{sorted(set(val_classes) - set(classes))[:5]}): predict for the data it was trained on")
+    numbered = [re.match(r"\d+", name) for name in classes]
+    if all(numbered) and any(int(m.group()) != i for i, m in enumerate(numbered)):
+        log.warning("the class folders are numbered, but Class in submission.csv is the index into their sorted "
+                    "names, not that number: %s", ", ".join(f"{i} = {name!r}" for i, name in enumerate(classes[:3])))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     submission = write_submission(model, config, root, out_dir / "submission.csv", device, tta=tta, others=rest)

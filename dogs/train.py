@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from . import checkpoint, predict
-from .config import check_value, load_yaml, parse_sets, resolve
+from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
 from .files import atomic_path
@@ -103,8 +103,12 @@ def load_config_file(path):
     """A YAML or JSON file of fixed config values (flat keys of dogs.config), each checked."""
     try:
         values = load_yaml(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except OSError as err:
         raise ConfigError(f"--config {path}: cannot read it: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of config keys to values, got {type(values).__name__}")
     for key, value in values.items():

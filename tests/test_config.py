@@ -128,6 +128,31 @@ def test_train_bad_value_in_config_file_names_the_file(tmp_path):
                                          f"allowed: a number > 0 ({SCHEMA['lr'].help})")
 
 
+
+CONFIG_FILES = {  # what a config file holds -> its one-line error
+    "lr: 0.1\nmodel: cnn\nlr: 0.001\n": "line 3, column 1: the key 'lr' is given twice (lines 1 and 3); keep one",
+    '{"lr": 0.1, "lr": 0.2}': "the key 'lr' is given twice (lines 1 and 1)",
+    "lr: 0.1\n  bad: [\n": "not valid YAML: line 2, column 6: mapping values are not allowed here",
+    b"\xfflr: 0.1\n": "not UTF-8 text (invalid start byte at byte 0); save it as UTF-8",
+}
+
+
+@pytest.mark.parametrize("content, expected", CONFIG_FILES.items(), ids=["yaml twice", "json twice", "bad yaml", "latin-1"])
+def test_train_config_file_with_a_key_twice_or_unreadable_is_one_line(content, expected, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, _, err = run_main(train, ["--config", str(path), "--data", str(tmp_path / "none"), "--out", str(tmp_path)])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"--config {path}: " in err and expected in err, err
+
+
+def test_space_file_with_a_key_given_twice_is_refused_not_the_last_one_silently_kept(tmp_path):
+    from tune import spaces
+
+    path = tmp_path / "space.yaml"  # was: the searched lr range silently replaced by the fixed lr: 0.1
+    path.write_text("params:\n  lr: {loguniform: [1e-4, 1e-2]}\n  model: cnn\n  lr: 0.1\n")
+    with pytest.raises(spaces.SpaceError, match="the key 'lr' is given twice \\(lines 2 and 4\\)"):
+        spaces.load(path)
+
 def test_train_data_given_twice_and_different_is_refused(tmp_path):
     code, _, err = run_main(train, ["--data", str(tmp_path / "a"), "--set", f"data={tmp_path / 'b'}"])
     assert code == 2 and "--data" in err and "differ" in err and len(err.strip().splitlines()) == 1

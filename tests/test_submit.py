@@ -1,9 +1,14 @@
 """Predictions for a submission: an ensemble of one is the model itself, mirror TTA is a mirror average."""
+import logging
+import shutil
+
 import numpy as np
+import pytest
 import torch
 
 from dogs import cache, data, models, predict
 from dogs.config import resolve
+from dogs.errors import CheckpointError
 
 CPU = torch.device("cpu")
 
@@ -41,3 +46,27 @@ def test_tta_on_mirror_symmetric_images_equals_no_tta_and_differs_otherwise(tiny
     lopsided = cache.CachedImages("lop", rng.integers(0, 256, size=(6, 16, 16, 3), dtype=np.uint8), [])
     assert not np.allclose(predict.predict_probs(model, config, lopsided, rows, CPU, tta=True),
                            predict.predict_probs(model, config, lopsided, rows, CPU), atol=1e-6)
+
+
+def test_submit_for_data_with_other_classes_is_refused_before_anything_is_written(tiny_imagefolder, tmp_path):
+    # tune.best --data DIR with another data set of as many classes: was submission.csv and a grid titled with
+    # the checkpoint's class names, then an error from the report
+    model, config = cnn(tiny_imagefolder, 0)
+    ckpt = {"config": config, "classes": ["cat", "circle", "square"]}
+    with pytest.raises(CheckpointError, match=r"only in the checkpoint: \['cat'\], only in Validation/: \['triangle'\]"):
+        predict.submit(model, ckpt, tmp_path / "out", device=CPU, report=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_numbered_class_folders_warn_that_class_is_an_index_not_the_number(tiny_imagefolder, tmp_path, caplog):
+    root = tmp_path / "numbered"
+    shutil.copytree(tiny_imagefolder, root)
+    for split in ("Train", "Validation"):  # sorted: '1', '10', '2' -> Class 0, 1, 2
+        for old, new in (("circle", "1"), ("square", "2"), ("triangle", "10")):
+            (root / split / old).rename(root / split / new)
+    model, config = cnn(root, 0)
+    with caplog.at_level(logging.WARNING, logger="dogs"):
+        written = predict.submit(model, {"config": config, "classes": ["1", "10", "2"]}, tmp_path / "out", device=CPU)
+    assert written["submission"].exists()
+    assert "Class in submission.csv is the index into their sorted names, not that number: 0 = '1', 1 = '10'" \
+        in caplog.text
