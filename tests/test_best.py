@@ -296,3 +296,16 @@ def test_plots_never_create_or_open_a_database_an_experiment_file_names(experime
     state_file.write_text("{}")
     code, _, err = run_main(best, ["--experiment", str(broken), "--plots"])
     assert code == 2 and "is not a searcher state of dogs-search" in err and err.count("\n") == 1
+
+
+def test_best_writes_nothing_through_a_link_planted_in_the_experiment(experiment, tmp_path):
+    linked, _ = damaged_copy(experiment, tmp_path, "linked")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("best", "plots"):
+        shutil.rmtree(linked / name, ignore_errors=True)
+        (linked / name).symlink_to(elsewhere)
+    for flag in ("--submit", "--plots"):
+        code, _, err = run_main(best, ["--experiment", str(linked), flag])
+        assert code == 2 and "is a link (to " in err and err.count("\n") == 1, err
+    assert list(elsewhere.iterdir()) == []

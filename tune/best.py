@@ -129,12 +129,19 @@ def best(args):
     if args.plots:
         from tune import plots
 
+        if not storage.is_uri(exp_dir) and Path(exp_dir, "plots").is_symlink():
+            raise ExperimentError(f"{Path(exp_dir, 'plots')} is a link (to {Path(exp_dir, 'plots').resolve()}): "
+                                  "the plots go into the experiment folder only")
+
         print("\n".join(plots.report(exp_dir)))
     if not args.submit and not args.retrain:
         return 0
 
     # predictions: from the best checkpoint, or from the best config trained again (best.pt by the same metric)
     out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
+    if not args.out and out_dir.is_symlink():   # a planted link would have us write (as this user) elsewhere
+        raise ExperimentError(f"{out_dir} is a link (to {out_dir.resolve()}): tune.best writes into the experiment "
+                              "folder only; give --out")
     if data is None:
         check_data(ckpt["config"]["data"], moved=True)
     if args.retrain:
