@@ -126,6 +126,7 @@ def start_ray(address, verbose=False):
     """
     import ray
 
+    source = "--address" if address else "RAY_ADDRESS in the environment"
     address = address or os.environ.get("RAY_ADDRESS")
 
     mode = set_auth_mode(address)
@@ -139,6 +140,9 @@ def start_ray(address, verbose=False):
 
     runtime_env = None if verbose else {"worker_process_setup_hook": quiet_ray_train}
     if address:
+        # said before: Ray retries an address it cannot reach for minutes, with its own lines only
+        print(f"Joining the Ray cluster at {address} ({source}; without it, the search starts a Ray of its own "
+              "on 127.0.0.1) ...", flush=True)
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
     else:
