@@ -138,12 +138,14 @@ def test_best_runs_no_code_planted_in_the_experiment_state(experiment, tmp_path)
 
 
 def test_best_data_dir_predicts_for_data_that_moved(experiment, tmp_path):
-    # the experiment came from another machine: its checkpoints name a data folder that is not here
+    # the experiment came from another machine: its trials and checkpoints name a data folder that is not here
     moved = shutil.copytree(experiment["dir"], tmp_path / "moved")
     for path in moved.glob("trial_*/checkpoint_*/checkpoint.pt"):
         state = torch.load(path, weights_only=True)
         state["config"]["data"] = "/data/on/another/machine"
         torch.save(state, path)
+    for path in moved.glob("trial_*/params.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "data": "/data/on/another/machine"}))
     code, _, err = run_main(best, ["--experiment", str(moved), "--submit", "--out", str(tmp_path / "a")])
     assert code == 2 and err.startswith("dogs-best: error: ") and "/data/on/another/machine" in err
     assert "--data" in err and "Traceback" not in err
@@ -190,3 +192,120 @@ def test_submit_with_tta_and_an_ensemble_writes_a_report(experiment, tmp_path):
     assert code == 2 and "only 2 trial(s) kept a checkpoint" in err
     code, _, err = run_main(best, ["--experiment", str(experiment["dir"]), "--tta"])
     assert code == 2 and "need --submit" in err
+
+
+# --- an experiment folder that was damaged, mixed with another, or is still being written ---
+
+def damaged_copy(experiment, tmp_path, name):
+    """A copy of the finished experiment, and its trial folders."""
+    copy = shutil.copytree(experiment["dir"], tmp_path / name)
+    return copy, sorted(copy.glob("trial_*"))
+
+
+def test_damaged_result_json_or_params_json_is_one_line_and_a_line_being_written_is_not_reported_yet(experiment,
+                                                                                                    tmp_path):
+    _, expected, _ = run_main(best, ["--experiment", str(experiment["dir"])])
+    # the last line of a result.json without its newline: an epoch still being written (a running search)
+    running, trials = damaged_copy(experiment, tmp_path, "running")
+    for trial in trials:
+        with open(trial / "result.json", "a") as f:
+            f.write('{"epoch": 3, "val_acc": 0.9')
+    code, out, err = run_main(best, ["--experiment", str(running)])
+    assert code == 0 and printed_best(out) == printed_best(expected), err
+    # any other line that is not an epoch's JSON, or a params.json that is not JSON: the experiment is damaged
+    for name, file, text in (("garbage", "result.json", "{oops\n"), ("list", "result.json", "[1, 2]\n"),
+                             ("params", "params.json", '{"lr": 0.0')):
+        damaged, trials = damaged_copy(experiment, tmp_path, name)
+        path = trials[0] / file
+        path.write_text(text + (path.read_text() if file == "result.json" else ""))
+        code, _, err = run_main(best, ["--experiment", str(damaged)])
+        assert code == 2 and err.startswith(f"dogs-best: error: {path}") and "the experiment is damaged" in err, err
+        assert err.count("\n") == 1
+
+
+def rewrite_results(trial_dir, change):
+    """Apply change(result) to every epoch of a trial's result.json."""
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    for row in rows:
+        change(row)
+    (trial_dir / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_a_diverged_trial_never_wins_and_all_diverged_is_one_line(experiment, tmp_path):
+    # a trial whose val_acc is Infinity at one epoch (a value that cannot be a score) ranks as if it had not
+    # reported that epoch: the other trial wins, as with NaN
+    _, expected, _ = run_main(best, ["--experiment", str(experiment["dir"])])
+    winner, _ = printed_best(expected)
+    inf, trials = damaged_copy(experiment, tmp_path, "inf")
+    other = next(t for t in trials if t.name != f"trial_{winner}")
+    rewrite_results(other, lambda row: row.update(val_acc=float("inf")) if row["epoch"] == 1 else None)
+    code, out, err = run_main(best, ["--experiment", str(inf)])
+    assert code == 0 and printed_best(out) == printed_best(expected), err
+    # every epoch of every trial NaN: no best trial, nothing predicted
+    nan, trials = damaged_copy(experiment, tmp_path, "nan")
+    for trial in trials:
+        rewrite_results(trial, lambda row: row.update(val_acc=float("nan")))
+    code, _, err = run_main(best, ["--experiment", str(nan), "--submit", "--out", str(tmp_path / "out")])
+    assert code == 2 and "no trial has reported a finite val_acc: every value is NaN or Infinity" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_that_is_not_its_trials_is_refused(experiment, tmp_path):
+    """tune.best ranks trials by result.json and predicts from the checkpoint folder the best epoch names: a
+    params.json that disagrees with the checkpoint's config (another run's, another data set's), or checkpoints
+    swapped between trials, would predict with another model than the one ranked."""
+    swapped, (a, b) = damaged_copy(experiment, tmp_path, "swapped")
+    ca, cb = next(a.glob("checkpoint_*")), next(b.glob("checkpoint_*"))
+    ca.rename(tmp_path / "tmp"), cb.rename(ca), (tmp_path / "tmp").rename(cb)
+    code, _, err = run_main(best, ["--experiment", str(swapped), "--submit", "--out", str(tmp_path / "out")])
+    assert code == 2 and "is not the checkpoint of trial" in err and "lr (checkpoint: " in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+    other_data, trials = damaged_copy(experiment, tmp_path, "other_data")
+    for path in other_data.glob("trial_*/checkpoint_*/checkpoint.pt"):
+        state = torch.load(path, weights_only=True)
+        state["config"]["data"] = str(tmp_path)
+        torch.save(state, path)
+    code, _, err = run_main(best, ["--experiment", str(other_data)])
+    assert code == 2 and f"data (checkpoint: '{tmp_path}', params.json: '{experiment['data']}')" in err
+    # another epoch's checkpoint in the folder result.json names
+    epoch, trials = damaged_copy(experiment, tmp_path, "epoch")
+    for path in epoch.glob("trial_*/checkpoint_*/checkpoint.pt"):
+        state = torch.load(path, weights_only=True)
+        state["epoch"] = 7
+        torch.save(state, path)
+    code, _, err = run_main(best, ["--experiment", str(epoch)])
+    assert code == 2 and "it is of epoch 7" in err and "result.json reports epoch" in err
+
+
+def test_plots_never_create_or_open_a_database_an_experiment_file_names(experiment, tmp_path):
+    """The searcher state names the study's database: a planted URL creates no file and is one line; a study.db
+    that is not a database too."""
+    planted, _ = damaged_copy(experiment, tmp_path, "planted")
+    state_file = next(planted.glob("searcher-state-*.pkl"))
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "in_experiment": False,
+                                      "study_url": f"sqlite:///{tmp_path}/made/here.db"}))
+    code, _, err = run_main(best, ["--experiment", str(planted), "--plots"])
+    assert code == 2 and "the search's Optuna study is missing" in err and err.count("\n") == 1
+    assert not (tmp_path / "made").exists()
+    broken, _ = damaged_copy(experiment, tmp_path, "broken")
+    (broken / "study.db").write_text("not a database")
+    code, _, err = run_main(best, ["--experiment", str(broken), "--plots"])
+    assert code == 2 and "cannot read the Optuna study" in err and err.count("\n") == 1
+    state_file = next(broken.glob("searcher-state-*.pkl"))
+    state_file.write_text("{}")
+    code, _, err = run_main(best, ["--experiment", str(broken), "--plots"])
+    assert code == 2 and "is not a searcher state of dogs-search" in err and err.count("\n") == 1
+
+
+def test_best_writes_nothing_through_a_link_planted_in_the_experiment(experiment, tmp_path):
+    linked, _ = damaged_copy(experiment, tmp_path, "linked")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("best", "plots"):
+        shutil.rmtree(linked / name, ignore_errors=True)
+        (linked / name).symlink_to(elsewhere)
+    for flag in ("--submit", "--plots"):
+        code, _, err = run_main(best, ["--experiment", str(linked), flag])
+        assert code == 2 and "is a link (to " in err and err.count("\n") == 1, err
+    assert list(elsewhere.iterdir()) == []

@@ -170,3 +170,21 @@ def test_a_trial_that_raised_our_typed_error_gets_its_one_line_in_the_summary(tm
         (tmp_path / f"trial_{trial_id}" / "error.txt").write_text(text)
     table = pd.DataFrame({"trial_id": ["a", "b"], "status": ["ERROR", "ERROR"]})
     assert failure_hints(str(tmp_path), table) == [f"  error        2 errored trial(s) raised ConfigError: {why}"]
+
+
+def test_ray_address_in_the_environment_is_joined_saying_so_before_ray_starts(monkeypatch, capsys):
+    """RAY_ADDRESS set: the search joins that cluster, and says so (and where it comes from) before Ray's
+    connection attempts, which retry an address it cannot reach for minutes with Ray's own lines only."""
+    import ray
+
+    from tune.search import start_ray
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("no GCS")
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setattr(ray, "init", unreachable)
+    with pytest.raises(ConnectionError):
+        start_ray(None)
+    assert "Joining the Ray cluster at 10.0.0.1:6379 (RAY_ADDRESS in the environment; without it, the search " \
+           "starts a Ray of its own on 127.0.0.1)" in capsys.readouterr().out

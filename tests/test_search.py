@@ -2,6 +2,7 @@
 trials.csv and TensorBoard, tune.best submits; an interrupted search resumes without rerunning anything."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -410,8 +411,14 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
     assert ((first.status != "TERMINATED") | (first.epochs == EPOCHS)).all()   # not cut short and called done
     assert search.study_states(exp_dir).get("PRUNED", 0) == 0
 
+    # resumed where it was copied to (another machine, another --storage): the copy's own study.db continues,
+    # the original's is untouched (Ray's tuner.pkl names the folder it was searched in)
+    original = {trial_id: t.state.name for trial_id, t in study_of(exp_dir).items()}
+    storage = tmp_path / "copied"
+    exp_dir = shutil.copytree(exp_dir, storage / name)
     code, out, err = run_main(search, ["--resume", "--storage", str(storage), "--name", name, "--time-budget", "none"])
     assert code == 0, out[-3000:] + err[-3000:]
+    assert {trial_id: t.state.name for trial_id, t in study_of(tmp_path / "runs" / name).items()} == original
     table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
     assert len(table) == samples and set(table.status) == {"TERMINATED"} and (table.epochs == EPOCHS).all()
     for row in table.itertuples():
@@ -453,3 +460,50 @@ def test_resume_of_an_experiment_with_a_pickled_searcher_is_one_clear_error(tmp_
 
     with pytest.raises(PickledSearcherState):   # tune.best --plots reads it as JSON only: a typed error, no code run
         write_plots(exp_dir)
+
+
+def test_resume_with_another_space_data_or_setting_is_refused_naming_each(experiment, tmp_path):
+    """--resume continues the saved space: flags that say otherwise would be silently ignored; the same
+    command again with --resume is fine (tests/test_multinode.py resumes so)."""
+    import ray
+
+    from conftest import make_imagefolder
+
+    storage, name = str(experiment["dir"].parent), experiment["dir"].name
+    other = make_imagefolder(tmp_path / "other", n_train=2, n_val=2, n_test=0, awkward=False)
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(SPACE.format(samples=6, seed=0, max_concurrent="null", grace_period=1).replace("3e-2]", "1e-1]"))
+    for flags, says in ((["--data", str(other)], f"data (saved: '{experiment['data']}', now: '{other}')"),
+                        (["--space", str(wider), "--data", str(experiment["data"])], "params.lr (saved: {loguniform: "),
+                        (["--set", "lr=0.1"], "params.lr (saved: {loguniform: "),
+                        (["--samples", "9"], "search.samples (saved: 6, now: 9)")):
+        code, _, err = run_main(search, ["--resume", "--storage", storage, "--name", name, *flags])
+        assert code == 2 and says in err and "start a new search with another --name" in err, (flags, err)
+        assert err.count("\n") == 1
+    assert not ray.is_initialized()
+
+
+def test_every_trial_errored_exits_nonzero_saying_there_is_no_best(tiny_imagefolder, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    code, out, err = run_main(search, ["--space", str(write_space(tmp_path, samples=2)), "--data",
+                                       str(tiny_imagefolder), "--storage", str(tmp_path / "runs"), "--max-failures",
+                                       "0", "--set", f"cache_dir={blocked}/cache"])
+    assert code == 1, out[-3000:] + err[-3000:]
+    assert "2 errored" in out and "no trial reported a finite val_acc (2 of 2 errored" in err
+    assert "Study instance does not contain trials" not in out + err   # no intermediate-values plot of nothing
+
+
+def test_progress_line_breaks_ties_as_the_summary_and_skips_diverged_trials():
+    from types import SimpleNamespace
+
+    from tune.progress import ProgressCallback
+
+    def trial(trial_id, score):
+        return SimpleNamespace(trial_id=trial_id, status="RUNNING",
+                               last_result={"training_iteration": 1, "best_val_loss": score})
+
+    progress = ProgressCallback(4, 3, "val_loss", "min")
+    line = progress.line([trial("b", 0.5), trial("c", float("nan")), trial("a", 0.5)], elapsed=1)
+    assert "best best_val_loss 0.5000 (a)" in line   # of equal scores the first by id, as tune.experiment.best_trial
+    assert "(c)" not in progress.line([trial("c", float("nan"))], elapsed=1)

@@ -59,9 +59,12 @@ def best_trials(exp_dir, space, count):
 def best_trial(exp_dir, space):
     """(trial, location of its best checkpoint) by the search's metric and mode (see tune.experiment)."""
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    trial = experiment.best_trial(experiment.read_trials(exp_dir), metric, mode)
+    trials = experiment.read_trials(exp_dir)
+    trial = experiment.best_trial(trials, metric, mode)
     if trial is None:
-        raise ExperimentError(f"{exp_dir}: no trial has reported {metric} yet")
+        diverged = any(r.get(metric) is not None for t in trials for r in t.results)
+        raise ExperimentError(f"{exp_dir}: no trial has reported a finite {metric}"
+                              + (": every value is NaN or Infinity (the trials diverged)" if diverged else " yet"))
     checkpoint = experiment.best_checkpoint(trial, metric, mode)
     if checkpoint is None:
         raise ExperimentError(f"{exp_dir}: trial {trial.trial_id} kept no checkpoint")
@@ -115,6 +118,7 @@ def best(args):
 
     with storage.local_dir(checkpoint, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
         model, ckpt = dogs_checkpoint.load(local)
+    experiment.check_checkpoint(trial, checkpoint, ckpt, metric, mode)
     searched = {k: trial.config[k] for k in spaces.searched_names(space) if k in trial.config}
     print(f"Best trial of {exp_dir}: {trial.trial_id}")
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
@@ -125,12 +129,19 @@ def best(args):
     if args.plots:
         from tune import plots
 
+        if not storage.is_uri(exp_dir) and Path(exp_dir, "plots").is_symlink():
+            raise ExperimentError(f"{Path(exp_dir, 'plots')} is a link (to {Path(exp_dir, 'plots').resolve()}): "
+                                  "the plots go into the experiment folder only")
+
         print("\n".join(plots.report(exp_dir)))
     if not args.submit and not args.retrain:
         return 0
 
     # predictions: from the best checkpoint, or from the best config trained again (best.pt by the same metric)
     out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
+    if not args.out and out_dir.is_symlink():   # a planted link would have us write (as this user) elsewhere
+        raise ExperimentError(f"{out_dir} is a link (to {out_dir.resolve()}): tune.best writes into the experiment "
+                              "folder only; give --out")
     if data is None:
         check_data(ckpt["config"]["data"], moved=True)
     if args.retrain:
@@ -151,6 +162,7 @@ def best(args):
         for other, location in best_trials(exp_dir, space, args.ensemble)[1:]:
             with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
                 others.append(dogs_checkpoint.load(local))
+            experiment.check_checkpoint(other, location, others[-1][1], metric, mode)
             print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
         if args.train_on_val:
             print("  (trained on Validation too: the validation accuracies below are not held out)")

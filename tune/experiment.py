@@ -11,6 +11,7 @@ from someone else's bucket cannot run code through it.
 metric over its epochs; its best checkpoint is that epoch's, which tune.checkpoints keeps.
 """
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 import pyarrow.fs
 
 from dogs.config import METRICS
-from dogs.errors import ExperimentError
+from dogs.errors import ExperimentError, UserError
 from tune import spaces, storage
 
 DEFAULT_STORAGE = "runs"
@@ -73,6 +74,42 @@ def read_text(fs, path):
         return f.read().decode()
 
 
+def read_json(fs, path, shown):
+    """A JSON object file (params.json); anything else is one ExperimentError line naming it."""
+    try:
+        value = json.loads(read_text(fs, path))
+    except ValueError as err:
+        raise ExperimentError(f"{shown} is not valid JSON ({err}): the experiment is damaged") from None
+    if not isinstance(value, dict):
+        raise ExperimentError(f"{shown} is not a JSON object: the experiment is damaged")
+    return value
+
+
+def read_results(fs, path, trial_dir):
+    """The result dicts of a result.json (one JSON line per epoch). A last line without its newline that does
+    not parse is an epoch still being written (the search runs, or the copy was cut there): not reported
+    yet. Any other line that is not a JSON object makes the experiment damaged: one ExperimentError line."""
+    text = read_text(fs, path)
+    lines = text.split("\n")
+    results = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            result = json.loads(line)
+        except ValueError as err:
+            if number == len(lines):   # no newline after it: still being written
+                break
+            raise ExperimentError(f"{trial_dir}/result.json line {number} is not valid JSON ({err}): the "
+                                  "experiment is damaged") from None
+        epoch = result.get("epoch", result.get("training_iteration")) if isinstance(result, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise ExperimentError(f"{trial_dir}/result.json line {number} is not a result of an epoch (a JSON "
+                                  "object with an integer epoch): the experiment is damaged")
+        results.append(result)
+    return results
+
+
 def read_trials(exp_dir):
     """Every trial of the experiment (a folder with params.json, or error.txt only), from its own files."""
     fs, root = storage.filesystem(exp_dir)
@@ -87,34 +124,39 @@ def read_trials(exp_dir):
         # every epoch reported; an epoch run twice (resumed after Ctrl-C) counts once, its later run
         by_epoch = {}
         if names.get("result.json") == pyarrow.fs.FileType.File:
-            for line in read_text(fs, f"{folder.path}/result.json").splitlines():
-                if line.strip():
-                    result = json.loads(line)
-                    by_epoch[result.get("epoch", result.get("training_iteration"))] = result
+            for result in read_results(fs, f"{folder.path}/result.json", storage.join(exp_dir, folder.base_name)):
+                by_epoch[result.get("epoch", result.get("training_iteration"))] = result
         results = [by_epoch[epoch] for epoch in sorted(by_epoch)]
-        trial_id = results[-1]["trial_id"] if results else folder.base_name.removeprefix("trial_")
+        trial_id = results[-1].get("trial_id") if results else None
         trials.append(Trial(
-            trial_id=str(trial_id), path=storage.join(exp_dir, folder.base_name),
-            config=json.loads(read_text(fs, f"{folder.path}/params.json")) if has_params else {},
+            trial_id=str(trial_id or folder.base_name.removeprefix("trial_")), path=storage.join(exp_dir, folder.base_name),
+            config=read_json(fs, f"{folder.path}/params.json", storage.join(exp_dir, folder.base_name, "params.json"))
+            if has_params else {},
             results=results, errored="error.txt" in names,
             checkpoints={name for name, kind in names.items()
                          if name.startswith("checkpoint_") and kind == pyarrow.fs.FileType.Directory}))
     return trials
 
 
+def finite(value):
+    """Whether `value` is a score: a finite number (NaN, +-Infinity, a string or a bool are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def key(value, mode):
-    """Sort key: larger is better; a missing or NaN score is worst."""
-    if value is None or value != value:
+    """Sort key: larger is better; a missing or non-finite score (a diverged epoch) is worst."""
+    if not finite(value):
         return float("-inf")
     return value if mode == "max" else -value
 
 
 def score(trial, metric, mode):
-    """(best_<metric>, epoch it was reached at) of a trial, over the epochs it ran; (None, None) before any.
+    """(best_<metric>, epoch it was reached at) of a trial, over the epochs it ran; (None, None) before any
+    epoch with a finite value (a trial that diverged from its first epoch has no score: it never wins).
 
     The later of equal epochs, as the trainable (dogs.engine.is_better) and Ray's checkpoint keeping do.
     """
-    scored = [r for r in trial.results if r.get(metric) is not None]
+    scored = [r for r in trial.results if finite(r.get(metric))]
     if not scored:
         return None, None
     best = max(reversed(scored), key=lambda r: key(r[metric], mode))   # reversed: max keeps the first = latest
@@ -122,18 +164,47 @@ def score(trial, metric, mode):
 
 
 def best_trial(trials, metric, mode):
-    """The trial with the best best_<metric> of all that reported one (finished or not); None if none did."""
-    scored = [t for t in trials if score(t, metric, mode)[0] is not None]
+    """The trial with the best best_<metric> of all that reported one (finished or not); None if none did.
+    Of equal ones the first by trial id, as the summary, trials.csv's order and the progress line."""
+    scored = sorted((t for t in trials if score(t, metric, mode)[0] is not None), key=lambda t: t.trial_id)
     return max(scored, key=lambda t: key(score(t, metric, mode)[0], mode)) if scored else None
 
 
 def best_checkpoint(trial, metric, mode):
-    """Location of the trial's best kept checkpoint folder (by metric and mode), or None if it kept none."""
-    kept = [r for r in trial.results if r.get("checkpoint_dir_name") in trial.checkpoints]
-    if not kept:
-        return None
-    best = max(reversed(kept), key=lambda r: key(r.get(metric), mode))
-    return storage.join(trial.path, best["checkpoint_dir_name"])
+    """Location of the trial's best kept checkpoint folder (by metric and mode; one of an epoch with a finite
+    metric), or None if it kept none."""
+    result = best_checkpoint_result(trial, metric, mode)
+    return None if result is None else storage.join(trial.path, result["checkpoint_dir_name"])
+
+
+def best_checkpoint_result(trial, metric, mode):
+    """The result (epoch) of the trial's best kept checkpoint folder, or None."""
+    kept = [r for r in trial.results if r.get("checkpoint_dir_name") in trial.checkpoints and finite(r.get(metric))]
+    return max(reversed(kept), key=lambda r: key(r.get(metric), mode)) if kept else None
+
+
+def check_checkpoint(trial, location, ckpt, metric, mode):
+    """Refuse a checkpoint that is not the one the trial's own files say it is: its epoch and metric must be
+    those result.json reports for that folder, its config the trial's params.json (a checkpoint folder copied
+    from another trial, run or data set would predict with another model than the one ranked)."""
+    from dogs.config import resolve
+
+    result = best_checkpoint_result(trial, metric, mode)
+    problems = []
+    if ckpt["epoch"] != result.get("epoch") or ckpt["metrics"].get(metric) != result.get(metric):
+        problems.append(f"it is of epoch {ckpt['epoch']} with {metric}={ckpt['metrics'].get(metric)}, but "
+                        f"result.json reports epoch {result.get('epoch')} with {metric}={result.get(metric)} for it")
+    try:
+        params = resolve(trial.config)
+    except UserError as err:
+        raise ExperimentError(f"{trial.path}/params.json: {err}") from None
+    differ = [f"{name} (checkpoint: {ckpt['config'].get(name)!r}, params.json: {params[name]!r})"
+              for name in sorted(trial.config) if ckpt["config"].get(name) != params[name]]
+    if differ:
+        problems.append(f"its config differs from the trial's params.json: {'; '.join(differ)}")
+    if problems:
+        raise ExperimentError(f"{location} is not the checkpoint of trial {trial.trial_id}: {'. '.join(problems)}; "
+                              "the experiment folder was changed or mixed with another one")
 
 
 def trials_table(exp_dir, space, trials=None):

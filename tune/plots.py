@@ -38,7 +38,9 @@ def write_plots(exp_dir, out=None):
         metric = (study.metric_names or ["score"])[0]
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]
         for name in PLOTS:
-            why = ("no complete trial yet" if not complete and name != "intermediate_values"
+            why = ("no trial reported an epoch yet" if name == "intermediate_values"
+                   and not any(t.intermediate_values for t in study.trials)
+                   else "no complete trial yet" if not complete and name != "intermediate_values"
                    else "fewer than 2 complete trials" if len(complete) < 2 and name == "param_importances"
                    else None)
             if why is None:

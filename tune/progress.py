@@ -11,6 +11,8 @@ import time
 
 from ray import tune
 
+from tune.experiment import finite, key
+
 STEP = "training_iteration"
 
 
@@ -52,10 +54,9 @@ class ProgressCallback(tune.Callback):
         running = [t for t in trials if status[t.trial_id] == "RUNNING"]
         text = (f"[{duration(elapsed):>7}] {len(done)}/{self.samples} trials: {len(done)} done ({stopped} stopped "
                 f"early, {errored} errored), {len(running)} running")
-        scored = [t for t in trials if (t.last_result or {}).get(self.score) is not None]
-        if scored:
-            pick = max if self.mode == "max" else min
-            best = pick(scored, key=lambda t: t.last_result[self.score])
+        scored = [t for t in trials if finite((t.last_result or {}).get(self.score))]
+        if scored:   # of equal scores the first trial by id, as the summary and tune.best (tune.experiment)
+            best = max(sorted(scored, key=lambda t: t.trial_id), key=lambda t: key(t.last_result[self.score], self.mode))
             text += f" | best {self.score} {best.last_result[self.score]:.4f} ({best.trial_id})"
         finished = [t for t in done if t.last_result]
         ran = sum((t.last_result or {}).get(STEP, 0) for t in trials)

@@ -67,7 +67,9 @@ def get_args_parser():
                    help="SQLAlchemy URL of a database for the Optuna study (e.g. postgresql://host/db); default: "
                         "SQLite study.db in the experiment folder. The study is named after the experiment")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted experiment (--name, or the latest one in --storage). It restores "
+                   help="continue an interrupted experiment (--name, or the latest one in --storage) with its saved "
+                        "space, data and settings (--space/--data/--set/search flags that say otherwise are refused; "
+                        "--time-budget may change). It restores "
                         "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
     p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -124,6 +126,7 @@ def start_ray(address, verbose=False):
     """
     import ray
 
+    source = "--address" if address else "RAY_ADDRESS in the environment"
     address = address or os.environ.get("RAY_ADDRESS")
 
     mode = set_auth_mode(address)
@@ -137,6 +140,9 @@ def start_ray(address, verbose=False):
 
     runtime_env = None if verbose else {"worker_process_setup_hook": quiet_ray_train}
     if address:
+        # said before: Ray retries an address it cannot reach for minutes, with its own lines only
+        print(f"Joining the Ray cluster at {address} ({source}; without it, the search starts a Ray of its own "
+              "on 127.0.0.1) ...", flush=True)
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
     else:
@@ -413,15 +419,66 @@ def resumed_experiment(args, runs):
         fail(f"--resume: {err}")
     except ExperimentError:   # no searcher state yet: Tune's own check below says what is missing
         pass
-    print(f"Resuming {exp_dir} with its saved settings (search settings on the command line are ignored, "
-          "but --time-budget)")
     space = saved_space(exp_dir)
+    try:
+        differ = resume_differences(args, exp_dir, space)
+    except UserError as err:
+        fail(f"--resume: {err}")
+    if differ:
+        fail(f"--resume continues {exp_dir} as it was searched (its search_space.yaml), but the command line "
+             f"says otherwise: {'; '.join(differ)}. Drop those flags (--time-budget may change), or start a new "
+             "search with another --name")
+    print(f"Resuming {exp_dir} with its saved space, data and settings (--time-budget may change)")
     if args.time_budget is not None:   # this session's budget
         none = args.time_budget.strip().lower() in ("none", "null")
         if not none and spaces.parse_duration(args.time_budget) is None:
             fail(f"--time-budget: {args.time_budget!r} is not a duration; allowed: e.g. 90s, 30m, 2h, 1h30m, or none")
         space["search"]["time_budget"] = None if none else args.time_budget
     return exp_dir, space
+
+
+def resume_differences(args, exp_dir, space):
+    """What --space, --data, --set, --smoke-test and the search flags given with --resume say differently from
+    the experiment's saved space, one "name (saved: x, now: y)" each; [] when they say the same or are not given
+    (the same command again with --resume is fine; another space or data set would silently be ignored)."""
+    from dogs.config import parse_sets
+    from dogs.data import resolve_root
+
+    settings = {k: v for k, v in settings_from_args(args).items() if v is not None and k != "time_budget"}
+    if not (args.space or args.data or args.set or args.smoke_test or settings):
+        return []
+    overrides = {**(SMOKE_SETTINGS if args.smoke_test else {}), **settings}
+    sets = {**(SMOKE_CONFIG if args.smoke_test else {}), **parse_sets(args.set)}
+    saved_params = {p["name"]: p for p in space["params"]}
+    data = saved_params["data"]["args"] if "data" in saved_params else None
+    if args.data:
+        root, is_demo = resolve_root(args.data)
+        data = None if is_demo else str(root)
+    if args.space:
+        given = spaces.load(spaces.find_space_file(args.space), overrides, sets, data=data)
+    else:   # the saved space with the flags applied
+        with storage.local_dir(exp_dir, experiment.SPACE_FILE) as local:
+            raw = spaces.load_yaml(Path(local, experiment.SPACE_FILE).read_text())
+        raw.pop("data", None)
+        given = spaces.validate(raw, storage.join(exp_dir, experiment.SPACE_FILE), overrides, sets, data)
+    differ = [f"search.{key} (saved: {space['search'][key]!r}, now: {given['search'][key]!r})"
+              for key in space["search"] if key != "time_budget" and given["search"][key] != space["search"][key]]
+    given_params = {p["name"]: p for p in given["params"]}
+    for name in sorted(set(saved_params) | set(given_params)):
+        was, now = saved_params.get(name), given_params.get(name)
+        if was != now:
+            differ.append(f"{'data' if name == 'data' else 'params.' + name} (saved: {shown_param(was)}, "
+                          f"now: {shown_param(now)})")
+    if given["first_trials"] != space["first_trials"]:
+        differ.append("first_trials")
+    return differ
+
+
+def shown_param(entry):
+    """A space entry as the user wrote it: a fixed value, or {kind: args}; 'absent' when not in the space."""
+    if entry is None:
+        return "absent"
+    return repr(entry["args"]) if entry["kind"] == "fixed" else f"{{{entry['kind']}: {entry['args']!r}}}"
 
 
 def small_validation_warning(data_root, search):
@@ -548,6 +605,9 @@ def run(args, space, exp_dir, runs, resources, workers=None):
     if args.resume:
         if not tune.Tuner.can_restore(exp_dir):
             fail(f"--resume: {exp_dir} has no saved experiment state to continue from")
+        from tune.searcher import StudySearcher
+
+        StudySearcher.resumed_in = exp_dir   # its study.db is here, wherever the experiment was searched
         tuner = tune.Tuner.restore(exp_dir, trainable=make_trainable(search), resume_errored=True)
     else:
         tuner = make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
@@ -558,8 +618,13 @@ def run(args, space, exp_dir, runs, resources, workers=None):
 
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
-    with time_budget(spaces.parse_duration(search["time_budget"]) if search["time_budget"] else None) as budget:
-        grid = tuner.fit()
+    try:
+        with time_budget(spaces.parse_duration(search["time_budget"]) if search["time_budget"] else None) as budget:
+            grid = tuner.fit()
+    finally:
+        from tune.searcher import StudySearcher
+
+        StudySearcher.resumed_in = None
     wall_s = time.time() - start
     trials = experiment.read_trials(exp_dir)
     table = trials_table(exp_dir, space, trials)
@@ -572,6 +637,10 @@ def run(args, space, exp_dir, runs, resources, workers=None):
         print(f"{why}: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
               f"--name {storage.name(exp_dir)}")
         return 0 if budget.is_set() else 130
+    if not table[f"best_{search['metric']}"].notna().any():   # every trial errored or diverged: nothing to hand over
+        print(f"dogs-search: error: no trial reported a finite {search['metric']} ({int((table.status == 'ERROR').sum())} "
+              f"of {len(table)} errored; see the lines above): there is no best trial", file=sys.stderr)
+        return 1
     return 0
 
 

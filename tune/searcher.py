@@ -105,6 +105,11 @@ def open_storage(url):
 class StudySearcher(Searcher):
     """Optuna's ask/report/tell driven by Tune; the study is in a database (see the module docstring)."""
 
+    # The experiment folder that --resume continues, set by tune.search before Tune restores the searcher from
+    # tuner.pkl, which names the folder the experiment was searched in: a copied or moved experiment continues
+    # its own study.db (or its bucket's), never the one at its old place.
+    resumed_in = None
+
     def __init__(self, params, metric, mode, *, max_t, exp_dir, optuna_storage=None, sampler="tpe", seed=0,
                  samples=10, first_trials=()):
         super().__init__(metric=metric, mode=mode)
@@ -273,6 +278,8 @@ class StudySearcher(Searcher):
         of the experiment any more (see abandoned_trial_ids)."""
         state = json.loads(Path(checkpoint_path).read_text())
         self.numbers = state["trials"]
+        if self.in_experiment and StudySearcher.resumed_in is not None:
+            self.study_url, self.mirror = study_location(StudySearcher.resumed_in)
         if self.mirror:   # the bucket's copy, saved with Ray's state: replaces the local one
             path = sqlite_path(self.study_url)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,10 +336,33 @@ def read_state(exp_dir):
         if not files:
             raise ExperimentError(f"{exp_dir}: no searcher-state-*.pkl (the search saved no state yet)")
         try:
-            return json.loads(files[-1].read_text())
+            state = json.loads(files[-1].read_text())
         except ValueError:   # parsed as JSON only: a planted or old pickle runs nothing
             raise PickledSearcherState(f"{exp_dir} was searched by an older dogs-search, whose Optuna study was "
                                        "pickled Ray state: it cannot be read or continued; start a new search") from None
+    if not (isinstance(state, dict) and isinstance(state.get("study_url"), str)
+            and isinstance(state.get("study_name"), str) and isinstance(state.get("in_experiment"), bool)):
+        raise ExperimentError(f"{exp_dir}/{files[-1].name} is not a searcher state of dogs-search (no study_url, "
+                              "study_name, in_experiment): the experiment is damaged")
+    return state
+
+
+def load_existing(url, name, where):
+    """The study `name` in the database at `url`, opened to read: nothing is created (no SQLite file, no
+    tables), and a database that is missing, is not one, or does not hold the study is one ExperimentError."""
+    import sqlalchemy.exc
+
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise ExperimentError(f"{where}: the search's Optuna study is missing (no {path})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        rdb = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        return rdb, optuna.load_study(study_name=name, storage=rdb)
+    except (KeyError, RuntimeError, ValueError, ImportError, optuna.exceptions.OptunaError,
+            sqlalchemy.exc.SQLAlchemyError) as err:
+        raise ExperimentError(f"{where}: cannot read the Optuna study {name!r} from {shown_url(url)} "
+                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
 @contextlib.contextmanager
@@ -341,15 +371,13 @@ def open_study(exp_dir):
     experiment in a bucket), or the --optuna-storage database it was searched in."""
     state = read_state(exp_dir)
     if not state["in_experiment"]:
-        yield optuna.load_study(study_name=state["study_name"], storage=open_storage(state["study_url"]))
+        _, study = load_existing(state["study_url"], state["study_name"], exp_dir)
+        yield study
         return
     with storage.local_dir(exp_dir, STUDY_FILE) as local:
-        path = Path(local, STUDY_FILE)
-        if not path.is_file():
-            raise ExperimentError(f"{exp_dir}: the search's Optuna study is missing (no {STUDY_FILE})")
-        rdb = open_storage(sqlite_url(path))
+        rdb, study = load_existing(sqlite_url(Path(local, STUDY_FILE)), state["study_name"], exp_dir)
         try:
-            yield optuna.load_study(study_name=state["study_name"], storage=rdb)
+            yield study
         finally:
             rdb.remove_session()
             rdb.engine.dispose()
