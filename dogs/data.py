@@ -207,7 +207,6 @@ def check_same_classes(train_classes, val_classes, root):
                         f"only in Train: {only_train}, only in Validation: {only_val}{hint}")
 
 
-
 def warn_shared_files(train_files, val_files):
     """A warning when Validation files are Train files too (symbolic or hard links to one file): not held out."""
     def ids(files):
@@ -217,6 +216,7 @@ def warn_shared_files(train_files, val_files):
     if shared:
         log.warning("%d Validation image(s) are Train images too (links to one file, e.g. %s and %s): validation "
                     "scores are not held out; link each image into one split only", len(shared), *shared[0])
+
 
 def _natural_key(path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.stem)] + [path.name]
