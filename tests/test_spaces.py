@@ -88,8 +88,14 @@ def test_every_mistake_names_file_key_and_what_is_allowed(tmp_path, text, expect
         assert part.lower() in message.lower(), message
 
 
-def test_invalid_yaml_and_missing_file(tmp_path):
-    assert "not valid YAML" in error_of(tmp_path, "params: {lr: [1,\n")
+def test_invalid_yaml_not_utf8_and_missing_file_are_one_line(tmp_path):
+    message = error_of(tmp_path, "params: {lr: [1,\n")
+    assert "not valid YAML: line 2, column 1:" in message and "\n" not in message, message
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("params: {model: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(spaces.SpaceError, match=r"latin1.yaml: not a text file in UTF-8 \(byte 19: ") as err:
+        spaces.load(path)
+    assert "\n" not in str(err.value)
     with pytest.raises(spaces.SpaceError, match="no such file.*cnn_scratch.yaml"):
         spaces.find_space_file("no_such_space.yaml")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from dogs.config import (COMBINATION_KEYS, DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, load_yaml,
-                         metric_mode_problem, natural_mode, problem, resolve)
+                         metric_mode_problem, natural_mode, problem, resolve, yaml_problem)
 from dogs.errors import ConfigError, SpaceError
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -113,9 +113,11 @@ def load(path, overrides=None, sets=None, data=_MISSING):
     """
     path = Path(path)
     try:
-        raw = load_yaml(path.read_text()) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: not valid YAML: {err}") from None
+        raise SpaceError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+    except UnicodeDecodeError as err:
+        raise SpaceError(f"{path}: not a text file in UTF-8 (byte {err.start}: {err.reason}); save it as UTF-8 YAML") from None
     return validate(raw, path, overrides, sets, data)
 
 
