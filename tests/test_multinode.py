@@ -45,6 +45,9 @@ params:
 """
 
 WORKER_ONLY = {"worker_only": 1}
+# dogs.trial.wait_for_workers on every node: a trial worker's first trial waits until as many workers as the
+# folder's `slots` file says have started one; only while the folder exists (test_search_spreads_...)
+BARRIER = "barrier"
 
 # The search as a driver whose trials also ask for the custom resources given first on its command line:
 # Tune's own per-trial request (tune.with_resources, as tune.search makes it), widened.
@@ -61,11 +64,17 @@ sys.exit(main())
 
 # -- a cluster for the module; each test gets a live worker node ---------------------------------
 
+def barrier_env(cluster):
+    from dogs.trial import WORKERS_ENV
+
+    return {WORKERS_ENV: str(cluster.root / BARRIER)}
+
+
 @pytest.fixture(scope="module")
 def cluster():
     c = LocalCluster()
     try:
-        c.add_node("head", head=True)
+        c.add_node("head", head=True, env=barrier_env(c))
         yield c
     finally:
         c.stop()
@@ -77,7 +86,8 @@ def two_nodes(cluster):
     """The cluster with a live worker node (a test before may have killed the last one)."""
     alive = [n for n in cluster.alive_names() if n != "head"]
     name = alive[0] if alive else f"worker{len(cluster.nodes)}"
-    worker_id = cluster.node_id(name) if alive else cluster.add_node(name, resources=WORKER_ONLY)
+    worker_id = cluster.node_id(name) if alive else cluster.add_node(name, resources=WORKER_ONLY,
+                                                                      env=barrier_env(cluster))
     return cluster, name, cluster.node_id("head"), worker_id
 
 
@@ -192,10 +202,17 @@ def test_nodes_listen_on_loopback_only_and_refuse_a_wrong_token(two_nodes):
     assert "InvalidAuthToken" in answer
 
 def test_search_spreads_trials_over_both_nodes(two_nodes, tiny_imagefolder):
-    # Tune (reuse_actors=True) hands a trial whose node is still starting a Python worker to an actor
-    # freed elsewhere: trials of 8 epochs outlast that start, so each node keeps its own trials.
+    # Tune (reuse_actors=True) hands a trial whose node is still starting a Python worker to an actor freed
+    # elsewhere: on a loaded machine all 4 trials once ran on the head. The first trial of each worker waits
+    # for the other node's (the barrier a local search sets up itself), so both nodes run trials whatever the timing.
     cluster, _, head_id, worker_id = two_nodes
-    exp_dir = run_search(cluster, tiny_imagefolder, "spread")
+    barrier = cluster.root / BARRIER
+    barrier.mkdir()
+    (barrier / "slots").write_text("2")
+    try:
+        exp_dir = run_search(cluster, tiny_imagefolder, "spread")
+    finally:
+        shutil.rmtree(barrier)
 
     rows = results(exp_dir)
     nodes_used = {row["node_id"] for trial in rows.values() for row in trial}
