@@ -35,7 +35,8 @@ def build_once(done, build):
 
     `build` must create `done` last (e.g. with atomic_path), so that its presence means the work is complete.
     Returns True when this process built it. The lock is the kernel's (flock): a killed builder releases it, and
-    its `.lock` file, left behind, is harmless; a live builder is waited for, with one line saying so.
+    its `.lock` file, left behind, is harmless; a live builder is waited for, with one line saying so. Deleting a
+    lock file in use lets a second process build too: harmless (each writes its own temp file, renamed whole).
     """
     from filelock import FileLock, Timeout
 
@@ -47,7 +48,8 @@ def build_once(done, build):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info("waiting for another process to finish %s (it holds %s)", done, lock.lock_file)
+        log.info("waiting for another process to finish %s (it holds %s; if none is building it, e.g. its machine "
+                 "died holding an NFS lock, delete that file)", done, lock.lock_file)
         lock.acquire()
     try:
         if done.exists():  # another process built it while we waited
