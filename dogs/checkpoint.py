@@ -25,6 +25,7 @@ from .models import build_model
 
 FILENAME = "checkpoint.pt"
 KEYS = ("model", "optimizer", "config", "classes", "epoch", "metrics")
+FROZEN = ("model", "weights", "hash")   # a checkpoint's "frozen": what identifies the prefix it leaves out
 # The config keys that may differ between a checkpoint and the run that continues it (dogs.train --resume, a
 # Tune trial restored from its checkpoint: the same config). Every other key must match, because it changes the
 # model or what it sees, the optimizer (its saved state holds lr, backbone_lr, weight_decay: a new value would be
@@ -67,6 +68,10 @@ def read(path):
     missing = [key for key in KEYS if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of dogs (it has no {missing})")
+    frozen = ckpt.get("frozen")
+    if frozen is not None and not (isinstance(frozen, dict) and all(isinstance(frozen.get(k), str) for k in FROZEN)):
+        raise CheckpointError(f"{path} is not a checkpoint of dogs (its frozen prefix is {str(frozen)[:80]}, not "
+                              f"{{{', '.join(FROZEN)}}})")
     return ckpt
 
 
@@ -88,9 +93,11 @@ def check_frozen(model, frozen, where):
     """Refuse a model whose frozen prefix is not the one identified by `frozen` (a checkpoint's)."""
     got = prefix_hash(model.frozen)
     if got != frozen["hash"]:
+        why = ("this torch or torchvision version draws the random weights of its seed otherwise"
+               if frozen["weights"].lower() == "none"
+               else "the weights file changed, or another version of them was found")
         raise CheckpointError(f"{where}: its frozen {frozen['model']} prefix (weights={frozen['weights']}) is not the "
-                              f"one it was trained with (content hash {got}, expected {frozen['hash']}): the weights "
-                              "file changed, or another version of them was found")
+                              f"one it was trained with (content hash {got}, expected {frozen['hash']}): {why}")
 
 
 def load_weights(model, weights, frozen=None):

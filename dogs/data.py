@@ -131,16 +131,18 @@ def image_files(folder, tree, walked=None, others=None):
 
 # (root, split) -> (folders walked, their stamps, (classes, files, labels)): what this process listed last.
 # A worker process runs trial after trial on the same data: it lists the tree once, and after that only
-# stats its folders. Adding, removing or renaming an entry changes its folder's mtime; a file changed in
-# place keeps the listing valid, and changes the image cache key (cache.image_key stats every file).
+# stats its folders. Adding, removing or renaming an entry changes its folder's mtime and ctime (ctime even
+# when a tool then restores the mtime: tar, unzip, rsync -a, touch -r); another folder at the same path (a
+# swapped link, a mount) has another inode. A file changed in place keeps the listing valid, and changes
+# the image cache key (cache.image_key stats every file).
 _LISTED = {}
 RACY_NS = 2_000_000_000  # a folder changed this close before the listing began may have changed during it
 
 
 def _stamps(folders):
-    """(mtime in ns, size) of each folder (links followed); None when one is gone."""
+    """(mtime in ns, size, ctime in ns, device, inode) of each folder (links followed); None when one is gone."""
     try:
-        return [(st.st_mtime_ns, st.st_size) for st in map(os.stat, folders)]
+        return [(st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_dev, st.st_ino) for st in map(os.stat, folders)]
     except OSError:
         return None
 
@@ -161,7 +163,7 @@ def labeled_split(root, split):
     listing = _list_split(root, split, walked)
     stamps = _stamps(walked)
     # remember it only when no folder changed since shortly before the walk began (git's "racy" rule)
-    if stamps is not None and all(mtime < began - RACY_NS for mtime, _ in stamps):
+    if stamps is not None and all(stamp[0] < began - RACY_NS for stamp in stamps):
         _LISTED[slot] = (walked, stamps, listing)
     classes, files, labels = listing
     return list(classes), list(files), list(labels)

@@ -4,8 +4,9 @@ With augmentation off, a frozen prefix (eval mode, no gradients) maps each image
 every epoch of every trial. We compute it once, store it as a memory-mapped array and trials then train
 only the tail. The key hashes everything the array's bytes depend on: the decoded images (their cache
 key), the normalization, the prefix's architecture and weights (which cover backbone, weights file, cut
-point and, for random weights, the seed), the autocast and storage dtypes, the memory format, the device
-and torch's version. Any change misses.
+point and, for random weights, the seed), how images become the prefix's input (PREPARE), the autocast and
+storage dtypes, the memory format, the device and torch's and torchvision's versions (the modules' forward
+code). Any change misses. An entry is opened only when its metadata and array agree with its key (open_entry).
 """
 import hashlib
 import json
@@ -15,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 
 from .batches import Batches, image_preparer
-from .cache import cache_errors, new_array
+from .cache import cache_errors, new_array, open_entry
 from .files import atomic_path, build_once
 
 log = logging.getLogger("dogs")
 BATCH = 256  # images per forward pass of the prefix while building
+# How batches.image_preparer turns cached uint8 images into the prefix's input; change it, change this
+PREPARE = "uint8 NHWC -> float32 NCHW, (x - 255 mean) / (255 std)"
 
 # Config keys that do not change the frozen features, each with the reason; every other key must change
 # the key (tests/test_cache_keys.py walks every key of config.DEFAULTS). data and image_size reach it
@@ -73,7 +77,7 @@ def feature_key(image_key, frozen, mean, std, amp, device, channels_last, prefix
         "images": image_key, "prefix": prefix or prefix_hash(frozen), "mean": list(mean), "std": list(std),
         "autocast": str(amp), "store": np.dtype(storage_dtype(amp)).name, "channels_last": bool(channels_last),
         "device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "batch": BATCH, "torch": torch.__version__,
+        "batch": BATCH, "prepare": PREPARE, "torch": torch.__version__, "torchvision": torchvision.__version__,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -91,16 +95,17 @@ def frozen_features(model, images, mean, std, device, amp, channels_last, cache_
         if channels_last:
             model.frozen.to(memory_format=torch.channels_last)
         _build(model, images, image_preparer(mean, std, device), device, amp,
-               path, meta_path)
+               path, meta_path, key)
 
     # the metadata lands last: its presence means the array is complete
     with cache_errors(cache_dir):
         build_once(meta_path, build)
-    return np.load(path, mmap_mode="r"), key
+    expect = {"key": key, "images": images.key, "dtype": np.dtype(storage_dtype(amp)).name}
+    return open_entry(path, meta_path, expect, len(images.images))[0], key
 
 
 @torch.no_grad()
-def _build(model, images, prepare, device, amp, path, meta_path):
+def _build(model, images, prepare, device, amp, path, meta_path, key):
     # one eval-mode pass of the frozen prefix over every image, written straight into the array file
     start = time.perf_counter()
     model.frozen.eval()
@@ -119,5 +124,6 @@ def _build(model, images, prepare, device, amp, path, meta_path):
         out.flush()
     seconds = time.perf_counter() - start
     with atomic_path(meta_path) as tmp:
-        tmp.write_text(json.dumps({"images": images.key, "seconds": seconds, "dtype": np.dtype(store).name}))
+        tmp.write_text(json.dumps({"key": key, "images": images.key, "seconds": seconds, "dtype": np.dtype(store).name,
+                                   "shape": list(out.shape)}))
     log.info("frozen features of %d images computed in %.1fs -> %s", row, seconds, path)
