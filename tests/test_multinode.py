@@ -211,6 +211,7 @@ def test_search_spreads_trials_over_both_nodes(two_nodes, tiny_imagefolder):
     (barrier / "slots").write_text("2")
     try:
         exp_dir = run_search(cluster, tiny_imagefolder, "spread")
+        assert len(list(barrier.glob("worker-*"))) >= 2   # the workers of both nodes met at the barrier
     finally:
         shutil.rmtree(barrier)
 
