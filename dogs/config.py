@@ -7,6 +7,7 @@ config is one flat dict, saved with every checkpoint and result. Importable with
 import json
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -195,6 +196,17 @@ def combination_problem(config):
     return None
 
 
+def weights_file(value):
+    """Whether a `weights` value names a file (a .pth/.pt name, or a path with a folder) rather than a weights name."""
+    return isinstance(value, str) and (os.path.splitext(value)[1] in (".pth", ".pt") or os.sep in value)
+
+
+def absolute_weights(value):
+    """A weights file as an absolute path (search trials run in folders of their own, checkpoints are read from
+    anywhere: a relative path would name another file there); a weights name as it is."""
+    return os.path.abspath(os.path.expanduser(value)) if weights_file(value) else value
+
+
 def resolve(config=None):
     """Defaults overlaid with `config`, every value checked; unknown keys are an error that lists the known ones."""
     config = dict(config or {})
@@ -204,6 +216,7 @@ def resolve(config=None):
     out = {**DEFAULTS, **config}
     for key, value in out.items():
         check_value(key, value)
+    out["weights"] = absolute_weights(out["weights"])
     if out["mode"] is None:  # the metric's own direction
         out["mode"] = natural_mode(out["metric"])
     why = metric_mode_problem(out["metric"], out["mode"]) or combination_problem(out)

@@ -5,7 +5,6 @@ never drift) followed by a `tail` that trains. `unfreeze` moves the backbone's l
 Because the prefix is a pure function of the image, its output can be cached (see features.py).
 Nothing here names a model: what differs between backbones is one entry of dogs.backbones.BACKBONES.
 """
-import os
 from pathlib import Path
 from pickle import UnpicklingError  # what torch.load(weights_only=True) raises for pickled code
 
@@ -14,6 +13,7 @@ import torchvision
 from torch import nn
 
 from .backbones import BACKBONES, FLATTEN
+from .config import weights_file
 from .errors import WeightsError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -67,12 +67,12 @@ def pretrained_state_dict(name, weights):
     `weights` is a torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...), looked up in the torch hub
     cache ($TORCH_HOME/hub/checkpoints) before any download, or a path to a saved state_dict.
     """
-    if Path(str(weights)).suffix in (".pth", ".pt") or os.sep in str(weights):
+    if weights_file(weights):
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights file {path} does not exist; pass weights=<path to a {name} state_dict "
                                f".pth>, a torchvision weights name such as DEFAULT, or none for random init")
-        return weights_file(path, name), path
+        return read_weights_file(path, name), path
     enums = weights_enum(name)
     try:
         enum = enums[weights]
@@ -81,7 +81,7 @@ def pretrained_state_dict(name, weights):
                            f"{list(enums.__members__)}, a path to a .pth file, or none") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
     if cached.is_file():  # the file torchvision would read (a damaged one is an error, never downloaded over)
-        return weights_file(cached, name), cached
+        return read_weights_file(cached, name), cached
     try:
         return enum.get_state_dict(progress=False, check_hash=False), cached
     except Exception as e:  # offline, proxy, disk full: never fall back to random weights
@@ -92,7 +92,7 @@ def pretrained_state_dict(name, weights):
         ) from e
 
 
-def weights_file(path, name):
+def read_weights_file(path, name):
     """The state_dict saved at `path` (weights_only=True); anything else is one WeightsError line."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

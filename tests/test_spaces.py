@@ -119,6 +119,19 @@ def test_command_line_overrides_win_and_are_checked(tmp_path):
         spaces.load(path, sets={"model": "vgg"})
 
 
+def test_a_relative_weights_file_is_made_absolute_where_it_is_given(tmp_path, monkeypatch):
+    # trials run in folders of their own: a relative weights path named no file there, and every trial errored
+    monkeypatch.chdir(tmp_path)
+    mine = str(tmp_path / "mine.pth")
+    space = spaces.load(write(tmp_path, "params: {lr: {loguniform: [1e-4, 1e-2]}, weights: {choice: [mine.pth, DEFAULT]}}\n"))
+    assert next(p for p in space["params"] if p["name"] == "weights")["args"] == [mine, "DEFAULT"]
+    space = spaces.load(write(tmp_path, GOOD), sets={"weights": "sub/other.pt"})
+    assert next(p for p in space["params"] if p["name"] == "weights")["args"] == str(tmp_path / "sub" / "other.pt")
+    # dogs.train --set / --config: resolved where the command runs, so its checkpoints load from anywhere
+    assert resolve({"weights": "mine.pth"})["weights"] == mine
+    assert resolve({"weights": "DEFAULT"})["weights"] == "DEFAULT" and resolve({"weights": "none"})["weights"] == "none"
+
+
 def sample(space, n, seed=0):
     """n configs from the define-by-run function with a seeded TPE study (as tune.searcher asks them)."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
