@@ -419,7 +419,8 @@ def _check_bounds(key, kind, args, where):
 def _check_when(key, when, earlier, where, set_keys=()):
     """{"model": ["resnet18"]}: each named parameter must be declared above and the values possible.
 
-    A condition on a value fixed by --set may be impossible: the parameter then simply never exists.
+    A condition on a value fixed by --set may be impossible: the parameter then simply never exists. Such a
+    condition keeps only its possible values (maybe none), so that the saved space reads back (tune.best, --resume).
     """
     if not isinstance(when, dict):
         raise SpaceError(f"{where}: params.{key}.when: must be a mapping like {{model: [resnet18, resnet34]}}")
@@ -437,6 +438,8 @@ def _check_when(key, when, earlier, where, set_keys=()):
             if impossible:
                 raise SpaceError(f"{where}: params.{key}.when.{name}: {impossible} can never happen; "
                                  f"allowed: values of {name}: {possible}")
+        if possible is not None and name in set_keys:
+            values = [v for v in values if v in possible]
         out[name] = values
     return out
 
