@@ -80,11 +80,15 @@ def pretrained_state_dict(name, weights):
         raise WeightsError(f"weights={weights!r} is not a {name} weights name; choose one of "
                            f"{list(enums.__members__)}, a path to a .pth file, or none") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
-    if cached.is_file():  # the file torchvision would read (a damaged one is an error, never downloaded over)
-        return read_weights_file(cached, name), cached
+    there = cached.is_file()  # torchvision reads it, never downloads over it: a damaged one is an error
     try:
         return enum.get_state_dict(progress=False, check_hash=False), cached
     except Exception as e:  # offline, proxy, disk full: never fall back to random weights
+        if there:
+            why = str(e).split(". ")[0].splitlines()[0] if str(e).strip() else ""
+            raise WeightsError(f"weights file {cached} cannot be read: truncated, or not a file written by "
+                               f"torch.save ({type(e).__name__}: {why}); delete it and copy {enum.url} there again, "
+                               f"or pass weights=/path/to/{cached.name}") from None
         raise WeightsError(
             f"could not load {name} weights {enum}: not in the hub cache ({cached}) and the download "
             f"failed ({type(e).__name__}: {e}). Fix: on a machine with internet download {enum.url} and copy it to "
@@ -96,7 +100,10 @@ def read_weights_file(path, name):
     """The state_dict saved at `path` (weights_only=True); anything else is one WeightsError line."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except UnpicklingError:
+    except UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():   # a damaged file, not a refused object
+            raise WeightsError(f"weights file {path} cannot be read: truncated, or not a file written by torch.save "
+                               f"({' '.join(str(err).split())[:120]}); replace it with a {name} state_dict .pth") from None
         raise WeightsError(f"weights file {path} holds pickled code or objects, not only weights: refused, nothing "
                            f"in it was run; save a {name} state_dict: torch.save(net.state_dict(), path)") from None
     except Exception as err:  # truncated, a text file, not written by torch.save: torch's reason, first sentence

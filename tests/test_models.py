@@ -1,4 +1,6 @@
 """Models: pretrained weights offline, frozen parts stay frozen, the feature cache changes nothing."""
+import os
+
 import pytest
 import torch
 import torchvision
@@ -57,6 +59,11 @@ def test_missing_weights_give_a_fix_not_random_weights(tmp_path, monkeypatch):
         models.build_model(resolve({**RESNET, "weights": "IMAGENET9K"}), 3)
 
 
+class Payload:
+    def __reduce__(self):   # unpickling it would call a function: weights_only refuses it
+        return (os.getcwd, ())
+
+
 def test_a_wrong_weights_file_is_one_line_never_a_traceback_nor_random_weights(tmp_path, torch_home, monkeypatch):
     _offline(monkeypatch)
     resnet34 = tmp_path / "resnet34.pth"
@@ -66,7 +73,9 @@ def test_a_wrong_weights_file_is_one_line_never_a_traceback_nor_random_weights(t
     text, truncated = tmp_path / "text.pth", tmp_path / "truncated.pth"
     text.write_text("hello")
     truncated.write_bytes(resnet34.read_bytes()[:100_000])
-    cases = {resnet34: r"resnet34.pth holds no resnet18 weights: 96 tensors resnet18 does not have \(e.g. layer1.2",
+    code = tmp_path / "code.pth"
+    torch.save({"conv1.weight": Payload()}, code)
+    cases = {code: "holds pickled code or objects, not only weights: refused, nothing in it was run",resnet34: r"resnet34.pth holds no resnet18 weights: 96 tensors resnet18 does not have \(e.g. layer1.2",
              wrapped: r"is not a state_dict \(a dict of tensors\) but a dict with the keys \['model'\]",
              text: "cannot be read: truncated, or not a file written by torch.save",
              truncated: "cannot be read: truncated, or not a file written by torch.save"}
