@@ -103,7 +103,8 @@ def read_weights_file(path, name):
     except UnpicklingError as err:
         if "weights only load failed" not in str(err).lower():   # a damaged file, not a refused object
             raise WeightsError(f"weights file {path} cannot be read: truncated, or not a file written by torch.save "
-                               f"({' '.join(str(err).split())[:120]}); replace it with a {name} state_dict .pth") from None
+                               f"({' '.join(str(err).split())[:120]}); replace it with a {name} state_dict "
+                               ".pth") from None
         raise WeightsError(f"weights file {path} holds pickled code or objects, not only weights: refused, nothing "
                            f"in it was run; save a {name} state_dict: torch.save(net.state_dict(), path)") from None
     except Exception as err:  # truncated, a text file, not written by torch.save: torch's reason, first sentence

@@ -75,7 +75,8 @@ def test_a_wrong_weights_file_is_one_line_never_a_traceback_nor_random_weights(t
     truncated.write_bytes(resnet34.read_bytes()[:100_000])
     code = tmp_path / "code.pth"
     torch.save({"conv1.weight": Payload()}, code)
-    cases = {code: "holds pickled code or objects, not only weights: refused, nothing in it was run",resnet34: r"resnet34.pth holds no resnet18 weights: 96 tensors resnet18 does not have \(e.g. layer1.2",
+    cases = {code: "holds pickled code or objects, not only weights: refused, nothing in it was run",
+             resnet34: r"resnet34.pth holds no resnet18 weights: 96 tensors resnet18 does not have \(e.g. layer1.2",
              wrapped: r"is not a state_dict \(a dict of tensors\) but a dict with the keys \['model'\]",
              text: "cannot be read: truncated, or not a file written by torch.save",
              truncated: "cannot be read: truncated, or not a file written by torch.save"}

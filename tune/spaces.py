@@ -164,7 +164,8 @@ def validate(raw, path="<space>", overrides=None, sets=None, data=_MISSING):
     # weights files as absolute paths: the trials run in folders of their own
     for p in params:
         if p["name"] == "weights":
-            p["args"] = [absolute_weights(a) for a in p["args"]] if p["kind"] == "choice" else absolute_weights(p["args"])
+            choice = p["kind"] == "choice"
+            p["args"] = [absolute_weights(a) for a in p["args"]] if choice else absolute_weights(p["args"])
     # the data folder: given by tune.search, or recorded in a saved space
     data = raw.get("data", _MISSING) if data is _MISSING else data
     if data is not _MISSING:
