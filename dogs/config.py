@@ -201,10 +201,12 @@ def weights_file(value):
     return isinstance(value, str) and (os.path.splitext(value)[1] in (".pth", ".pt") or os.sep in value)
 
 
-def absolute_weights(value):
-    """A weights file as an absolute path (search trials run in folders of their own, checkpoints are read from
-    anywhere: a relative path would name another file there); a weights name as it is."""
-    return os.path.abspath(os.path.expanduser(value)) if weights_file(value) else value
+def absolute_path(key, value):
+    """A weights file or a cache_dir as an absolute path (search trials run in folders of their own, checkpoints
+    are read from anywhere: a relative path would name another file there); any other value as it is."""
+    if key == "weights" and weights_file(value) or key == "cache_dir" and isinstance(value, str):
+        return os.path.abspath(os.path.expanduser(value))
+    return value
 
 
 def resolve(config=None):
@@ -216,7 +218,7 @@ def resolve(config=None):
     out = {**DEFAULTS, **config}
     for key, value in out.items():
         check_value(key, value)
-    out["weights"] = absolute_weights(out["weights"])
+    out = {key: absolute_path(key, value) for key, value in out.items()}
     if out["mode"] is None:  # the metric's own direction
         out["mode"] = natural_mode(out["metric"])
     why = metric_mode_problem(out["metric"], out["mode"]) or combination_problem(out)

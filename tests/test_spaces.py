@@ -119,7 +119,7 @@ def test_command_line_overrides_win_and_are_checked(tmp_path):
         spaces.load(path, sets={"model": "vgg"})
 
 
-def test_a_relative_weights_file_is_made_absolute_where_it_is_given(tmp_path, monkeypatch):
+def test_a_relative_weights_file_or_cache_dir_is_made_absolute_where_it_is_given(tmp_path, monkeypatch):
     # trials run in folders of their own: a relative weights path named no file there, and every trial errored
     monkeypatch.chdir(tmp_path)
     mine = str(tmp_path / "mine.pth")
@@ -130,6 +130,10 @@ def test_a_relative_weights_file_is_made_absolute_where_it_is_given(tmp_path, mo
     # dogs.train --set / --config: resolved where the command runs, so its checkpoints load from anywhere
     assert resolve({"weights": "mine.pth"})["weights"] == mine
     assert resolve({"weights": "DEFAULT"})["weights"] == "DEFAULT" and resolve({"weights": "none"})["weights"] == "none"
+    # a relative cache_dir: each trial decoded into a cache of its own, inside its trial folder
+    space = spaces.load(write(tmp_path, GOOD), sets={"cache_dir": "cache"})
+    assert next(p for p in space["params"] if p["name"] == "cache_dir")["args"] == str(tmp_path / "cache")
+    assert resolve({"cache_dir": "cache"})["cache_dir"] == str(tmp_path / "cache") and resolve()["cache_dir"] is None
 
 
 def test_a_space_searched_with_a_set_that_a_when_names_reads_back(tmp_path):

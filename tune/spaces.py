@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from dogs.config import (COMBINATION_KEYS, DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, absolute_weights, load_yaml,
+from dogs.config import (COMBINATION_KEYS, DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, absolute_path, load_yaml,
                          metric_mode_problem, natural_mode, problem, resolve, yaml_problem)
 from dogs.errors import ConfigError, SpaceError
 
@@ -161,11 +161,12 @@ def validate(raw, path="<space>", overrides=None, sets=None, data=_MISSING):
     params = []
     for key, spec in params_raw.items():
         params.append(_check_param(key, spec, params, where, set(sets or {})))
-    # weights files as absolute paths: the trials run in folders of their own
+    # weights files and cache_dir as absolute paths: the trials run in folders of their own
     for p in params:
-        if p["name"] == "weights":
-            choice = p["kind"] == "choice"
-            p["args"] = [absolute_weights(a) for a in p["args"]] if choice else absolute_weights(p["args"])
+        if p["name"] in ("weights", "cache_dir"):
+            args = p["args"] if p["kind"] == "choice" else [p["args"]]
+            args = [absolute_path(p["name"], a) for a in args]
+            p["args"] = args if p["kind"] == "choice" else args[0]
     # the data folder: given by tune.search, or recorded in a saved space
     data = raw.get("data", _MISSING) if data is _MISSING else data
     if data is not _MISSING:
