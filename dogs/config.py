@@ -7,6 +7,7 @@ config is one flat dict, saved with every checkpoint and result. Importable with
 import json
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -195,6 +196,19 @@ def combination_problem(config):
     return None
 
 
+def weights_file(value):
+    """Whether a `weights` value names a file (a .pth/.pt name, or a path with a folder) rather than a weights name."""
+    return isinstance(value, str) and (os.path.splitext(value)[1] in (".pth", ".pt") or os.sep in value)
+
+
+def absolute_path(key, value):
+    """A weights file or a cache_dir as an absolute path (search trials run in folders of their own, checkpoints
+    are read from anywhere: a relative path would name another file there); any other value as it is."""
+    if key == "weights" and weights_file(value) or key == "cache_dir" and isinstance(value, str):
+        return os.path.abspath(os.path.expanduser(value))
+    return value
+
+
 def resolve(config=None):
     """Defaults overlaid with `config`, every value checked; unknown keys are an error that lists the known ones."""
     config = dict(config or {})
@@ -204,6 +218,7 @@ def resolve(config=None):
     out = {**DEFAULTS, **config}
     for key, value in out.items():
         check_value(key, value)
+    out = {key: absolute_path(key, value) for key, value in out.items()}
     if out["mode"] is None:  # the metric's own direction
         out["mode"] = natural_mode(out["metric"])
     why = metric_mode_problem(out["metric"], out["mode"]) or combination_problem(out)

@@ -5,14 +5,15 @@ never drift) followed by a `tail` that trains. `unfreeze` moves the backbone's l
 Because the prefix is a pure function of the image, its output can be cached (see features.py).
 Nothing here names a model: what differs between backbones is one entry of dogs.backbones.BACKBONES.
 """
-import os
 from pathlib import Path
+from pickle import UnpicklingError  # what torch.load(weights_only=True) raises for pickled code
 
 import torch
 import torchvision
 from torch import nn
 
 from .backbones import BACKBONES, FLATTEN
+from .config import weights_file
 from .errors import WeightsError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -61,33 +62,75 @@ def weights_enum(name):
 
 
 def pretrained_state_dict(name, weights):
-    """ImageNet weights for backbone `name`, offline-first.
+    """(ImageNet weights for backbone `name`, the file they came from), offline-first.
 
     `weights` is a torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...), looked up in the torch hub
     cache ($TORCH_HOME/hub/checkpoints) before any download, or a path to a saved state_dict.
     """
-    if Path(str(weights)).suffix in (".pth", ".pt") or os.sep in str(weights):
+    if weights_file(weights):
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights file {path} does not exist; pass weights=<path to a {name} state_dict "
                                f".pth>, a torchvision weights name such as DEFAULT, or none for random init")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_weights_file(path, name), path
     enums = weights_enum(name)
     try:
         enum = enums[weights]
     except KeyError:
         raise WeightsError(f"weights={weights!r} is not a {name} weights name; choose one of "
                            f"{list(enums.__members__)}, a path to a .pth file, or none") from None
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+    there = cached.is_file()  # torchvision reads it, never downloads over it: a damaged one is an error
     try:
-        return enum.get_state_dict(progress=False, check_hash=False)
+        return enum.get_state_dict(progress=False, check_hash=False), cached
     except Exception as e:  # offline, proxy, disk full: never fall back to random weights
-        filename = enum.url.rsplit("/", 1)[-1]
+        if there:
+            why = str(e).split(". ")[0].splitlines()[0] if str(e).strip() else ""
+            raise WeightsError(f"weights file {cached} cannot be read: truncated, or not a file written by "
+                               f"torch.save ({type(e).__name__}: {why}); delete it and copy {enum.url} there again, "
+                               f"or pass weights=/path/to/{cached.name}") from None
         raise WeightsError(
-            f"could not load {name} weights {enum}: not in the hub cache ({hub / filename}) and the download "
+            f"could not load {name} weights {enum}: not in the hub cache ({cached}) and the download "
             f"failed ({type(e).__name__}: {e}). Fix: on a machine with internet download {enum.url} and copy it to "
-            f"{hub / filename} (set TORCH_HOME to choose the cache folder), or pass weights=/path/to/{filename}"
+            f"{cached} (set TORCH_HOME to choose the cache folder), or pass weights=/path/to/{cached.name}"
         ) from e
+
+
+def read_weights_file(path, name):
+    """The state_dict saved at `path` (weights_only=True); anything else is one WeightsError line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():   # a damaged file, not a refused object
+            raise WeightsError(f"weights file {path} cannot be read: truncated, or not a file written by torch.save "
+                               f"({' '.join(str(err).split())[:120]}); replace it with a {name} state_dict "
+                               ".pth") from None
+        raise WeightsError(f"weights file {path} holds pickled code or objects, not only weights: refused, nothing "
+                           f"in it was run; save a {name} state_dict: torch.save(net.state_dict(), path)") from None
+    except Exception as err:  # truncated, a text file, not written by torch.save: torch's reason, first sentence
+        why = str(err).split(". ")[0].splitlines()[0] if str(err).strip() else ""
+        raise WeightsError(f"weights file {path} cannot be read: truncated, or not a file written by torch.save "
+                           f"({type(err).__name__}: {why}); replace it with a {name} state_dict .pth") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        held = f"a dict with the keys {list(state)[:5]}" if isinstance(state, dict) else type(state).__name__
+        raise WeightsError(f"weights file {path} is not a state_dict (a dict of tensors) but {held}; save the "
+                           f"{name}'s own: torch.save(net.state_dict(), path)")
+    return state
+
+
+def load_pretrained(net, name, weights):
+    """`net` with the weights of `weights` loaded: every key, every shape, or one WeightsError line naming them."""
+    (state, path), own = pretrained_state_dict(name, weights), net.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+                    ((missing, f"of {name}'s tensors missing"), (unexpected, f"tensors {name} does not have"),
+                     (shapes, "tensors of another shape")) if keys]
+        raise WeightsError(f"weights={weights}: {path} holds no {name} weights: {', '.join(problems)}; give a "
+                           f"{name} state_dict, or set model to the one these weights are for")
+    net.load_state_dict(state)
+    return net
 
 
 def _modules(net, paths):
@@ -126,7 +169,7 @@ def build_model(config, num_classes, load_weights=True):
         return Net(nn.Sequential(), notebook_cnn(config, num_classes))
     net = torchvision.models.get_model(entry.builder, weights=None)
     if load_weights and str(config["weights"]).lower() != "none":
-        net.load_state_dict(pretrained_state_dict(name, config["weights"]))
+        load_pretrained(net, name, config["weights"])
     return split(net, entry, config, num_classes)
 
 

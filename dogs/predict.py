@@ -74,7 +74,9 @@ def write_submission(model, config, root, path, device, fallback_class=0, tta=Fa
     predicted = np.full(len(files), fallback_class, dtype=np.int64)
     predicted[ok] = probs[ok].argmax(1)
     if not ok.all():
-        log.warning("%d Test file(s) unreadable; predicted class %d for them", (~ok).sum(), fallback_class)
+        log.warning("%d Test file(s) unreadable (%s); their rows in submission.csv say class %d, a guess: fix or "
+                    "replace them", (~ok).sum(), ", ".join(f.name for f, good in zip(files, ok) if not good)[:300],
+                    fallback_class)
     with atomic_path(path) as tmp:
         pd.DataFrame({"Id": [f.name for f in files], "Class": predicted}).to_csv(tmp, index=False)
     return Path(path)

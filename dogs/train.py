@@ -80,13 +80,16 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
         checkpoint.save(run.state(), out_dir / "best.pt")
     written = predict.submit(run.eval_model, run.state(), out_dir, device=run.device)
     score = demo_test_accuracy(run.root, written["submission"])
-    if run.best is not None:
-        log(f"best {metric} {run.best:.4f} at epoch {run.best_epoch} ({run.mode})"
+    # the epoch best.pt holds: the best one, or the last when Validation was trained on (it cannot pick one then)
+    best, best_epoch = (run.metrics.get(metric), run.epoch) if train_on_val else (run.best, run.best_epoch)
+    if best is not None:
+        log((f"kept the last epoch {best_epoch}: {metric} {best:.4f} (trained on Validation: not held out)"
+             if train_on_val else f"best {metric} {best:.4f} at epoch {best_epoch} ({run.mode})")
             + (f", demo test accuracy {score:.2%}" if score is not None else ""))
     for name, path in written.items():
         if path:
             log(f"{name}: {path}")
-    return {"checkpoint": out_dir / "best.pt", f"best_{metric}": run.best, "best_epoch": run.best_epoch,
+    return {"checkpoint": out_dir / "best.pt", f"best_{metric}": best, "best_epoch": best_epoch,
             "history": history, **written}
 
 

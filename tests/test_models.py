@@ -1,4 +1,6 @@
 """Models: pretrained weights offline, frozen parts stay frozen, the feature cache changes nothing."""
+import os
+
 import pytest
 import torch
 import torchvision
@@ -55,6 +57,38 @@ def test_missing_weights_give_a_fix_not_random_weights(tmp_path, monkeypatch):
         models.build_model(resolve({**RESNET, "weights": str(tmp_path / "nope.pth")}), 3)
     with pytest.raises(models.WeightsError, match="IMAGENET1K_V1"):
         models.build_model(resolve({**RESNET, "weights": "IMAGENET9K"}), 3)
+
+
+class Payload:
+    def __reduce__(self):   # unpickling it would call a function: weights_only refuses it
+        return (os.getcwd, ())
+
+
+def test_a_wrong_weights_file_is_one_line_never_a_traceback_nor_random_weights(tmp_path, torch_home, monkeypatch):
+    _offline(monkeypatch)
+    resnet34 = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), resnet34)
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"model": torch_home}, wrapped)   # a training checkpoint, not a state_dict
+    text, truncated = tmp_path / "text.pth", tmp_path / "truncated.pth"
+    text.write_text("hello")
+    truncated.write_bytes(resnet34.read_bytes()[:100_000])
+    code = tmp_path / "code.pth"
+    torch.save({"conv1.weight": Payload()}, code)
+    cases = {code: "holds pickled code or objects, not only weights: refused, nothing in it was run",
+             resnet34: r"resnet34.pth holds no resnet18 weights: 96 tensors resnet18 does not have \(e.g. layer1.2",
+             wrapped: r"is not a state_dict \(a dict of tensors\) but a dict with the keys \['model'\]",
+             text: "cannot be read: truncated, or not a file written by torch.save",
+             truncated: "cannot be read: truncated, or not a file written by torch.save"}
+    for path, message in cases.items():   # was: RuntimeError / KeyError: 101 tracebacks
+        with pytest.raises(models.WeightsError, match=message):
+            models.build_model(resolve({**RESNET, "weights": str(path)}), 3)
+    # the same files in the hub cache under resnet18's name: was a RuntimeError traceback, or "not in the hub cache"
+    hub_file = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    for path in (resnet34, truncated):
+        hub_file.write_bytes(path.read_bytes())
+        with pytest.raises(models.WeightsError, match=f"{hub_file}.*(holds no resnet18|cannot be read)"):
+            models.build_model(resolve({**RESNET, "weights": "DEFAULT"}), 3)
 
 
 @pytest.mark.parametrize("feature_cache", [False, True])

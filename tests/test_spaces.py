@@ -119,6 +119,37 @@ def test_command_line_overrides_win_and_are_checked(tmp_path):
         spaces.load(path, sets={"model": "vgg"})
 
 
+def test_a_relative_weights_file_or_cache_dir_is_made_absolute_where_it_is_given(tmp_path, monkeypatch):
+    # trials run in folders of their own: a relative weights path named no file there, and every trial errored
+    monkeypatch.chdir(tmp_path)
+    mine = str(tmp_path / "mine.pth")
+    space = spaces.load(write(tmp_path, "params: {lr: {loguniform: [1e-4, 1e-2]}, weights: {choice: [mine.pth, DEFAULT]}}\n"))
+    assert next(p for p in space["params"] if p["name"] == "weights")["args"] == [mine, "DEFAULT"]
+    space = spaces.load(write(tmp_path, GOOD), sets={"weights": "sub/other.pt"})
+    assert next(p for p in space["params"] if p["name"] == "weights")["args"] == str(tmp_path / "sub" / "other.pt")
+    # dogs.train --set / --config: resolved where the command runs, so its checkpoints load from anywhere
+    assert resolve({"weights": "mine.pth"})["weights"] == mine
+    assert resolve({"weights": "DEFAULT"})["weights"] == "DEFAULT" and resolve({"weights": "none"})["weights"] == "none"
+    # a relative cache_dir: each trial decoded into a cache of its own, inside its trial folder
+    space = spaces.load(write(tmp_path, GOOD), sets={"cache_dir": "cache"})
+    assert next(p for p in space["params"] if p["name"] == "cache_dir")["args"] == str(tmp_path / "cache")
+    assert resolve({"cache_dir": "cache"})["cache_dir"] == str(tmp_path / "cache") and resolve()["cache_dir"] is None
+
+
+def test_a_space_searched_with_a_set_that_a_when_names_reads_back(tmp_path):
+    # resnet_unfreeze.yaml with --set model=resnet18: its saved space said `when: {model: [resnet18, resnet34]}`
+    # under `model: resnet18`, and tune.best / --resume refused it ("['resnet34'] can never happen")
+    text = ("params:\n  model: {choice: [cnn, resnet18, resnet34]}\n  lr: {loguniform: [1e-4, 1e-2]}\n"
+            "  unfreeze: {int: [0, 3], when: {model: [resnet18, resnet34]}}\n")
+    for model, when in (("resnet18", ["resnet18"]), ("cnn", [])):
+        space = spaces.load(write(tmp_path, text), sets={"model": model})
+        saved = spaces.load(write(tmp_path, spaces.to_yaml(space), "saved.yaml"))
+        assert saved["params"] == space["params"]
+        assert next(p for p in saved["params"] if p["name"] == "unfreeze")["when"] == {"model": when}
+        drawn = sample(saved, 3)
+        assert all(("unfreeze" in config) == (model == "resnet18") for config in drawn)
+
+
 def sample(space, n, seed=0):
     """n configs from the define-by-run function with a seeded TPE study (as tune.searcher asks them)."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))

@@ -70,3 +70,16 @@ def test_numbered_class_folders_warn_that_class_is_an_index_not_the_number(tiny_
     assert written["submission"].exists()
     assert "Class in submission.csv is the index into their sorted names, not that number: 0 = '1', 1 = '10'" \
         in caplog.text
+
+
+def test_an_unreadable_test_file_keeps_its_row_and_the_warning_names_it(tiny_imagefolder, tmp_path, caplog):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_imagefolder, root)
+    (root / "Test" / "3.jpg").write_bytes(b"not a jpeg")
+    model, config = cnn(root, 0)
+    with caplog.at_level(logging.WARNING, logger="dogs"):
+        written = predict.write_submission(model, config, root, tmp_path / "submission.csv", CPU)
+    rows = written.read_text().splitlines()
+    assert rows[0] == "Id,Class" and len(rows) == 1 + len(data.test_files(root)) and rows[4] == "3.jpg,0"
+    # was: "1 Test file(s) unreadable; predicted class 0 for them", naming no file
+    assert "1 Test file(s) unreadable (3.jpg); their rows in submission.csv say class 0, a guess" in caplog.text

@@ -109,6 +109,19 @@ def test_train_on_val_trains_on_both_splits(tiny_config, tmp_path):
     assert len(run.train_batches.index) == len(train_only.train_batches.index) + len(train_only.val_batches.index)
 
 
+def test_train_on_val_reports_the_epoch_best_pt_holds_the_last(tiny_config, tmp_path, monkeypatch):
+    scores = iter([0.9, 0.4])   # Validation is trained on: its best epoch (1) is not the one kept (the last)
+    real_evaluate = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *args: {**real_evaluate(*args), "acc": next(scores)})
+    lines = []
+    result = train.run({**tiny_config, "epochs": 2}, tmp_path, train_on_val=True, log=lines.append,
+                       device=torch.device("cpu"))
+    assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 2
+    # was: "best val_acc 0.9000 at epoch 1" and best_epoch 1, an epoch whose weights are nowhere
+    assert result["best_epoch"] == 2 and result["best_val_acc"] == 0.4
+    assert "kept the last epoch 2: val_acc 0.4000 (trained on Validation: not held out)" in lines
+
+
 def test_command_line(tiny_imagefolder, tmp_path, capsys):
     import re
 

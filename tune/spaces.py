@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from dogs.config import (COMBINATION_KEYS, DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, load_yaml,
+from dogs.config import (COMBINATION_KEYS, DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, absolute_path, load_yaml,
                          metric_mode_problem, natural_mode, problem, resolve, yaml_problem)
 from dogs.errors import ConfigError, SpaceError
 
@@ -161,6 +161,12 @@ def validate(raw, path="<space>", overrides=None, sets=None, data=_MISSING):
     params = []
     for key, spec in params_raw.items():
         params.append(_check_param(key, spec, params, where, set(sets or {})))
+    # weights files and cache_dir as absolute paths: the trials run in folders of their own
+    for p in params:
+        if p["name"] in ("weights", "cache_dir"):
+            args = p["args"] if p["kind"] == "choice" else [p["args"]]
+            args = [absolute_path(p["name"], a) for a in args]
+            p["args"] = args if p["kind"] == "choice" else args[0]
     # the data folder: given by tune.search, or recorded in a saved space
     data = raw.get("data", _MISSING) if data is _MISSING else data
     if data is not _MISSING:
@@ -415,7 +421,8 @@ def _check_bounds(key, kind, args, where):
 def _check_when(key, when, earlier, where, set_keys=()):
     """{"model": ["resnet18"]}: each named parameter must be declared above and the values possible.
 
-    A condition on a value fixed by --set may be impossible: the parameter then simply never exists.
+    A condition on a value fixed by --set may be impossible: the parameter then simply never exists. Such a
+    condition keeps only its possible values (maybe none), so that the saved space reads back (tune.best, --resume).
     """
     if not isinstance(when, dict):
         raise SpaceError(f"{where}: params.{key}.when: must be a mapping like {{model: [resnet18, resnet34]}}")
@@ -433,6 +440,8 @@ def _check_when(key, when, earlier, where, set_keys=()):
             if impossible:
                 raise SpaceError(f"{where}: params.{key}.when.{name}: {impossible} can never happen; "
                                  f"allowed: values of {name}: {possible}")
+        if possible is not None and name in set_keys:
+            values = [v for v in values if v in possible]
         out[name] = values
     return out
 
