@@ -61,6 +61,11 @@ def weights_enum(name):
     return getattr(torchvision.models, BACKBONES[name].weights)
 
 
+def hub_file(enum):
+    """Where torchvision keeps (or downloads) the file of a weights enum: $TORCH_HOME/hub/checkpoints/<name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+
+
 def pretrained_state_dict(name, weights):
     """(ImageNet weights for backbone `name`, the file they came from), offline-first.
 
@@ -79,7 +84,7 @@ def pretrained_state_dict(name, weights):
     except KeyError:
         raise WeightsError(f"weights={weights!r} is not a {name} weights name; choose one of "
                            f"{list(enums.__members__)}, a path to a .pth file, or none") from None
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+    cached = hub_file(enum)
     there = cached.is_file()  # torchvision reads it, never downloads over it: a damaged one is an error
     try:
         return enum.get_state_dict(progress=False, check_hash=False), cached

@@ -173,3 +173,22 @@ def test_small_validation_split_warns_when_asha_ranks_by_early_epochs(tmp_path):
     assert "5 image(s) in its smallest class (15 in all)" in warning and "--scheduler fifo" in warning
     assert search.small_validation_warning(data, {**settings, "scheduler": "fifo"}) is None
     assert search.small_validation_warning(data, {**settings, "grace_period": 4}) is None   # ASHA stops nothing
+
+
+def test_weights_missing_from_the_hub_cache_are_named_before_the_search_starts(tmp_path, monkeypatch):
+    # offline, every trial asking for them errored only after a network timeout (86 s for 4 trials): say it first
+    from tune import search
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    space = spaces.load(spaces.find_space_file("resnet_frozen.yaml"))   # model: resnet18 | resnet34 | resnet50
+    warning = search.missing_weights_warning(space)
+    assert "3 ImageNet weights file(s)" in warning and str(hub / "resnet18-f37072fd.pth") in warning
+    hub.mkdir(parents=True)
+    (hub / "resnet18-f37072fd.pth").touch()
+    warning = search.missing_weights_warning(space)
+    assert "2 ImageNet weights file(s)" in warning and "resnet18" not in warning and "resnet34" in warning
+    for weights in ("none", str(tmp_path / "mine.pth")):   # random init, or a file of one's own: no hub file needed
+        space = spaces.load(spaces.find_space_file("resnet_frozen.yaml"), sets={"weights": weights})
+        assert search.missing_weights_warning(space) is None
+    assert search.missing_weights_warning(spaces.load(spaces.find_space_file("cnn_scratch.yaml"))) is None

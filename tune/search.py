@@ -500,6 +500,36 @@ def small_validation_warning(data_root, search):
             f"({search['epochs']}), or a larger validation split (docs/search.md, Samplers and schedulers)")
 
 
+def missing_weights_warning(space):
+    """A warning naming the ImageNet weights the space's trials can ask for that are not in this machine's hub
+    cache, else None: each such trial downloads them first, and offline it errors, after a network timeout."""
+    import torchvision
+
+    from dogs.backbones import BACKBONES
+    from dogs.config import DEFAULTS, weights_file
+    from dogs.models import hub_file
+
+    def values(name):   # every value a parameter can take: fixed, or each choice; the default when not in the space
+        entry = next((p for p in space["params"] if p["name"] == name), None)
+        if entry is None:
+            return [DEFAULTS[name]]
+        return entry["args"] if entry["kind"] == "choice" else [entry["args"]] if entry["kind"] == "fixed" else []
+
+    missing = []
+    for model in values("model"):
+        enums = getattr(torchvision.models, BACKBONES[model].weights or "", None) if model in BACKBONES else None
+        for weights in values("weights") if enums else []:
+            if isinstance(weights, str) and not weights_file(weights) and weights in enums.__members__:
+                path = hub_file(enums[weights])
+                if not path.is_file() and str(path) not in missing:
+                    missing.append(str(path))
+    if not missing:
+        return None
+    return (f"Warning: {len(missing)} ImageNet weights file(s) the trials may use are not in this machine's hub "
+            f"cache: {', '.join(missing)}. Each trial that uses them downloads them first; offline, it errors after "
+            "a network timeout. Copy the files there (TORCH_HOME chooses the folder), or give weights=/path/to/file.pth")
+
+
 def new_experiment(args, runs):
     """(experiment folder, space) of a new search: the data resolved, the space file checked."""
     from dogs.data import DataError, resolve_root
@@ -516,9 +546,10 @@ def new_experiment(args, runs):
         space = load_space(args, None if is_demo else data_root)
     except UserError as err:   # a bad space file or --set value
         fail(str(err))
-    warning = small_validation_warning(data_root, space["search"])
-    if warning:
-        print(warning)
+    for warning in (small_validation_warning(data_root, space["search"]),
+                    None if args.address or os.environ.get("RAY_ADDRESS") else missing_weights_warning(space)):
+        if warning:
+            print(warning)
     name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     exp_dir = storage.join(runs, name)
     if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
