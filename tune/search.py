@@ -509,11 +509,9 @@ def missing_weights_warning(space):
     from dogs.config import DEFAULTS, weights_file
     from dogs.models import hub_file
 
-    def values(name):   # every value a parameter can take: fixed, or each choice; the default when not in the space
+    def values(name):   # every value a parameter can take; the default when not in the space
         entry = next((p for p in space["params"] if p["name"] == name), None)
-        if entry is None:
-            return [DEFAULTS[name]]
-        return entry["args"] if entry["kind"] == "choice" else [entry["args"]] if entry["kind"] == "fixed" else []
+        return [DEFAULTS[name]] if entry is None else spaces.possible_values(entry) or []
 
     missing = []
     for model in values("model"):

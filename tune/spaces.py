@@ -434,7 +434,7 @@ def _check_when(key, when, earlier, where, set_keys=()):
                              f"parameters declared above it in params: {sorted(declared)}")
         values = values if isinstance(values, list) else [values]
         parent = declared[name]
-        possible = parent["args"] if parent["kind"] == "choice" else [parent["args"]] if parent["kind"] == "fixed" else None
+        possible = possible_values(parent)
         if possible is not None and name not in set_keys:
             impossible = [v for v in values if v not in possible]
             if impossible:
@@ -444,6 +444,11 @@ def _check_when(key, when, earlier, where, set_keys=()):
             values = [v for v in values if v in possible]
         out[name] = values
     return out
+
+
+def possible_values(entry):
+    """Every value a params entry can take: its choices, or its fixed value; None for a range."""
+    return entry["args"] if entry["kind"] == "choice" else [entry["args"]] if entry["kind"] == "fixed" else None
 
 
 def searched_names(space):
