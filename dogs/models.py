@@ -90,15 +90,20 @@ def pretrained_state_dict(name, weights):
         return enum.get_state_dict(progress=False, check_hash=False), cached
     except Exception as e:  # offline, proxy, disk full: never fall back to random weights
         if there:
-            why = str(e).split(". ")[0].splitlines()[0] if str(e).strip() else ""
-            raise WeightsError(f"weights file {cached} cannot be read: truncated, or not a file written by "
-                               f"torch.save ({type(e).__name__}: {why}); delete it and copy {enum.url} there again, "
-                               f"or pass weights=/path/to/{cached.name}") from None
+            raise unreadable(cached, e, f"delete it and copy {enum.url} there again, or pass "
+                                        f"weights=/path/to/{cached.name}") from None
         raise WeightsError(
             f"could not load {name} weights {enum}: not in the hub cache ({cached}) and the download "
             f"failed ({type(e).__name__}: {e}). Fix: on a machine with internet download {enum.url} and copy it to "
             f"{cached} (set TORCH_HOME to choose the cache folder), or pass weights=/path/to/{cached.name}"
         ) from e
+
+
+def unreadable(path, err, fix):
+    """The WeightsError of a weights file torch.load cannot read: torch's reason (its first sentence), and `fix`."""
+    why = str(err).split(". ")[0].splitlines()[0] if str(err).strip() else ""
+    return WeightsError(f"weights file {path} cannot be read: truncated, or not a file written by torch.save "
+                        f"({type(err).__name__}: {why}); {fix}")
 
 
 def read_weights_file(path, name):
@@ -107,15 +112,11 @@ def read_weights_file(path, name):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except UnpicklingError as err:
         if "weights only load failed" not in str(err).lower():   # a damaged file, not a refused object
-            raise WeightsError(f"weights file {path} cannot be read: truncated, or not a file written by torch.save "
-                               f"({' '.join(str(err).split())[:120]}); replace it with a {name} state_dict "
-                               ".pth") from None
+            raise unreadable(path, err, f"replace it with a {name} state_dict .pth") from None
         raise WeightsError(f"weights file {path} holds pickled code or objects, not only weights: refused, nothing "
                            f"in it was run; save a {name} state_dict: torch.save(net.state_dict(), path)") from None
-    except Exception as err:  # truncated, a text file, not written by torch.save: torch's reason, first sentence
-        why = str(err).split(". ")[0].splitlines()[0] if str(err).strip() else ""
-        raise WeightsError(f"weights file {path} cannot be read: truncated, or not a file written by torch.save "
-                           f"({type(err).__name__}: {why}); replace it with a {name} state_dict .pth") from None
+    except Exception as err:  # truncated, a text file, not written by torch.save
+        raise unreadable(path, err, f"replace it with a {name} state_dict .pth") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         held = f"a dict with the keys {list(state)[:5]}" if isinstance(state, dict) else type(state).__name__
         raise WeightsError(f"weights file {path} is not a state_dict (a dict of tensors) but {held}; save the "
