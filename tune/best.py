@@ -56,6 +56,12 @@ def best_trials(exp_dir, space, count):
     return kept[:count]
 
 
+def refuse_link(path, why):
+    """A folder of the experiment that is a link: a planted one would have us write (as this user) elsewhere."""
+    if path.is_symlink():
+        raise ExperimentError(f"{path} is a link (to {path.resolve()}): {why}")
+
+
 def best_trial(exp_dir, space):
     """(trial, location of its best checkpoint) by the search's metric and mode (see tune.experiment)."""
     metric, mode = space["search"]["metric"], space["search"]["mode"]
@@ -129,19 +135,16 @@ def best(args):
     if args.plots:
         from tune import plots
 
-        if not storage.is_uri(exp_dir) and Path(exp_dir, "plots").is_symlink():
-            raise ExperimentError(f"{Path(exp_dir, 'plots')} is a link (to {Path(exp_dir, 'plots').resolve()}): "
-                                  "the plots go into the experiment folder only")
-
+        if not storage.is_uri(exp_dir):
+            refuse_link(Path(exp_dir, "plots"), "the plots go into the experiment folder only")
         print("\n".join(plots.report(exp_dir)))
     if not args.submit and not args.retrain:
         return 0
 
     # predictions: from the best checkpoint, or from the best config trained again (best.pt by the same metric)
     out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
-    if not args.out and out_dir.is_symlink():   # a planted link would have us write (as this user) elsewhere
-        raise ExperimentError(f"{out_dir} is a link (to {out_dir.resolve()}): tune.best writes into the experiment "
-                              "folder only; give --out")
+    if not args.out:
+        refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
     if data is None:
         check_data(ckpt["config"]["data"], moved=True)
     if args.retrain:
