@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from dogs.errors import ExperimentError, UserError
-from tune import experiment, plots, spaces, storage
+from dogs.config import METRICS, load_yaml
+from tune import experiment, plots, settings, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, saved_space
 
 SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "grace_period", "reduction_factor", "metric", "mode", "seed",
@@ -40,12 +41,12 @@ def get_args_parser():
     p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
     p.add_argument("--samples", type=int, help="trials to run (search.samples)")
     p.add_argument("--epochs", type=int, help="epochs per trial = ASHA's max_t (search.epochs)")
-    p.add_argument("--sampler", choices=spaces.SAMPLERS, help="Optuna sampler (search.sampler, default tpe)")
-    p.add_argument("--scheduler", choices=spaces.SCHEDULERS,
+    p.add_argument("--sampler", choices=settings.SAMPLERS, help="Optuna sampler (search.sampler, default tpe)")
+    p.add_argument("--scheduler", choices=settings.SCHEDULERS,
                    help="asha: stop weak trials early; fifo: every trial runs all epochs (search.scheduler)")
     p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (search.grace_period)")
     p.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (search.reduction_factor)")
-    p.add_argument("--metric", help=f"metric to optimise, one of {', '.join(spaces.METRICS)} (search.metric); "
+    p.add_argument("--metric", help=f"metric to optimise, one of {', '.join(METRICS)} (search.metric); "
                                     "a trial's score is best_<metric> over its epochs")
     p.add_argument("--mode", choices=["max", "min"], help="search.mode")
     p.add_argument("--seed", type=int, help="seed of the Optuna sampler (search.seed)")
@@ -431,7 +432,7 @@ def resumed_experiment(args, runs):
     print(f"Resuming {exp_dir} with its saved space, data and settings (--time-budget may change)")
     if args.time_budget is not None:   # this session's budget
         none = args.time_budget.strip().lower() in ("none", "null")
-        if not none and spaces.parse_duration(args.time_budget) is None:
+        if not none and settings.parse_duration(args.time_budget) is None:
             fail(f"--time-budget: {args.time_budget!r} is not a duration; allowed: e.g. 90s, 30m, 2h, 1h30m, or none")
         space["search"]["time_budget"] = None if none else args.time_budget
     return exp_dir, space
@@ -458,7 +459,7 @@ def resume_differences(args, exp_dir, space):
         given = spaces.load(spaces.find_space_file(args.space), overrides, sets, data=data)
     else:   # the saved space with the flags applied
         with storage.local_dir(exp_dir, experiment.SPACE_FILE) as local:
-            raw = spaces.load_yaml(Path(local, experiment.SPACE_FILE).read_text())
+            raw = load_yaml(Path(local, experiment.SPACE_FILE).read_text())
         raw.pop("data", None)
         given = spaces.validate(raw, storage.join(exp_dir, experiment.SPACE_FILE), overrides, sets, data)
     differ = [f"search.{key} (saved: {space['search'][key]!r}, now: {given['search'][key]!r})"
@@ -648,7 +649,7 @@ def run(args, space, exp_dir, runs, resources, workers=None):
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
     try:
-        with time_budget(spaces.parse_duration(search["time_budget"]) if search["time_budget"] else None) as budget:
+        with time_budget(settings.parse_duration(search["time_budget"]) if search["time_budget"] else None) as budget:
             grid = tuner.fit()
     finally:
         from tune.searcher import StudySearcher

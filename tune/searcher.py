@@ -32,7 +32,8 @@ from ray.tune.search import Searcher
 
 from dogs.errors import ExperimentError, UserError
 from tune import storage
-from tune.spaces import SAMPLERS, define_by_run
+from tune.distributions import define_by_run
+from tune.settings import SAMPLERS
 
 STEP = "training_iteration"   # ASHA's time_attr: one step per epoch
 STUDY_FILE = "study.db"
