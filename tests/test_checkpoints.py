@@ -1,4 +1,4 @@
-"""tune.checkpoints.KeepBestAndLatest on its own, driven as Tune drives it (no Ray started): each trial keeps its
+"""tune.retention.KeepBestAndLatest on its own, driven as Tune drives it (no Ray started): each trial keeps its
 best checkpoint, and every checkpoint from its latest one at the previous save of the experiment state on
 (the state --resume reads names it); after the last save, its best and its latest only."""
 import math
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from ray import tune
 
-from tune.checkpoints import KeepBestAndLatest
+from tune.retention import KeepBestAndLatest
 
 
 def folder_names(trial_dir):

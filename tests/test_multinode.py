@@ -294,7 +294,7 @@ def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
     saved = saved_status(exp_dir)
     done_before = {t: r for t, r in before.items() if finished(r) and saved.get(t) == "TERMINATED"}
     assert done_before, (saved, {t: len(r) for t, r in before.items()})
-    from tune.search import study_states
+    from tune.report import study_states
     from tune.searcher import open_study
     from tune import spaces
 

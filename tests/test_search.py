@@ -14,7 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata
 
-from tune import best, search
+from tune import best, report, search
 from tune.plots import PLOTS
 from tune.searcher import open_study
 from conftest import run_main
@@ -219,7 +219,7 @@ def test_best_prints_and_submits(experiment, tmp_path):
 
 def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
     # Ray keeps every epoch's checkpoint (num_to_keep would save the experiment state after each one);
-    # tune.checkpoints deletes the others: what tune.best predicts from stays
+    # tune.retention deletes the others: what tune.best predicts from stays
     ran_all = 0
     for row in experiment["table"].itertuples():
         rows = [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines() if line.strip()]
@@ -358,7 +358,7 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     winner = min(best_losses, key=best_losses.get)
     assert best_epochs[winner] != 3   # the case: the last epoch is not the best one
 
-    # 1. every trial keeps its best epoch's checkpoint and its last one, no other (tune.checkpoints), and
+    # 1. every trial keeps its best epoch's checkpoint and its last one, no other (tune.retention), and
     # trials.csv reports best_val_loss at that epoch
     for row in table.itertuples():
         assert checkpoint.read(row.checkpoint)["epoch"] == best_epochs[row.trial_id] == row.best_epoch
@@ -409,7 +409,7 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
     before = {row.trial_id: iterations(row.path) for row in first.itertuples()}
     assert (first.status != "TERMINATED").any() or len(first) < samples
     assert ((first.status != "TERMINATED") | (first.epochs == EPOCHS)).all()   # not cut short and called done
-    assert search.study_states(exp_dir).get("PRUNED", 0) == 0
+    assert report.study_states(exp_dir).get("PRUNED", 0) == 0
 
     # resumed where it was copied to (another machine, another --storage): the copy's own study.db continues,
     # the original's is untouched (Ray's tuner.pkl names the folder it was searched in)

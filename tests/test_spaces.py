@@ -360,7 +360,7 @@ def test_spaces_whose_every_combination_runs_are_not_refused(tmp_path, text):
 
 @pytest.mark.parametrize("name", ["modern_finetune.yaml", "resnet_unfreeze.yaml", "notebook.yaml"])
 def test_shipped_spaces_pass_the_combination_check_with_smoke_test_sizes(name):
-    from tune.search import SMOKE_CONFIG, SMOKE_SETTINGS
+    from tune.cli import SMOKE_CONFIG, SMOKE_SETTINGS
 
     assert spaces.load(spaces.SPACES_DIR / name, overrides=SMOKE_SETTINGS, sets=SMOKE_CONFIG)
 

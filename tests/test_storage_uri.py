@@ -117,11 +117,11 @@ def test_search_resume_and_best_on_s3(s3, tiny_imagefolder, tmp_path):
 
 
 def test_checkpoints_are_pruned_in_the_bucket(s3):
-    # tune.checkpoints deletes through the filesystem of Tune's checkpoints: here the bucket's
+    # tune.retention deletes through the filesystem of Tune's checkpoints: here the bucket's
     from ray import tune
     from types import SimpleNamespace
 
-    from tune.checkpoints import KeepBestAndLatest
+    from tune.retention import KeepBestAndLatest
 
     fs, _ = s3
     keep, trial_dir = KeepBestAndLatest("val_acc", "max"), "dogs/prune/exp/trial_a"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage
+from tune.cli import fail
 from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
 
 
@@ -38,11 +39,6 @@ def get_args_parser():
                    help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
                         "parallel coordinates) into <experiment>/plots/")
     return p
-
-
-def fail(message):
-    print(f"dogs-best: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def best_trials(exp_dir, space, count):
@@ -95,7 +91,7 @@ def main(argv=None):
     try:
         return best(args)
     except UserError as err:
-        fail(err)
+        fail("dogs-best", err)
 
 
 def best(args):

@@ -8,7 +8,7 @@ tuner.pkl, searcher-state-*.pkl, params.pkl) holds pickled objects and is never 
 from someone else's bucket cannot run code through it.
 
 "Best" has one meaning (dogs.config metric/mode): a trial's score is best_<metric>, the best value of the
-metric over its epochs; its best checkpoint is that epoch's, which tune.checkpoints keeps.
+metric over its epochs; its best checkpoint is that epoch's, which tune.retention keeps.
 """
 import json
 import math
