@@ -118,7 +118,7 @@ def test_a_frozen_prefix_that_is_gone_or_changed_is_one_checkpoint_error(tiny_im
 def test_a_local_search_runs_a_trial_per_slot_from_the_first_trials(tiny_imagefolder, tmp_path):
     # trials far shorter than a worker's start: Tune used to hand every trial to the first worker up
     from conftest import run_main
-    from tune import experiment, report
+    from tune import experiment, report, search
 
     from dogs.config import resolve
     from dogs.engine import load_splits

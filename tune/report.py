@@ -6,6 +6,7 @@ from collections import Counter
 import pandas as pd
 import torchvision
 
+from dogs import ranking
 from dogs.backbones import BACKBONES
 from dogs.config import DEFAULTS, weights_file
 from dogs.data import VALIDATION, labeled_split
@@ -144,7 +145,7 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
     trial_s = own_s if trials else float(table.time_s.fillna(0).sum())
     lines = ["", f"Search finished: {exp_dir}"]
     if len(scored):
-        best = scored.loc[scored[score].idxmax() if mode == "max" else scored[score].idxmin()]
+        best = scored.loc[ranking.best(scored.index, lambda i: scored.at[i, score], mode)]   # ties: the first row
         params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
         lines += [f"  best trial   {best.trial_id}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
                   f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",

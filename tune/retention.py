@@ -27,7 +27,7 @@ from pathlib import PurePosixPath
 
 from ray import tune
 
-from tune.experiment import key
+from dogs import ranking
 
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
@@ -79,8 +79,8 @@ class KeepBestAndLatest(tune.Callback):
         names = self.scores.get(trial_id, {})
         if not names:
             return set()
-        # max keeps the first of equal keys: the later checkpoint, as tune.experiment.best_checkpoint does
-        best = max(sorted(names, key=number, reverse=True), key=lambda name: key(names[name], self.mode))
+        # the best by dogs.ranking, of equal ones the later (as tune.experiment.best_checkpoint); none finite: the latest
+        best = ranking.best(sorted(names, key=number), names.get, self.mode, ties="last") or max(names, key=number)
         return {best} | {name for name in names if since is None or number(name) >= number(since)}
 
     def prune(self, since):

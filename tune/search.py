@@ -99,8 +99,10 @@ def interrupted_at_start(args, runs, exp_dir):
     return f"dogs-search: interrupted while starting Ray; nothing ran yet: {again}"
 
 
-def fit(args, space, exp_dir, runs, resources, workers):
+def fit(args, space, exp_dir, runs, resources, workers=None):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
+    from tune import report, tuner
+
     s = space["search"]
     joined = ray_setup.joins_cluster(args.address)
     ray_setup.check_resources(s, resources, autoscaling=joined)
