@@ -430,15 +430,23 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
 
 
 def test_hparams_booleans_and_choices_are_discrete_values():
-    from tune.tensorboard import _value, hparam_info
+    from tensorboard.plugins.hparams import summary_v2 as hp
 
-    augment = hparam_info({"name": "augment", "kind": "choice", "args": [False, True]})
+    from tune.tensorboard import hparam, hparam_value
+
+    def info(param):   # the HParamInfo TensorBoard reads back
+        content = hp.hparams_config_pb([hparam(param)], []).value[0].metadata.plugin_data.content
+        return hparams_metadata.parse_experiment_plugin_data(content).hparam_infos[0]
+
+    augment = info({"name": "augment", "kind": "choice", "args": [False, True]})
     assert api_pb2.DataType.Name(augment.type) == "DATA_TYPE_BOOL"
     assert [v.bool_value for v in augment.domain_discrete.values] == [False, True]
-    assert _value(True).WhichOneof("kind") == "bool_value"      # shown as true/false, not 1/0
-    model = hparam_info({"name": "model", "kind": "choice", "args": ["cnn", "resnet18"]})
+    content = hp.hparams_pb({"augment": hparam_value(True)}).value[0].metadata.plugin_data.content
+    start = hparams_metadata.parse_session_start_info_plugin_data(content)
+    assert start.hparams["augment"].WhichOneof("kind") == "bool_value"      # shown as true/false, not 1/0
+    model = info({"name": "model", "kind": "choice", "args": ["cnn", "resnet18"]})
     assert [v.string_value for v in model.domain_discrete.values] == ["cnn", "resnet18"]
-    size = hparam_info({"name": "batch_size", "kind": "randint", "args": [8, 65]})
+    size = info({"name": "batch_size", "kind": "randint", "args": [8, 65]})
     assert (size.domain_interval.min_value, size.domain_interval.max_value) == (8, 64)
 
 
