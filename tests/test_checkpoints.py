@@ -111,3 +111,14 @@ def test_a_resumed_search_prunes_from_the_saved_state(tmp_path):
     assert trial.kept() == [1, 3, 4]
     second.on_experiment_end(trials=[])
     assert trial.kept() == [1, 4]
+
+
+def test_an_experiment_started_before_the_renames_still_unpickles():
+    """Ray's tuner.pkl names the callbacks and the trial-name function by module: an experiment interrupted
+    before tune.checkpoints became tune.retention and trial_dirname moved to tune.tuner still resumes."""
+    import pickle
+
+    from tune import retention, tuner
+
+    old = b"(ctune.checkpoints\nKeepBestAndLatest\nctune.search\ntrial_dirname\nt."   # two globals, as a tuple
+    assert pickle.loads(old) == (retention.KeepBestAndLatest, tuner.trial_dirname)

@@ -151,5 +151,14 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     return 0
 
 
+def __getattr__(name):
+    """tune.search.trial_dirname, for Ray's tuner.pkl of an experiment started before tune.tuner held it (--resume
+    unpickles it); imported on use: tune.tuner imports Ray."""
+    if name == "trial_dirname":
+        from tune.tuner import trial_dirname
+        return trial_dirname
+    raise AttributeError(f"module 'tune.search' has no attribute {name!r}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Search spaces as YAML files: load, validate, and turn into an Optuna define-by-run function.
+"""Search spaces as YAML files: load, validate and save them (the file format; tune.distributions draws from them).
 
 A space file has two sections, and an optional third (docs/search.md has the full format):
 
@@ -12,11 +12,11 @@ A space file has two sections, and an optional third (docs/search.md has the ful
     first_trials:           # optional: trials to run before TPE proposes any
       - {model: cnn, lr: 1.0e-4}
 
-The file format. Every value is checked against dogs.config's schema (fixed values, each choice, both bounds of every
+Every value is checked against dogs.config's schema (fixed values, each choice, both bounds of every
 range) before Ray starts, and so is every combination of values a trial can get that dogs.config would refuse
 (fixed values, first trials, what sampling can reach: tune.combinations); a mistake raises SpaceError naming
 the file, the key(s) and what is allowed.
-The settings are tune.settings', the distributions tune.distributions'.
+The `search:` settings are checked by tune.settings, the distributions named in tune.distributions.
 The data folder is not part of a space: tune.search gives it (--data), and records it in its saved copy
 of the space as a top-level `data:`. This module never imports torch.
 """
