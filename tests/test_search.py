@@ -16,7 +16,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata
 
 from tune import best, report, search
 from tune.plots import PLOTS
-from tune.searcher import open_study
+from tune.study import open_study
 from conftest import run_main
 
 EPOCHS = 3
@@ -464,7 +464,7 @@ def test_resume_of_an_experiment_with_a_pickled_searcher_is_one_clear_error(tmp_
     assert code == 2 and "searched by an older dogs-search" in err and "Traceback" not in err
     assert not ray.is_initialized()
     from tune.plots import write_plots
-    from tune.searcher import PickledSearcherState
+    from tune.study import PickledSearcherState
 
     with pytest.raises(PickledSearcherState):   # tune.best --plots reads it as JSON only: a typed error, no code run
         write_plots(exp_dir)

@@ -10,7 +10,8 @@ import optuna
 import pytest
 
 from tune import spaces
-from tune.searcher import StudySearcher, abandoned_trial_ids, make_sampler, open_study, startup_trials
+from tune.searcher import StudySearcher, make_sampler, startup_trials
+from tune.study import abandoned_trial_ids, open_study
 
 SPACE = {
     "search": {"samples": 8, "epochs": 3, "seed": 0},

@@ -12,7 +12,7 @@ from dogs.config import DEFAULTS, weights_file
 from dogs.data import VALIDATION, labeled_split
 from dogs.models import hub_file
 from tune import experiment, spaces, storage
-from tune.searcher import abandoned_trial_ids, open_study, study_where
+from tune.study import abandoned_trial_ids, open_study, study_where
 
 SMALL_VALIDATION = 30   # images per class below which an early epoch's score ranks trials poorly (issue #9)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from dogs.config import load_yaml, parse_sets
 from dogs.data import resolve_root
 from dogs.errors import ExperimentError, UserError
-from tune import experiment, searcher, spaces, storage
+from tune import experiment, spaces, storage, study
 from tune.cli import SMOKE_CONFIG, SMOKE_SETTINGS, settings_from_args
 from tune.experiment import saved_space
 from tune.settings import parse_duration
@@ -19,8 +19,8 @@ def resumed_experiment(args, runs):
     except ExperimentError as err:
         raise UserError(f"--resume: {err}") from None
     try:
-        searcher.read_state(exp_dir)
-    except searcher.PickledSearcherState as err:
+        study.read_state(exp_dir)
+    except study.PickledSearcherState as err:
         raise UserError(f"--resume: {err}") from None
     except ExperimentError:   # no searcher state yet: Tune's own check below says what is missing
         pass
