@@ -30,14 +30,15 @@ def resumed_experiment(args, runs):
     except UserError as err:
         raise UserError(f"--resume: {err}") from None
     if differ:
-        raise UserError(f"--resume continues {exp_dir} as it was searched (its search_space.yaml), but the command line "
-             f"says otherwise: {'; '.join(differ)}. Drop those flags (--time-budget may change), or start a new "
-             "search with another --name")
+        raise UserError(f"--resume continues {exp_dir} as it was searched (its search_space.yaml), but the command "
+                        f"line says otherwise: {'; '.join(differ)}. Drop those flags (--time-budget may change), or "
+                        "start a new search with another --name")
     print(f"Resuming {exp_dir} with its saved space, data and settings (--time-budget may change)")
     if args.time_budget is not None:   # this session's budget
         none = args.time_budget.strip().lower() in ("none", "null")
         if not none and parse_duration(args.time_budget) is None:
-            raise UserError(f"--time-budget: {args.time_budget!r} is not a duration; allowed: e.g. 90s, 30m, 2h, 1h30m, or none")
+            raise UserError(f"--time-budget: {args.time_budget!r} is not a duration; allowed: e.g. 90s, 30m, 2h, "
+                            "1h30m, or none")
         space["search"]["time_budget"] = None if none else args.time_budget
     return exp_dir, space
 

@@ -35,7 +35,7 @@ def main(argv=None):
 def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
     ray_setup.set_environment(args.address)
-    from tune import resume   # here and below, after set_environment: these import Ray, which reads it then
+    from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
     joined = ray_setup.joins_cluster(args.address)
@@ -67,7 +67,7 @@ def search(args):
 
 def new_experiment(args, runs):
     """(experiment folder, space) of a new search: the data resolved, the space file checked, warnings said."""
-    from tune import report
+    from tune import report   # here and in fit, after set_environment: they import Ray, which reads it then
 
     if not args.space:
         raise UserError("--space is required (a file in search_spaces/ or a path), unless --resume")
