@@ -82,23 +82,6 @@ def use_feature_cache(config, model):
     return feature_cache_applies(config) and len(model.frozen) > 0
 
 
-def feature_cache_key(config, files, device=None):
-    """The frozen-feature cache key a run of `config` on `files` uses: builds the model, decodes nothing.
-
-    The prefix is built as Run builds it (seeded, pretrained weights loaded), in a forked RNG.
-    """
-    config, device = resolve(config), device or default_device()
-    with torch.random.fork_rng(devices=[]):
-        if config["seed"] is not None:
-            torch.manual_seed(config["seed"])
-        model = models.build_model(config, num_classes=2)
-    if config["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    mean, std = models.normalization(config)
-    return features.feature_key(cache.image_cache_key(config, files), model.frozen, mean, std,
-                                amp_dtype(config, device), device, config["channels_last"])
-
-
 def make_batches(split, model, config, device, amp, train, prefix=None):
     """Batches of a split: cached frozen features when they apply, else images normalized on the device.
 
