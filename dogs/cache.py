@@ -1,7 +1,7 @@
 """Decode once: every image of a split, RGB and resized, in one memory-mapped uint8 array (N, H, W, 3).
 
 The array file is keyed by everything its bytes depend on: the file list (paths, sizes, mtimes, inodes, ctimes,
-in order), the resolution, and how a file is decoded (data.DECODE, Pillow's version and those of the codec
+in order), the resolution, and how a file is decoded (decode.DECODE, Pillow's version and those of the codec
 libraries it decodes with). A changed data set or decode is rebuilt; an unchanged one never is. All trials on a
 node map the same file, so one copy lives in the page cache, and a file lock makes trials that start together
 build it once. Corrupt files keep their slot (all zeros) and are listed in the metadata; `CachedImages.ok` masks
@@ -21,11 +21,16 @@ import numpy as np
 import PIL
 import PIL.features
 
-from .data import DECODE, load_rgb
+from .decode import DECODE, load_rgb
 from .errors import CacheError
 from .files import atomic_path, build_once
 
 log = logging.getLogger("dogs")
+
+
+def cache_root(cache_dir=None):
+    """The cache folder: config cache_dir when set, else $DOGS_CACHE, else ~/.cache/dogs-tune."""
+    return Path(cache_dir or os.environ.get("DOGS_CACHE") or Path.home() / ".cache" / "dogs-tune")
 
 
 def cpu_count():

@@ -6,7 +6,6 @@ are the two functions it calls, in the manner of torchvision's references/classi
 import logging
 import random
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,24 +14,15 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
-from . import cache, checkpoint, data, features, models
+from . import checkpoint, features, models
 from .batches import Batches, feature_preparer, image_preparer
+from .cache import cache_root
 from .config import feature_cache_applies, resolve
+from .device import amp_dtype, default_device
 from .errors import CheckpointError
+from .splits import concat_splits, load_splits
 
 log = logging.getLogger("dogs")
-
-
-def default_device():
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def amp_dtype(config, device):
-    """The autocast dtype of config precision (auto | bf16 | fp32, as dogs.config allows); None = fp32."""
-    precision = config["precision"]
-    if precision == "auto":  # bf16 where the device has it
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return {"bf16": torch.bfloat16, "fp32": None}[precision]
 
 
 def seed_everything(seed):
@@ -40,42 +30,6 @@ def seed_everything(seed):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-
-
-@dataclass
-class Split:
-    """One labeled split, decoded: cached images plus labels, restricted to readable files."""
-    images: cache.CachedImages
-    labels: np.ndarray
-    index: np.ndarray  # rows of images.images that decoded
-
-
-def load_split(root, split, config):
-    classes, files, labels = data.labeled_split(root, split)
-    images = cache.cached_images(files, config["image_size"], config["cache_dir"] or data.default_cache_dir())
-    labels, reasons = np.asarray(labels), {row: f"{f} ({e})" for row, f, e in images.bad}
-    # a class whose every file is unreadable would train as a class with 0 images
-    for label, name in enumerate(classes):
-        rows = np.flatnonzero(labels == label)
-        if not images.ok[rows].any():
-            raise data.DataError(f"{root / split / name}: none of the {len(rows)} image(s) of class {name!r} "
-                                 f"could be read (e.g. {reasons[rows[0]]}); fix or remove the folder")
-    return classes, Split(images, labels, np.flatnonzero(images.ok))
-
-
-def load_splits(config, log_fn=print):
-    """(root, classes, train Split, validation Split) for the config's data (or the demo)."""
-    root, is_demo = data.resolve_root(config["data"], config["cache_dir"])
-    if is_demo:
-        log_fn(f"no data folder given: using the built-in demo, scikit-learn's handwritten digits, at {root}")
-    # both splits listed and checked against each other before anything is decoded
-    train_classes, train_files, _ = data.labeled_split(root, data.TRAIN)
-    val_classes, val_files, _ = data.labeled_split(root, data.VALIDATION)
-    data.check_same_classes(train_classes, val_classes, root)
-    data.warn_shared_files(train_files, val_files)
-    classes, train = load_split(root, data.TRAIN, config)
-    _, val = load_split(root, data.VALIDATION, config)
-    return root, classes, train, val
 
 
 def use_feature_cache(config, model):
@@ -90,9 +44,8 @@ def make_batches(split, model, config, device, amp, train, prefix=None):
     mean, std = models.normalization(config)
     seed = config["seed"]
     if use_feature_cache(config, model):
-        cache_dir = config["cache_dir"] or data.default_cache_dir()
         array, key = features.frozen_features(model, split.images, mean, std, device, amp, config["channels_last"],
-                                              cache_dir, prefix)
+                                              cache_root(config["cache_dir"]), prefix)
         return Batches(array, split.labels, split.index, config["batch_size"], device,
                        feature_preparer(device, config["channels_last"]), shuffle=train, seed=seed, key=key)
     images = image_preparer(mean, std, device, augment=train and config["augment"],
@@ -332,11 +285,3 @@ def is_better(value, best, mode):
     if best is None or best != best:
         return True
     return value >= best if mode == "max" else value <= best
-
-
-def concat_splits(a, b):
-    """Train + Validation as one split (for the final retrain)."""
-    images = cache.CachedImages(f"{a.images.key}+{b.images.key}", np.concatenate([a.images.images, b.images.images]),
-                                a.images.bad + [[row + len(a.images.images), f, e] for row, f, e in b.images.bad])
-    return Split(images, np.concatenate([a.labels, b.labels]),
-                 np.concatenate([a.index, b.index + len(a.images.images)]))

@@ -6,9 +6,11 @@ import torchvision
 from torch import nn
 
 from conftest import make_imagefolder
-from dogs import cache, data, features, models
+from dogs import cache, data, decode, features, models
 from dogs.config import DEFAULTS, IMAGES, SCHEMA, keys_where, resolve
-from dogs.engine import amp_dtype, load_splits, make_batches
+from dogs.device import amp_dtype
+from dogs.engine import make_batches
+from dogs.splits import load_splits
 
 CPU = torch.device("cpu")
 # the keys each cache key may ignore, as the schema declares them (changes=...); every other key must change it
@@ -133,6 +135,6 @@ def test_image_cache_key_changes_with_the_decode_options(folders, tmp_path, monk
     root, _, _ = folders
     files = data.labeled_split(root, data.TRAIN)[1]
     before = cache.cached_images(files, 16, tmp_path)
-    monkeypatch.setitem(data.DECODE, "resample", "NEAREST")
+    monkeypatch.setitem(decode.DECODE, "resample", "NEAREST")
     after = cache.cached_images(files, 16, tmp_path)
     assert after.key != before.key and not np.array_equal(after.images, before.images)

@@ -80,7 +80,7 @@ def test_set_values_are_checked_by_the_schema():
 def test_amp_dtype_maps_exactly_the_allowed_precisions():
     import torch
 
-    from dogs.engine import amp_dtype
+    from dogs.device import amp_dtype
 
     cpu = torch.device("cpu")
     assert {p: amp_dtype({"precision": p}, cpu) for p in SCHEMA["precision"].allowed} == {
