@@ -140,7 +140,8 @@ def load(path, device="cpu"):
 
 def resume_problem(ckpt, config, classes, root):
     """None, or why a run of `config` on `classes` read from `root` cannot continue checkpoint `ckpt`: one line
-    naming each difference with both values, what may change (dogs.config: resume_may_change), and how to continue it."""
+    naming each difference with both values, what may change (resume_may_change in dogs.config), and how to
+    continue it."""
     try:
         saved = resolve(ckpt["config"])   # a checkpoint of an older version: the keys it lacks had their defaults
     except (KeyError, ValueError) as err:

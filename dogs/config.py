@@ -1,4 +1,5 @@
-"""Every knob of a run: one table of key -> default, type, allowed values, help and what it changes. The single source of truth.
+"""Every knob of a run: one table of key -> default, type, allowed values, help and what reads it. The single
+source of truth.
 
 `resolve()` checks a whole config against it; `check_value()` / `problem()` check one value and are what
 every other place asks (the command lines' --set, config files, search spaces, checkpoints); `keys_where()`
