@@ -3,7 +3,7 @@ space it asks for, and the one `fail` every tune command exits through."""
 import argparse
 import sys
 
-from dogs.config import METRICS, parse_sets
+from dogs.config import METRICS, parse_sets, value_type
 from tune import settings, spaces
 from tune.experiment import DEFAULT_STORAGE
 
@@ -17,7 +17,6 @@ FLAG_NOTES = {
     "time_budget": "With --resume: this session's budget instead of the saved one ('none': no budget)",
 }
 FREE_TEXT = ("metric",)   # no argparse choices: the space check refuses an unknown metric, naming the known ones
-TYPES = {"int": int, "number": float, "str": None}   # a Key's type -> argparse's (None: the string as given)
 
 
 def fail(prog, message):
@@ -29,9 +28,9 @@ def fail(prog, message):
 def add_setting_flags(p):
     """--samples, --epochs, ... : one flag per search setting, its type, choices and help from its Key."""
     for key, spec in settings.SETTINGS.items():
-        kind = spec.type.split()[0]   # "int or null": an int when given
-        options = {"type": TYPES[kind], "help": f"{spec.help} (search.{key})"}
-        if kind == "str" and isinstance(spec.allowed, tuple) and key not in FREE_TEXT:
+        kind = value_type(spec)   # int | None: an int when given
+        options = {"type": None if kind is str else kind, "help": f"{spec.help} (search.{key})"}
+        if kind is str and isinstance(spec.allowed, tuple) and key not in FREE_TEXT:
             options["choices"] = spec.allowed
         if key == "time_budget":
             options["metavar"] = "DURATION"
@@ -72,7 +71,7 @@ def settings_from_args(args):
     """Search settings given on the command line (None = not given); a whole number of CPUs etc. as an int."""
     out = {key: getattr(args, key) for key in settings.SETTINGS}
     for key, spec in settings.SETTINGS.items():
-        if spec.type == "number" and out[key] is not None and float(out[key]).is_integer():
+        if spec.type is float and out[key] is not None and float(out[key]).is_integer():
             out[key] = int(out[key])
     return out
 

@@ -14,24 +14,24 @@ SCHEDULERS = ("asha", "fifo")
 
 # search settings, checked like config keys: name -> Key(default, type, allowed, help)
 SETTINGS = {
-    "samples": Key(10, "int", Range(1, MAX_SAMPLES), "how many trials to run; at most 10000: every trial keeps a "
+    "samples": Key(10, int, Range(1, MAX_SAMPLES), "how many trials to run; at most 10000: every trial keeps a "
                    "folder of results and checkpoints and the driver holds them all in memory"),
-    "epochs": Key(10, "int", Range(1), "each trial's epoch budget = ASHA's max_t"),
-    "grace_period": Key(1, "int", Range(1), "epochs every trial gets before ASHA may stop it; at most epochs"),
-    "reduction_factor": Key(3, "number", Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
+    "epochs": Key(10, int, Range(1), "each trial's epoch budget = ASHA's max_t"),
+    "grace_period": Key(1, int, Range(1), "epochs every trial gets before ASHA may stop it; at most epochs"),
+    "reduction_factor": Key(3, float, Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
     "metric": SCHEMA["metric"],
     "mode": SCHEMA["mode"],
-    "sampler": Key("tpe", "str", SAMPLERS, "Optuna sampler that proposes each trial: tpe (learns from complete and "
+    "sampler": Key("tpe", str, SAMPLERS, "Optuna sampler that proposes each trial: tpe (learns from complete and "
                    "stopped-early trials), random, qmc (quasi-random, space-filling), gp (Gaussian process; learns "
                    "from complete trials only)"),
-    "scheduler": Key("asha", "str", SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
+    "scheduler": Key("asha", str, SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
                      "fifo = every trial runs all its epochs"),
-    "seed": Key(0, "int or null", SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
-    "cpus_per_trial": Key(1, "number", Range(0, low_open=True), "CPUs each trial holds"),
-    "gpus_per_trial": Key(0, "number", Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
-    "max_concurrent": Key(None, "int or null", Range(1), "most trials at once; null = as many as the resources allow"),
-    "max_failures": Key(2, "int", Range(0), "retries of an errored trial from its last checkpoint"),
-    "time_budget": Key(None, "str or null", None, "wall time after which the search stops cleanly, like Ctrl-C "
+    "seed": Key(0, int | None, SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
+    "cpus_per_trial": Key(1, float, Range(0, low_open=True), "CPUs each trial holds"),
+    "gpus_per_trial": Key(0, float, Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
+    "max_concurrent": Key(None, int | None, Range(1), "most trials at once; null = as many as the resources allow"),
+    "max_failures": Key(2, int, Range(0), "retries of an errored trial from its last checkpoint"),
+    "time_budget": Key(None, str | None, None, "wall time after which the search stops cleanly, like Ctrl-C "
                        "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none"),
 }
 DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([smhd])")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from dogs.config import DEFAULTS, SCHEMA, absolute_path, load_yaml, problem, yaml_problem
+from dogs.config import DEFAULTS, SCHEMA, absolute_path, load_yaml, problem, value_type, yaml_problem
 from dogs.errors import SpaceError
 from tune.combinations import check_combinations
 from tune.distributions import DISTRIBUTIONS, FLOAT_DISTRIBUTIONS
@@ -33,13 +33,8 @@ from tune.settings import SETTINGS, check_settings
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-# config keys the search sets for every trial itself
-NOT_IN_PARAMS = {
-    "epochs": "set search.epochs instead (--epochs on the command line); it is ASHA's max_t as well",
-    "metric": "set search.metric instead (--metric); every trial is scored by the search's metric",
-    "mode": "set search.mode instead (--mode); every trial is scored by the search's mode",
-    "data": "give the data folder with --data DIR; every trial of a search reads the same data",
-}
+# config keys the search sets for every trial itself: where to set each instead
+NOT_IN_PARAMS = {key: SCHEMA[key].set_by_search for key in SCHEMA if SCHEMA[key].set_by_search}
 
 
 SECTIONS = ("search", "params", "first_trials")
@@ -210,7 +205,7 @@ def _check_bounds(key, kind, args, where):
         raise SpaceError(f"{where}: params.{key}.{kind}: {args!r}; allowed: {names} of {number_type}")
     if not all(math.isfinite(a) for a in args):
         raise SpaceError(f"{where}: params.{key}.{kind}: {args!r}; allowed: finite bounds (no .inf or .nan)")
-    if kind in FLOAT_DISTRIBUTIONS and SCHEMA[key].type.startswith("int"):
+    if kind in FLOAT_DISTRIBUTIONS and value_type(SCHEMA[key]) is int:
         raise SpaceError(f"{where}: params.{key}.{kind}: {key} is an integer and {kind} draws floats; allowed: "
                          "int, randint, qrandint, lograndint or choice")
     low, high = args[0], args[1]
