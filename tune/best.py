@@ -8,10 +8,11 @@
 """
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
-from dogs import ranking
+from dogs import interrupt, ranking
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage
 from tune.cli import fail
@@ -151,7 +152,14 @@ def best(args):
             config["data"] = data
         print(f"Retraining the best config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
-        written = run(config, out_dir, train_on_val=args.train_on_val)
+        interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the retrain as Ctrl-C does
+        try:
+            written = run(config, out_dir, train_on_val=args.train_on_val)
+        except KeyboardInterrupt:
+            again = shlex.join(["python", "-m", "dogs.train", "--config", str(Path(out_dir, "config.json")),
+                                "--out", str(out_dir), "--resume"] + (["--train-on-val"] if args.train_on_val else []))
+            print(f"dogs-best: retrain interrupted; continue it with: {again}", file=sys.stderr)
+            return interrupt.exit_status()
         if args.tta:  # the retrained best.pt, mirrored
             model, ckpt = dogs_checkpoint.load(written["checkpoint"])
     if not args.retrain or args.tta:

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dogs.data import DataError, resolve_root
+from dogs import interrupt
 from dogs.errors import UserError
 from tune import cli, plots, ray_setup, settings, spaces, storage
 from tune.experiment import read_trials
@@ -34,7 +35,8 @@ def main(argv=None):
 
 def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
-    ray_setup.set_environment(args.address)
+    ray_setup.set_environment(args.address, args.verbose)
+    interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, spot preemption, kill) stops as Ctrl-C does
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
@@ -55,10 +57,11 @@ def search(args):
     with ray_setup.worker_folder(args.address) as workers:
         try:
             resources = ray_setup.start_ray(args.address, args.verbose)
+            interrupt.catch_sigterm()   # again: ray.init installs its own handler (exit 1, no resume line)
         except KeyboardInterrupt:
             ray.shutdown()   # whatever part of Ray had started
             print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
-            return 130
+            return interrupt.exit_status()
         try:
             return fit(args, space, exp_dir, runs, resources, workers)
         finally:
@@ -135,15 +138,16 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     trials = read_trials(exp_dir)
     table = report.trials_table(exp_dir, space, trials)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
+    stopped = pending or (table.status == "UNFINISHED").any() or len(grid) < s["samples"]
+    why = (f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
-    print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start)
+    print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
                     + report.failure_hints(exp_dir, table)))
     print("\n".join(plots.report(exp_dir)))
-    if pending or (table.status == "UNFINISHED").any() or len(grid) < s["samples"]:
-        why = f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted"
+    if stopped:
         print(f"{why}: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
-              f"--name {storage.name(exp_dir)}")
-        return 0 if budget.is_set() else 130
+              f"--name {shlex.quote(storage.name(exp_dir))}")
+        return 0 if budget.is_set() else interrupt.exit_status()
     if not table[f"best_{s['metric']}"].notna().any():   # every trial errored or diverged: nothing to hand over
         print(f"dogs-search: error: no trial reported a finite {s['metric']} ({int((table.status == 'ERROR').sum())} "
               f"of {len(table)} errored; see the lines above): there is no best trial", file=sys.stderr)
