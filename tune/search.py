@@ -121,6 +121,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     if args.resume:
         grid_tuner = tuner.restore_tuner(s, exp_dir)
+        storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
     else:
         grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
                                       slots=None if joined else slots)
@@ -131,14 +132,23 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     start = time.time()
     try:
         with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget:
-            grid = grid_tuner.fit()
+            grid, before = grid_tuner.fit(), 0
+            # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
+            table = report.trials_table(exp_dir, space) if args.resume else None
+            extra = s["samples"] - int((table.status != "ABANDONED").sum()) if args.resume else 0
+            if extra > 0 and not budget.is_set() and not (table.status == "UNFINISHED").any():
+                print(f"Extending the search by {extra} trial(s) on its study ({s['samples']} in all)")
+                before = len(table)
+                grid = tuner.make_tuner(space, runs, storage.name(exp_dir), study_storage(exp_dir), args.verbose,
+                                        slots=None if joined else slots, extend=extra).fit()
     finally:
         tuner.StudySearcher.resumed_in = None
     wall_s = time.time() - start
     trials = read_trials(exp_dir)
     table = report.trials_table(exp_dir, space, trials)
-    pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
-    stopped = pending or (table.status == "UNFINISHED").any() or len(grid) < s["samples"]
+    pending = max(0, len(grid) - (len(table) - before))   # trials Tune created that never started: no folder yet
+    created = int((table.status != "ABANDONED").sum()) + pending
+    stopped = pending or (table.status == "UNFINISHED").any() or created < s["samples"]
     why = (f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
     storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
@@ -153,6 +163,14 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
               f"of {len(table)} errored; see the lines above): there is no best trial", file=sys.stderr)
         return 1
     return 0
+
+
+def study_storage(exp_dir):
+    """The --optuna-storage an experiment was searched with (None: its own study.db)."""
+    from tune.study import read_state
+
+    state = read_state(exp_dir)
+    return None if state["in_experiment"] else state["study_url"]
 
 
 def __getattr__(name):

@@ -71,7 +71,8 @@ class StudySearcher(Searcher):
     resumed_in = None
 
     def __init__(self, params, metric, mode, *, max_t, exp_dir, optuna_storage=None, sampler="tpe", seed=0,
-                 samples=10, first_trials=()):
+                 samples=10, first_trials=(), extend=False):
+        """`extend`: more trials for the experiment's existing study (--resume --samples N), not a new study."""
         super().__init__(metric=metric, mode=mode)
         self.params, self.max_t = params, max_t
         self.study_url, self.mirror = study_location(exp_dir, optuna_storage)
@@ -80,7 +81,8 @@ class StudySearcher(Searcher):
         self.sampler_name, self.seed, self.samples = sampler, seed, samples
         self.numbers = {}         # Tune trial id -> study trial number, of every trial this search handed out
         self._reset()
-        self._create(first_trials)
+        if not extend:   # else the study is loaded when first asked (the sampler learns from all its trials)
+            self._create(first_trials)
 
     def _reset(self):
         """What lives in this process only: the open study and trials."""
