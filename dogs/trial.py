@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import bars, checkpoint
 from .engine import Run
 
 
@@ -60,6 +60,9 @@ def trainable(config):
     # resume: a restarted trial (node lost, search resumed, error retried) continues after its last epoch
     # console: Ray logs a line per checkpoint ("Checkpoint successfully created at"); the driver says enough
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # the one-off builds' progress bars: drawn on the search's console by Ray, not prefixed per line
+    from ray.experimental import tqdm_ray
+    bars.make = tqdm_ray.tqdm
     wait_for_workers()
     saved = tune.get_checkpoint()
     resume = None
