@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +66,8 @@ def experiment(tiny_imagefolder, tmp_path_factory):
     """One search of 6 trials x 3 epochs, shared by the tests below."""
     folder = tmp_path_factory.mktemp("search")
     argv = ["--space", str(write_space(folder, samples=6)), "--data", str(tiny_imagefolder),
-            "--storage", str(folder / "runs"), "--name", "e2e"]
+            "--storage", str(folder / "runs"), "--name", "e2e",
+            "--set", f"cache_dir={folder / 'cache'}"]   # its own: the search decodes the images (a progress bar)
     code, out, err = run_main(search, argv)
     assert code == 0, out[-3000:] + err[-3000:]
     exp_dir = folder / "runs" / "e2e"
@@ -76,6 +78,9 @@ def test_every_trial_is_in_trials_csv(experiment):
     table = experiment["table"]
     assert len(table) == 6 and table.trial_id.is_unique
     assert set(table.status) == {"TERMINATED"}
+    # one name per trial: the Optuna trial number beside the Tune id, as the study has them
+    numbers = {trial_id: t.number for trial_id, t in study_of(experiment["dir"]).items()}
+    assert list(table.columns[:2]) == ["number", "trial_id"] and dict(zip(table.trial_id, table.number)) == numbers
     assert table.lr.between(1e-6, 3e-2).all() and set(table.head_width) <= {0, 32}
     for row in table.itertuples():
         assert iterations(row.path) == list(range(1, row.epochs + 1))
@@ -155,6 +160,30 @@ def test_search_plots(experiment):
     assert f"plots        {experiment['dir'] / 'plots'}: " + ", ".join(f"{n}.png" for n in PLOTS) in experiment["out"]
 
 
+def test_history_plot_shows_pruned_trials_at_their_best_epoch():
+    """Optuna's history draws complete trials only; ASHA's stops (PRUNED) are added by trial number."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import optuna
+    import optuna.visualization.matplotlib as vis
+
+    from tune.plots import add_pruned
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for scores, state in (([0.4, 0.5], "COMPLETE"), ([0.2, 0.3, 0.25], "PRUNED"), ([0.6, 0.7], "COMPLETE")):
+        trial = study.ask()
+        for step, score in enumerate(scores, 1):
+            trial.report(score, step)
+        study.tell(trial, scores[-1] if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = vis.plot_optimization_history(study)
+    assert add_pruned(axes, study) == [(1, 0.3)]
+    drawn = [c.get_offsets().tolist() for c in axes.collections]
+    assert [[1.0, 0.3]] in drawn and "Pruned" in [t.get_text() for t in axes.get_legend().get_texts()][-1]
+
+
 RAY_LINES = ("Started a local Ray instance", "Configuration for experiment", "View detailed results here",
              "Wrote the latest version of all result files", "Tuner.restore", "Trial status:",
              "Checkpoint successfully created")
@@ -167,6 +196,8 @@ def test_compact_console_progress(experiment):
     out, err, table = experiment["out"], experiment["err"], experiment["table"]
     assert "] 6/6 trials: 6 done (" in out and "| best best_val_acc " in out
     assert not [line for line in RAY_LINES if line in out + err]
+    # the one-off decode's progress bar, drawn on the driver's console by Ray (tqdm_ray)
+    assert re.search(r"decoding \d+ images at 16px \(once\): +100%", out + err), (out + err)[-3000:]
     lines = out.splitlines()
     trial_lines = [line for line in lines if re.match(r"#\d+ [0-9a-f]+  ", line)]
     numbers = {t.user_attrs["tune_trial_id"]: t.number for t in study_of(experiment["dir"]).values()}
@@ -176,8 +207,9 @@ def test_compact_console_progress(experiment):
         expected.add(f"#{numbers[row.trial_id]} {row.trial_id}  {ended}  best_val_acc {row.best_val_acc:.4f}  "
                      f"lr={row.lr:.4g} head_width={row.head_width}")
     assert set(trial_lines) == expected and len(trial_lines) == len(table)
-    # the first progress line: at the first epoch, with the epochs run of planned and a time left
-    first = next(line for line in lines if re.match(r"\[ *\w+\] \d+/6 trials", line))
+    # a progress line at the first epoch, before any trial ended: the epochs run of planned and a time left
+    # (before it, on a slow start, the periodic line says 0 epochs, with no time left yet)
+    first = next(line for line in lines if re.match(r"\[ *\w+\] \d+/6 trials: .* \| epochs [1-9]", line))
     assert lines.index(first) < lines.index(trial_lines[0])
     assert re.search(r"\| epochs [1-9]\d*/18 \|.* \| ~\w+ left$", first), first
 
@@ -570,7 +602,7 @@ def test_resume_with_more_samples_extends_a_finished_search_on_its_study(tiny_im
     assert code == 0, out[-3000:] + err[-3000:]
     assert "Extending the search by 2 trial(s) on its study (5 in all)" in out and "Search finished" in out
     table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
-    assert len(table) == 5 and set(table.status) == {"TERMINATED"}
+    assert len(table) == 5 and set(table.status) == {"TERMINATED"} and sorted(table.number) == list(range(5))
     folders = sorted(exp_dir.glob("trial_*"))
     assert len(folders) == 5
     for trial_name, text in before.items():

@@ -34,13 +34,11 @@ def short(value):
 
 def trial_numbers(exp_dir):
     """{Tune trial id: Optuna trial number} of the experiment's study; {} when it cannot be read now."""
-    from tune.searcher import TRIAL_ATTR
-    from tune.study import open_study
+    from tune.study import open_study, trial_numbers as numbers_of   # here: tune.study imports Optuna
 
     try:
         with open_study(exp_dir) as study:
-            return {t.user_attrs[TRIAL_ATTR]: t.number for t in study.get_trials(deepcopy=False)
-                    if TRIAL_ATTR in t.user_attrs}
+            return numbers_of(study)
     except Exception:   # the console line only: a study not readable this moment leaves the number out
         return {}
 

@@ -12,7 +12,7 @@ from dogs.config import DEFAULTS, weights_file
 from dogs.data import VALIDATION, labeled_split
 from dogs.models import hub_file
 from tune import experiment, spaces, storage
-from tune.study import abandoned_trial_ids, open_study, study_where
+from tune.study import abandoned_trial_ids, open_study, study_where, trial_numbers
 
 SMALL_VALIDATION = 30   # images per class below which an early epoch's score ranks trials poorly (issue #9)
 
@@ -93,9 +93,11 @@ def trials_table(exp_dir, space, trials=None):
     never runs it again."""
     table = experiment.trials_table(exp_dir, space, trials)
     with open_study(exp_dir) as study:
-        abandoned = abandoned_trial_ids(study)
+        abandoned, numbers = abandoned_trial_ids(study), trial_numbers(study)
     if len(table) and abandoned:
         table.loc[table.trial_id.isin(abandoned), "status"] = "ABANDONED"
+    # one name per trial: the Optuna trial number beside the Tune id (as the console and optuna-dashboard)
+    table.insert(0, "number", table.trial_id.map(numbers).astype("Int64") if len(table) else pd.Series(dtype="Int64"))
     return table
 
 

@@ -31,10 +31,9 @@ from dogs.errors import ExperimentError, UserError
 from tune import storage
 from tune.distributions import define_by_run
 from tune.settings import SAMPLERS
-from tune.study import ABANDONED, STUDY_FILE, open_storage, sqlite_path, study_location
+from tune.study import ABANDONED, STUDY_FILE, TRIAL_ATTR, open_storage, sqlite_path, study_location
 
 STEP = "training_iteration"   # ASHA's time_attr: one step per epoch
-TRIAL_ATTR = "tune_trial_id"
 
 
 def startup_trials(samples):
