@@ -318,6 +318,8 @@ def test_resume_after_ctrl_c_or_sigterm_reruns_nothing(tiny_imagefolder, tmp_pat
     console = (tmp_path / "first.log").read_text()   # a real console: the workers' lines reach it too
     assert "Checkpoint successfully created" not in console and "Trial status:" not in console
     assert f"Search interrupted: {exp_dir}" in console and "Search finished" not in console, console[-3000:]
+    # the times up to the last epoch; the wait for the running trial to stop said apart
+    assert re.search(r"wall time +[\d.]+ s to the last epoch; .* s stopping", console), console[-3000:]
     resume_lines = [line for line in console.splitlines() if "--resume" in line or "restore" in line.lower()]
     assert resume_lines == [f"Interrupted: continue with  python -m tune.search --resume --storage {storage} "
                             f"--name {name}"], console[-3000:]

@@ -175,7 +175,8 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
         + (f", {int((table.status == 'ABANDONED').sum())} abandoned (started by a killed driver before Ray saved "
            "them; never resumed)" if (table.status == "ABANDONED").any() else ""),
         f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED); {study_where(exp_dir)}",
-        f"  wall time    {wall_s:.1f} s{' to the last epoch' if stopping_s else ''}; trials' own time {trial_s:.1f} s; they ran {mean:.2f} at a time on "
+        f"  wall time    {wall_s:.1f} s{' to the last epoch' if stopping_s else ''}; trials' own time {trial_s:.1f} s; "
+        f"they ran {mean:.2f} at a time on "
         f"average, at most {most}, in {slots} slot(s); driver overhead {wall_s - trial_s / slots:.1f} s "
         f"(wall - trial time / slots)" + (f"; then {stopping_s:.1f} s stopping" if stopping_s else ""),
         f"  results      {storage.join(exp_dir, 'trials.csv')}; tensorboard --logdir {exp_dir}",
