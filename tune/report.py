@@ -163,7 +163,9 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
     if len(scored):
         best = scored.loc[ranking.best(scored.index, lambda i: scored.at[i, score], mode)]   # ties: the first row
         params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
-        lines += [f"  best trial   {best.trial_id}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
+        number = best.get("number")
+        name = best.trial_id if number is None or pd.isna(number) else f"#{number} {best.trial_id}"   # as the console
+        lines += [f"  best trial   {name}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
                   f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",
                   f"  best config  {params}",
                   f"  checkpoint   {best.checkpoint}"]
