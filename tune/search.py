@@ -13,7 +13,9 @@ tune.resume (--resume), tune.report (warnings, trials.csv, the summary). docs/AR
 """
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -130,6 +132,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
+    ctrl_c = signal.getsignal(signal.SIGINT)
     try:
         with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget:
             grid, before = grid_tuner.fit(), 0
@@ -143,6 +146,8 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
                                         slots=None if joined else slots, extend=extra).fit()
     finally:
         tuner.StudySearcher.resumed_in = None
+        if threading.current_thread() is threading.main_thread():   # Tune leaves its Ctrl-C handler after fit:
+            signal.signal(signal.SIGINT, ctrl_c)                     # a later Ctrl-C would only set its flag
     wall_s = time.time() - start
     trials = read_trials(exp_dir)
     table = report.trials_table(exp_dir, space, trials)
