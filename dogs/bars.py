@@ -2,7 +2,20 @@
 dogs.train; in a search's trial Ray's tqdm_ray (set by dogs.trial), which draws it on the search's console
 without Ray's per-line prefix."""
 
-make = None   # a tqdm-like class (update, close) instead of tqdm's own: dogs.trial sets Ray's tqdm_ray.tqdm
+import contextlib
+
+make = None   # a tqdm-like class (update, close) instead of tqdm's own (drawn_by)
+
+
+@contextlib.contextmanager
+def drawn_by(bar_class):
+    """Bars made by `bar_class` within (dogs.trial: Ray's tqdm_ray.tqdm, for the length of a trial)."""
+    global make
+    previous, make = make, bar_class
+    try:
+        yield
+    finally:
+        make = previous
 
 
 def bar(total, desc, unit):

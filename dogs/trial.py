@@ -55,14 +55,20 @@ def wait_for_workers(folder=None, timeout=WAIT_S):
 
 def trainable(config):
     """Ray Tune function trainable (Ray 2.60: only ray.tune.* APIs; ray.train.* inside Tune breaks trials)."""
+    from ray.experimental import tqdm_ray
+
+    # the one-off builds' progress bars: drawn on the search's console by Ray, not prefixed per line
+    with bars.drawn_by(tqdm_ray.tqdm):
+        run_trial(config)
+
+
+def run_trial(config):
+    """The trial: resumed from its checkpoint if it has one, an epoch reported (with a checkpoint) at a time."""
     import ray
     from ray import tune
     # resume: a restarted trial (node lost, search resumed, error retried) continues after its last epoch
     # console: Ray logs a line per checkpoint ("Checkpoint successfully created at"); the driver says enough
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    # the one-off builds' progress bars: drawn on the search's console by Ray, not prefixed per line
-    from ray.experimental import tqdm_ray
-    bars.make = tqdm_ray.tqdm
     wait_for_workers()
     saved = tune.get_checkpoint()
     resume = None

@@ -24,6 +24,9 @@ def set_environment(address, verbose=False):
     if not joins_cluster(address):
         # a local Ray would listen on every interface; keep it on 127.0.0.1 (Ray reads this when imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # the trials' build progress bars (tqdm_ray, drawn by the driver) without Ray replacing builtins.print in this
+    # process: a bar left open by a trial that died would be redrawn around every later print, errors included
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     # Ray's own TensorBoard writer off (ours writes curves + HParams); JSON/CSV loggers are added explicitly
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ray's record of each trial's checkpoints (in every save of the experiment state) holds only their score:
