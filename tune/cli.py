@@ -58,6 +58,13 @@ def get_args_parser():
                         "space, data and settings (--space/--data/--set/search flags that say otherwise are refused; "
                         "--time-budget may change). It restores "
                         "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help="also log each trial as a run to an experiment tracker: mlflow, wandb (repeatable or "
+                        "a comma list; pip install 'dogs-tune[mlflow]' / '[wandb]'). W&B reads its usual "
+                        "WANDB_API_KEY / WANDB_MODE=offline")
+    p.add_argument("--mlflow-uri", metavar="URI",
+                   help="MLflow tracking URI for --log mlflow (default: mlflow.db in the experiment folder: "
+                        "mlflow ui --backend-store-uri sqlite:///<experiment>/mlflow.db)")
     p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="Ray's full console output (a status table and each trial's config, every checkpoint) "
