@@ -309,3 +309,21 @@ def test_best_writes_nothing_through_a_link_planted_in_the_experiment(experiment
         code, _, err = run_main(best, ["--experiment", str(linked), flag])
         assert code == 2 and "is a link (to " in err and err.count("\n") == 1, err
     assert list(elsewhere.iterdir()) == []
+
+
+def test_best_config_yaml_runs_in_dogs_train_as_is(experiment, tmp_path):
+    """best/config.yaml is the best trial's whole config for its full budget: dogs.train --config trains it."""
+    import yaml
+
+    from dogs import train
+
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--out", str(tmp_path / "best")])
+    assert code == 0, err
+    path = tmp_path / "best" / "config.yaml"
+    assert f"config file  {path}  (python -m dogs.train --config {path})" in out
+    saved = torch.load(checkpoint_line(out), map_location="cpu", weights_only=True)
+    config = yaml.safe_load(path.read_text())
+    assert config == {**saved["config"], "epochs": 2, "metric": "val_acc", "mode": "max"}
+    code, out, err = run_main(train, ["--config", str(path), "--out", str(tmp_path / "again")])
+    assert code is None, out[-2000:] + err[-2000:]   # main returns nothing on success
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == config

@@ -52,6 +52,25 @@ def best_trials(exp_dir, space, count):
     return kept[:count]
 
 
+def best_config(ckpt, space, data=None):
+    """The best checkpoint's config for its full epoch budget, ranked as the search ranked (and --data's folder)."""
+    s = space["search"]
+    config = {**ckpt["config"], "epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]}
+    return config if data is None else {**config, "data": str(data)}
+
+
+def write_config(out_dir, config, what):
+    """out_dir/config.yaml: every key of `config`, for dogs.train --config."""
+    import yaml
+    from dogs.files import atomic_path
+
+    path = Path(out_dir, "config.yaml")
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"# {what}: python -m dogs.train --config {path}\n"
+                       + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
 def refuse_link(path, why):
     """A folder of the experiment that is a link: a planted one would have us write (as this user) elsewhere."""
     if path.is_symlink():
@@ -128,6 +147,15 @@ def best(args):
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")
     print(f"  checkpoint   {experiment.printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
+    # the best config as a file that dogs.train --config runs as is, beside the predictions (printing alone
+    # writes nothing into the experiment; --out writes it there)
+    out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
+    config = best_config(ckpt, space, data)
+    if args.out or ((args.submit or args.retrain) and not storage.is_uri(exp_dir)):
+        if not args.out:
+            refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
+        path = write_config(out_dir, config, f"the best trial {trial.trial_id} of {exp_dir}")
+        print(f"  config file  {path}  (python -m dogs.train --config {path})")
     if args.plots:
         from tune import plots
 
@@ -138,7 +166,6 @@ def best(args):
         return 0
 
     # predictions: from the best checkpoint, or from the best config trained again (best.pt by the same metric)
-    out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
     if not args.out:
         refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
     if data is None:
@@ -146,9 +173,6 @@ def best(args):
     if args.retrain:
         from dogs.train import run
 
-        config = {**ckpt["config"], "epochs": space["search"]["epochs"], "metric": metric, "mode": mode}
-        if data is not None:
-            config["data"] = data
         print(f"Retraining the best config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
         written = run(config, out_dir, train_on_val=args.train_on_val)
