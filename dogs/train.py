@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from . import checkpoint, predict
+from .cli import ArgumentParser
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
@@ -124,7 +125,7 @@ def load_config_file(path):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="python -m dogs.train", description=__doc__,
+    p = ArgumentParser(prog="python -m dogs.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the config's data, "
                                   "else the digits demo (a different data in --config/--set is an error)")

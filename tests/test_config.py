@@ -213,3 +213,37 @@ def test_config_and_space_validation_do_not_import_torch(tmp_path):
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_mistyped_key_or_flag_names_the_closest_known_one(tmp_path):
+    """--set / config / space keys (dogs.config.did_you_mean) and the three commands' flags (dogs.cli)."""
+    import contextlib
+    import io
+
+    from dogs import train
+    from dogs.config import parse_sets, resolve
+    from dogs.errors import ConfigError, SpaceError
+    from tune import best, cli, spaces
+
+    with pytest.raises(ConfigError, match=r"unknown config key 'lrr' \(given 0.1\) \(did you mean 'lr'\?\)"):
+        parse_sets(["lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"\['bach_size'\] \(did you mean 'batch_size'\?\)"):
+        resolve({"bach_size": 8})
+    with pytest.raises(ConfigError) as far:
+        parse_sets(["zzzz=1"])
+    assert "did you mean" not in str(far.value)   # nothing close: no guess
+    space = tmp_path / "space.yaml"
+    space.write_text("search: {sampels: 4}\nparams: {lr: {loguniform: [1e-4, 1e-2]}}\n")
+    with pytest.raises(SpaceError, match=r"search.sampels: unknown setting \(did you mean 'samples'\?\)"):
+        spaces.load(space)
+    space.write_text("params: {learning_rate: 0.1, lr: {loguniform: [1e-4, 1e-2]}}\n")
+    with pytest.raises(SpaceError, match=r"params.learning_rate: unknown config key"):
+        spaces.load(space)
+    for parser, argv, hint in ((train.get_args_parser(), ["--confg", "x.yaml"], "--config"),
+                               (cli.get_args_parser(), ["--epochz", "3"], "--epochs"),
+                               (best.get_args_parser(), ["--submitt"], "--submit")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert err.getvalue().splitlines()[-1].endswith(f"unrecognized arguments: {' '.join(argv)} "
+                                                        f"(did you mean {hint}?)")

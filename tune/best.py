@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from dogs import ranking
+from dogs.cli import ArgumentParser
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage
 from tune.cli import fail
@@ -19,7 +20,7 @@ from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="dogs-best", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="dogs-best", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", help="experiment folder or URI, or its name in --storage (tune.search --name) "
                                         f"(default: the latest one in --storage)")
     p.add_argument("--storage", default=DEFAULT_STORAGE,

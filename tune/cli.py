@@ -1,8 +1,8 @@
 """The command line of tune.search: its parser (the search-setting flags made from tune.settings.SETTINGS), the
 space it asks for, and the one `fail` every tune command exits through."""
-import argparse
 import sys
 
+from dogs.cli import ArgumentParser
 from dogs.config import METRICS, parse_sets, value_type
 from tune import settings, spaces
 from tune.experiment import DEFAULT_STORAGE
@@ -40,7 +40,7 @@ def add_setting_flags(p):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="dogs-search", description=DESCRIPTION)
+    p = ArgumentParser(prog="dogs-search", description=DESCRIPTION)
     p.add_argument("--space", help="search-space YAML: a file name in search_spaces/ or a path")
     p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
     add_setting_flags(p)
