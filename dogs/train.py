@@ -18,6 +18,7 @@ import yaml
 from . import checkpoint, predict
 from .cli import ArgumentParser
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
+from .data import DEMO_IMAGE_SIZE
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
 from .files import atomic_path
@@ -167,7 +168,10 @@ def main(argv=None):
         # config: file, then --set, then --data; every value checked before anything runs
         config = load_config_file(args.config) if args.config else {}
         config.update(parse_sets(args.set))
-        config = resolve(data_option(config, args.data))
+        config = data_option(config, args.data)
+        if config.get("data") is None:   # the demo: its 8x8 digits need no 224 px (an epoch in seconds on a CPU)
+            config.setdefault("image_size", DEMO_IMAGE_SIZE)
+        config = resolve(config)
         run(config, out, train_on_val=args.train_on_val, resume=args.resume,
             device=torch.device(args.device) if args.device else None)
     except KeyboardInterrupt:

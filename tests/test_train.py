@@ -394,3 +394,17 @@ def test_what_may_change_on_resume_is_one_list(tiny_config):
     assert "epochs (checkpoint: 2 trained, now: 1)" in problem(epochs=1)
     ckpt["config"] = saved = resolve({**saved, "schedule": "onecycle", "warmup_epochs": 1})
     assert "epochs (checkpoint: 4, now: 6; the onecycle schedule spans them)" in problem(epochs=6)
+
+
+def test_the_demo_picks_a_small_image_size_unless_one_is_given(tmp_path):
+    """The 8x8 digits at 32 px (not 224), said in the demo's line; a given image_size is kept."""
+    import json
+
+    from dogs.data import DEMO_IMAGE_SIZE
+
+    code, out, err = run_main(train, ["--set", "model=cnn", "epochs=1", "--out", str(tmp_path / "demo")])
+    assert code is None, out[-2000:] + err[-2000:]
+    assert json.loads((tmp_path / "demo" / "config.json").read_text())["image_size"] == DEMO_IMAGE_SIZE == 32
+    assert "handwritten digits, at " in out and f"images resized to {DEMO_IMAGE_SIZE} px" in out
+    code, out, err = run_main(train, ["--set", "model=cnn", "epochs=1", "image_size=16", "--out", str(tmp_path / "x")])
+    assert code is None and json.loads((tmp_path / "x" / "config.json").read_text())["image_size"] == 16, err
