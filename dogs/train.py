@@ -125,18 +125,28 @@ def load_config_file(path):
     return values
 
 
+EPILOG = """examples:
+  python -m dogs.train --set model=cnn epochs=3            # the demo digits (32 px), an epoch in seconds on a CPU
+  python -m dogs.train --data data/ --set model=resnet18 lr=3e-4 --out runs/r18
+  python -m dogs.train --config runs/NAME/best/config.yaml # the search's best config (tune.best writes it)
+  python -m dogs.train --out runs/r18 --resume             # continue an interrupted run"""
+
+
 def get_args_parser():
-    p = ArgumentParser(prog="python -m dogs.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the config's data, "
-                                  "else the digits demo (a different data in --config/--set is an error)")
-    p.add_argument("--config", help="YAML/JSON file of config values")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set model=cnn lr=3e-4 (repeatable; keys: see dogs/config.py)")
-    p.add_argument("--out", help="output folder (default: runs/train-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--train-on-val", action="store_true", help="train on Train + Validation (final retrain)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p = ArgumentParser(prog="python -m dogs.train", description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    data, config, resources, output = (p.add_argument_group(name) for name in ("data", "config", "resources",
+                                                                                "output"))
+    data.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the config's data, "
+                                     "else the digits demo (a different data in --config/--set is an error)")
+    data.add_argument("--train-on-val", action="store_true", help="train on Train + Validation (final retrain)")
+    config.add_argument("--config", help="YAML/JSON file of config values (e.g. tune.best's best/config.yaml)")
+    config.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set model=cnn lr=3e-4 (repeatable; keys: see "
+                             "dogs/config.py)")
+    resources.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    output.add_argument("--out", help="output folder (default: runs/train-<time>)")
+    output.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     return p
 
 

@@ -247,3 +247,29 @@ def test_a_mistyped_key_or_flag_names_the_closest_known_one(tmp_path):
             parser.parse_args(argv)
         assert err.getvalue().splitlines()[-1].endswith(f"unrecognized arguments: {' '.join(argv)} "
                                                         f"(did you mean {hint}?)")
+
+
+def test_help_is_grouped_with_examples():
+    """The three commands' --help: groups of flags (the generated search-setting flags in theirs) and examples."""
+    import re
+
+    from dogs import train
+    from tune import best, cli
+
+    def group_of(text):   # {flag: the heading of its group}
+        heading, out = None, {}
+        for line in text.splitlines():
+            if re.fullmatch(r"[a-z]+:", line):
+                heading = line[:-1]
+            for flag in re.findall(r"^  (--[a-z-]+)", line):
+                out[flag] = heading
+        return out
+
+    for parser, expected in ((train.get_args_parser(), {"--data": "data", "--set": "config", "--out": "output"}),
+                             (cli.get_args_parser(), {"--data": "data", "--samples": "search", "--space": "search",
+                                                      "--cpus-per-trial": "resources", "--log": "output"}),
+                             (best.get_args_parser(), {"--experiment": "experiment", "--submit": "output"})):
+        text = parser.format_help()
+        groups = group_of(text)
+        assert {flag: groups.get(flag) for flag in expected} == expected
+        assert "\nexamples:\n" in text and f"python -m {parser.prog.split()[-1].replace('dogs-', 'tune.')}" in text

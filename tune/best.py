@@ -20,24 +20,28 @@ from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
 
 
 def get_args_parser():
-    p = ArgumentParser(prog="dogs-best", description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", help="experiment folder or URI, or its name in --storage (tune.search --name) "
+    p = ArgumentParser(prog="dogs-best", description=__doc__.split("\n\n")[0],
+                       epilog="examples:\n" + __doc__.split("\n\n", 1)[1].rstrip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    search, data, retrain, output = (p.add_argument_group(name) for name in ("experiment", "data", "retrain",
+                                                                              "output"))
+    search.add_argument("--experiment", help="experiment folder or URI, or its name in --storage (tune.search --name) "
                                         f"(default: the latest one in --storage)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
+    search.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"where experiments are, as tune.search --storage (folder or URI; default {DEFAULT_STORAGE})")
-    p.add_argument("--submit", action="store_true", help="write submission.csv (Id,Class) and predictions.png")
-    p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
+    output.add_argument("--submit", action="store_true", help="write submission.csv (Id,Class) and predictions.png")
+    retrain.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                    help="--retrain: train the best config again for its full epoch budget; "
                         "--no-retrain (default): predict from the best checkpoint")
-    p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation")
-    p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
+    retrain.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation")
+    data.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
                                   "search read it (the experiment comes from another machine)")
-    p.add_argument("--tta", action="store_true", help="with --submit: average each prediction over the image and "
+    output.add_argument("--tta", action="store_true", help="with --submit: average each prediction over the image and "
                                                        "its horizontal mirror")
-    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+    output.add_argument("--ensemble", type=int, default=1, metavar="K",
                    help="with --submit: average the softmax of the K best trials' best checkpoints (default 1)")
-    p.add_argument("--out", help="output folder (default: <experiment>/best; required for a URI)")
-    p.add_argument("--plots", action="store_true",
+    output.add_argument("--out", help="output folder (default: <experiment>/best; required for a URI)")
+    output.add_argument("--plots", action="store_true",
                    help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
                         "parallel coordinates) into <experiment>/plots/")
     return p
