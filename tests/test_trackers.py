@@ -40,4 +40,6 @@ def test_unknown_or_missing_tracker_is_one_line_before_ray(tmp_path):
     if importlib.util.find_spec("wandb") is None:
         code, _, err = run_main(search, ["--space", "x.yaml", "--log", "wandb"])
         assert code == 2 and "the wandb package is not installed: pip install 'dogs-tune[wandb]'" in err
+    code, _, err = run_main(search, ["--resume", "--storage", str(tmp_path), "--log", "mlflow"])
+    assert code == 2 and "a resumed search logs to the trackers it was started with" in err
     assert "Traceback" not in err and not ray.is_initialized()

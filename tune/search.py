@@ -36,6 +36,9 @@ def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
     ray_setup.set_environment(args.address)
     args.log = trackers.parse_log(args.log)   # a missing package: said before anything starts
+    if args.resume and (args.log or args.mlflow_uri):
+        raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
+                        "with (they are in Ray's saved state); resume without them")
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
