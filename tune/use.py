@@ -142,5 +142,5 @@ def export(args):
     [(model, ckpt)], source = load_members(args.experiment, args.storage, args.checkpoint)
     written = export_model(model, ckpt, target, source=source, data_root=args.data, log_fn=print)
     for name, path in written.items():
-        print(f"  {name:<12} {path}")
+        print(f"  {name:<18} {path}")
     return 0
