@@ -28,16 +28,12 @@ import torch
 from torch import nn
 
 from . import data, models
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, ExportError, UserError
 
 FORMAT = "dogs-tune export"
 CARD = "model_card.json"
 TOLERANCE = 1e-4   # the largest difference in a probability between an exported file and the PyTorch model
 PACKAGES = ("dogs-tune", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "safetensors", "pillow", "numpy")
-
-
-class ExportError(UserError):
-    """An export folder that cannot be written (not empty and not an export), or an export that does not check."""
 
 
 class Exported(nn.Module):

@@ -99,11 +99,11 @@ def predict(args):
         raise UserError(f"--predict {' '.join(args.predict)}: no image files there (image extensions: "
                         f"{' '.join(sorted(IMAGE_EXTENSIONS))})")
     out_dir = out_folder(args)
-    model, source = predictor(args.experiment, args.storage, args.checkpoint, args.ensemble, args.tta)
-    k, note = check_top_k(args.top_k, model.classes)
+    chosen, _ = predictor(args.experiment, args.storage, args.checkpoint, args.ensemble, args.tta)
+    k, note = check_top_k(args.top_k, chosen.classes)
     # decoded and predicted in batches; a path that named nothing is a row too
     with tqdm(total=len(files), unit="photo", desc="predict", disable=None, file=sys.stderr) as bar:
-        results = model.predict(files, k, progress=bar.update)
+        results = chosen.predict(files, k, progress=bar.update)
     results += [(None, "no such file or folder, and no glob match")] * len(missing)
     table = predictions_frame([*files, *missing], results, k)
     out_dir.mkdir(parents=True, exist_ok=True)
