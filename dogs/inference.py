@@ -11,7 +11,6 @@ that tune.best --export wrote (its ONNX file in ONNX Runtime).
 """
 import glob
 import io
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +21,6 @@ import pandas as pd
 from . import checkpoint, data
 from .cache import CachedImages, cpu_count
 from .errors import CheckpointError, UserError
-
-log = logging.getLogger("dogs")
 
 BATCH = 256   # images decoded and predicted at a time: memory stays flat for any number of photos
 
