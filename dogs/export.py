@@ -98,6 +98,7 @@ def export_model(model, ckpt, folder, source=None, data_root=None, log_fn=print)
                                              output_names=["logits", "probabilities"], dynamo=True,
                                              external_data=False, verbose=False)
         save_weights(wrapper.net, ckpt, tmp / "model.safetensors")
+        shutil.copymode(tmp / "model.onnx", tmp / "model.safetensors")   # safetensors writes it 0600: as the others
         check(wrapper, tmp, size)
         (tmp / "preprocess.py").write_text(preprocess_source())
         card = model_card(ckpt, source, validation(model, ckpt, data_root, log_fn),
