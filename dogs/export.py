@@ -242,9 +242,9 @@ def card_markdown(card):
     metrics = source.get("metrics", {})
     lines = [f"# {card['config']['model']} image classifier ({len(card['classes'])} classes)", "",
              f"Exported by dogs-tune {card['versions'].get('dogs-tune')} from "
-             + (f"trial {source['trial']} of experiment `{source['experiment']}` (the best by {source['metric']}, "
-                f"{source['mode']})" if "trial" in source else f"checkpoint `{source.get('checkpoint')}`")
-             + f", epoch {source['epoch']}.", "",
+             + (f"trial {source['trial']} of experiment `{source['experiment']}`, the best by {source['metric']} "
+                f"({source['mode']}): {metrics.get(source['metric'])} at its best epoch, {source['epoch']}."
+                if "trial" in source else f"checkpoint `{source.get('checkpoint')}`, epoch {source['epoch']}."), "",
              "## Files", "", *[f"- `{name}`: {what}" for name, what in card["files"].items()], "",
              "## Input and output", "",
              f"- input `image`: uint8, shape (N, {size}, {size}, 3), RGB, NHWC (any batch size N)",
