@@ -182,8 +182,8 @@ def validation(model, ckpt, data_root, log_fn):
     probs, ok = ensemble_probs([(model.to(device), config)], files, device)
     model.cpu()
     labels, predicted = np.asarray(labels)[ok], probs[ok].argmax(1)
-    per_class = [{"class": name, "images": int((labels == i).sum()), "correct": int(((labels == i) & (predicted == i)).sum())}
-                 for i, name in enumerate(ckpt["classes"])]
+    per_class = [{"class": name, "images": int((labels == i).sum()),
+                  "correct": int(((labels == i) & (predicted == i)).sum())} for i, name in enumerate(ckpt["classes"])]
     for row in per_class:
         row["accuracy"] = row["correct"] / row["images"] if row["images"] else None
     return {"data": str(root), "images": int(ok.sum()), "val_acc": float((predicted == labels).mean()),
@@ -253,7 +253,8 @@ def card_markdown(card):
              'image = load_rgb("photo.jpg", card["input"]["size"])[None]   # (1, size, size, 3) uint8',
              'probs = ort.InferenceSession("model.onnx").run(["probabilities"], {"image": image})[0][0]',
              'for i in probs.argsort()[::-1][:5]:', '    print(card["classes"][i], round(float(probs[i]), 3))',
-             "```", "", "## Metrics (at the exported epoch, as training reported them)", "", "| metric | value |", "|---|---|",
+             "```", "", "## Metrics (at the exported epoch, as training reported them)", "",
+             "| metric | value |", "|---|---|",
              *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()], ""]
     if "per_class" in val:
         lines += [f"Recomputed with these weights on {val['images']} images of `{val['data']}`: "

@@ -13,8 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from dogs import ranking
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage
+from tune.cli import fail
 from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
 
 
@@ -32,10 +34,11 @@ def get_args_parser():
     p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
                                   "search read it (the experiment comes from another machine); with --export, "
                                   "whose Validation/ gives the card's per-class accuracy")
-    p.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the image and "
-                                                       "its horizontal mirror")
+    p.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the "
+                                                       "image and its horizontal mirror")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
-                   help="with --submit or --predict: average the softmax of the K best trials' best checkpoints (default 1)")
+                   help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
+                        "(default 1)")
     p.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with --checkpoint; "
                                  "required for a URI)")
     p.add_argument("--predict", nargs="+", metavar="PATH",
@@ -54,16 +57,10 @@ def get_args_parser():
     return p
 
 
-def fail(message):
-    print(f"dogs-best: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def best_trials(exp_dir, space, count):
     """The `count` best trials that kept a checkpoint, best first, each with its best checkpoint's location."""
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    ranked = sorted((t for t in experiment.read_trials(exp_dir) if experiment.score(t, metric, mode)[0] is not None),
-                    key=lambda t: experiment.key(experiment.score(t, metric, mode)[0], mode), reverse=True)
+    ranked = ranking.ranked(experiment.read_trials(exp_dir), lambda t: experiment.score(t, metric, mode)[0], mode)
     kept = [(t, c) for t, c in ((t, experiment.best_checkpoint(t, metric, mode)) for t in ranked) if c is not None]
     if len(kept) < count:
         raise ExperimentError(f"{exp_dir}: --ensemble {count}, but only {len(kept)} trial(s) kept a checkpoint")
@@ -109,7 +106,7 @@ def main(argv=None):
     try:
         return best(args)
     except UserError as err:
-        fail(err)
+        fail("dogs-best", err)
 
 
 def best(args):
