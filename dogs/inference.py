@@ -193,7 +193,7 @@ def predictions_frame(files, results, k):
 
 
 def format_table(table, k, limit=50):
-    """The console lines of a predictions table (its first `limit` rows): file, each top-k class with its probability."""
+    """The console lines of a predictions table (its first `limit` rows): file, each top-k class and probability."""
     width = min(max([len(f) for f in table.file[:limit]] + [4]), 60)
     lines = [f"{'file':<{width}}  top-{k}"]
     for row in table.head(limit).to_dict("records"):
