@@ -1,0 +1,191 @@
+"""Serve the model a search found over HTTP with Ray Serve, with a page to try it.
+
+    python -m tune.serve --experiment NAME                # the best trial of runs/NAME on http://127.0.0.1:8000/
+    python -m tune.serve --checkpoint out/best.pt         # any checkpoint (dogs.train's too)
+    curl --data-binary @photo.jpg 'http://127.0.0.1:8000/predict?top_k=5'
+    python -m tune.serve --experiment NAME --address auto --host 0.0.0.0 --gpus-per-replica 0.25   # a Ray cluster
+
+The request body is the image's bytes (not a form); the answer is JSON (tune/serve_app.py). The model is
+sent to each replica whole (its frozen backbone included), so replicas on other nodes need no file of it.
+"""
+import argparse
+import ipaddress
+import os
+import sys
+import time
+
+from dogs.errors import CheckpointError, UserError
+from tune import best, experiment, storage
+from tune.experiment import DEFAULT_STORAGE
+
+PROG = "dogs-serve"
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--experiment", help="experiment folder or URI, or its name in --storage: its best trial, as "
+                                            "tune.best picks it (default: the latest experiment in --storage)")
+    model.add_argument("--checkpoint", help="a checkpoint file (best.pt of dogs.train, checkpoint.pt of a trial) "
+                                            "instead of an experiment's best trial")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"where experiments are, as tune.search --storage (default {DEFAULT_STORAGE})")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the HTTP server listens on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+                        "network this machine is on, with a warning)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--address", help="join the Ray cluster at this address (auto: the one started on this machine "
+                                     "by `ray start`); default: start a Ray of its own on 127.0.0.1")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G",
+                   help="share of a GPU each replica gets (0.25: four replicas per GPU); default 0: on CPUs")
+    p.add_argument("--replicas", type=int,
+                   help="number of copies of the model (default: as many as the cluster's GPUs allow with "
+                        "--gpus-per-replica, else 1)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C", help="CPUs each replica reserves "
+                                                                                    "(default 1)")
+    p.add_argument("--max-batch-size", type=int, default=16,
+                   help="requests predicted together at most (serve.batch; default 16; 1: each alone, no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests before it runs (default 10 ms)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="larger uploads are refused with HTTP 413 (default 20 MB)")
+    return p
+
+
+def fail(message):
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        return serve(args)
+    except UserError as err:
+        fail(err)
+
+
+def check_args(args):
+    """Refuse values Serve would take and misbehave with: one line each."""
+    if not 0 <= args.gpus_per_replica:
+        raise UserError(f"--gpus-per-replica {args.gpus_per_replica}: give a share of a GPU, >= 0 (0: on CPUs)")
+    if args.gpus_per_replica > 1 and args.gpus_per_replica != int(args.gpus_per_replica):
+        raise UserError(f"--gpus-per-replica {args.gpus_per_replica}: above 1, give a whole number of GPUs")
+    if args.replicas is not None and args.replicas < 1:
+        raise UserError(f"--replicas {args.replicas}: give 1 or more")
+    if args.cpus_per_replica < 0:
+        raise UserError(f"--cpus-per-replica {args.cpus_per_replica}: give 0 or more")
+    if args.max_batch_size < 1:
+        raise UserError(f"--max-batch-size {args.max_batch_size}: give 1 or more (1: no batching)")
+    if args.batch_wait_ms < 0:
+        raise UserError(f"--batch-wait-ms {args.batch_wait_ms}: give 0 or more")
+    if not args.max_upload_mb > 0:
+        raise UserError(f"--max-upload-mb {args.max_upload_mb}: give a size above 0")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: give a port from 1 to 65535")
+
+
+def host_warning(host):
+    """A warning when `host` is not a loopback address: the server then answers anyone who can reach it."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (f"{PROG}: warning: --host {host}: the model answers anyone who can reach this machine on that address "
+            "(no authentication, no TLS); keep it behind a firewall or a proxy that has them")
+
+
+def load_model(args):
+    """(model, checkpoint dict, where it came from): --checkpoint, or the best trial of the experiment (as tune.best
+    picks and checks it)."""
+    from dogs import checkpoint as dogs_checkpoint
+
+    if args.checkpoint:
+        model, ckpt = dogs_checkpoint.load(args.checkpoint)
+        return model, ckpt, os.path.abspath(args.checkpoint)
+    exp_dir = best.experiment_dir(args.experiment, args.storage)
+    experiment.check(exp_dir)
+    space = experiment.saved_space(exp_dir)
+    trial, location = best.best_trial(exp_dir, space)
+    with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
+        model, ckpt = dogs_checkpoint.load(local)
+    experiment.check_checkpoint(trial, location, ckpt, space["search"]["metric"], space["search"]["mode"])
+    return model, ckpt, f"trial {trial.trial_id} of {experiment.printable(exp_dir)}"
+
+
+def replica_count(args, resources):
+    """--replicas, or as many replicas as the cluster's GPUs hold at --gpus-per-replica each (1 on CPUs)."""
+    gpus = resources.get("GPU", 0)
+    if args.gpus_per_replica > gpus:
+        raise UserError(f"--gpus-per-replica {args.gpus_per_replica:g}, but the Ray cluster has {gpus:g} GPU(s): "
+                        "give less, or 0 to serve on CPUs")
+    if args.replicas is not None:
+        return args.replicas
+    return max(1, int(gpus // args.gpus_per_replica)) if args.gpus_per_replica else 1
+
+
+def start_ray(address):
+    """Start a Ray of its own here (dashboard off, loopback only), or join the cluster at `address`; its resources."""
+    import ray
+
+    from tune.search import set_auth_mode
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    mode = set_auth_mode(address)
+    if address:
+        ray.init(address=address)
+        print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
+    else:
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+        print(f"Started a local Ray on 127.0.0.1 for this server only (RAY_AUTH_MODE={mode}, dashboard off)")
+    return ray.cluster_resources()
+
+
+def serve(args):
+    """Load the model, start Ray and Serve, deploy, and serve until Ctrl-C (on a cluster joined: until
+    `serve shutdown`)."""
+    check_args(args)
+    warning = host_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr)
+    try:
+        from ray import serve as ray_serve
+    except ImportError:
+        raise UserError("Ray Serve is not installed: pip install -e '.[serve]'") from None
+    from tune import serve_app
+
+    # the model, whole, with what a replica needs to predict as Validation is scored
+    model, ckpt, source = load_model(args)
+    config, classes = ckpt["config"], list(ckpt["classes"])
+    if not classes:
+        raise CheckpointError(f"{source}: the checkpoint has no classes")
+    resources = start_ray(args.address)
+    replicas = replica_count(args, resources)
+
+    # Serve's HTTP proxy on --host:--port, the model's replicas behind it
+    ray_serve.start(http_options={"host": args.host, "port": args.port})
+    ray_serve.run(serve_app.app(model.state_dict(), config, classes, source, replicas=replicas,
+                                gpus=args.gpus_per_replica, cpus=args.cpus_per_replica,
+                                max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
+                                max_upload_bytes=int(args.max_upload_mb * 2**20)),
+                  name="dogs", route_prefix="/")
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"Serving {config['model']} ({len(classes)} classes, {source}) with {replicas} replica(s) at "
+          f"http://{shown}:{args.port}/", flush=True)
+    print(f"  curl --data-binary @photo.jpg 'http://{shown}:{args.port}/predict?top_k=5'", flush=True)
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        print("It keeps serving on the cluster after this command ends: `serve shutdown` stops it.")
+        return 0
+    try:
+        while True:   # the local Ray, and the server in it, live as long as this process
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("Stopping the server")
+        ray_serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
