@@ -5,6 +5,8 @@
     python -m tune.best --submit --retrain --train-on-val # train the best config again (Train + Validation) first
     python -m tune.best --experiment s3://bucket/runs/X --submit --out best/     # an experiment on S3
     python -m tune.best --submit --tta --ensemble 3       # mirror TTA, softmax of the 3 best trials averaged
+    python -m tune.best --predict photos/ new.jpg         # each photo's top-5 classes by name, predictions.csv
+    python -m tune.best --export model/                   # ONNX + torch.export + safetensors + model card
 """
 import argparse
 import json
@@ -29,11 +31,22 @@ def get_args_parser():
     p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation")
     p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
                                   "search read it (the experiment comes from another machine)")
-    p.add_argument("--tta", action="store_true", help="with --submit: average each prediction over the image and "
+    p.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the image and "
                                                        "its horizontal mirror")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
-                   help="with --submit: average the softmax of the K best trials' best checkpoints (default 1)")
-    p.add_argument("--out", help="output folder (default: <experiment>/best; required for a URI)")
+                   help="with --submit or --predict: average the softmax of the K best trials' best checkpoints (default 1)")
+    p.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with --checkpoint; "
+                                 "required for a URI)")
+    p.add_argument("--predict", nargs="+", metavar="PATH",
+                   help="photos (files, folders searched at any depth, or globs) to classify: a table of each one's "
+                        "top-k classes, and predictions.csv in --out (no Train/ needed: the classes are the model's)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="with --predict: classes shown per photo "
+                                                                     "(default 5)")
+    p.add_argument("--export", metavar="DIR", help="write the model to DIR for use without this project: ONNX, "
+                                                   "torch.export (.pt2), safetensors, model_card.json, MODEL_CARD.md")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="with --predict or --export: this checkpoint (a trial's checkpoint.pt, dogs.train's best.pt) "
+                        "instead of the best trial's")
     p.add_argument("--plots", action="store_true",
                    help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
                         "parallel coordinates) into <experiment>/plots/")
@@ -99,7 +112,11 @@ def main(argv=None):
 
 
 def best(args):
-    """Print the best trial; with --submit or --retrain, write its predictions."""
+    """Print the best trial; with --submit or --retrain, write its predictions; --predict and --export: tune.use."""
+    if args.predict is not None or args.export or args.checkpoint:
+        from tune import use
+
+        return use.run(args)
     if args.train_on_val and not args.retrain:
         raise ExperimentError("--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)")
     if (args.tta or args.ensemble != 1) and not args.submit:
