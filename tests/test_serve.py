@@ -24,6 +24,7 @@ from PIL import Image
 
 from conftest import CLASSES, draw, make_imagefolder, run_main
 from dogs import checkpoint
+from dogs.inference import Predictor
 from dogs.predict import ensemble_probs
 from tune import serve
 
@@ -65,18 +66,21 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(photos, tmp_path_factory):
-    """A CNN checkpoint trained on the six classes at 32 px, and the predictor's probabilities for the photos."""
+    """A CNN checkpoint trained on the six classes at 32 px, and the probabilities tune.best --predict's predictor
+    gives the photos (equal to the submission path's)."""
     from dogs.train import run
 
     out = tmp_path_factory.mktemp("serve-run")
     config = {"data": str(photos["root"]), "model": "cnn", "image_size": 32, "batch_size": 16, "epochs": 2,
               "lr": 3e-3, "seed": 0, "weights": "none"}
     run(config, out, log=lambda *a: None)
-    model, ckpt = checkpoint.load(out / "best.pt")
+    predictor = Predictor.load(out / "best.pt", device=torch.device("cpu"))
+    probs = predictor.probs([predictor.decode(f) for f in photos["files"]])
     # the submission path: the images decoded into the cache by load_rgb, scored as Validation is
-    probs, ok = ensemble_probs([(model, ckpt["config"])], photos["files"], torch.device("cpu"))
-    assert ok.all()
-    return {"checkpoint": out / "best.pt", "classes": list(ckpt["classes"]),
+    model, ckpt = checkpoint.load(out / "best.pt")
+    submitted, ok = ensemble_probs([(model, ckpt["config"])], photos["files"], torch.device("cpu"))
+    assert ok.all() and np.allclose(probs, submitted, atol=1e-6)
+    return {"checkpoint": out / "best.pt", "classes": predictor.classes,
             "probs": {f.name: p for f, p in zip(photos["files"], probs)}}
 
 

@@ -14,8 +14,7 @@ import os
 import sys
 import time
 
-from dogs.errors import CheckpointError, UserError
-from tune import best, experiment, storage
+from dogs.errors import UserError
 from tune.experiment import DEFAULT_STORAGE
 
 PROG = "dogs-serve"
@@ -98,21 +97,17 @@ def host_warning(host):
 
 
 def load_model(args):
-    """(model, checkpoint dict, where it came from): --checkpoint, or the best trial of the experiment (as tune.best
-    picks and checks it)."""
-    from dogs import checkpoint as dogs_checkpoint
+    """(model, checkpoint dict, source): --checkpoint, or the best trial of the experiment, as tune.best picks and
+    checks it (tune.use.load_members); `source` says which, for /info and the console."""
+    from tune.use import load_members
 
-    if args.checkpoint:
-        model, ckpt = dogs_checkpoint.load(args.checkpoint)
-        return model, ckpt, os.path.abspath(args.checkpoint)
-    exp_dir = best.experiment_dir(args.experiment, args.storage)
-    experiment.check(exp_dir)
-    space = experiment.saved_space(exp_dir)
-    trial, location = best.best_trial(exp_dir, space)
-    with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
-        model, ckpt = dogs_checkpoint.load(local)
-    experiment.check_checkpoint(trial, location, ckpt, space["search"]["metric"], space["search"]["mode"])
-    return model, ckpt, f"trial {trial.trial_id} of {experiment.printable(exp_dir)}"
+    [(model, ckpt)], source = load_members(args.experiment, args.storage, args.checkpoint)
+    return model, ckpt, source
+
+
+def describe(source):
+    """The source of load_members in words: the checkpoint file, or the trial of its experiment."""
+    return source.get("checkpoint") if "trial" not in source else f"trial {source['trial']} of {source['experiment']}"
 
 
 def replica_count(args, resources):
@@ -159,8 +154,6 @@ def serve(args):
     # the model, whole, with what a replica needs to predict as Validation is scored
     model, ckpt, source = load_model(args)
     config, classes = ckpt["config"], list(ckpt["classes"])
-    if not classes:
-        raise CheckpointError(f"{source}: the checkpoint has no classes")
     resources = start_ray(args.address)
     replicas = replica_count(args, resources)
 
@@ -172,7 +165,7 @@ def serve(args):
                                 max_upload_bytes=int(args.max_upload_mb * 2**20)),
                   name="dogs", route_prefix="/")
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Serving {config['model']} ({len(classes)} classes, {source}) with {replicas} replica(s) at "
+    print(f"Serving {config['model']} ({len(classes)} classes, {describe(source)}) with {replicas} replica(s) at "
           f"http://{shown}:{args.port}/", flush=True)
     print(f"  curl --data-binary @photo.jpg 'http://{shown}:{args.port}/predict?top_k=5'", flush=True)
     if args.address or os.environ.get("RAY_ADDRESS"):

@@ -3,27 +3,21 @@
     GET  /                      the page: choose or drop a photo, see its top-5 classes with bars
     POST /predict?top_k=5       the request body is the image's bytes (curl --data-binary @photo.jpg);
                                 answers {"predictions": [{"class", "index", "probability"}, ...], "batch": n}
-    GET  /info                  {"classes": [...], "image_size": n, "model": name, "source": where it came from}
+    GET  /info                  {"classes": [...], "image_size": n, "model": name, "source": {where it came from}}
 
-An image is decoded by dogs.data.load_rgb, the function that decoded the training images, and normalized and
-predicted by dogs.predict.predict_probs, the function that scores Validation; concurrent requests are
-predicted together (serve.batch; "batch" says with how many). A body that is not an image is a 400, one over
-the upload limit a 413, each with {"error": one line}.
+An image is decoded and predicted by dogs.inference.Predictor, as tune.best --predict does: load_rgb, the
+function that decoded the training images, then predict_probs, the function that scores Validation and makes
+the submission. Concurrent requests are predicted together (serve.batch; "batch" says with how many). A body
+that is not an image is a 400, one over the upload limit a 413, each with {"error": one line}.
 """
-import io
 from pathlib import Path
-from typing import NamedTuple
 from urllib.parse import parse_qs
 
-import numpy as np
-import torch
 from ray import serve
 from starlette.responses import HTMLResponse, JSONResponse
 
-from dogs.data import load_rgb
-from dogs.engine import default_device
+from dogs.inference import Predictor
 from dogs.models import build_model
-from dogs.predict import predict_probs
 
 PAGE = Path(__file__).with_name("serve_page.html")
 PAGE_TOP_K = 5   # the page, and /predict without ?top_k, show this many classes (or all, when there are fewer)
@@ -37,23 +31,17 @@ class HTTPError(Exception):
         self.status = status
 
 
-class Decoded(NamedTuple):
-    """Decoded images as predict_probs reads a CachedImages: the uint8 (N, H, W, 3) array, no device cache key."""
-    images: np.ndarray
-    key: None = None
-
-
 @serve.deployment(name="classifier")
 class Classifier:
-    """The model of a checkpoint, whole (its frozen prefix included), on this replica's device."""
+    """The model of a checkpoint, whole (its frozen prefix included), as a dogs.inference.Predictor on this
+    replica's device (a GPU when the replica was given a share of one)."""
 
     def __init__(self, weights, config, classes, source, max_batch_size=16, batch_wait_s=0.01,
                  max_upload_bytes=20 << 20):
         self.config, self.classes, self.source = config, list(classes), source
-        self.device = default_device()   # a GPU when the replica was given (a share of) one
-        self.model = build_model(config, len(self.classes), load_weights=False)
-        self.model.load_state_dict(weights)
-        self.model.to(self.device).eval()
+        model = build_model(config, len(self.classes), load_weights=False)
+        model.load_state_dict(weights)
+        self.predictor = Predictor([(model, {"config": config, "classes": self.classes})])
         self.max_batch_size, self.max_upload_bytes = max_batch_size, max_upload_bytes
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -78,15 +66,23 @@ class Classifier:
     async def predict(self, request):
         """The top-k classes of the image in the request's body."""
         top_k = self.top_k(request.url.query)
-        image = decode(await self.read_body(request), self.config["image_size"])
+        image = self.decode(await self.read_body(request))
         # one image alone, or gathered with the requests that arrive meanwhile (serve.batch)
         if self.max_batch_size == 1:
-            probs, batch = self.probs([image])[0], 1
+            probs, batch = self.predictor.probs([image])[0], 1
         else:
             probs, batch = await self.predict_batch(image)
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        return {"predictions": [{"class": self.classes[i], "index": int(i), "probability": float(probs[i])}
-                                for i in order], "batch": batch}
+        [top] = self.predictor.top_k(probs[None], top_k)
+        return {"predictions": [{"class": name, "index": index, "probability": probability}
+                                for name, index, probability in top], "batch": batch}
+
+    def decode(self, body):
+        """The uploaded image as training decoded its files (dogs.data.load_rgb), or a 400 saying why it cannot be."""
+        try:
+            return self.predictor.decode(body)
+        except Exception as err:   # what the image cache skips as corrupt: not an image, truncated, a bad header
+            reason = str(err).splitlines()[0] if str(err) else "unreadable"
+            raise HTTPError(400, f"not an image that can be decoded ({type(err).__name__}: {reason[:200]})") from None
 
     def top_k(self, query):
         """?top_k=N, 1 to the number of classes; without it, 5 (or all classes, when there are fewer)."""
@@ -124,21 +120,7 @@ class Classifier:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def predict_batch(self, images):
         """(probabilities, batch size) of each image, all predicted at once."""
-        return [(probs, len(images)) for probs in self.probs(images)]
-
-    def probs(self, images):
-        """Softmax outputs (len(images), classes) of decoded images, as Validation is scored."""
-        return predict_probs(self.model, self.config, Decoded(np.stack(images)), np.arange(len(images)),
-                             self.device)
-
-
-def decode(body, size):
-    """An uploaded image as training decoded its files (dogs.data.load_rgb), or a 400 saying why it cannot be."""
-    try:
-        return load_rgb(io.BytesIO(body), size)
-    except Exception as err:   # what the image cache skips as corrupt: not an image, truncated, a bad header
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise HTTPError(400, f"not an image that can be decoded ({reason[:200]})") from None
+        return [(probs, len(images)) for probs in self.predictor.probs(images)]
 
 
 def app(weights, config, classes, source, replicas=1, gpus=0.0, cpus=1.0, max_batch_size=16, batch_wait_s=0.01,
