@@ -248,6 +248,26 @@ def test_mistakes_are_one_line_before_ray_starts(trained, tmp_path):
         assert err.startswith("dogs-serve: error: ")
 
 
+def test_an_export_folder_serves_the_checkpoints_model(trained, photos, tmp_path):
+    from dogs.export import export_model
+
+    model, ckpt = checkpoint.load(trained["checkpoint"])
+    export_model(model, ckpt, tmp_path / "model", source={"checkpoint": str(trained["checkpoint"])},
+                 log_fn=lambda *a: None)
+    served, meta, source = serve.load_model(serve.get_args_parser().parse_args(["--export", str(tmp_path / "model")]))
+    assert meta["classes"] == trained["classes"] and source == {"export": str(tmp_path / "model")}
+    predictor = Predictor([(served, meta)], device=torch.device("cpu"))
+    probs = predictor.probs([predictor.decode(f) for f in photos["files"]])
+    assert np.allclose(probs, [trained["probs"][f.name] for f in photos["files"]], atol=1e-6)
+    # a folder that is not an export, or whose weights file is damaged: one line
+    (tmp_path / "other").mkdir()
+    code, out, err = run_main(serve, ["--export", str(tmp_path / "other")])
+    assert code == 2 and "not a folder written by tune.best --export" in err and err.count("\n") == 1, err
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"not safetensors")
+    code, out, err = run_main(serve, ["--export", str(tmp_path / "model")])
+    assert code == 2 and "model.safetensors cannot be loaded" in err and err.count("\n") == 1, err
+
+
 def test_a_host_other_than_loopback_is_warned_about():
     assert serve.get_args_parser().parse_args([]).host == "127.0.0.1"
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):

@@ -2,6 +2,7 @@
 
     python -m tune.serve --experiment NAME                # the best trial of runs/NAME on http://127.0.0.1:8000/
     python -m tune.serve --checkpoint out/best.pt         # any checkpoint (dogs.train's too)
+    python -m tune.serve --export model/                  # a folder of tune.best --export
     curl --data-binary @photo.jpg 'http://127.0.0.1:8000/predict?top_k=5'
     python -m tune.serve --experiment NAME --address auto --host 0.0.0.0 --gpus-per-replica 0.25   # a Ray cluster
 
@@ -10,9 +11,11 @@ sent to each replica whole (its frozen backbone included), so replicas on other 
 """
 import argparse
 import ipaddress
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from dogs.errors import UserError
 from tune.experiment import DEFAULT_STORAGE
@@ -27,6 +30,8 @@ def get_args_parser():
                                             "tune.best picks it (default: the latest experiment in --storage)")
     model.add_argument("--checkpoint", help="a checkpoint file (best.pt of dogs.train, checkpoint.pt of a trial) "
                                             "instead of an experiment's best trial")
+    model.add_argument("--export", metavar="DIR", help="a folder written by tune.best --export (its "
+                                                       "model.safetensors) instead of an experiment's best trial")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"where experiments are, as tune.search --storage (default {DEFAULT_STORAGE})")
     p.add_argument("--host", default="127.0.0.1",
@@ -97,17 +102,50 @@ def host_warning(host):
 
 
 def load_model(args):
-    """(model, checkpoint dict, source): --checkpoint, or the best trial of the experiment, as tune.best picks and
-    checks it (tune.use.load_members); `source` says which, for /info and the console."""
+    """(model, checkpoint dict, source): --export, --checkpoint, or the best trial of the experiment, as tune.best
+    picks and checks it (tune.use.load_members); `source` says which, for /info and the console."""
     from tune.use import load_members
 
+    if args.export:
+        return load_export(args.export)
     [(model, ckpt)], source = load_members(args.experiment, args.storage, args.checkpoint)
     return model, ckpt, source
 
 
+def load_export(folder):
+    """(model, {"config", "classes"}, source) of a tune.best --export folder: the whole network from its
+    model.safetensors (its config and classes are in the file's metadata)."""
+    from dogs.config import resolve
+    from dogs.export import CARD, FORMAT, is_export
+    from dogs.models import build_model
+
+    path = Path(folder, "model.safetensors")
+    if not is_export(folder) or not path.is_file():
+        raise UserError(f"--export {folder}: not a folder written by tune.best --export (it needs {CARD} of "
+                        f"{FORMAT} and model.safetensors)")
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise UserError("--export needs safetensors: pip install -e '.[export]'") from None
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            weights = {key: f.get_tensor(key) for key in f.keys()}
+        config, classes = resolve(json.loads(meta["config"])), json.loads(meta["classes"])
+        model = build_model(config, len(classes), load_weights=False)
+        model.load_state_dict(weights)
+    except Exception as err:   # damaged, another version's config, or weights that do not fit it
+        reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"--export {folder}: {path.name} cannot be loaded ({type(err).__name__}: {reason})") \
+            from None
+    return model.eval(), {"config": config, "classes": classes}, {"export": os.path.abspath(folder)}
+
+
 def describe(source):
-    """The source of load_members in words: the checkpoint file, or the trial of its experiment."""
-    return source.get("checkpoint") if "trial" not in source else f"trial {source['trial']} of {source['experiment']}"
+    """The source of load_model in words: the export folder, the checkpoint file, or the trial of its experiment."""
+    if "trial" in source:
+        return f"trial {source['trial']} of {source['experiment']}"
+    return source.get("export") or source.get("checkpoint")
 
 
 def replica_count(args, resources):
@@ -157,8 +195,8 @@ def serve(args):
     resources = start_ray(args.address)
     replicas = replica_count(args, resources)
 
-    # Serve's HTTP proxy on --host:--port, the model's replicas behind it
-    ray_serve.start(http_options={"host": args.host, "port": args.port})
+    # Serve's HTTP proxy on --host:--port of the head node (a GPU worker's may come and go), the replicas behind it
+    ray_serve.start(proxy_location="HeadOnly", http_options={"host": args.host, "port": args.port})
     ray_serve.run(serve_app.app(model.state_dict(), config, classes, source, replicas=replicas,
                                 gpus=args.gpus_per_replica, cpus=args.cpus_per_replica,
                                 max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
