@@ -20,6 +20,7 @@ import pprint
 import secrets
 import shutil
 from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,12 @@ class Exported(nn.Module):
 
 
 def check_target(folder):
-    """`folder` as an export's destination: new, empty, or a previous export (replaced); else one ExportError line."""
+    """`folder` as an export's destination: new, empty, or a previous export (replaced); else one ExportError line.
+    The packages the export needs must be installed."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime", "safetensors") if not find_spec(name)]
+    if missing:
+        raise ExportError(f"--export needs {', '.join(missing)}: pip install -e '.[export]' (or pip install "
+                          f"{' '.join(missing)})")
     folder = Path(folder)
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ExportError(f"--export {folder}: not a folder (a file or a link): give a new or empty folder")

@@ -309,3 +309,38 @@ def test_best_writes_nothing_through_a_link_planted_in_the_experiment(experiment
         code, _, err = run_main(best, ["--experiment", str(linked), flag])
         assert code == 2 and "is a link (to " in err and err.count("\n") == 1, err
     assert list(elsewhere.iterdir()) == []
+
+
+# --- --predict and --export from the experiment's best trials (tests/test_predict_photos.py, test_export.py: more) ---
+
+def test_predict_with_an_ensemble_and_tta_equals_their_submission_and_lands_in_best(experiment, tmp_path):
+    from dogs import data
+
+    exp_dir = tmp_path / "b"
+    shutil.copytree(experiment["dir"], exp_dir)   # the default --out is the experiment's best/
+    code, out, err = run_main(best, ["--experiment", str(exp_dir), "--predict", str(experiment["data"] / "Test"),
+                                     "--ensemble", "2", "--tta", "--top-k", "2"])
+    assert code == 0, err
+    rows = pd.read_csv(exp_dir / "best" / "predictions.csv")
+    code, _, err = run_main(best, ["--experiment", str(exp_dir), "--submit", "--ensemble", "2", "--tta",
+                                   "--out", str(tmp_path / "s")])
+    assert code == 0, err
+    submission = pd.read_csv(tmp_path / "s" / "submission.csv")
+    names = [f.name for f in data.test_files(experiment["data"])]
+    assert [p.rsplit("/", 1)[-1] for p in rows.file] == sorted(names) and rows.error.isna().all()
+    by_name = dict(zip(rows.file.map(lambda p: p.rsplit("/", 1)[-1]), rows.class_index))
+    assert [by_name[n] for n in submission.Id] == list(submission.Class)
+    assert "Best trial of" in out and "  + trial" in out and "ensemble of 2" in out
+
+
+def test_export_from_the_best_trial_names_the_search_in_its_card(experiment, tmp_path):
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--export", str(tmp_path / "model")])
+    assert code == 0, err
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    trial_id = next(line for line in out.splitlines() if line.startswith("Best trial of")).split(": ")[1].split()[0]
+    assert card["source"]["experiment"] == str(experiment["dir"]) and card["source"]["trial"] == trial_id
+    assert card["source"]["metric"] == "val_acc" and card["source"]["mode"] == "max"
+    scores = val_acc_by_trial_and_epoch(experiment["dir"])
+    assert card["source"]["metrics"]["val_acc"] == pytest.approx(scores[trial_id, card["source"]["epoch"]])
+    assert max(v for (t, _), v in scores.items() if t == trial_id) == pytest.approx(card["source"]["metrics"]["val_acc"])
+    assert f"trial {trial_id} of experiment" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
