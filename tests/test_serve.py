@@ -242,10 +242,15 @@ def test_mistakes_are_one_line_before_ray_starts(trained, tmp_path):
         (["--checkpoint", str(trained["checkpoint"]), "--max-batch-size", "0"], "--max-batch-size 0"),
         (["--experiment", "nothing-here", "--storage", str(tmp_path)], "--experiment nothing-here"),
     ]
-    for argv, reason in cases:
-        code, out, err = run_main(serve, argv)
-        assert code == 2 and reason in err and err.count("\n") == 1, (argv, err)
-        assert err.startswith("dogs-serve: error: ")
+    with socket.socket() as taken:   # a port another server listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases.append((["--checkpoint", str(trained["checkpoint"]), "--port", port], f"--port {port}: cannot listen"))
+        for argv, reason in cases:
+            code, out, err = run_main(serve, argv)
+            assert code == 2 and reason in err and err.count("\n") == 1, (argv, err)
+            assert err.startswith("dogs-serve: error: ")
 
 
 def test_an_export_folder_serves_the_checkpoints_model(trained, photos, tmp_path):
@@ -281,9 +286,16 @@ def test_replicas_as_the_gpus_allow():
     assert serve.replica_count(parser.parse_args([]), {"CPU": 2}) == 1
     assert serve.replica_count(parser.parse_args(["--gpus-per-replica", "0.25"]), {"GPU": 2}) == 8
     assert serve.replica_count(parser.parse_args(["--gpus-per-replica", "1"]), {"GPU": 3}) == 3
-    assert serve.replica_count(parser.parse_args(["--gpus-per-replica", "0.5", "--replicas", "1"]), {"GPU": 2}) == 1
+    one = parser.parse_args(["--gpus-per-replica", "0.5", "--replicas", "1"])
+    assert serve.replica_count(one, {"CPU": 8, "GPU": 2}) == 1
     with pytest.raises(serve.UserError, match="has 0 GPU"):
         serve.replica_count(parser.parse_args(["--gpus-per-replica", "0.5"]), {"CPU": 2})
+    # replicas that cannot all start: refused on this machine, left to a cluster's autoscaler
+    with pytest.raises(serve.UserError, match="need 4 CPUs"):
+        serve.replica_count(parser.parse_args(["--replicas", "4"]), {"CPU": 2})
+    with pytest.raises(serve.UserError, match="need 1.5 GPUs"):
+        serve.replica_count(parser.parse_args(["--replicas", "3", "--gpus-per-replica", "0.5"]), {"CPU": 8, "GPU": 1})
+    assert serve.replica_count(parser.parse_args(["--replicas", "4"]), {"CPU": 2}, fixed=False) == 4
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,3 +388,48 @@ def test_the_page_shows_the_top5_of_a_chosen_photo(server, browser, photos, trai
     assert [width for _, _, width in rows] == [f"{100 * p:.1f}%" for _, p in expected]
     assert "Top 5 for large.jpg" in browser.evaluate("document.getElementById('status').textContent")
     assert Image.open(io.BytesIO(shot.read_bytes())).size == (800, 760)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the deployment's class alone, in this process (no Ray): what --tta changes
+
+def ask(classifier, body, query=""):
+    """The JSON answer of the deployment's class to POST /predict?query with `body`, through Starlette's Request."""
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": query.encode(),
+             "headers": [(b"content-length", str(len(body)).encode())]}
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def call():
+        return await classifier(Request(scope, receive))
+
+    import asyncio
+
+    response = asyncio.run(call())
+    return response.status_code, json.loads(response.body)
+
+
+def test_tta_serves_the_mirror_averaged_predictions_of_predict_tta(trained, photos):
+    from tune.serve_app import Classifier
+
+    model, ckpt = checkpoint.load(trained["checkpoint"])
+    served = {}
+    for tta in (False, True):
+        classifier = Classifier.func_or_class(model.state_dict(), ckpt["config"], ckpt["classes"], {}, 1, 0.01,
+                                              1 << 20, tta)
+        predictor = Predictor([(model, ckpt)], tta=tta, device=torch.device("cpu"))
+        for f in photos["files"]:
+            status, answer = ask(classifier, f.read_bytes(), "top_k=6")
+            assert status == 200, answer
+            top, _ = predictor.predict([f], 6)[0]
+            assert [(p["class"], p["index"]) for p in answer["predictions"]] == [(n, i) for n, i, _ in top]
+            assert np.allclose([p["probability"] for p in answer["predictions"]], [p for _, _, p in top], atol=1e-6)
+            served[tta, f.name] = {p["class"]: p["probability"] for p in answer["predictions"]}
+    # the mirror changes what the model sees: some photo's probabilities move
+    assert any(abs(served[True, f.name][c] - served[False, f.name][c]) > 1e-4
+               for f in photos["files"] for c in trained["classes"])
+    status, answer = ask(classifier, b"not an image")
+    assert status == 400 and "not an image" in answer["error"]

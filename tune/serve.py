@@ -13,6 +13,8 @@ import argparse
 import ipaddress
 import json
 import os
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,6 +34,8 @@ def get_args_parser():
                                             "instead of an experiment's best trial")
     model.add_argument("--export", metavar="DIR", help="a folder written by tune.best --export (its "
                                                        "model.safetensors) instead of an experiment's best trial")
+    p.add_argument("--tta", action="store_true", help="average each prediction over the image and its horizontal "
+                                                       "mirror, as tune.best --predict --tta (twice the compute)")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"where experiments are, as tune.search --storage (default {DEFAULT_STORAGE})")
     p.add_argument("--host", default="127.0.0.1",
@@ -148,15 +152,40 @@ def describe(source):
     return source.get("export") or source.get("checkpoint")
 
 
-def replica_count(args, resources):
-    """--replicas, or as many replicas as the cluster's GPUs hold at --gpus-per-replica each (1 on CPUs)."""
-    gpus = resources.get("GPU", 0)
+def replica_count(args, resources, fixed=True):
+    """--replicas, or as many replicas as the cluster's GPUs hold at --gpus-per-replica each (1 on CPUs).
+
+    On a `fixed` cluster (the local Ray) replicas that do not fit are refused: Serve would wait for them forever.
+    A cluster joined may grow (its autoscaler), so there only one replica must fit."""
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
     if args.gpus_per_replica > gpus:
         raise UserError(f"--gpus-per-replica {args.gpus_per_replica:g}, but the Ray cluster has {gpus:g} GPU(s): "
                         "give less, or 0 to serve on CPUs")
-    if args.replicas is not None:
-        return args.replicas
-    return max(1, int(gpus // args.gpus_per_replica)) if args.gpus_per_replica else 1
+    if args.replicas is None:
+        return max(1, int(gpus // args.gpus_per_replica)) if args.gpus_per_replica else 1
+    need = {"GPU": args.replicas * args.gpus_per_replica, "CPU": args.replicas * args.cpus_per_replica}
+    short = [f"{need[k]:g} {k}s (it has {have:g})" for k, have in (("GPU", gpus), ("CPU", cpus)) if need[k] > have]
+    if fixed and short:
+        raise UserError(f"--replicas {args.replicas} need {' and '.join(short)} on this machine: give fewer "
+                        "replicas, or less --gpus-per-replica / --cpus-per-replica")
+    return args.replicas
+
+
+def check_port(host, port):
+    """Refuse a port this machine already serves on (another server, an earlier tune.serve): Serve's proxy would
+    fail to start it and retry for ever."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as err:
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err}): another server "
+                        "(an earlier tune.serve?) has it, or the address is not this machine's; give another --port")
+
+
+def stop(signum, frame):
+    """SIGTERM ends the server as Ctrl-C does: Serve and the local Ray shut down."""
+    raise KeyboardInterrupt
 
 
 def start_ray(address):
@@ -192,23 +221,28 @@ def serve(args):
     # the model, whole, with what a replica needs to predict as Validation is scored
     model, ckpt, source = load_model(args)
     config, classes = ckpt["config"], list(ckpt["classes"])
+    local = not (args.address or os.environ.get("RAY_ADDRESS"))
+    if local:
+        check_port(args.host, args.port)
     resources = start_ray(args.address)
-    replicas = replica_count(args, resources)
+    replicas = replica_count(args, resources, fixed=local)
 
     # Serve's HTTP proxy on --host:--port of the head node (a GPU worker's may come and go), the replicas behind it
     ray_serve.start(proxy_location="HeadOnly", http_options={"host": args.host, "port": args.port})
     ray_serve.run(serve_app.app(model.state_dict(), config, classes, source, replicas=replicas,
                                 gpus=args.gpus_per_replica, cpus=args.cpus_per_replica,
                                 max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
-                                max_upload_bytes=int(args.max_upload_mb * 2**20)),
+                                max_upload_bytes=int(args.max_upload_mb * 2**20), tta=args.tta),
                   name="dogs", route_prefix="/")
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Serving {config['model']} ({len(classes)} classes, {describe(source)}) with {replicas} replica(s) at "
-          f"http://{shown}:{args.port}/", flush=True)
+    tta = ", mirror TTA" if args.tta else ""
+    print(f"Serving {config['model']} ({len(classes)} classes, {describe(source)}{tta}) with {replicas} replica(s) "
+          f"at http://{shown}:{args.port}/", flush=True)
     print(f"  curl --data-binary @photo.jpg 'http://{shown}:{args.port}/predict?top_k=5'", flush=True)
-    if args.address or os.environ.get("RAY_ADDRESS"):
+    if not local:
         print("It keeps serving on the cluster after this command ends: `serve shutdown` stops it.")
         return 0
+    signal.signal(signal.SIGTERM, stop)
     try:
         while True:   # the local Ray, and the server in it, live as long as this process
             time.sleep(3600)

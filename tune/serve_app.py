@@ -3,7 +3,7 @@
     GET  /                      the page: choose or drop a photo, see its top-5 classes with bars
     POST /predict?top_k=5       the request body is the image's bytes (curl --data-binary @photo.jpg);
                                 answers {"predictions": [{"class", "index", "probability"}, ...], "batch": n}
-    GET  /info                  {"classes": [...], "image_size": n, "model": name, "source": {where it came from}}
+    GET  /info                  {"classes": [...], "image_size": n, "model": name, "tta": bool, "source": {...}}
 
 An image is decoded and predicted by dogs.inference.Predictor, as tune.best --predict does: load_rgb, the
 function that decoded the training images, then predict_probs, the function that scores Validation and makes
@@ -37,11 +37,11 @@ class Classifier:
     replica's device (a GPU when the replica was given a share of one)."""
 
     def __init__(self, weights, config, classes, source, max_batch_size=16, batch_wait_s=0.01,
-                 max_upload_bytes=20 << 20):
+                 max_upload_bytes=20 << 20, tta=False):
         self.config, self.classes, self.source = config, list(classes), source
         model = build_model(config, len(self.classes), load_weights=False)
         model.load_state_dict(weights)
-        self.predictor = Predictor([(model, {"config": config, "classes": self.classes})])
+        self.predictor = Predictor([(model, {"config": config, "classes": self.classes})], tta=tta)
         self.max_batch_size, self.max_upload_bytes = max_batch_size, max_upload_bytes
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -55,7 +55,8 @@ class Classifier:
                 return HTMLResponse(self.page)
             if path == "/info" and method == "GET":
                 return JSONResponse({"classes": self.classes, "image_size": self.config["image_size"],
-                                     "model": self.config["model"], "source": self.source})
+                                     "model": self.config["model"], "tta": self.predictor.tta,
+                                     "source": self.source})
             if path == "/predict" and method == "POST":
                 return JSONResponse(await self.predict(request))
             raise HTTPError(404, f"{method} {path}: no such route (GET /, GET /info, POST /predict?top_k=5 with "
@@ -101,7 +102,7 @@ class Classifier:
         streams in (a chunked upload has none)."""
         limit = self.max_upload_bytes
         too_big = HTTPError(413, f"the upload is over the limit of {limit / 2**20:g} MB (tune.serve --max-upload-mb)")
-        kind = request.headers.get("content-type", "")
+        kind = request.headers.get("content-type", "").lower()
         if kind.startswith("multipart/"):
             raise HTTPError(400, "send the image's bytes as the request body (curl --data-binary @photo.jpg), not "
                                  "a form (curl -F)")
@@ -124,10 +125,11 @@ class Classifier:
 
 
 def app(weights, config, classes, source, replicas=1, gpus=0.0, cpus=1.0, max_batch_size=16, batch_wait_s=0.01,
-        max_upload_bytes=20 << 20):
-    """The Serve application: `replicas` copies of the model, each on `gpus` of a GPU and `cpus` CPUs."""
+        max_upload_bytes=20 << 20, tta=False):
+    """The Serve application: `replicas` copies of the model, each on `gpus` of a GPU and `cpus` CPUs (`tta`:
+    each prediction averaged with the mirror image's, as tune.best --tta)."""
     return Classifier.options(
         num_replicas=replicas,
         ray_actor_options={"num_gpus": gpus, "num_cpus": cpus},
         max_ongoing_requests=max(2 * max_batch_size, 8),
-    ).bind(weights, config, classes, source, max_batch_size, batch_wait_s, max_upload_bytes)
+    ).bind(weights, config, classes, source, max_batch_size, batch_wait_s, max_upload_bytes, tta)
