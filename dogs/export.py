@@ -28,16 +28,12 @@ import torch
 from torch import nn
 
 from . import data, models
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, ExportError, UserError
 
 FORMAT = "dogs-tune export"
 CARD = "model_card.json"
 TOLERANCE = 1e-4   # the largest difference in a probability between an exported file and the PyTorch model
 PACKAGES = ("dogs-tune", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "safetensors", "pillow", "numpy")
-
-
-class ExportError(UserError):
-    """An export folder that cannot be written (not empty and not an export), or an export that does not check."""
 
 
 class Exported(nn.Module):
@@ -102,6 +98,7 @@ def export_model(model, ckpt, folder, source=None, data_root=None, log_fn=print)
                                              output_names=["logits", "probabilities"], dynamo=True,
                                              external_data=False, verbose=False)
         save_weights(wrapper.net, ckpt, tmp / "model.safetensors")
+        shutil.copymode(tmp / "model.onnx", tmp / "model.safetensors")   # safetensors writes it 0600: as the others
         check(wrapper, tmp, size)
         (tmp / "preprocess.py").write_text(preprocess_source())
         card = model_card(ckpt, source, validation(model, ckpt, data_root, log_fn),
@@ -245,9 +242,9 @@ def card_markdown(card):
     metrics = source.get("metrics", {})
     lines = [f"# {card['config']['model']} image classifier ({len(card['classes'])} classes)", "",
              f"Exported by dogs-tune {card['versions'].get('dogs-tune')} from "
-             + (f"trial {source['trial']} of experiment `{source['experiment']}` (the best by {source['metric']}, "
-                f"{source['mode']})" if "trial" in source else f"checkpoint `{source.get('checkpoint')}`")
-             + f", epoch {source['epoch']}.", "",
+             + (f"trial {source['trial']} of experiment `{source['experiment']}`, the best by {source['metric']} "
+                f"({source['mode']}): {metrics.get(source['metric'])} at its best epoch, {source['epoch']}."
+                if "trial" in source else f"checkpoint `{source.get('checkpoint')}`, epoch {source['epoch']}."), "",
              "## Files", "", *[f"- `{name}`: {what}" for name, what in card["files"].items()], "",
              "## Input and output", "",
              f"- input `image`: uint8, shape (N, {size}, {size}, 3), RGB, NHWC (any batch size N)",

@@ -6,11 +6,11 @@
 Images are decoded by dogs.data.load_rgb, the function training decoded them with (EXIF, 16-bit, transparency,
 the same resize), at each member's image_size, and go through dogs.predict.predict_probs, the submission's own
 path (the same normalization, precision and mirror TTA). No data folder is needed: the classes are the checkpoint's.
-Used by tune.best --predict (photos_table) and by tune.serve (one request's decoded bytes at a time).
+Used by tune.best --predict and by tune.serve (a request's bytes); ExportedPredictor is the same for a folder
+that tune.best --export wrote (its ONNX file in ONNX Runtime).
 """
 import glob
 import io
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +21,6 @@ import pandas as pd
 from . import checkpoint, data
 from .cache import CachedImages, cpu_count
 from .errors import CheckpointError, UserError
-
-log = logging.getLogger("dogs")
 
 BATCH = 256   # images decoded and predicted at a time: memory stays flat for any number of photos
 
@@ -106,6 +104,31 @@ class Predictor:
             return self.decode(source)
         except Exception as err:  # corrupt, truncated, not an image, gone: the reason, for its row
             return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+
+
+class ExportedPredictor(Predictor):
+    """A Predictor of a folder tune.best --export wrote: its model.onnx in ONNX Runtime, its card's classes and size
+    (decoded by load_rgb, as preprocess.py does). No checkpoint and no torch model needed."""
+
+    def __init__(self, folder):
+        import json
+
+        import onnxruntime
+
+        folder = Path(folder)
+        try:
+            card = json.loads((folder / "model_card.json").read_text())
+            self.classes, self.sizes = list(card["classes"]), [int(card["input"]["size"])]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{folder} is not a folder tune.best --export wrote (its model_card.json: "
+                            f"{type(err).__name__}: {err})") from None
+        self.members, self.tta = [], False
+        self.session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def probs(self, decoded):
+        if not decoded:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return self.session.run(["probabilities"], {"image": np.stack([d[self.sizes[0]] for d in decoded])})[0]
 
 
 def photo_files(paths):

@@ -343,4 +343,6 @@ def test_export_from_the_best_trial_names_the_search_in_its_card(experiment, tmp
     scores = val_acc_by_trial_and_epoch(experiment["dir"])
     assert card["source"]["metrics"]["val_acc"] == pytest.approx(scores[trial_id, card["source"]["epoch"]])
     assert max(v for (t, _), v in scores.items() if t == trial_id) == pytest.approx(card["source"]["metrics"]["val_acc"])
-    assert f"trial {trial_id} of experiment" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert (f"trial {trial_id} of experiment `{experiment['dir']}`, the best by val_acc (max): "
+            f"{card['source']['metrics']['val_acc']} at its best epoch, {card['source']['epoch']}."
+            in (tmp_path / "model" / "MODEL_CARD.md").read_text())

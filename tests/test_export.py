@@ -63,6 +63,11 @@ def test_onnx_and_the_torch_program_predict_as_the_checkpoint(exported, tiny_ima
                 program(torch.from_numpy(images))[1].detach().numpy()):
         assert np.array_equal(got.argmax(1), expected[:len(got)].argmax(1))
         assert np.abs(got - expected[:len(got)]).max() <= 1e-4
+    # the same through dogs.inference.ExportedPredictor (tune.serve --export DIR): ONNX Runtime behind one interface
+    from_folder = inference.ExportedPredictor(folder).predict(files, k=3)
+    for (top, error), p in zip(from_folder, expected, strict=True):
+        assert error is None and top[0][1] == p.argmax() and [q for *_, q in top] == pytest.approx(
+            [p[i] for _, i, _ in top], abs=1e-4)
     # the weights file holds the whole network, the frozen prefix included
     model, _ = checkpoint.load(path)
     weights = load_file(folder / "model.safetensors")

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from dogs import checkpoint, data, inference, predict
+from dogs.errors import CheckpointError
 from dogs.train import run
 from tune import best
 from conftest import CLASSES, draw, run_main
@@ -138,3 +139,24 @@ def test_awkward_photos_decode_as_training_decoded_them(trained, tmp_path):
         expected = data.load_rgb(tmp_path / name, 16)
         assert np.array_equal(model.decode(tmp_path / name)[16], expected)
         assert np.array_equal(model.decode(io.BytesIO((tmp_path / name).read_bytes()))[16], expected)
+
+
+def test_an_ensemble_of_members_with_their_own_size_and_normalization_is_the_submissions_average(tiny_imagefolder):
+    from dogs import models
+    from dogs.config import resolve
+
+    members = []
+    for seed, values in ((0, {}), (1, {"image_size": 24, "normalize": "imagenet"})):
+        config = resolve({"data": str(tiny_imagefolder), "model": "cnn", "image_size": 16, "head_width": 16,
+                          "seed": seed, **values})
+        torch.manual_seed(seed)
+        members.append((models.build_model(config, 3).eval(), {"config": config, "classes": list(CLASSES)}))
+    files = data.test_files(tiny_imagefolder)
+    for tta in (False, True):
+        ensemble = inference.Predictor(members, tta=tta, device=CPU)
+        assert ensemble.sizes == [16, 24]
+        expected, ok = predict.ensemble_probs([(m, c["config"]) for m, c in members], files, CPU, tta)
+        got = ensemble.probs([ensemble.decode(f) for f in files])
+        assert ok.all() and np.abs(got - expected).max() <= 1e-6
+    with pytest.raises(CheckpointError, match="different classes"):
+        inference.Predictor([members[0], (members[1][0], {**members[1][1], "classes": ["a", "b", "c"]})])

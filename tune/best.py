@@ -30,7 +30,8 @@ def get_args_parser():
                         "--no-retrain (default): predict from the best checkpoint")
     p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation")
     p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
-                                  "search read it (the experiment comes from another machine)")
+                                  "search read it (the experiment comes from another machine); with --export, "
+                                  "whose Validation/ gives the card's per-class accuracy")
     p.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the image and "
                                                        "its horizontal mirror")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",

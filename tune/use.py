@@ -11,7 +11,7 @@ tune.serve: predictor(...) is the dogs.inference.Predictor a server keeps.
 import sys
 from pathlib import Path
 
-from dogs.errors import ExperimentError, UserError
+from dogs.errors import DataError, ExperimentError
 from tune import experiment, storage
 
 
@@ -71,6 +71,10 @@ def check_args(args):
         raise ExperimentError("--ensemble K averages the K best trials of an experiment: not with --checkpoint")
     if args.export and (args.tta or args.ensemble != 1):
         raise ExperimentError("--export writes one model: --tta and --ensemble are for --predict and --submit")
+    if args.export and args.predict:
+        raise ExperimentError("--predict and --export: run them one at a time")
+    if args.export and args.out:
+        raise ExperimentError("--out is where --predict writes; --export DIR is the export's folder")
     if args.predict is not None and args.top_k < 1:
         raise ExperimentError(f"--top-k {args.top_k}: the number of classes to show per photo must be >= 1")
 
@@ -78,8 +82,6 @@ def check_args(args):
 def run(args):
     """tune.best --predict / --export."""
     check_args(args)
-    if args.export and args.predict:
-        raise ExperimentError("--predict and --export: run them one at a time")
     if args.predict is not None:
         return predict(args)
     return export(args)
@@ -96,14 +98,14 @@ def predict(args):
 
     files, missing = photo_files(args.predict)
     if not files:
-        raise UserError(f"--predict {' '.join(args.predict)}: no image files there (image extensions: "
+        raise DataError(f"--predict {' '.join(args.predict)}: no image files there (image extensions: "
                         f"{' '.join(sorted(IMAGE_EXTENSIONS))})")
     out_dir = out_folder(args)
-    model, source = predictor(args.experiment, args.storage, args.checkpoint, args.ensemble, args.tta)
-    k, note = check_top_k(args.top_k, model.classes)
+    chosen, _ = predictor(args.experiment, args.storage, args.checkpoint, args.ensemble, args.tta)
+    k, note = check_top_k(args.top_k, chosen.classes)
     # decoded and predicted in batches; a path that named nothing is a row too
     with tqdm(total=len(files), unit="photo", desc="predict", disable=None, file=sys.stderr) as bar:
-        results = model.predict(files, k, progress=bar.update)
+        results = chosen.predict(files, k, progress=bar.update)
     results += [(None, "no such file or folder, and no glob match")] * len(missing)
     table = predictions_frame([*files, *missing], results, k)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,10 +139,12 @@ def out_folder(args):
 def export(args):
     """The model of the best trial (or --checkpoint) as a self-contained folder (dogs.export)."""
     from dogs.export import check_target, export_model
+    from tune.best import check_data
 
     target = check_target(args.export)
+    data_root = check_data(args.data)   # where Validation is, for the card's per-class accuracy
     [(model, ckpt)], source = load_members(args.experiment, args.storage, args.checkpoint)
-    written = export_model(model, ckpt, target, source=source, data_root=args.data, log_fn=print)
+    written = export_model(model, ckpt, target, source=source, data_root=data_root, log_fn=print)
     for name, path in written.items():
         print(f"  {name:<18} {path}")
     return 0
