@@ -1,6 +1,7 @@
 """tune.serve for real: a server started as a user starts it, on a checkpoint trained here, asked over HTTP
 and through its page in headless Chromium."""
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -110,13 +111,29 @@ def server(trained):
         if proc.poll() is not None and lines.empty():
             pytest.fail(f"tune.serve exited with {proc.returncode}:\n{''.join(seen)[-3000:]}")
     yield {"url": f"http://127.0.0.1:{port}", "port": port, "output": seen}
-    # Ctrl-C, as a user stops it; then the whole process group, if it did not end
-    proc.send_signal(signal.SIGINT)
+    # SIGTERM (a service manager's stop): it ends as Ctrl-C does, with its Ray, leaving no process behind
+    proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        left = leftover(proc.pid, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert proc.returncode == 0, f"tune.serve exited with {proc.returncode} on SIGTERM"
+    assert not left, "processes of the server still running 30 s after it ended"
+
+
+def leftover(group, timeout):
+    """Whether processes of the process group `group` are still running after `timeout` s (polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def post(url, body, headers=None):
@@ -141,6 +158,7 @@ def assert_same_top(answer, expected):
     assert np.allclose([p for _, p in got], [p for _, p in expected], atol=1e-5), (got, expected)
 
 
+@pytest.mark.slow
 def test_top5_of_photos_are_the_predictors(server, photos, trained):
     for f in photos["files"]:
         status, answer = post(f"{server['url']}/predict?top_k=5", f.read_bytes())
@@ -156,6 +174,7 @@ def test_top5_of_photos_are_the_predictors(server, photos, trained):
     assert abs(sum(p["probability"] for p in answer["predictions"]) - 1) < 1e-5
 
 
+@pytest.mark.slow
 def test_what_cannot_be_answered_is_one_line_with_its_status(server, photos):
     jpeg = (photos["root"] / "Validation" / "circle" / "1.jpg").read_bytes()
     cases = [
@@ -180,6 +199,7 @@ def test_what_cannot_be_answered_is_one_line_with_its_status(server, photos):
     assert got == 404 and "POST /predict" in answer["error"]
 
 
+@pytest.mark.slow
 def test_an_upload_over_the_limit_is_refused_with_413(server):
     big = bytes(int(MAX_UPLOAD_MB * 2**20) + 1)
     status, answer = post(f"{server['url']}/predict", big)   # Content-Length says so
@@ -194,6 +214,7 @@ def test_an_upload_over_the_limit_is_refused_with_413(server):
     connection.close()
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_all_answered_and_batched(server, photos, trained):
     files = photos["files"] * 3
     start, answers = threading.Barrier(len(files)), [None] * len(files)
@@ -224,6 +245,7 @@ def outside_address():
     return None if address.startswith("127.") else address
 
 
+@pytest.mark.slow
 def test_the_server_listens_on_loopback_only_by_default(server):
     address = outside_address()
     if address is None:
@@ -271,6 +293,13 @@ def test_an_export_folder_serves_the_checkpoints_model(trained, photos, tmp_path
     (tmp_path / "model" / "model.safetensors").write_bytes(b"not safetensors")
     code, out, err = run_main(serve, ["--export", str(tmp_path / "model")])
     assert code == 2 and "model.safetensors cannot be loaded" in err and err.count("\n") == 1, err
+
+
+def test_the_console_names_where_the_model_came_from():
+    assert serve.describe({"experiment": "runs/b", "trial": "3f2a_00001", "checkpoint": "runs/b/t/checkpoint.pt",
+                           "metric": "val_acc", "mode": "max", "ensemble": []}) == "trial 3f2a_00001 of runs/b"
+    assert serve.describe({"checkpoint": "/x/best.pt"}) == "/x/best.pt"
+    assert serve.describe({"export": "/x/model"}) == "/x/model"
 
 
 def test_a_host_other_than_loopback_is_warned_about():
@@ -364,6 +393,7 @@ def browser(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_top5_of_a_chosen_photo(server, browser, photos, trained, tmp_path):
     photo = next(f for f in photos["files"] if f.name == "large.jpg")
     browser("Page.enable")
