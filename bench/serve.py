@@ -64,7 +64,7 @@ def deploy(name, image_size, max_batch_size):
     config = resolve({**MODELS[name], "image_size": image_size, "seed": 0})
     torch.manual_seed(0)
     model = build_model(config, len(CLASSES), load_weights=False)
-    serve.run(serve_app.app(model.state_dict(), config, CLASSES, {"bench": name}, max_batch_size=max_batch_size),
+    serve.run(serve_app.app([(model.state_dict(), config)], CLASSES, {"bench": name}, max_batch_size=max_batch_size),
               name="dogs", route_prefix="/", logging_config={"log_level": "WARNING", "enable_access_log": False})
 
 

@@ -262,6 +262,8 @@ def test_mistakes_are_one_line_before_ray_starts(trained, tmp_path):
         (["--checkpoint", str(trained["checkpoint"]), "--replicas", "0"], "--replicas 0"),
         (["--checkpoint", str(trained["checkpoint"]), "--max-upload-mb", "0"], "--max-upload-mb 0"),
         (["--checkpoint", str(trained["checkpoint"]), "--max-batch-size", "0"], "--max-batch-size 0"),
+        (["--checkpoint", str(trained["checkpoint"]), "--ensemble", "2"], "not with --checkpoint"),
+        (["--ensemble", "0"], "--ensemble 0"),
         (["--experiment", "nothing-here", "--storage", str(tmp_path)], "--experiment nothing-here"),
     ]
     with socket.socket() as taken:   # a port another server listens on
@@ -281,7 +283,8 @@ def test_an_export_folder_serves_the_checkpoints_model(trained, photos, tmp_path
     model, ckpt = checkpoint.load(trained["checkpoint"])
     export_model(model, ckpt, tmp_path / "model", source={"checkpoint": str(trained["checkpoint"])},
                  log_fn=lambda *a: None)
-    served, meta, source = serve.load_model(serve.get_args_parser().parse_args(["--export", str(tmp_path / "model")]))
+    [(served, meta)], source = serve.load_model(serve.get_args_parser().parse_args(["--export",
+                                                                                   str(tmp_path / "model")]))
     assert meta["classes"] == trained["classes"] and source == {"export": str(tmp_path / "model")}
     predictor = Predictor([(served, meta)], device=torch.device("cpu"))
     probs = predictor.probs([predictor.decode(f) for f in photos["files"]])
@@ -448,7 +451,7 @@ def test_tta_serves_the_mirror_averaged_predictions_of_predict_tta(trained, phot
     model, ckpt = checkpoint.load(trained["checkpoint"])
     served = {}
     for tta in (False, True):
-        classifier = Classifier.func_or_class(model.state_dict(), ckpt["config"], ckpt["classes"], {}, 1, 0.01,
+        classifier = Classifier.func_or_class([(model.state_dict(), ckpt["config"])], ckpt["classes"], {}, 1, 0.01,
                                               1 << 20, tta)
         predictor = Predictor([(model, ckpt)], tta=tta, device=torch.device("cpu"))
         for f in photos["files"]:
@@ -463,3 +466,30 @@ def test_tta_serves_the_mirror_averaged_predictions_of_predict_tta(trained, phot
                for f in photos["files"] for c in trained["classes"])
     status, answer = ask(classifier, b"not an image")
     assert status == 400 and "not an image" in answer["error"]
+
+
+@pytest.mark.slow
+def test_ensemble_serves_the_k_best_trials_as_predict_ensemble(photos, tmp_path):
+    from conftest import TWO_TRIAL_SPACE
+    from tune import search
+    from tune.serve_app import Classifier
+    from tune.use import predictor
+
+    (tmp_path / "space.yaml").write_text(TWO_TRIAL_SPACE)
+    runs = str(tmp_path / "runs")
+    code, out, err = run_main(search, ["--space", str(tmp_path / "space.yaml"), "--data", str(photos["root"]),
+                                       "--storage", runs, "--name", "e"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    # the experiment's two best trials, as tune.best --predict --ensemble 2 picks them
+    members, source = serve.load_model(serve.get_args_parser().parse_args(
+        ["--experiment", "e", "--storage", runs, "--ensemble", "2"]))
+    assert len(members) == 2 and len(source["ensemble"]) == 1
+    assert serve.describe(source) == f"trial {source['trial']} of {source['experiment']}"
+    classifier = Classifier.func_or_class([(m.state_dict(), c["config"]) for m, c in members], members[0][1]["classes"],
+                                          source, 1, 0.01, 1 << 20, False)
+    expected, _ = predictor("e", runs, ensemble=2, device=torch.device("cpu"), log_fn=lambda *a: None)
+    for f in photos["files"]:
+        status, answer = ask(classifier, f.read_bytes(), "top_k=6")
+        top, _ = expected.predict([f], 6)[0]
+        assert status == 200 and [p["class"] for p in answer["predictions"]] == [n for n, _, _ in top]
+        assert np.allclose([p["probability"] for p in answer["predictions"]], [p for _, _, p in top], atol=1e-6)

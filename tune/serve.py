@@ -36,6 +36,9 @@ def get_args_parser():
                                                        "model.safetensors) instead of an experiment's best trial")
     p.add_argument("--tta", action="store_true", help="average each prediction over the image and its horizontal "
                                                        "mirror, as tune.best --predict --tta (twice the compute)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="average the softmax of the experiment's K best trials, as tune.best --predict --ensemble "
+                        "(default 1)")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"where experiments are, as tune.search --storage (default {DEFAULT_STORAGE})")
     p.add_argument("--host", default="127.0.0.1",
@@ -79,6 +82,10 @@ def check_args(args):
         raise UserError(f"--gpus-per-replica {args.gpus_per_replica}: give a share of a GPU, >= 0 (0: on CPUs)")
     if args.gpus_per_replica > 1 and args.gpus_per_replica != int(args.gpus_per_replica):
         raise UserError(f"--gpus-per-replica {args.gpus_per_replica}: above 1, give a whole number of GPUs")
+    if args.ensemble < 1:
+        raise UserError(f"--ensemble {args.ensemble}: the number of best trials to average must be >= 1")
+    if args.ensemble > 1 and (args.checkpoint or args.export):
+        raise UserError("--ensemble K averages the K best trials of an experiment: not with --checkpoint or --export")
     if args.replicas is not None and args.replicas < 1:
         raise UserError(f"--replicas {args.replicas}: give 1 or more")
     if args.cpus_per_replica < 0:
@@ -106,14 +113,14 @@ def host_warning(host):
 
 
 def load_model(args):
-    """(model, checkpoint dict, source): --export, --checkpoint, or the best trial of the experiment, as tune.best
-    picks and checks it (tune.use.load_members); `source` says which, for /info and the console."""
+    """([(model, checkpoint dict)], source): --export, --checkpoint, or the best trial of the experiment (and the
+    next --ensemble - 1), as tune.best picks and checks them (tune.use.load_members); `source` says which."""
     from tune.use import load_members
 
     if args.export:
-        return load_export(args.export)
-    [(model, ckpt)], source = load_members(args.experiment, args.storage, args.checkpoint)
-    return model, ckpt, source
+        model, ckpt, source = load_export(args.export)
+        return [(model, ckpt)], source
+    return load_members(args.experiment, args.storage, args.checkpoint, args.ensemble)
 
 
 def load_export(folder):
@@ -155,7 +162,7 @@ def describe(source):
 def replica_count(args, resources, fixed=True):
     """--replicas, or as many replicas as the cluster's GPUs hold at --gpus-per-replica each (1 on CPUs).
 
-    On a `fixed` cluster (the local Ray) replicas that do not fit are refused: Serve would wait for them forever.
+    On a `fixed` cluster (the local Ray) replicas that do not fit are refused: Serve would keep them pending.
     A cluster joined may grow (its autoscaler), so there only one replica must fit."""
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
     if args.gpus_per_replica > gpus:
@@ -172,8 +179,8 @@ def replica_count(args, resources, fixed=True):
 
 
 def check_port(host, port):
-    """Refuse a port this machine already serves on (another server, an earlier tune.serve): Serve's proxy would
-    fail to start it and retry for ever."""
+    """Refuse a port this machine already serves on (another server, an earlier tune.serve), before Ray starts:
+    Serve's proxy could not listen there."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -218,9 +225,9 @@ def serve(args):
         raise UserError("Ray Serve is not installed: pip install -e '.[serve]'") from None
     from tune import serve_app
 
-    # the model, whole, with what a replica needs to predict as Validation is scored
-    model, ckpt, source = load_model(args)
-    config, classes = ckpt["config"], list(ckpt["classes"])
+    # the model(s), whole, with what a replica needs to predict as Validation is scored
+    members, source = load_model(args)
+    config, classes = members[0][1]["config"], list(members[0][1]["classes"])
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
     if local:
         check_port(args.host, args.port)
@@ -229,13 +236,13 @@ def serve(args):
 
     # Serve's HTTP proxy on --host:--port of the head node (a GPU worker's may come and go), the replicas behind it
     ray_serve.start(proxy_location="HeadOnly", http_options={"host": args.host, "port": args.port})
-    ray_serve.run(serve_app.app(model.state_dict(), config, classes, source, replicas=replicas,
-                                gpus=args.gpus_per_replica, cpus=args.cpus_per_replica,
+    ray_serve.run(serve_app.app([(model.state_dict(), ckpt["config"]) for model, ckpt in members], classes, source,
+                                replicas=replicas, gpus=args.gpus_per_replica, cpus=args.cpus_per_replica,
                                 max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
                                 max_upload_bytes=int(args.max_upload_mb * 2**20), tta=args.tta),
                   name="dogs", route_prefix="/")
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    tta = ", mirror TTA" if args.tta else ""
+    tta = (f", ensemble of {len(members)}" if len(members) > 1 else "") + (", mirror TTA" if args.tta else "")
     print(f"Serving {config['model']} ({len(classes)} classes, {describe(source)}{tta}) with {replicas} replica(s) "
           f"at http://{shown}:{args.port}/", flush=True)
     print(f"  curl --data-binary @photo.jpg 'http://{shown}:{args.port}/predict?top_k=5'", flush=True)

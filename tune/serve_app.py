@@ -3,7 +3,7 @@
     GET  /                      the page: choose or drop a photo, see its top-5 classes with bars
     POST /predict?top_k=5       the request body is the image's bytes (curl --data-binary @photo.jpg);
                                 answers {"predictions": [{"class", "index", "probability"}, ...], "batch": n}
-    GET  /info                  {"classes": [...], "image_size": n, "model": name, "tta": bool, "source": {...}}
+    GET  /info                  {"classes": [...], "models": [{"model", "image_size"}], "tta": bool, "source": {...}}
 
 An image is decoded and predicted by dogs.inference.Predictor, as tune.best --predict does: load_rgb, the
 function that decoded the training images, then predict_probs, the function that scores Validation and makes
@@ -33,15 +33,20 @@ class HTTPError(Exception):
 
 @serve.deployment(name="classifier")
 class Classifier:
-    """The model of a checkpoint, whole (its frozen prefix included), as a dogs.inference.Predictor on this
-    replica's device (a GPU when the replica was given a share of one)."""
+    """The model of a checkpoint (or the ensemble of several), each whole (its frozen prefix included), as a
+    dogs.inference.Predictor on this replica's device (a GPU when the replica was given a share of one).
 
-    def __init__(self, weights, config, classes, source, max_batch_size=16, batch_wait_s=0.01,
-                 max_upload_bytes=20 << 20, tta=False):
-        self.config, self.classes, self.source = config, list(classes), source
-        model = build_model(config, len(self.classes), load_weights=False)
-        model.load_state_dict(weights)
-        self.predictor = Predictor([(model, {"config": config, "classes": self.classes})], tta=tta)
+    `members`: [(state_dict, config)]; `tta`: each prediction averaged with the mirror image's."""
+
+    def __init__(self, members, classes, source, max_batch_size=16, batch_wait_s=0.01, max_upload_bytes=20 << 20,
+                 tta=False):
+        self.classes, self.source = list(classes), source
+        models = []
+        for weights, config in members:
+            model = build_model(config, len(self.classes), load_weights=False)
+            model.load_state_dict(weights)
+            models.append((model, {"config": config, "classes": self.classes}))
+        self.predictor = Predictor(models, tta=tta)
         self.max_batch_size, self.max_upload_bytes = max_batch_size, max_upload_bytes
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -54,9 +59,9 @@ class Classifier:
             if path == "/" and method == "GET":
                 return HTMLResponse(self.page)
             if path == "/info" and method == "GET":
-                return JSONResponse({"classes": self.classes, "image_size": self.config["image_size"],
-                                     "model": self.config["model"], "tta": self.predictor.tta,
-                                     "source": self.source})
+                return JSONResponse({"classes": self.classes, "tta": self.predictor.tta, "source": self.source,
+                                     "models": [{"model": c["config"]["model"], "image_size": c["config"]["image_size"]}
+                                                for _, c in self.predictor.members]})
             if path == "/predict" and method == "POST":
                 return JSONResponse(await self.predict(request))
             raise HTTPError(404, f"{method} {path}: no such route (GET /, GET /info, POST /predict?top_k=5 with "
@@ -124,12 +129,12 @@ class Classifier:
         return [(probs, len(images)) for probs in self.predictor.probs(images)]
 
 
-def app(weights, config, classes, source, replicas=1, gpus=0.0, cpus=1.0, max_batch_size=16, batch_wait_s=0.01,
+def app(members, classes, source, replicas=1, gpus=0.0, cpus=1.0, max_batch_size=16, batch_wait_s=0.01,
         max_upload_bytes=20 << 20, tta=False):
-    """The Serve application: `replicas` copies of the model, each on `gpus` of a GPU and `cpus` CPUs (`tta`:
-    each prediction averaged with the mirror image's, as tune.best --tta)."""
+    """The Serve application: `replicas` copies of the Classifier of `members` [(state_dict, config)], each on
+    `gpus` of a GPU and `cpus` CPUs."""
     return Classifier.options(
         num_replicas=replicas,
         ray_actor_options={"num_gpus": gpus, "num_cpus": cpus},
         max_ongoing_requests=max(2 * max_batch_size, 8),
-    ).bind(weights, config, classes, source, max_batch_size, batch_wait_s, max_upload_bytes, tta)
+    ).bind(members, classes, source, max_batch_size, batch_wait_s, max_upload_bytes, tta)
