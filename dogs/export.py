@@ -3,7 +3,7 @@
     model.onnx          ONNX, dynamic batch (torch.onnx.export's dynamo exporter, onnxscript, from the program below)
     model.pt2           the torch.export program: torch.export.load("model.pt2").module()(image)
     model.safetensors   the weights of dogs.models.Net (frozen.*, tail.*), the config and classes in its metadata
-    preprocess.py       load_rgb(path, size): the decode training used (dogs.data.load_rgb), Pillow + numpy only
+    preprocess.py       load_rgb(path, size): the decode training used (dogs.decode, as it is): Pillow + numpy only
     model_card.json     classes, input, normalization, preprocessing, config, source, metrics, package versions
     MODEL_CARD.md       the same, for people
 
@@ -16,7 +16,6 @@ import inspect
 import json
 import os
 import platform
-import pprint
 import secrets
 import shutil
 from importlib import metadata
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data, models
+from . import data, decode, models
 from .errors import CheckpointError, ExportError, UserError
 
 FORMAT = "dogs-tune export"
@@ -157,20 +156,16 @@ def onnx_opset(onnx_program):
 
 
 def preprocess_source():
-    """preprocess.py: dogs.data.load_rgb and its helpers, as they are, with DECODE and their imports."""
-    parts = ['"""The decode dogs-tune trained with (dogs.data.load_rgb), standalone: Pillow + numpy.\n\n'
-             '    image = load_rgb("photo.jpg", size)   # uint8 (size, size, 3) RGB: the model\'s input, one row\n"""',
-             "import numpy as np\nfrom PIL import Image, ImageFile, ImageOps\n",
-             "ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not grey pixels",
-             f"DECODE = {pprint.pformat(data.DECODE, sort_dicts=False, width=116)}\n"]
-    parts += [inspect.getsource(f) for f in (data._to_8bit, data._orientation, data.load_rgb)]
-    return "\n\n".join(parts)
+    """preprocess.py: the module dogs.decode as it is (it imports numpy and Pillow only), with a usage line."""
+    return ('# The decode dogs-tune trained with, standalone (a copy of dogs/decode.py): Pillow + numpy.\n'
+            '#     image = load_rgb("photo.jpg", size)   # uint8 (size, size, 3) RGB: one row of the model\'s input\n'
+            + inspect.getsource(decode))
 
 
 def validation(model, ckpt, data_root, log_fn):
     """{"val_acc", "images", "per_class": [{class, images, correct, accuracy}]} on the data's Validation/, or
     {"unavailable": why} when that folder is not on this machine."""
-    from .engine import default_device
+    from .device import default_device
     from .predict import ensemble_probs
 
     config = ckpt["config"]
@@ -227,7 +222,7 @@ def model_card(ckpt, source, validated, onnx_info):
         "outputs": {"logits": ["batch", len(ckpt["classes"])], "probabilities": ["batch", len(ckpt["classes"])]},
         "normalization": {"mean": list(mean), "std": list(std),
                           "applied": "inside the model: (image - mean * 255) / (std * 255) per channel"},
-        "preprocessing": {"words": PREPROCESSING, "code": "preprocess.py", "decode": data.DECODE},
+        "preprocessing": {"words": PREPROCESSING, "code": "preprocess.py", "decode": decode.DECODE},
         "onnx": onnx_info,
         "config": config,
         "source": {**(source or {}), "epoch": ckpt["epoch"], "metrics": ckpt["metrics"]},

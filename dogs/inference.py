@@ -3,7 +3,7 @@
     predictor = Predictor.load("runs/x/best/best.pt")            # or Predictor([(model, ckpt), ...], tta=True)
     predictor.top_k(predictor.probs([predictor.decode("dog.jpg")]), k=5)   # [[(name, index, prob), ...]]
 
-Images are decoded by dogs.data.load_rgb, the function training decoded them with (EXIF, 16-bit, transparency,
+Images are decoded by dogs.decode.load_rgb, the function training decoded them with (EXIF, 16-bit, transparency,
 the same resize), at each member's image_size, and go through dogs.predict.predict_probs, the submission's own
 path (the same normalization, precision and mirror TTA). No data folder is needed: the classes are the checkpoint's.
 Used by tune.best --predict and by tune.serve (a request's bytes); ExportedPredictor is the same for a folder
@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import checkpoint, data
 from .cache import CachedImages, cpu_count
+from .decode import load_rgb
 from .errors import CheckpointError, UserError
 
 BATCH = 256   # images decoded and predicted at a time: memory stays flat for any number of photos
@@ -29,7 +30,7 @@ class Predictor:
     """One model or an ensemble: members [(model, ckpt)] with the same classes; softmax averaged over them."""
 
     def __init__(self, members, tta=False, device=None):
-        from .engine import default_device
+        from .device import default_device
 
         if not members:
             raise ValueError("a Predictor needs at least one (model, ckpt)")
@@ -59,7 +60,7 @@ class Predictor:
         for size in self.sizes:
             if hasattr(source, "seek"):
                 source.seek(0)
-            decoded[size] = data.load_rgb(source, size)
+            decoded[size] = load_rgb(source, size)
         return decoded
 
     def probs(self, decoded):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dogs import checkpoint, data, inference, models
+from dogs import checkpoint, data, decode, inference, models
 from dogs.train import run
 from tune import best
 from conftest import draw, run_main
@@ -114,7 +114,7 @@ def test_preprocess_py_decodes_as_training_did_without_this_project(exported, tm
     draw("square", rng).convert("P").save(tmp_path / "palette.gif")
     for name in ("rotated.jpg", "deep.png", "clear.png", "big.jpg", "palette.gif"):
         for size in (16, 40):
-            assert np.array_equal(load_rgb(tmp_path / name, size), data.load_rgb(tmp_path / name, size)), name
+            assert np.array_equal(load_rgb(tmp_path / name, size), decode.load_rgb(tmp_path / name, size)), name
 
 
 def test_the_readme_snippet_predicts_a_photo_as_the_checkpoint_does(exported, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dogs import checkpoint, data, inference, predict
+from dogs import checkpoint, data, decode, inference, predict
 from dogs.errors import CheckpointError
 from dogs.train import run
 from tune import best
@@ -136,7 +136,7 @@ def test_awkward_photos_decode_as_training_decoded_them(trained, tmp_path):
     rgba.save(tmp_path / "clear.png")
     model = inference.Predictor.load(trained["checkpoint"], device=CPU)
     for name in ("rotated.jpg", "deep.png", "clear.png"):
-        expected = data.load_rgb(tmp_path / name, 16)
+        expected = decode.load_rgb(tmp_path / name, 16)
         assert np.array_equal(model.decode(tmp_path / name)[16], expected)
         assert np.array_equal(model.decode(io.BytesIO((tmp_path / name).read_bytes()))[16], expected)
 
