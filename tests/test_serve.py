@@ -397,7 +397,7 @@ def browser(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_page_shows_the_top5_of_a_chosen_photo(server, browser, photos, trained, tmp_path):
+def test_the_page_shows_the_top5_of_a_chosen_or_dropped_photo(server, browser, photos, trained, tmp_path):
     photo = next(f for f in photos["files"] if f.name == "large.jpg")
     browser("Page.enable")
     browser("Emulation.setDeviceMetricsOverride", width=800, height=760, deviceScaleFactor=1, mobile=False)
@@ -421,6 +421,17 @@ def test_the_page_shows_the_top5_of_a_chosen_photo(server, browser, photos, trai
     assert [width for _, _, width in rows] == [f"{100 * p:.1f}%" for _, p in expected]
     assert "Top 5 for large.jpg" in browser.evaluate("document.getElementById('status').textContent")
     assert Image.open(io.BytesIO(shot.read_bytes())).size == (800, 760)
+    # drop another photo on the drop zone, as a user drags one from a file manager
+    dropped = next(f for f in photos["files"] if f.name == "rgba.png")
+    box = browser.evaluate("JSON.stringify(document.getElementById('drop').getBoundingClientRect())")
+    x, y = json.loads(box)["x"] + 20, json.loads(box)["y"] + 20
+    for kind in ("dragEnter", "dragOver", "drop"):
+        browser("Input.dispatchDragEvent", type=kind, x=x, y=y,
+                data={"items": [], "files": [str(dropped)], "dragOperationsMask": 1})
+    browser.wait_for("document.getElementById('status').textContent.includes('rgba.png') && "
+                     "document.querySelectorAll('.prediction').length === 5", "the dropped photo's predictions")
+    names = browser.evaluate("[...document.querySelectorAll('.prediction .name')].map(n => n.textContent)")
+    assert names == [name for name, _ in expected_top(trained, dropped.name, 5)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
