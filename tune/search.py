@@ -27,7 +27,7 @@ from dogs.errors import ExperimentError, UserError
 from tune import experiment, plots, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, saved_space
 
-SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "grace_period", "reduction_factor", "metric", "mode", "seed",
+SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "fidelity", "grace_period", "reduction_factor", "metric", "mode", "seed",
                  "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "time_budget")
 SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
 SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
@@ -43,6 +43,8 @@ def get_args_parser():
     p.add_argument("--sampler", choices=spaces.SAMPLERS, help="Optuna sampler (search.sampler, default tpe)")
     p.add_argument("--scheduler", choices=spaces.SCHEDULERS,
                    help="asha: stop weak trials early; fifo: every trial runs all epochs (search.scheduler)")
+    p.add_argument("--fidelity", choices=spaces.FIDELITIES,
+                   help="what ASHA's rungs count: epochs, or seconds of training (needs --time-budget) (search.fidelity)")
     p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (search.grace_period)")
     p.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (search.reduction_factor)")
     p.add_argument("--metric", help=f"metric to optimise, one of {', '.join(spaces.METRICS)} (search.metric); "
@@ -239,7 +241,19 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None):
+def asha_rungs(search, slots):
+    """ASHA's (time_attr, grace_period, max_t). fidelity epochs: epochs of training. fidelity time: seconds of
+    training (Ray's time_total_s), so that a costly configuration is compared with cheap ones at equal cost:
+    a nominal epoch is the budget's trial-seconds (time_budget x slots) spread over samples x epochs, the grace
+    period is grace_period nominal epochs, max_t the whole budget (a trial still ends after its epochs)."""
+    if search["fidelity"] == "epochs":
+        return "training_iteration", search["grace_period"], search["epochs"]
+    budget = spaces.parse_duration(search["time_budget"])
+    epoch_s = budget * slots / (search["samples"] * search["epochs"])
+    return "time_total_s", min(search["grace_period"] * epoch_s, budget), budget
+
+
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1):
     """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -257,7 +271,8 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
     searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
                              optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
                              samples=s["samples"], first_trials=space["first_trials"])
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=s["grace_period"],
+    time_attr, grace, max_t = asha_rungs(s, rung_slots)
+    scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
                               reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
     return tune.Tuner(
         make_trainable(s),
@@ -640,10 +655,15 @@ def run(args, space, exp_dir, runs, resources, workers=None):
         tuner = tune.Tuner.restore(exp_dir, trainable=make_trainable(search), resume_errored=True)
     else:
         tuner = make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
-                           slots=None if joined else slots)
+                           slots=None if joined else slots, rung_slots=slots)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {search['samples']} trials x {search['epochs']} epochs, {slots} at a time; "
           f"results in {exp_dir}")
+    if search["scheduler"] == "asha" and search["fidelity"] == "time" and not args.resume:
+        _, grace, max_t = asha_rungs(search, slots)
+        rungs = [grace * search["reduction_factor"] ** k for k in range(64)]
+        print(f"ASHA's rungs at {', '.join(f'{r:.0f}' for r in rungs if r <= max_t)} s of each trial's training "
+              f"(search.fidelity: time)")
 
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()

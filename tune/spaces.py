@@ -38,6 +38,7 @@ MAX_SAMPLES = 10_000
 COMBINATIONS_CHECKED = 4096   # beyond this many combinations to try, a seeded random sample of this many
 SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can use (tune.searcher makes them)
 SCHEDULERS = ("asha", "fifo")
+FIDELITIES = ("epochs", "time")               # what ASHA's rungs count: epochs, or seconds of training (time_total_s)
 
 # search settings, checked like config keys: name -> Key(default, type, allowed, help)
 SETTINGS = {
@@ -53,6 +54,9 @@ SETTINGS = {
                    "from complete trials only)"),
     "scheduler": Key("asha", "str", SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
                      "fifo = every trial runs all its epochs"),
+    "fidelity": Key("epochs", "str", FIDELITIES, "what ASHA's rungs count: epochs, or seconds of training (time: "
+                    "cheap and costly configurations compared at equal cost; needs a time_budget, from which the "
+                    "rungs are placed)"),
     "seed": Key(0, "int or null", SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
     "cpus_per_trial": Key(1, "number", Range(0, low_open=True), "CPUs each trial holds"),
     "gpus_per_trial": Key(0, "number", Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
@@ -344,6 +348,10 @@ def _check_settings(search, where):
         why = problem(spec, search[key])
         if why:
             raise SpaceError(f"{where}: search.{key}: {why}")
+    if search["fidelity"] == "time" and (search["scheduler"] != "asha" or budget is None):
+        why = "scheduler fifo has no rungs" if search["scheduler"] != "asha" else "there is no time_budget to place them"
+        raise SpaceError(f"{where}: search.fidelity: time places ASHA's rungs in seconds of training, but {why}; "
+                         "allowed: fidelity time with scheduler asha and a time_budget (e.g. 30m), or fidelity epochs")
     if search["grace_period"] > search["epochs"]:
         raise SpaceError(f"{where}: search.grace_period: {search['grace_period']} > epochs {search['epochs']}; "
                          f"allowed: an integer in 1..epochs ({SETTINGS['grace_period'].help})")
