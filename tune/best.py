@@ -77,6 +77,19 @@ def best_trial(exp_dir, space):
     return trial, checkpoint
 
 
+def interval_text(trial, metric, mode):
+    """How sure the best checkpoint's score is: its 95% interval (dogs.uncertainty), or why there is none."""
+    from dogs import uncertainty
+
+    result = experiment.best_checkpoint_result(trial, metric, mode)
+    bounds = uncertainty.interval(metric, result[metric], result)
+    if bounds is None:
+        why = "a loss gets none" if not uncertainty.has_interval(metric) else "the trial reported no validation set size"
+        return f"  interval     none ({why})"
+    return (f"  interval     95% [{bounds[0]:.4f}, {bounds[1]:.4f}]: another validation set of this size could "
+            "score anywhere in it")
+
+
 def experiment_dir(given, runs):
     """--experiment as a folder or URI; else, when no such folder exists, its name in --storage (as tune.search's
     --name); without it, the latest experiment in --storage."""
@@ -129,6 +142,7 @@ def best(args):
     print(f"Best trial of {exp_dir}: {trial.trial_id}")
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
           f"({mode} {metric} of its {len(trial.results)} epochs run, budget {space['search']['epochs']})")
+    print(interval_text(trial, metric, mode))
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")
     print(f"  checkpoint   {experiment.printable(checkpoint)}/{dogs_checkpoint.FILENAME}")

@@ -386,6 +386,7 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
         params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
         lines += [f"  best trial   {best.trial_id}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
                   f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",
+                  experiment.interval_line(scored, best, metric),
                   f"  best config  {params}",
                   f"  checkpoint   {best.checkpoint}"]
     terminated, stopped = int((table.status == "TERMINATED").sum()), int(table.stopped_early.sum())
