@@ -132,7 +132,8 @@ def best(args):
     if (args.top is not None or args.seeds is not None) and not args.retrain:
         raise ExperimentError("--top and --seeds choose what --retrain trains: they need --retrain")
     if args.top is not None or args.seeds is not None:   # a re-evaluation: each default when only the other is given
-        args.top, args.seeds = args.top or reevaluate.TOP, args.seeds or reevaluate.SEEDS
+        args.top = reevaluate.TOP if args.top is None else args.top
+        args.seeds = reevaluate.SEEDS if args.seeds is None else args.seeds
         if args.top < 1 or args.seeds < 1:
             raise ExperimentError(f"--top {args.top} --seeds {args.seeds}: both must be >= 1")
         if args.ensemble > args.seeds:

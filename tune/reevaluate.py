@@ -9,12 +9,14 @@ finds a luckier maximum. Training each of the top K again with N new seeds (1..N
 space's seed, 0 unless it says otherwise) and comparing their means tells the configurations apart by what
 they do, not by one draw.
 
-The K x N runs are a small Ray Tune run in <experiment>/reevaluate-top<K>-seeds<N>/ (a grid over
+The K x N runs are a small Ray Tune run in <experiment>/reevaluate-top<K>-seeds<N>/part-1/ (a grid over
 (configuration, seed), FIFO: every run trains the search's full epoch budget), on the search's resources per
-trial: they run in parallel, errored runs are retried (search.max_failures), and an interrupted re-evaluation
-started again continues: finished runs are not redone. Each run is the search's trainable (dogs.trial) with
-the configuration's full config (from its trial's best checkpoint) and `seed` replaced; its params.json holds
-{"trial": <the search trial's id>, "seed": <seed>}.
+trial: they run in parallel and errored runs are retried (search.max_failures). The same command again
+continues an interrupted re-evaluation: the runs not finished yet run as part-2 (and so on); finished runs are
+not redone, a run cut short starts again. (Not Ray's restore: like the rest of tune.best it never reads Ray's
+pickled state, so an experiment folder from elsewhere cannot run code through it.) Each run is the search's
+trainable (dogs.trial) with the configuration's full config (from its trial's best checkpoint) and `seed`
+replaced; its params.json holds {"run": [<the search trial's id>, <seed>], "epochs": <budget>}.
 """
 import json
 import math
@@ -29,7 +31,8 @@ from dogs.errors import ExperimentError
 from tune import experiment, spaces, storage
 
 TOP, SEEDS = 3, 3      # defaults of --top and --seeds
-PLAN_FILE = "plan.json"
+PLAN_FILE = "plan.json"   # the configurations and seeds of a re-evaluation folder
+PART_FILE = "runs.json"   # the (configuration, seed) pairs a part runs
 
 
 @dataclass
@@ -83,34 +86,54 @@ def candidate_configs(exp_dir, space, top, data=None):
 
 
 def retrain(config, configs):
-    """The trainable of one run: the search's, with the configuration of search trial config["trial"]."""
+    """The trainable of one run: the search's, with the configuration of search trial `run[0]` and seed `run[1]`."""
     from dogs.trial import trainable
 
-    trainable({**configs[config["trial"]], "seed": config["seed"]})
+    trial_id, seed = config["run"]
+    trainable({**configs[trial_id], "seed": seed})
 
 
 def run_name(trial):
-    return f"{trial.config['trial']}-seed{trial.config['seed']}"
+    trial_id, seed = trial.config["run"]
+    return f"{trial_id}-seed{seed}"
 
 
 def check_plan(folder, plan):
-    """A re-evaluation folder continues only the same plan (the same configurations and seeds)."""
+    """A re-evaluation folder continues only the same plan (the same configurations and seeds); True if it
+    had one."""
     path = storage.join(folder, PLAN_FILE)
-    if storage.is_file(path):
-        fs, local = storage.filesystem(path)
-        with fs.open_input_stream(local) as f:
-            saved = json.loads(f.read().decode())
-        if saved != plan:
-            raise ExperimentError(f"{folder} re-evaluates trials {saved.get('trials')}, but the search's top "
-                                  f"configurations are now {plan['trials']} (the search went on since?): move "
-                                  "that folder away to re-evaluate again")
-        return True
-    return False
+    if not storage.is_file(path):
+        return False
+    fs, local = storage.filesystem(path)
+    with fs.open_input_stream(local) as f:
+        saved = json.loads(f.read().decode())
+    if saved != plan:
+        raise ExperimentError(f"{folder} re-evaluates trials {saved.get('trials')} with seeds {saved.get('seeds')}, "
+                              f"but now the plan is trials {plan['trials']} with seeds {plan['seeds']} (the search "
+                              "went on since?): move that folder away to re-evaluate again")
+    return True
 
 
-def run_tuner(exp_dir, folder, configs, seeds, search, resources, callbacks=()):
-    """Run (or continue) the grid of (configuration, seed) as a Ray Tune run in `folder` (a subfolder of the
-    experiment `exp_dir`); returns its ResultGrid."""
+def read_runs(folder):
+    """{(search trial id, seed): run} of every part of the re-evaluation, from the runs' own files: a finished
+    run where one is, else the latest attempt."""
+    runs = {}
+    for part in sorted(storage.subfolders_with(folder, PART_FILE), key=part_number):
+        for run in experiment.read_trials(storage.join(folder, part)):
+            pair = tuple(run.config.get("run", ()))
+            if len(pair) == 2 and (runs.get(pair) is None or runs[pair].status != "TERMINATED"):
+                runs[pair] = run
+    return runs
+
+
+def part_number(name):
+    return int(name.removeprefix("part-")) if name.startswith("part-") and name[5:].isdigit() else -1
+
+
+def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
+    """Run the (configuration, seed) `pairs` as a new Ray Tune run, part-<n> of `folder` (a subfolder of the
+    experiment `exp_dir`). A new part, never Ray's restore: tune.best reads no pickled state of an experiment;
+    a run an interruption cut short starts again."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
@@ -119,21 +142,19 @@ def run_tuner(exp_dir, folder, configs, seeds, search, resources, callbacks=()):
     from tune.search import concurrency
 
     metric, mode = search["metric"], search["mode"]
+    name = f"part-{max(map(part_number, storage.subfolders_with(folder, PART_FILE)), default=0) + 1}"
+    storage.write_text(storage.join(folder, name, PART_FILE), json.dumps([list(pair) for pair in pairs]))
     trainable = tune.with_resources(tune.with_parameters(retrain, configs=configs),
                                     {"cpu": search["cpus_per_trial"], "gpu": search["gpus_per_trial"]})
-    if tune.Tuner.can_restore(folder):   # finished runs stay finished; interrupted or errored ones continue
-        tuner = tune.Tuner.restore(folder, trainable=trainable, resume_errored=True)
-        return tuner.fit()
-    slots = concurrency({**search, "samples": len(configs) * len(seeds)}, resources)
+    slots = concurrency({**search, "samples": len(pairs)}, resources)
     tuner = tune.Tuner(
         trainable,
-        # epochs: the trial's status (tune.experiment.Trial) reads its budget from params.json
-        param_space={"trial": tune.grid_search(list(configs)), "seed": tune.grid_search(list(seeds)),
-                     "epochs": search["epochs"]},
+        # epochs: the run's status (tune.experiment.Trial) reads its budget from params.json
+        param_space={"run": tune.grid_search([list(pair) for pair in pairs]), "epochs": search["epochs"]},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=slots,
                                     reuse_actors=True, trial_name_creator=run_name, trial_dirname_creator=run_name),
         run_config=tune.RunConfig(
-            name=storage.name(folder), storage_path=exp_dir, verbose=0,
+            name=name, storage_path=folder, verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
             callbacks=[JsonLoggerCallback(), KeepBestAndLatest(metric, mode), *callbacks]))
@@ -188,17 +209,22 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
     # Ray: as the search starts it (local on 127.0.0.1, or the cluster), with the search's resources per run
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
-    resources = start_ray(address)
-    try:
-        check_resources(s, resources, autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
-        storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
-        run_tuner(exp_dir, folder, configs, seed_list, s, resources, callbacks)
-    finally:
-        ray.shutdown()
+    pairs = [(t, seed) for t in configs for seed in seed_list]
+    done = read_runs(folder) if resumed else {}
+    missing = [pair for pair in pairs if done.get(pair) is None or done[pair].status != "TERMINATED"]
+    if resumed:
+        log(f"{len(pairs) - len(missing)} of {len(pairs)} runs finished before: {len(missing)} to run")
+    if missing:
+        resources = start_ray(address)
+        try:
+            check_resources(s, resources, autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
+            storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
+            run_part(exp_dir, folder, configs, missing, s, resources, callbacks)
+        finally:
+            ray.shutdown()
 
     # the runs, from their own files; the table; the best configuration and its runs, best first
-    trials = experiment.read_trials(folder)
-    runs = {(t.config.get("trial"), t.config.get("seed")): t for t in trials}
+    runs = read_runs(folder)
     table = results_table(runs, configs, seed_list, space, experiment.read_trials(exp_dir))
     complete = all(runs.get((t, seed)) is not None and runs[t, seed].status == "TERMINATED"
                    for t in configs for seed in seed_list)
@@ -231,7 +257,7 @@ def load_runs(result, metric, mode, count=1):
         with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
             model, ckpt = dogs_checkpoint.load(local)
         reported = experiment.best_checkpoint_result(run, metric, mode)
-        expected = {**result.configs[result.chosen], "seed": run.config["seed"]}
+        expected = {**result.configs[result.chosen], "seed": run.config["run"][1]}
         if (ckpt["epoch"], ckpt["metrics"].get(metric)) != (reported["epoch"], reported[metric]) \
                 or any(ckpt["config"].get(k) != v for k, v in expected.items()):
             raise ExperimentError(f"{location} is not the checkpoint of run {storage.name(run.path)} (its epoch, "
