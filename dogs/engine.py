@@ -267,8 +267,12 @@ class Run:
             why = checkpoint.resume_problem(resume, config, self.classes, self.root)
             if why:
                 raise CheckpointError(why)
-        if train_on_val:  # final retrain: Validation joins the training set
+        if train_on_val:  # final retrain: Validation (all of it) joins the training set
             train = concat_splits(train, val)
+        # the held-out part of Validation: scored apart (holdout_*), never in the val_* scores that rank runs
+        held = None
+        if config["holdout"] and not train_on_val:
+            val, held = holdout_splits(val, config["holdout"], self.classes)
         # model: a checkpoint fills every weight it holds; pretrained weights only where it holds none (a
         # fresh run) or not the frozen prefix's (it holds the prefix's hash: checked)
         frozen = resume.get("frozen") if resume is not None else None
@@ -288,6 +292,8 @@ class Run:
         prefix = self.frozen["hash"] if self.frozen else None
         self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True, prefix=prefix)
         self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False, prefix=prefix)
+        self.held_batches = None if held is None else make_batches(held, self.model, config, device, self.amp,
+                                                                     train=False, prefix=prefix)
         # mixup/cutmix make the tail's input (cutmix before the frozen prefix, mixup after it)
         self.mix = None
         if config["mixup"] or config["cutmix"]:
@@ -337,6 +343,10 @@ class Run:
             self.confusion = val.pop("confusion")
             labels, predictions = val.pop("labels"), val.pop("predictions")
             scores = {"train_loss": train_loss, "train_acc": train_acc, **{f"val_{k}": v for k, v in val.items()}}
+            if self.held_batches is not None:   # the held-out part: reported, never what ranks epochs or runs
+                held = evaluate(self.eval_model, self.eval_forward, self.loss_fn, self.held_batches, self.amp)
+                scores.update({f"holdout_{k}": held[k] for k in ("loss", "acc", "top5", "macro_f1")},
+                              holdout_images=len(held["labels"]))
             # how sure the scores are: the set sizes (Wilson intervals), macro-F1's bootstrap when it ranks
             intervals = {"train_images": seen, "val_images": len(labels)}
             if self.metric == "val_macro_f1":
@@ -369,6 +379,12 @@ def is_better(value, best, mode):
     if best is None or best != best:
         return True
     return value >= best if mode == "max" else value <= best
+
+
+def holdout_splits(split, fraction, classes):
+    """(the rest, the held-out part) of a validation Split (dogs.data.holdout_mask over its readable images)."""
+    held = data.holdout_mask(split.labels[split.index], fraction, classes)
+    return Split(split.images, split.labels, split.index[~held]), Split(split.images, split.labels, split.index[held])
 
 
 def concat_splits(a, b):

@@ -95,9 +95,9 @@ def test_table_ranks_by_mean_and_the_chosen_best_seed_is_handed_over(reevaluated
     means = {t: statistics.fmean(max(r["val_acc"] for r in runs[t, seed].results) for seed in (1, 2, 3))
              for t in configs}
     chosen = max(configs, key=lambda t: means[t])   # max keeps the first of equal ones: the search's order
-    assert f"Chosen: the configuration of trial {chosen} (mean {means[chosen]:.4f}" in out
+    assert f"Chosen: the configuration of trial {chosen} (mean val_acc {means[chosen]:.4f}" in out
     header = next(line for line in out.splitlines() if "search_rank" in line)
-    assert header.split() == ["search_rank", "trial", "lr", "search_best_val_acc", "mean", "sd", "runs",
+    assert header.split() == ["search_rank", "trial", "lr", "search_best_val_acc", "mean", "val_acc", "sd", "runs",
                               "seed", "1", "seed", "2", "seed", "3"]
     # its best seed's checkpoint is best.pt, with a submission
     seeds = {seed: max(r["val_acc"] for r in runs[chosen, seed].results) for seed in (1, 2, 3)}

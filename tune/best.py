@@ -168,6 +168,10 @@ def best(args):
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
           f"({mode} {metric} of its {len(trial.results)} epochs run, budget {space['search']['epochs']})")
     print(interval_text(trial, metric, mode))
+    held = experiment.best_checkpoint_result(trial, metric, mode).get(reevaluate.compared_on(metric, True))
+    if held is not None:   # search.holdout: the same epoch on the part of Validation the search never saw
+        print(f"  holdout      {reevaluate.compared_on(metric, True)} {held:.4f} at that epoch, on the held-out part "
+              f"of Validation the search never saw: an honest estimate beside best_{metric}")
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")
     print(f"  checkpoint   {experiment.printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
@@ -197,6 +201,7 @@ def best(args):
         model, ckpt, others = reevaluate.load_runs(chosen, metric, mode, args.ensemble)
         print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluate.describe(chosen)}); "
               f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluate.checkpoint_of(chosen.runs[0], metric, mode)}")
+        print(f"  scores       {reevaluate.estimates(chosen.runs[0], metric, mode)}")
     if args.retrain and (not args.top or args.train_on_val):
         from dogs.train import run
 

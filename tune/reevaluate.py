@@ -44,6 +44,7 @@ class Reevaluation:
     chosen: str = None                               # search trial id of the best configuration
     runs: list = field(default_factory=list)         # the chosen configuration's finished runs, best first
     configs: dict = field(default_factory=dict)      # search trial id -> the full config its runs train
+    compared: str = None                             # the score compared: the metric, or its holdout_ score
 
 
 def folder_of(exp_dir, top, seeds):
@@ -161,28 +162,40 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
     return tuner.fit()
 
 
+def compared_on(metric, holdout):
+    """The result key configurations are compared by: the search's metric, or with a held-out part of Validation
+    its score there (holdout_acc for val_acc), at the run's best epoch by the metric."""
+    return f"holdout_{metric.removeprefix('val_')}" if holdout else metric
+
+
+def run_score(run, metric, mode, holdout):
+    """A finished run's score: at its best epoch by `metric`, that epoch's `metric`, or its held-out score."""
+    best = experiment.best_result(run, metric, mode) if run is not None and run.status == "TERMINATED" else None
+    return None if best is None else best.get(compared_on(metric, holdout))
+
+
 def results_table(runs, configs, seeds, space, trials):
     """One row per configuration, best first: the mean of its finished runs' scores by the search's ranking
     (tune.experiment.key; of equal means the better-ranked in the search), sd, and each seed's score."""
     s = space["search"]
-    metric, mode, score = s["metric"], s["mode"], f"best_{s['metric']}"
+    metric, mode, score, holdout = s["metric"], s["mode"], f"best_{s['metric']}", s["holdout"]
     by_id = {t.trial_id: t for t in trials}
     rows = []
     for rank, trial_id in enumerate(configs, 1):
-        scores = {seed: experiment.score(run, metric, mode)[0] if run.status == "TERMINATED" else None
-                  for seed in seeds for run in [runs.get((trial_id, seed))] if run is not None}
+        scores = {seed: run_score(runs.get((trial_id, seed)), metric, mode, holdout) for seed in seeds}
         done = [v for v in scores.values() if experiment.finite(v)]
         rows.append({
             "search_rank": rank, "trial": trial_id,
             **{name: by_id[trial_id].config.get(name) for name in spaces.searched_names(space)},
             f"search_{score}": experiment.score(by_id[trial_id], metric, mode)[0],
-            "mean": statistics.fmean(done) if done else math.nan,
+            f"mean {compared_on(metric, holdout)}": statistics.fmean(done) if done else math.nan,
             "sd": statistics.stdev(done) if len(done) > 1 else math.nan,
             "runs": f"{len(done)}/{len(seeds)}",
             **{f"seed {seed}": scores.get(seed) for seed in seeds},
         })
     table = pd.DataFrame(rows)
-    order = sorted(range(len(rows)), key=lambda i: (-experiment.key(rows[i]["mean"], mode), i))
+    order = sorted(range(len(rows)), key=lambda i: (-experiment.key(rows[i][f"mean {compared_on(metric, holdout)}"],
+                                                                     mode), i))
     return table.iloc[order].reset_index(drop=True)
 
 
@@ -228,12 +241,12 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
     table = results_table(runs, configs, seed_list, space, experiment.read_trials(exp_dir))
     complete = all(runs.get((t, seed)) is not None and runs[t, seed].status == "TERMINATED"
                    for t in configs for seed in seed_list)
-    result = Reevaluation(folder, table, complete, configs=configs)
-    if not complete or not experiment.finite(table["mean"].iloc[0]):
+    result = Reevaluation(folder, table, complete, configs=configs, compared=compared_on(s["metric"], s["holdout"]))
+    if not complete or not experiment.finite(table[f"mean {result.compared}"].iloc[0]):
         return result
     result.chosen = table.trial.iloc[0]
     finished = [runs[result.chosen, seed] for seed in seed_list if runs[result.chosen, seed].status == "TERMINATED"]
-    result.runs = sorted(finished, key=lambda t: experiment.key(experiment.score(t, s["metric"], s["mode"])[0],
+    result.runs = sorted(finished, key=lambda t: experiment.key(run_score(t, s["metric"], s["mode"], s["holdout"]),
                                                                 s["mode"]), reverse=True)
     return result
 
@@ -270,11 +283,23 @@ def describe(result):
     """The chosen row in words: mean +- sd over n seeds."""
     row = result.table.iloc[0]
     sd = "" if pd.isna(row["sd"]) else f" ± {row['sd']:.4f}"
-    return f"mean {row['mean']:.4f}{sd} over {row['runs']} seeds"
+    return f"mean {result.compared} {row[f'mean {result.compared}']:.4f}{sd} over {row['runs']} seeds"
+
+
+def estimates(run, metric, mode):
+    """The handed-over run's scores at its best epoch: the optimistic one (the metric the choice maximised) and,
+    with a held-out part, the honest one beside it."""
+    best = experiment.best_result(run, metric, mode)
+    text = f"{metric} {best[metric]:.4f} at epoch {best['epoch']}"
+    held = compared_on(metric, True)
+    if held in best:
+        text += (f"; {held} {best[held]:.4f} on the {best.get('holdout_images')} held-out validation images (the "
+                 "search never saw them; the choice between configurations did)")
+    return text
 
 
 def printed(table):
     """The table as printed: scores to 4 places, searched values to 4 significant digits, missing ones as '-'."""
-    scores = [c for c in table.columns if c.startswith(("search_best_", "seed ")) or c in ("mean", "sd")]
+    scores = [c for c in table.columns if c.startswith(("search_best_", "seed ", "mean ")) or c == "sd"]
     return table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}",
                            formatters={c: lambda v: "-" if pd.isna(v) else f"{v:.4f}" for c in scores})
