@@ -90,6 +90,7 @@ SCHEMA = {
     # what "best" means
     "metric":          Key("val_acc", "str", METRICS, "the score: a run's best epoch and best checkpoint are those with the best metric"),
     "mode":            Key(None, "str or null", ("max", "min"), "max for accuracies, min for losses; null = the metric's own"),
+    "holdout":         Key(0.0, "number", Range(0, 0.9), "fraction of Validation held out (stratified, seeded, the same part for every run): val_* scores count the rest, holdout_* the part; 0 = off; in a search, search.holdout sets it"),
     # arithmetic
     "precision":       Key("auto", "str", ("auto", "bf16", "fp32"), "auto = bf16 autocast on a GPU that has it, else fp32"),
     "channels_last":   Key(True, "bool", None, "NHWC memory format for convolutions"),

@@ -27,8 +27,8 @@ from dogs.errors import ExperimentError, UserError
 from tune import experiment, plots, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, saved_space
 
-SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "fidelity", "grace_period", "reduction_factor", "metric", "mode", "seed",
-                 "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "time_budget")
+SETTING_FLAGS = ("samples", "epochs", "sampler", "scheduler", "fidelity", "grace_period", "reduction_factor", "metric", "mode",
+                 "seed", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "time_budget", "holdout")
 SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
 SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
 SMALL_VALIDATION = 30   # images per class below which an early epoch's score ranks trials poorly (issue #9)
@@ -59,6 +59,8 @@ def get_args_parser():
                    help="stop the search cleanly after this wall time, e.g. 30m, 2h, 1h30m (search.time_budget); "
                         "--resume continues it. With --resume: this session's budget instead of the saved one "
                         "('none': no budget)")
+    p.add_argument("--holdout", type=float, metavar="FRACTION",
+                   help="part of Validation the search never sees, for tune.best --retrain --top (search.holdout; 0 = off)")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="fix config values for every trial, e.g. --set model=cnn lr=3e-4 (repeatable; "
                         "the data folder is --data)")
@@ -276,7 +278,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
                               reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
     return tune.Tuner(
         make_trainable(s),
-        param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
+        param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"], "holdout": s["holdout"]},
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=score,
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"] or slots,
@@ -401,6 +403,7 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
         params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
         lines += [f"  best trial   {best.trial_id}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
                   f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",
+                  experiment.interval_line(scored, best, metric),
                   f"  best config  {params}",
                   f"  checkpoint   {best.checkpoint}"]
     terminated, stopped = int((table.status == "TERMINATED").sum()), int(table.stopped_early.sum())
@@ -515,6 +518,15 @@ def small_validation_warning(data_root, search):
             f"({search['epochs']}), or a larger validation split (docs/search.md, Samplers and schedulers)")
 
 
+def holdout_check(data_root, fraction):
+    """Raise DataError when Validation/ cannot hold out `fraction` with every class on both sides."""
+    from dogs.data import VALIDATION, holdout_mask, labeled_split
+
+    if fraction:
+        classes, _, labels = labeled_split(data_root, VALIDATION)
+        holdout_mask(labels, fraction, classes)
+
+
 def missing_weights_warning(space):
     """A warning naming the ImageNet weights the space's trials can ask for that are not in this machine's hub
     cache, else None: each such trial downloads them first, and offline it errors, after a network timeout."""
@@ -559,6 +571,10 @@ def new_experiment(args, runs):
         space = load_space(args, None if is_demo else data_root)
     except UserError as err:   # a bad space file or --set value
         fail(str(err))
+    try:   # a held-out part needs every class on both sides
+        holdout_check(data_root, space["search"]["holdout"])
+    except UserError as err:
+        fail(f"search.holdout: {err}")
     for warning in (small_validation_warning(data_root, space["search"]),
                     None if args.address or os.environ.get("RAY_ADDRESS") else missing_weights_warning(space)):
         if warning:

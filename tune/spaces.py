@@ -62,6 +62,9 @@ SETTINGS = {
     "gpus_per_trial": Key(0, "number", Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
     "max_concurrent": Key(None, "int or null", Range(1), "most trials at once; null = as many as the resources allow"),
     "max_failures": Key(2, "int", Range(0), "retries of an errored trial from its last checkpoint"),
+    "holdout": Key(0.0, "number", Range(0, 0.9), "fraction of Validation held out from the search (stratified, "
+                   "seeded): trials are scored, stopped and proposed by the rest; tune.best --retrain --top compares "
+                   "the top configurations on the held-out part; 0 = off"),
     "time_budget": Key(None, "str or null", None, "wall time after which the search stops cleanly, like Ctrl-C "
                        "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none"),
 }
@@ -86,6 +89,7 @@ NOT_IN_PARAMS = {
     "metric": "set search.metric instead (--metric); every trial is scored by the search's metric",
     "mode": "set search.mode instead (--mode); every trial is scored by the search's mode",
     "data": "give the data folder with --data DIR; every trial of a search reads the same data",
+    "holdout": "set search.holdout instead; every trial of a search holds out the same part of Validation",
 }
 
 
@@ -214,7 +218,8 @@ def _check_combinations(space, where, set_keys=()):
     then each first trial, then any combination sampling can reach (every value of the keys the rules read, at
     the ends of their ranges: see _combinations)."""
     params, s = space["params"], space["search"]
-    every_trial = {"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]}   # the search sets these
+    every_trial = {"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"],   # the search sets these
+                   "holdout": s["holdout"]}
 
     def problems(pins):
         out = []
@@ -360,6 +365,9 @@ def _check_settings(search, where):
     why = metric_mode_problem(search["metric"], search["mode"])
     if why:
         raise SpaceError(f"{where}: search.mode: {why}")
+    if search["holdout"] and not search["metric"].startswith("val_"):
+        raise SpaceError(f"{where}: search.holdout: {search['holdout']} holds out part of Validation, but "
+                         f"search.metric {search['metric']} is a training score; use a val_* metric or holdout 0")
 
 
 def _check_value(key, value, where):
