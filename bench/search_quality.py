@@ -97,10 +97,10 @@ def make_task(root, train_per_class=15, val_per_class=10, test=1000, seed=0):
 
 
 # ----------------------------------------------------------------------------- runs
-def search(space_file, data, runs, name, sampler, scheduler, seed, log):
-    """One `python -m tune.search`; returns its wall time."""
+def search(space_file, data, runs, name, sampler, scheduler, seed, log, extra=()):
+    """One `python -m tune.search` (`extra`: more flags); returns its wall time."""
     cmd = [sys.executable, "-m", "tune.search", "--space", str(space_file), "--data", str(data), "--storage", str(runs),
-           "--name", name, "--seed", str(seed), "--sampler", sampler, "--scheduler", scheduler]
+           "--name", name, "--seed", str(seed), "--sampler", sampler, "--scheduler", scheduler, *extra]
     start = time.time()
     with open(log, "w") as f:
         code = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
