@@ -28,6 +28,9 @@ of --budget-trials trials, one at a time. Its first --trials trials are "the sea
                      `epochs` epochs (dogs.engine.Run, in this process, one after another: K*N*epochs
                      trial-epochs); the configuration with the best mean best_val_acc over its seeds hands over
                      its best seed ("re-evaluated") or all N seeds' softmax averaged ("ensemble")
+  holdout          - with --holdout F: another search of --trials trials with search.holdout F, and tune.best's
+                     re-evaluation itself (tune.reevaluate: K_max x N_max runs on a local Ray, configurations
+                     compared on the held-out part of Validation); its chosen configuration's best seed
 for each (K, N) of --select-grid, all from one K_max x N_max set of retrains. Tasks: digits (above) and
 objects (bench/objects.py: generated textured-object photos, 6 classes, --objects-train photos per class,
 16 px). Writes select.csv, a table and select.png into --out.
@@ -258,6 +261,7 @@ def select_seed(task_name, seed, args, out):
     def accuracy(p, labels):
         return float((p.argmax(1) == labels).mean())
 
+    holdout_test = holdout_arm(task_name, seed, args, out, task, scored, accuracy) if args.holdout else np.nan
     alone = handed_over(first)
     rows = []
     for k, n in args.select_grid:
@@ -281,8 +285,30 @@ def select_seed(task_name, seed, args, out):
             "reeval_rank": chosen + 1, "reeval_val_mean": means[chosen],
             "reeval_test": accuracy(*scored(best_seed["checkpoint"])),
             "ensemble_test": accuracy(np.mean([p for p, _ in members], 0), labels),
+            "holdout_test": holdout_test if (k, n) == (k_max, n_max) else np.nan,
         })
     return rows
+
+
+def holdout_arm(task_name, seed, args, out, task, scored, accuracy):
+    """--holdout F: a search of --trials trials with search.holdout F, then tune.best's re-evaluation itself
+    (tune.reevaluate, K_max x N_max runs on a local Ray, compared on the held-out part of Validation); the
+    held-out test accuracy of the chosen configuration's best seed."""
+    from tune.reevaluate import checkpoint_of, reevaluate
+
+    setting, base = SELECT_TASKS[task_name], out / task_name
+    space = base / f"space-holdout{args.holdout:g}.yaml"
+    space.write_text(setting["space"].format(samples=args.trials, epochs=setting["epochs"], grace=1).replace(
+        "max_concurrent: 1}", f"max_concurrent: 1, holdout: {args.holdout}}}"))
+    name, runs = f"holdout{args.holdout:g}-s{seed}", base / "runs"
+    if not Path(runs, name, "trials.csv").is_file():
+        wall = search(space, task, runs, name, "tpe", "asha", seed, base / f"{name}.log")
+        print(f"  {task_name} {name}: {wall:.0f} s", flush=True)
+    k_max, n_max = max(k for k, _ in args.select_grid), max(n for _, n in args.select_grid)
+    start = time.time()
+    result = reevaluate(runs / name, top=k_max, seeds=n_max, log=lambda *_: None)
+    print(f"  {task_name} {name}: tune.reevaluate {k_max} x {n_max}, {time.time() - start:.0f} s", flush=True)
+    return accuracy(*scored(str(checkpoint_of(result.runs[0], "val_acc", "max"))))
 
 
 def select_main(args, out):
@@ -298,7 +324,8 @@ def select_main(args, out):
         single_epochs=("single_epochs", "mean"), search_only=("search_only_test", "mean"),
         search_only_sd=("search_only_test", "std"), single_best=("single_test", "mean"),
         single_best_sd=("single_test", "std"), reevaluated=("reeval_test", "mean"), reevaluated_sd=("reeval_test", "std"),
-        ensemble=("ensemble_test", "mean"), ensemble_sd=("ensemble_test", "std")).reset_index()
+        ensemble=("ensemble_test", "mean"), ensemble_sd=("ensemble_test", "std"),
+        holdout=("holdout_test", "mean"), holdout_sd=("holdout_test", "std")).reset_index()
     print(markdown(summary))
     print("\nper seed:\n" + markdown(table))
 
@@ -316,6 +343,9 @@ def select_main(args, out):
                                                       ("reevaluated", "top K re-evaluated, best seed"),
                                                       ("ensemble", "top K re-evaluated, N seeds averaged"))):
             ax.errorbar(x + dx, part[col], yerr=part[f"{col}_sd"], fmt="o", capsize=4, label=label)
+        if part.holdout.notna().any():
+            ax.errorbar(x + 0.3, part.holdout, yerr=part.holdout_sd, fmt="s", capsize=4,
+                        label=f"search with holdout {args.holdout:g}, top K re-evaluated on it (tune.reevaluate)")
         ax.axhline(part.search_only.iloc[0], color="grey", ls=":", label="single best of the search alone")
         ax.set_xticks(x, [f"K={k} N={n}\n+{k * n} runs" for k, n in zip(part.K, part.N)])
         ax.set(ylabel="held-out test accuracy (mean ± sd over seeds)", title=task_name)
@@ -342,6 +372,8 @@ def main():
     p.add_argument("--tasks", nargs="+", default=list(SELECT_TASKS), choices=list(SELECT_TASKS), help="--select's tasks")
     p.add_argument("--select-grid", nargs="+", default=["1x3", "2x2", "3x2", "3x3"],
                    help="--select's K x N pairs (top K configurations, N seeds each); one K_max x N_max set of retrains")
+    p.add_argument("--holdout", type=float, help="--select: also a search with search.holdout HOLDOUT whose top "
+                   "K_max x N_max are re-evaluated by tune.reevaluate and compared on the held-out part")
     p.add_argument("--objects-train", type=int, default=100, help="objects task: training photos per class")
     p.add_argument("--objects-val", type=int, default=30, help="objects task: validation photos per class")
     args = p.parse_args()
@@ -354,7 +386,7 @@ def main():
         out.mkdir(parents=True, exist_ok=True)
         os.environ["DOGS_CACHE"] = str(out / "cache")
         if args.small:
-            args.seeds, args.trials, args.select_grid, args.objects_train, args.objects_val = 1, 6, [(1, 2), (2, 1)], 20, 10
+            args.seeds, args.trials, args.select_grid, args.objects_train, args.objects_val = 1, 6, [(2, 1), (2, 2)], 20, 10
             for setting in SELECT_TASKS.values():
                 setting.update(epochs=2, budget_trials=10)
         print(f"# selection — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
