@@ -315,7 +315,7 @@ def select_main(args, out):
     """--select: the table of issue 18 over tasks and seeds, select.csv and select.png."""
     rows = []
     for task_name in args.tasks:
-        for seed in range(args.seeds):
+        for seed in args.only_seeds or range(args.seeds):
             rows += select_seed(task_name, seed, args, out)
             pd.DataFrame(rows).to_csv(out / "select.csv", index=False)
     table = pd.DataFrame(rows)
@@ -372,6 +372,8 @@ def main():
     p.add_argument("--tasks", nargs="+", default=list(SELECT_TASKS), choices=list(SELECT_TASKS), help="--select's tasks")
     p.add_argument("--select-grid", nargs="+", default=["1x3", "2x2", "3x2", "3x3"],
                    help="--select's K x N pairs (top K configurations, N seeds each); one K_max x N_max set of retrains")
+    p.add_argument("--only-seeds", type=int, nargs="+", help="--select: run only these seeds (several processes "
+                   "at once on one --out, each its own seeds; a last run without it makes the table of all)")
     p.add_argument("--holdout", type=float, help="--select: also a search with search.holdout HOLDOUT whose top "
                    "K_max x N_max are re-evaluated by tune.reevaluate and compared on the held-out part")
     p.add_argument("--objects-train", type=int, default=100, help="objects task: training photos per class")
