@@ -384,7 +384,7 @@ def main():
         import torch
 
         torch.set_num_threads(1)   # one thread, like a search trial (cpus_per_trial 1); the machine is shared
-        out = Path(args.out)
+        out = Path(args.out).resolve()   # tune.reevaluate takes an absolute experiment path (or a URI)
         out.mkdir(parents=True, exist_ok=True)
         os.environ["DOGS_CACHE"] = str(out / "cache")
         if args.small:
