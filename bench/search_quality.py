@@ -128,8 +128,8 @@ def holdout_probs(checkpoint, holdout, cache):
 
     from dogs import checkpoint as ckpt_io
     from dogs.data import VALIDATION
-    from dogs.engine import load_split
     from dogs.predict import predict_probs
+    from dogs.splits import load_split
 
     path = Path(checkpoint)
     model, ckpt = ckpt_io.load(path if path.is_file() else path / ckpt_io.FILENAME)

@@ -85,3 +85,26 @@ def test_summary_trials_csv_and_best_show_the_interval(searched, tiny_imagefolde
     code, printed, err = run_main(best, ["--experiment", str(exp_dir)])
     assert code == 0, err
     assert f"95% [{top.best_val_acc_low:.4f}, {top.best_val_acc_high:.4f}]" in printed
+
+
+def test_a_run_ranked_by_macro_f1_reports_its_bootstrap_interval(tiny_config, tmp_path):
+    from dogs.train import run
+
+    history = run({**tiny_config, "epochs": 1, "metric": "val_macro_f1"}, tmp_path, log=lambda *_: None)["history"]
+    m = history[-1]
+    assert m["val_macro_f1_low"] <= m["val_macro_f1"] <= m["val_macro_f1_high"] and m["val_images"] == 24
+    assert uncertainty.interval("val_macro_f1", m["val_macro_f1"], m) == (m["val_macro_f1_low"], m["val_macro_f1_high"])
+    plain = run({**tiny_config, "epochs": 1}, tmp_path / "acc", log=lambda *_: None)["history"][-1]
+    assert "val_macro_f1_low" not in plain   # computed only when it ranks
+
+
+def test_progress_line_shows_the_best_score_interval():
+    from types import SimpleNamespace
+
+    from tune.progress import ProgressCallback
+
+    trial = SimpleNamespace(trial_id="a", status="RUNNING",
+                            last_result={"training_iteration": 1, "best_val_acc": 0.5, "val_images": 114})
+    low, high = uncertainty.wilson(57, 114)
+    assert f"best best_val_acc 0.5000 [{low:.2f}, {high:.2f}] (a)" in ProgressCallback(4, 3, "val_acc", "max").line(
+        [trial], elapsed=1)
