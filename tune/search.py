@@ -678,7 +678,7 @@ def run(args, space, exp_dir, runs, resources, workers=None):
     if search["scheduler"] == "asha" and search["fidelity"] == "time" and not args.resume:
         _, grace, max_t = asha_rungs(search, slots)
         rungs = [grace * search["reduction_factor"] ** k for k in range(64)]
-        print(f"ASHA's rungs at {', '.join(f'{r:.0f}' for r in rungs if r <= max_t)} s of each trial's training "
+        print(f"ASHA's rungs at {', '.join(f'{r:.3g}' for r in rungs if r <= max_t)} s of each trial's training "
               f"(search.fidelity: time)")
 
     # run (within the time budget, if any), then one table of all trials and a summary
