@@ -9,7 +9,7 @@ import pytest
 from ray import tune as ray_tune
 
 from dogs import checkpoint
-from tune import best, reevaluate, search
+from tune import best, reevaluate, report, search
 from tune.experiment import read_trials
 from conftest import run_main
 
@@ -83,7 +83,7 @@ def test_interrupted_reevaluation_continues_and_redoes_no_finished_run(reevaluat
 def test_runs_ran_in_parallel_on_the_search_resources(reevaluated):
     # the second part ran the rest: 2 CPUs, 1 CPU per run (the search's default) -> 2 at a time
     part = max(reevaluated["folder"].glob("part-*"), key=lambda p: reevaluate.part_number(p.name))
-    mean, most, _ = search.observed_concurrency(read_trials(str(part)))
+    mean, most, _ = report.observed_concurrency(read_trials(str(part)))
     assert most >= 2, (mean, most)
 
 

@@ -11,8 +11,10 @@ import json
 import sys
 from pathlib import Path
 
+from dogs import ranking
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, reevaluate, spaces, storage
+from tune.cli import fail
 from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
 
 
@@ -50,16 +52,10 @@ def get_args_parser():
     return p
 
 
-def fail(message):
-    print(f"dogs-best: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def best_trials(exp_dir, space, count):
     """The `count` best trials that kept a checkpoint, best first, each with its best checkpoint's location."""
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    ranked = sorted((t for t in experiment.read_trials(exp_dir) if experiment.score(t, metric, mode)[0] is not None),
-                    key=lambda t: experiment.key(experiment.score(t, metric, mode)[0], mode), reverse=True)
+    ranked = ranking.ranked(experiment.read_trials(exp_dir), lambda t: experiment.score(t, metric, mode)[0], mode)
     kept = [(t, c) for t, c in ((t, experiment.best_checkpoint(t, metric, mode)) for t in ranked) if c is not None]
     if len(kept) < count:
         raise ExperimentError(f"{exp_dir}: --ensemble {count}, but only {len(kept)} trial(s) kept a checkpoint")
@@ -118,7 +114,7 @@ def main(argv=None):
     try:
         return best(args)
     except UserError as err:
-        fail(err)
+        fail("dogs-best", err)
 
 
 def best(args):

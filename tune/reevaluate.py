@@ -20,13 +20,13 @@ replaced; its params.json holds {"run": [<the search trial's id>, <seed>], "epoc
 """
 import json
 import math
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from dogs import ranking
 from dogs.errors import ExperimentError
 from tune import experiment, spaces, storage
 
@@ -54,8 +54,8 @@ def folder_of(exp_dir, top, seeds):
 def distinct_best(trials, metric, mode, count):
     """The `count` best trials by score (tune.experiment's ranking) whose configurations differ (the seed aside),
     best first, each with its best checkpoint's location; fewer when the search has fewer."""
-    ranked = sorted((t for t in trials if experiment.score(t, metric, mode)[0] is not None), key=lambda t: t.trial_id)
-    ranked = sorted(ranked, key=lambda t: experiment.key(experiment.score(t, metric, mode)[0], mode), reverse=True)
+    ranked = ranking.ranked(sorted(trials, key=lambda t: t.trial_id), lambda t: experiment.score(t, metric, mode)[0],
+                            mode)
     chosen, seen = [], set()
     for trial in ranked:
         config = json.dumps({k: v for k, v in trial.config.items() if k != "seed"}, sort_keys=True, default=str)
@@ -139,8 +139,8 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune.checkpoints import KeepBestAndLatest
-    from tune.search import concurrency
+    from tune.ray_setup import concurrency
+    from tune.retention import KeepBestAndLatest
 
     metric, mode = search["metric"], search["mode"]
     name = f"part-{max(map(part_number, storage.subfolders_with(folder, PART_FILE)), default=0) + 1}"
@@ -176,14 +176,14 @@ def run_score(run, metric, mode, holdout):
 
 def results_table(runs, configs, seeds, space, trials):
     """One row per configuration, best first: the mean of its finished runs' scores by the search's ranking
-    (tune.experiment.key; of equal means the better-ranked in the search), sd, and each seed's score."""
+    (dogs.ranking; of equal means the better-ranked in the search), sd, and each seed's score."""
     s = space["search"]
     metric, mode, score, holdout = s["metric"], s["mode"], f"best_{s['metric']}", s["holdout"]
     by_id = {t.trial_id: t for t in trials}
     rows = []
     for rank, trial_id in enumerate(configs, 1):
         scores = {seed: run_score(runs.get((trial_id, seed)), metric, mode, holdout) for seed in seeds}
-        done = [v for v in scores.values() if experiment.finite(v)]
+        done = [v for v in scores.values() if ranking.finite(v)]
         rows.append({
             "search_rank": rank, "trial": trial_id,
             **{name: by_id[trial_id].config.get(name) for name in spaces.searched_names(space)},
@@ -194,8 +194,9 @@ def results_table(runs, configs, seeds, space, trials):
             **{f"seed {seed}": scores.get(seed) for seed in seeds},
         })
     table = pd.DataFrame(rows)
-    order = sorted(range(len(rows)), key=lambda i: (-experiment.key(rows[i][f"mean {compared_on(metric, holdout)}"],
-                                                                     mode), i))
+    mean = f"mean {compared_on(metric, holdout)}"
+    order = ranking.ranked(range(len(rows)), lambda i: rows[i][mean], mode)   # no finite mean: last
+    order += [i for i in range(len(rows)) if i not in order]
     return table.iloc[order].reset_index(drop=True)
 
 
@@ -205,7 +206,7 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
     `callbacks`: more Ray Tune callbacks for the run (a benchmark's timer, a test's stop)."""
     import ray
 
-    from tune.search import check_resources, start_ray
+    from tune.ray_setup import check_resources, joins_cluster, set_environment, start_ray
 
     if top < 1 or seeds < 1:
         raise ExperimentError(f"--top {top} --seeds {seeds}: both must be >= 1")
@@ -220,8 +221,7 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
         f"{s['epochs']} epochs each -> {folder}")
 
     # Ray: as the search starts it (local on 127.0.0.1, or the cluster), with the search's resources per run
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
+    set_environment(address)
     pairs = [(t, seed) for t in configs for seed in seed_list]
     done = read_runs(folder) if resumed else {}
     missing = [pair for pair in pairs if done.get(pair) is None or done[pair].status != "TERMINATED"]
@@ -230,7 +230,7 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
     if missing:
         resources = start_ray(address)
         try:
-            check_resources(s, resources, autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
+            check_resources(s, resources, autoscaling=joins_cluster(address))
             storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
             run_part(exp_dir, folder, configs, missing, s, resources, callbacks)
         finally:
@@ -242,12 +242,11 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
     complete = all(runs.get((t, seed)) is not None and runs[t, seed].status == "TERMINATED"
                    for t in configs for seed in seed_list)
     result = Reevaluation(folder, table, complete, configs=configs, compared=compared_on(s["metric"], s["holdout"]))
-    if not complete or not experiment.finite(table[f"mean {result.compared}"].iloc[0]):
+    if not complete or not ranking.finite(table[f"mean {result.compared}"].iloc[0]):
         return result
     result.chosen = table.trial.iloc[0]
     finished = [runs[result.chosen, seed] for seed in seed_list if runs[result.chosen, seed].status == "TERMINATED"]
-    result.runs = sorted(finished, key=lambda t: experiment.key(run_score(t, s["metric"], s["mode"], s["holdout"]),
-                                                                s["mode"]), reverse=True)
+    result.runs = ranking.ranked(finished, lambda t: run_score(t, s["metric"], s["mode"], s["holdout"]), s["mode"])
     return result
 
 
