@@ -139,6 +139,7 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
+    from tune.progress import ProgressCallback
     from tune.ray_setup import concurrency
     from tune.retention import KeepBestAndLatest
 
@@ -158,7 +159,8 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
             name=name, storage_path=folder, verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            callbacks=[JsonLoggerCallback(), KeepBestAndLatest(metric, mode), *callbacks]))
+            callbacks=[JsonLoggerCallback(), KeepBestAndLatest(metric, mode),
+                       ProgressCallback(len(pairs), search["epochs"], metric, mode), *callbacks]))
     return tuner.fit()
 
 
