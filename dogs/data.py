@@ -190,6 +190,29 @@ def check_same_classes(train_classes, val_classes, root):
                         f"only in Train: {only_train}, only in Validation: {only_val}{hint}")
 
 
+HOLDOUT_SEED = 0   # the held-out part of Validation is the same for every run of a data set
+
+
+def holdout_mask(labels, fraction, classes=None):
+    """Which validation images are held out: per class, round(fraction x its images) of them (at least 1), drawn
+    with a fixed seed (stratified: every class keeps images on both sides). DataError for a class too small to
+    split (fewer than 2 images)."""
+    labels = np.asarray(labels)
+    held = np.zeros(len(labels), dtype=bool)
+    if not fraction:
+        return held
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        count = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        if count < 1:
+            name = classes[label] if classes is not None else label
+            raise DataError(f"holdout {fraction}: Validation/{name} has {len(rows)} image(s), too few to hold part of "
+                            "it out (each class needs at least 2); use holdout 0 or a larger validation split")
+        held[rng.permutation(rows)[:count]] = True
+    return held
+
+
 def warn_shared_files(train_files, val_files):
     """A warning when Validation files are Train files too (symbolic or hard links to one file): not held out."""
     def ids(files):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dogs import ranking
 from dogs.errors import ExperimentError, UserError
-from tune import experiment, spaces, storage
+from tune import experiment, reevaluate, spaces, storage
 from tune.cli import fail
 from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
 
@@ -30,7 +30,16 @@ def get_args_parser():
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                    help="--retrain: train the best config again for its full epoch budget; "
                         "--no-retrain (default): predict from the best checkpoint")
-    p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation")
+    p.add_argument("--top", type=int, nargs="?", const=reevaluate.TOP, metavar="K",
+                   help=f"with --retrain: re-evaluate the K best distinct configurations (K={reevaluate.TOP} when "
+                        "given without a number), each trained again with --seeds seeds in parallel on Ray, and hand "
+                        "over the one with the best mean score (its best seed's checkpoint)")
+    p.add_argument("--seeds", type=int, nargs="?", const=reevaluate.SEEDS, metavar="N",
+                   help=f"with --retrain: seeds per configuration for --top (N={reevaluate.SEEDS} when given "
+                        "without a number, or when only --top is)")
+    p.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation "
+                                                                "(with --top: the chosen configuration, after the choice)")
     p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
                                   "search read it (the experiment comes from another machine); with --export, "
                                   "whose Validation/ gives the card's per-class accuracy")
@@ -38,7 +47,7 @@ def get_args_parser():
                                                        "image and its horizontal mirror")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
                    help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
-                        "(default 1)")
+                        "(default 1); with --top: of the chosen configuration's K best seeds")
     p.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with --checkpoint; "
                                  "required for a URI)")
     p.add_argument("--predict", nargs="+", metavar="PATH",
@@ -88,6 +97,19 @@ def best_trial(exp_dir, space):
     return trial, checkpoint
 
 
+def interval_text(trial, metric, mode):
+    """How sure the best checkpoint's score is: its 95% interval (dogs.uncertainty), or why there is none."""
+    from dogs import uncertainty
+
+    result = experiment.best_checkpoint_result(trial, metric, mode)
+    bounds = uncertainty.interval(metric, result[metric], result)
+    if bounds is None:
+        why = "a loss gets none" if not uncertainty.has_interval(metric) else "the trial reported no validation set size"
+        return f"  interval     none ({why})"
+    return (f"  interval     95% [{bounds[0]:.4f}, {bounds[1]:.4f}]: another validation set of this size could "
+            "score anywhere in it")
+
+
 def experiment_dir(given, runs):
     """--experiment as a folder or URI; else, when no such folder exists, its name in --storage (as tune.search's
     --name); without it, the latest experiment in --storage."""
@@ -121,9 +143,24 @@ def best(args):
         raise ExperimentError("--tta and --ensemble shape the submission: they need --submit")
     if args.ensemble < 1:
         raise ExperimentError(f"--ensemble {args.ensemble}: the number of best trials to average must be >= 1")
-    if args.ensemble > 1 and args.retrain:
+    if (args.top is not None or args.seeds is not None) and not args.retrain:
+        raise ExperimentError("--top and --seeds choose what --retrain trains: they need --retrain")
+    if args.top is not None or args.seeds is not None:   # a re-evaluation: each default when only the other is given
+        args.top = reevaluate.TOP if args.top is None else args.top
+        args.seeds = reevaluate.SEEDS if args.seeds is None else args.seeds
+        if args.top < 1 or args.seeds < 1:
+            raise ExperimentError(f"--top {args.top} --seeds {args.seeds}: both must be >= 1")
+        if args.ensemble > args.seeds:
+            raise ExperimentError(f"--ensemble {args.ensemble} with --top: averages the chosen configuration's "
+                                  f"seeds, and there are {args.seeds} (--seeds)")
+        if args.ensemble > 1 and args.train_on_val:
+            raise ExperimentError("--ensemble averages the chosen configuration's seeds; --train-on-val trains it "
+                                  "once more on Train + Validation: use one of the two")
+    elif args.ensemble > 1 and args.retrain:
         raise ExperimentError("--ensemble averages the best trials' checkpoints; --retrain trains the best config "
-                              "alone: use one of the two")
+                              "alone: use one of the two (or --top: its seeds averaged)")
+    if args.address and args.top is None:
+        raise ExperimentError("--address is where --top runs its re-evaluation: it needs --retrain --top")
 
     # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
     exp_dir = experiment_dir(args.experiment, args.storage)
@@ -144,6 +181,11 @@ def best(args):
     print(f"Best trial of {exp_dir}: {trial.trial_id}")
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
           f"({mode} {metric} of its {len(trial.results)} epochs run, budget {space['search']['epochs']})")
+    print(interval_text(trial, metric, mode))
+    held = experiment.best_checkpoint_result(trial, metric, mode).get(reevaluate.compared_on(metric, True))
+    if held is not None:   # search.holdout: the same epoch on the part of Validation the search never saw
+        print(f"  holdout      {reevaluate.compared_on(metric, True)} {held:.4f} at that epoch, on the held-out part "
+              f"of Validation the search never saw: an honest estimate beside best_{metric}")
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")
     print(f"  checkpoint   {experiment.printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
@@ -162,22 +204,36 @@ def best(args):
         refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
     if data is None:
         check_data(ckpt["config"]["data"], moved=True)
-    if args.retrain:
+    others = []
+    if args.top:   # the choice: the best mean over seeds of the top configurations; its best seed's checkpoint
+        chosen = reevaluate.reevaluate(exp_dir, args.top, args.seeds, address=args.address, data=data)
+        print(reevaluate.printed(chosen.table))
+        if chosen.chosen is None:
+            print("Re-evaluation " + ("interrupted: run the same command again to continue it (finished runs are "
+                                      "kept)" if not chosen.complete else "found no finite score: nothing to hand over"))
+            return 130 if not chosen.complete else 1
+        model, ckpt, others = reevaluate.load_runs(chosen, metric, mode, args.ensemble)
+        print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluate.describe(chosen)}); "
+              f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluate.checkpoint_of(chosen.runs[0], metric, mode)}")
+        print(f"  scores       {reevaluate.estimates(chosen.runs[0], metric, mode)}")
+    if args.retrain and (not args.top or args.train_on_val):
         from dogs.train import run
 
         config = {**ckpt["config"], "epochs": space["search"]["epochs"], "metric": metric, "mode": mode}
         if data is not None:
             config["data"] = data
-        print(f"Retraining the best config for {config['epochs']} epochs"
+        print(f"Retraining the {'chosen' if args.top else 'best'} config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
         written = run(config, out_dir, train_on_val=args.train_on_val)
         if args.tta:  # the retrained best.pt, mirrored
             model, ckpt = dogs_checkpoint.load(written["checkpoint"])
-    if not args.retrain or args.tta:
+    elif args.top:   # the chosen run's checkpoint is handed over as best.pt
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dogs_checkpoint.save(ckpt, out_dir / "best.pt")
+    if not args.retrain or args.tta or (args.top and not args.train_on_val):
         from dogs.predict import submit
 
-        others = []
-        for other, location in best_trials(exp_dir, space, args.ensemble)[1:]:
+        for other, location in ([] if args.top else best_trials(exp_dir, space, args.ensemble)[1:]):
             with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
                 others.append(dogs_checkpoint.load(local))
             experiment.check_checkpoint(other, location, others[-1][1], metric, mode)
@@ -185,7 +241,9 @@ def best(args):
         if args.train_on_val:
             print("  (trained on Validation too: the validation accuracies below are not held out)")
         written = submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)
-    for name in ("submission", "grid", "report"):
+        if args.top and not args.train_on_val:
+            written["checkpoint"] = out_dir / "best.pt"
+    for name in ("checkpoint", "submission", "grid", "report"):
         if written.get(name):
             print(f"  {name:<12} {written[name]}")
     if written.get("submission") is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs
 
-from dogs import ranking
+from dogs import ranking, uncertainty
 from dogs.config import METRICS
 from dogs.errors import ExperimentError, UserError
 from tune import spaces, storage
@@ -144,8 +144,19 @@ def score(trial, metric, mode):
 
     The later of equal epochs, as the trainable and Ray's checkpoint keeping do (dogs.ranking).
     """
-    best = ranking.best(trial.results, lambda r: r.get(metric), mode, ties="last")
+    best = best_result(trial, metric, mode)
     return (None, None) if best is None else (best[metric], best.get("epoch"))
+
+
+def best_result(trial, metric, mode):
+    """The result (epoch) that is the trial's score (see score), or None."""
+    return ranking.best(trial.results, lambda r: r.get(metric), mode, ties="last")
+
+
+def score_interval(trial, metric, mode):
+    """The 95% interval (low, high) of the trial's score (dogs.uncertainty), or None (a loss, no score)."""
+    best = best_result(trial, metric, mode)
+    return None if best is None else uncertainty.interval(metric, best[metric], best)
 
 
 def best_trial(trials, metric, mode):
@@ -200,6 +211,7 @@ def trials_table(exp_dir, space, trials=None):
     for trial in read_trials(exp_dir) if trials is None else trials:
         last, status = trial.last, trial.status
         best, best_epoch = score(trial, metric, mode)
+        bounds = score_interval(trial, metric, mode) or (None, None)
         checkpoint = best_checkpoint(trial, metric, mode)
         rows.append({
             "trial_id": trial.trial_id,
@@ -208,6 +220,7 @@ def trials_table(exp_dir, space, trials=None):
             "epochs": len(trial.results),
             **{name: last.get(name) for name in METRICS},   # scores of the last epoch run
             f"best_{metric}": best,
+            **dict(zip(interval_columns(metric), bounds)),
             "best_epoch": best_epoch,
             "time_s": last.get("time_total_s"),
             **{name: trial.config.get(name) for name in spaces.searched_names(space)},
@@ -215,7 +228,12 @@ def trials_table(exp_dir, space, trials=None):
             "path": printable(trial.path),
         })
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
-                                                         *METRICS, f"best_{metric}", "best_epoch", "time_s"])
+                                                         *METRICS, f"best_{metric}", *interval_columns(metric), "best_epoch", "time_s"])
+
+
+def interval_columns(metric):
+    """trials.csv's columns for the 95% interval of each trial's score: none for a loss."""
+    return [f"best_{metric}_low", f"best_{metric}_high"] if uncertainty.has_interval(metric) else []
 
 
 def printable(location):
@@ -224,3 +242,19 @@ def printable(location):
         return location
     fs, path = storage.filesystem(location)
     return storage.as_uri(fs, path)
+
+
+def interval_line(table, best, metric):
+    """The summary's line on how sure the best score is: its 95% interval, and how many other trials' scores lie
+    within it (a tie on this validation set); for a loss, that it has none."""
+    low, high = (best.get(f"best_{metric}_low"), best.get(f"best_{metric}_high"))
+    if not uncertainty.has_interval(metric):
+        return f"  interval     none for a loss ({metric}): only accuracies and macro-F1 get a 95% interval"
+    if low is None or pd.isna(low):
+        return "  interval     none: the trials reported no validation set size (made before intervals were)"
+    others = table[(table.trial_id != best.trial_id) & table[f"best_{metric}"].notna()][f"best_{metric}"]
+    inside = uncertainty.within(others, (low, high))
+    how = "bootstrap of its validation predictions" if metric in uncertainty.BOOTSTRAPPED else "Wilson"
+    return (f"  interval     95% [{low:.4f}, {high:.4f}] ({how}); {inside} other trial(s) within it"
+            + (": a tie on this validation set (tune.best --retrain --top K --seeds N re-evaluates them)"
+               if inside else ""))

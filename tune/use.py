@@ -60,8 +60,10 @@ def check_args(args):
     if args.checkpoint and not (args.predict or args.export):
         raise ExperimentError("--checkpoint FILE is for --predict and --export (--submit and --retrain use the "
                               "experiment's trials)")
-    if (args.predict or args.export) and (args.submit or args.retrain or args.train_on_val or args.plots):
-        raise ExperimentError("--predict and --export run on their own: run --submit, --retrain or --plots separately")
+    if (args.predict or args.export) and (args.submit or args.retrain or args.train_on_val or args.plots
+                                          or args.top is not None or args.seeds is not None):
+        raise ExperimentError("--predict and --export run on their own: run --submit, --retrain (--top, --seeds) or "
+                              "--plots separately")
     if args.ensemble < 1:
         raise ExperimentError(f"--ensemble {args.ensemble}: the number of best trials to average must be >= 1")
     if args.predict is not None and args.data:
