@@ -249,6 +249,7 @@ class Run:
         seed_everything(config["seed"])
         # data: decoded once into the node's cache
         self.root, self.classes, train, val = load_splits(config, log_fn)
+        data.check_metric(config["metric"], self.classes, self.root)
         if resume is not None:  # continuing another run's checkpoint would mix the two runs
             why = checkpoint.resume_problem(resume, config, self.classes, self.root)
             if why:

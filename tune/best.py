@@ -153,29 +153,44 @@ def best(args):
         config = {**ckpt["config"], "epochs": space["search"]["epochs"], "metric": metric, "mode": mode}
         if data is not None:
             config["data"] = data
+        check_classes(config, ckpt["classes"])
         print(f"Retraining the best config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
         written = run(config, out_dir, train_on_val=args.train_on_val)
-        if args.tta:  # the retrained best.pt, mirrored
-            model, ckpt = dogs_checkpoint.load(written["checkpoint"])
-    if not args.retrain or args.tta:
-        from dogs.predict import submit
+        model, ckpt = dogs_checkpoint.load(written["checkpoint"])   # the retrained best.pt predicts, with report/
+    # predictions and report/: of the best checkpoint (and the ensemble), or of the retrained best.pt
+    from dogs.predict import submit
 
-        others = []
-        for other, location in best_trials(exp_dir, space, args.ensemble)[1:]:
-            with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
-                others.append(dogs_checkpoint.load(local))
-            experiment.check_checkpoint(other, location, others[-1][1], metric, mode)
-            print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
-        if args.train_on_val:
-            print("  (trained on Validation too: the validation accuracies below are not held out)")
-        written = submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)
+    others = []
+    for other, location in best_trials(exp_dir, space, args.ensemble)[1:]:
+        with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
+            others.append(dogs_checkpoint.load(local))
+        experiment.check_checkpoint(other, location, others[-1][1], metric, mode)
+        print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
+    if args.train_on_val:
+        print("  (trained on Validation too: the validation accuracies below are not held out)")
+    written = submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)
     for name in ("submission", "grid", "report"):
         if written.get(name):
             print(f"  {name:<12} {written[name]}")
     if written.get("submission") is None:
-        print(f"  (no Test/ folder in {data or ckpt['config']['data']}: no submission.csv)")
+        from dogs.data import no_test_images, resolve_root
+
+        print(f"  (no submission.csv: {no_test_images(resolve_root(data or ckpt['config']['data'])[0])})")
     return 0
+
+
+def check_classes(config, classes):
+    """Refuse to retrain on data whose classes are not the search's: its trials were ranked on other classes."""
+    from dogs.data import TRAIN, labeled_split, resolve_root
+
+    root, _ = resolve_root(config["data"], config["cache_dir"])
+    found = labeled_split(root, TRAIN)[0]
+    if found != list(classes):
+        raise ExperimentError(f"--retrain on {root}: its classes are not the search's (only in the search: "
+                              f"{sorted(set(classes) - set(found))[:5]}, only in {root / TRAIN}: "
+                              f"{sorted(set(found) - set(classes))[:5]}): the trials were ranked on other classes; "
+                              "retrain on the search's data, or search this data")
 
 
 def check_data(folder, moved=False):

@@ -530,7 +530,7 @@ def missing_weights_warning(space):
 
 def new_experiment(args, runs):
     """(experiment folder, space) of a new search: the data resolved, the space file checked."""
-    from dogs.data import DataError, resolve_root
+    from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 
     if not args.space:
         fail("--space is required (a file in search_spaces/ or a path), unless --resume")
@@ -542,6 +542,7 @@ def new_experiment(args, runs):
         print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
     try:
         space = load_space(args, None if is_demo else data_root)
+        check_metric(space["search"]["metric"], labeled_split(data_root, TRAIN)[0], data_root)
     except UserError as err:   # a bad space file or --set value
         fail(str(err))
     for warning in (small_validation_warning(data_root, space["search"]),
