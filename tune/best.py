@@ -46,35 +46,52 @@ def fail(message):
 
 
 def best_trials(exp_dir, space, count):
-    """The `count` best trials that kept a checkpoint, best first, each with its best checkpoint's location."""
+    """The `count` best trials whose best checkpoint loads, best first: [(trial, location, (model, ckpt))].
+
+    Ranked by the search's metric and mode (of equal scores the first by trial id, as tune.experiment.best_trial).
+    A checkpoint that cannot be read (empty, cut) makes its trial unusable, named in one warning, and the next
+    one is taken; a checkpoint that is not its trial's (check_checkpoint) is refused: the folder was tampered with.
+    """
+    from dogs import checkpoint as dogs_checkpoint
+    from dogs.errors import CheckpointError
+
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    ranked = sorted((t for t in experiment.read_trials(exp_dir) if experiment.score(t, metric, mode)[0] is not None),
-                    key=lambda t: experiment.key(experiment.score(t, metric, mode)[0], mode), reverse=True)
-    kept = [(t, c) for t, c in ((t, experiment.best_checkpoint(t, metric, mode)) for t in ranked) if c is not None]
-    if len(kept) < count:
-        raise ExperimentError(f"{exp_dir}: --ensemble {count}, but only {len(kept)} trial(s) kept a checkpoint")
-    return kept[:count]
+    trials = experiment.read_trials(exp_dir)
+    scored = sorted((t for t in trials if experiment.score(t, metric, mode)[0] is not None), key=lambda t: t.trial_id)
+    ranked = sorted(scored, key=lambda t: experiment.key(experiment.score(t, metric, mode)[0], mode), reverse=True)
+    loaded, unreadable = [], []
+    for trial in ranked:
+        location = experiment.best_checkpoint(trial, metric, mode)
+        if len(loaded) == count:
+            break
+        if location is None:
+            continue
+        try:
+            with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
+                pair = dogs_checkpoint.load(local)
+        except CheckpointError as err:
+            unreadable.append(f"trial {trial.trial_id}: {err}")
+            continue
+        experiment.check_checkpoint(trial, location, pair[1], metric, mode)
+        loaded.append((trial, location, pair))
+    if not loaded and ranked:
+        raise ExperimentError(f"{exp_dir}: no trial kept a checkpoint that can be loaded"
+                              + (f": {'; '.join(unreadable)}" if unreadable else ""))
+    if not loaded:
+        diverged = any(r.get(metric) is not None for t in trials for r in t.results)
+        raise ExperimentError(f"{exp_dir}: no trial has reported a finite {metric}"
+                              + (": every value is NaN or Infinity (the trials diverged)" if diverged else " yet"))
+    experiment.warn_once(f"Warning: {len(unreadable)} trial(s) left out, their best checkpoint cannot be loaded: "
+                         f"{'; '.join(unreadable)}" if unreadable else None)
+    if len(loaded) < count:
+        raise ExperimentError(f"{exp_dir}: --ensemble {count}, but only {len(loaded)} trial(s) kept a checkpoint")
+    return loaded
 
 
 def refuse_link(path, why):
     """A folder of the experiment that is a link: a planted one would have us write (as this user) elsewhere."""
     if path.is_symlink():
         raise ExperimentError(f"{path} is a link (to {path.resolve()}): {why}")
-
-
-def best_trial(exp_dir, space):
-    """(trial, location of its best checkpoint) by the search's metric and mode (see tune.experiment)."""
-    metric, mode = space["search"]["metric"], space["search"]["mode"]
-    trials = experiment.read_trials(exp_dir)
-    trial = experiment.best_trial(trials, metric, mode)
-    if trial is None:
-        diverged = any(r.get(metric) is not None for t in trials for r in t.results)
-        raise ExperimentError(f"{exp_dir}: no trial has reported a finite {metric}"
-                              + (": every value is NaN or Infinity (the trials diverged)" if diverged else " yet"))
-    checkpoint = experiment.best_checkpoint(trial, metric, mode)
-    if checkpoint is None:
-        raise ExperimentError(f"{exp_dir}: trial {trial.trial_id} kept no checkpoint")
-    return trial, checkpoint
 
 
 def experiment_dir(given, runs):
@@ -117,14 +134,12 @@ def best(args):
         raise ExperimentError(f"--experiment {exp_dir} is a URI: give --out, a local folder for the predictions")
     space = experiment.saved_space(exp_dir)
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    trial, checkpoint = best_trial(exp_dir, space)
+    ranked = best_trials(exp_dir, space, args.ensemble)
+    (trial, checkpoint, (model, ckpt)), rest = ranked[0], ranked[1:]
     data = check_data(args.data) if args.data else None
 
     from dogs import checkpoint as dogs_checkpoint
 
-    with storage.local_dir(checkpoint, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
-        model, ckpt = dogs_checkpoint.load(local)
-    experiment.check_checkpoint(trial, checkpoint, ckpt, metric, mode)
     searched = {k: trial.config[k] for k in spaces.searched_names(space) if k in trial.config}
     print(f"Best trial of {exp_dir}: {trial.trial_id}")
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
@@ -161,11 +176,8 @@ def best(args):
     # predictions and report/: of the best checkpoint (and the ensemble), or of the retrained best.pt
     from dogs.predict import submit
 
-    others = []
-    for other, location in best_trials(exp_dir, space, args.ensemble)[1:]:
-        with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
-            others.append(dogs_checkpoint.load(local))
-        experiment.check_checkpoint(other, location, others[-1][1], metric, mode)
+    others = [pair for _, _, pair in rest]
+    for other, location, _ in rest:
         print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
     if args.train_on_val:
         print("  (trained on Validation too: the validation accuracies below are not held out)")
