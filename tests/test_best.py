@@ -315,3 +315,16 @@ def test_best_writes_nothing_through_a_link_planted_in_the_experiment(experiment
         code, _, err = run_main(best, ["--experiment", str(linked), flag])
         assert code == 2 and "is a link (to " in err and err.count("\n") == 1, err
     assert list(elsewhere.iterdir()) == []
+
+
+def test_resume_with_a_trial_whose_params_json_is_empty_leaves_that_trial_out_in_one_warning(experiment, tmp_path):
+    # a full disk cut Ray's write of one params.json: --resume refused the whole experiment (#17)
+    storage = tmp_path / "runs"
+    damaged = shutil.copytree(experiment["dir"], storage / "b")
+    emptied = sorted(damaged.glob("trial_*"))[0] / "params.json"
+    emptied.write_text("")
+    code, out, err = run_main(search, ["--resume", "--storage", str(storage), "--name", "b"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert f"{emptied} is empty" in err and err.count("trial(s) cannot be read") == 1, err[-3000:]
+    table = pd.read_csv(damaged / "trials.csv", dtype={"trial_id": str})
+    assert sorted(table.status) == ["DAMAGED", "TERMINATED"]

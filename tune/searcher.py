@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from dogs.errors import ExperimentError, UserError
+from dogs.files import atomic_path
 from tune import storage
 from tune.spaces import SAMPLERS, define_by_run
 
@@ -259,7 +260,8 @@ class StudySearcher(Searcher):
         for an experiment in a bucket, a consistent copy of the study beside it, which Ray uploads."""
         state = {"study_url": self.study_url, "study_name": self.study_name, "mirror": self.mirror,
                  "in_experiment": self.in_experiment, "trials": self.numbers}
-        Path(checkpoint_path).write_text(json.dumps(state, indent=1))
+        with atomic_path(checkpoint_path) as tmp:   # whole or not at all: --resume reads it
+            tmp.write_text(json.dumps(state, indent=1))
         if self.mirror:   # SQLite's online backup: a consistent copy while the study is open
             copy = Path(checkpoint_path).with_name(STUDY_FILE)
             tmp = copy.with_name(f".{copy.name}.tmp")
