@@ -7,6 +7,7 @@ own image_size and normalizes them its own way; their softmax outputs are averag
 member's output is the mean over the image and its horizontal mirror.
 """
 import contextlib
+import csv
 import logging
 import re
 import warnings
@@ -159,8 +160,8 @@ def write_report(members, classes, root, folder, device, tta=False, log_fn=print
                               "accuracy": np.diag(confusion) / np.maximum(support, 1)})
     folder.mkdir(parents=True, exist_ok=True)
     for name, table in (("accuracy.csv", pd.DataFrame(rows)), ("per_class.csv", per_class)):
-        with atomic_path(folder / name) as tmp:
-            table.to_csv(tmp, index=False)
+        with atomic_path(folder / name) as tmp:   # every name quoted: pandas leaves a carriage return in one bare
+            table.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
     save_confusion(confusion, classes, folder / "confusion.png", title=rows[-1]["predictor"])
     return folder
 
