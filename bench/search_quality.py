@@ -109,7 +109,7 @@ def test_accuracy(checkpoint, holdout, cache):
 
     from dogs import checkpoint as ckpt_io
     from dogs.data import VALIDATION
-    from dogs.engine import load_split
+    from dogs.splits import load_split
     from dogs.predict import predict_images
 
     model, ckpt = ckpt_io.load(Path(checkpoint, ckpt_io.FILENAME))

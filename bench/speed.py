@@ -34,6 +34,7 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dogs import engine, models  # noqa: E402
 from dogs.config import resolve  # noqa: E402
+from dogs.device import default_device  # noqa: E402
 
 CONFIGS = {  # name -> (config overrides, batch size of ours)
     "frozen resnet18 + head": {"model": "resnet18", "unfreeze": 0, "head_on": "logits"},
@@ -135,7 +136,7 @@ def main():
     p.add_argument("--compile", action="store_true", help="also time the full fine-tune with torch.compile")
     p.add_argument("--only", nargs="*", help="config names to run (substring match)")
     args = p.parse_args()
-    device = engine.default_device()
+    device = default_device()
     size = args.size or (64 if args.small else 224)
     n_train = args.train or (320 if args.small else 3200)
     batch = args.batch or (256 if device.type == "cuda" else 64)

@@ -1,7 +1,7 @@
 """Decode once: every image of a split, RGB and resized, in one memory-mapped uint8 array (N, H, W, 3).
 
 The array file is keyed by everything its bytes depend on: the file list (paths, sizes, mtimes, inodes, ctimes,
-in order), the resolution, and how a file is decoded (data.DECODE, Pillow's version and those of the codec
+in order), the resolution, and how a file is decoded (decode.DECODE, Pillow's version and those of the codec
 libraries it decodes with). A changed data set or decode is rebuilt; an unchanged one never is. All trials on a
 node map the same file, so one copy lives in the page cache, and a file lock makes trials that start together
 build it once. Corrupt files keep their slot (all zeros) and are listed in the metadata; `CachedImages.ok` masks
@@ -21,45 +21,16 @@ import numpy as np
 import PIL
 import PIL.features
 
-from .data import DECODE, load_rgb
+from .decode import DECODE, load_rgb
 from .errors import CacheError
 from .files import atomic_path, build_once
 
 log = logging.getLogger("dogs")
 
-# Config keys that do not change the decoded images, each with the reason; every other key must change
-# image_cache_key (tests/test_cache_keys.py walks every key of config.DEFAULTS). `data` changes the file
-# list and `image_size` the resolution; nothing else reaches the decoder.
-IMAGE_CACHE_IGNORES = {
-    "cache_dir": "where the cache lives, not what it holds",
-    "augment": "runs on the device, on the decoded images",
-    "feature_cache": "decides whether frozen features are cached, after decoding",
-    "normalize": "runs on the device, on the decoded images",
-    "model": "reads the decoded images; decoding does not depend on it",
-    "weights": "model weights: after decoding",
-    "head_on": "model: after decoding",
-    "head_width": "model: after decoding",
-    "dropout": "model: after decoding",
-    "unfreeze": "model: after decoding",
-    "epochs": "training only",
-    "batch_size": "training only (the build decodes file by file)",
-    "lr": "training only",
-    "backbone_lr": "training only",
-    "weight_decay": "training only",
-    "label_smoothing": "training only",
-    "optimizer": "training only",
-    "schedule": "training only",
-    "warmup_epochs": "training only",
-    "mixup": "training only",
-    "cutmix": "training only",
-    "ema": "training only (averages the trained tail)",
-    "seed": "decoding is deterministic; the seed only orders and augments batches",
-    "metric": "chooses the best epoch, after training",
-    "mode": "chooses the best epoch, after training",
-    "precision": "arithmetic of the model; images are stored as uint8",
-    "channels_last": "memory format of the model's input on the device; the cache is NHWC uint8 either way",
-    "compile": "compiles the model, after decoding",
-}
+
+def cache_root(cache_dir=None):
+    """The cache folder: config cache_dir when set, else $DOGS_CACHE, else ~/.cache/dogs-tune."""
+    return Path(cache_dir or os.environ.get("DOGS_CACHE") or Path.home() / ".cache" / "dogs-tune")
 
 
 def cpu_count():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .config import SCHEMA, resolve
+from .config import SCHEMA, keys_where, resolve
 from .errors import CheckpointError, UserError
 from .features import prefix_hash
 from .files import atomic_path
@@ -26,19 +26,6 @@ from .models import build_model
 FILENAME = "checkpoint.pt"
 KEYS = ("model", "optimizer", "config", "classes", "epoch", "metrics")
 FROZEN = ("model", "weights", "hash")   # a checkpoint's "frozen": what identifies the prefix it leaves out
-# The config keys that may differ between a checkpoint and the run that continues it (dogs.train --resume, a
-# Tune trial restored from its checkpoint: the same config). Every other key must match, because it changes the
-# model or what it sees, the optimizer (its saved state holds lr, backbone_lr, weight_decay: a new value would be
-# silently dropped), the schedule and its position, the seeded draws (shuffle, dropout, mixing), or what "best"
-# means. A difference is one CheckpointError line naming each key with both values (resume_problem).
-RESUME_MAY_CHANGE = {
-    "epochs": "train longer (or stop at an epoch not yet trained) with schedule constant; cosine and onecycle "
-              "span the epochs, so another count would change every step's learning rate",
-    "data": "it must be the same folder with the same classes, however it is written",
-    "cache_dir": "where the caches are; they are keyed on what they hold",
-    "channels_last": "memory layout: the same model, other kernels",
-    "compile": "torch.compile: the same model, other kernels",
-}
 
 
 def save(state, path):
@@ -153,7 +140,8 @@ def load(path, device="cpu"):
 
 def resume_problem(ckpt, config, classes, root):
     """None, or why a run of `config` on `classes` read from `root` cannot continue checkpoint `ckpt`: one line
-    naming each difference with both values, what may change (RESUME_MAY_CHANGE), and how to continue it."""
+    naming each difference with both values, what may change (resume_may_change in dogs.config), and how to
+    continue it."""
     try:
         saved = resolve(ckpt["config"])   # a checkpoint of an older version: the keys it lacks had their defaults
     except (KeyError, ValueError) as err:
@@ -166,7 +154,7 @@ def resume_problem(ckpt, config, classes, root):
     if not demo and ckpt.get("root") is not None and str(ckpt["root"]) != str(root):
         diffs.append(f"data folder (checkpoint: {ckpt['root']}, now: {root})")
     changed = {key: f"{key} (checkpoint: {saved[key]!r}, now: {config[key]!r})"
-               for key in SCHEMA if key not in RESUME_MAY_CHANGE and saved[key] != config[key]}
+               for key, spec in SCHEMA.items() if not spec.resume_may_change and saved[key] != config[key]}
     if config["epochs"] < ckpt["epoch"]:
         changed["epochs"] = f"epochs (checkpoint: {ckpt['epoch']} trained, now: {config['epochs']})"
     elif config["schedule"] != "constant" and saved["epochs"] != config["epochs"]:
@@ -175,7 +163,9 @@ def resume_problem(ckpt, config, classes, root):
     diffs += changed.values()
     if not diffs:
         return None
-    may = ", ".join("epochs (schedule constant)" if key == "epochs" else key for key in RESUME_MAY_CHANGE if key != "data")
+    # epochs is checked above; data is compared as the folder and its classes
+    may = ", ".join(["epochs (schedule constant)"] + [key for key in keys_where(resume_may_change=True)
+                                                      if key not in ("epochs", "data")])
     fix = (f"the checkpoint's values: --set {' '.join(f'{key}={_as_set(saved[key])}' for key in changed)}" if changed
            else "the data it was trained on")
     return (f"the checkpoint is from another run: {'; '.join(diffs)} differ. A resumed run continues the checkpoint's "

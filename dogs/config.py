@@ -1,7 +1,9 @@
-"""Every knob of a run: one table of key -> default, type, allowed values, help. The single source of truth.
+"""Every knob of a run: one table of key -> default, type, allowed values, help and what reads it. The single
+source of truth.
 
 `resolve()` checks a whole config against it; `check_value()` / `problem()` check one value and are what
-every other place asks (the command lines' --set, config files, search spaces, checkpoints). The resolved
+every other place asks (the command lines' --set, config files, search spaces, checkpoints); `keys_where()`
+tells the caches, resume, the combination check and the search which keys each must read. The resolved
 config is one flat dict, saved with every checkpoint and result. Importable without torch.
 """
 import json
@@ -9,6 +11,7 @@ import math
 import numbers
 import os
 import re
+import typing
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -46,92 +49,124 @@ def _number(x):
 
 
 class Key(NamedTuple):
-    """One config key: its default, its type, what is allowed (choices or a Range; None = any), a help line."""
+    """One config key: its default, its Python type (`int | None`: null allowed too), what is allowed (choices or a
+    Range; None = any), a help line, and what else reads it (the caches, resume, the combination rule, the search)."""
     default: object
-    type: str          # "int", "number", "bool", "str", optionally + " or null"
+    type: object
     allowed: object
     help: str
+    changes: str | None = None           # what its value changes: "images" (decoded, so the features too), "features"
+    resume_may_change: bool = False      # may differ between a checkpoint and the run that continues it
+    combination: bool = False            # read by combination_problem
+    set_by_search: str | None = None     # not a search space's params entry: the search sets it; where to set it
 
 
 MODELS = tuple(BACKBONES)                                         # dogs/backbones.py: one entry per model
 # every score an epoch reports; a run's score is best_<metric> over its epochs (natural_mode: max unless a loss)
 METRICS = ("val_acc", "val_loss", "val_top5", "val_macro_f1", "train_acc", "train_loss")
 SEEDS = Range(0, 2**32 - 1)                                       # what numpy's seed takes
+IMAGES, FEATURES = "images", "features"
 
+# changes: each cache key hashes what its bytes depend on (tests/test_cache_keys.py walks every key both ways).
+#   IMAGES: the file list and the resolution, all the decoder reads; their features change with them.
+#   FEATURES: normalization, the frozen prefix (architecture and weights: model, weights, head_on, unfreeze, the seed
+#   of random weights), the autocast dtype and the memory format. Every other key acts after both caches.
+# resume_may_change: every other key must match a checkpoint's, because it changes the model or what it sees, the
+#   optimizer (its saved state holds lr, backbone_lr, weight_decay: a new value would be silently dropped), the
+#   schedule and its position, the seeded draws (shuffle, dropout, mixing), or what "best" means. epochs may grow
+#   only with schedule constant (cosine and onecycle span the epochs); data must be the same folder and classes.
 SCHEMA = {
     # data
-    "data":            Key(None, "str or null", None, "ImageFolder root with Train/ Validation/ [Test/]; null = the built-in digits demo"),
-    "image_size":      Key(224, "int", Range(8, 2048), "images are decoded once and resized to image_size x image_size"),
-    "cache_dir":       Key(None, "str or null", None, "decoded-image + feature cache; null = $DOGS_CACHE or ~/.cache/dogs-tune"),
-    "augment":         Key(False, "bool", None, "on-device random-resized-crop + horizontal flip; turns the feature cache off"),
-    "feature_cache":   Key(True, "bool", None, "compute a frozen prefix's output once and train only the tail; off when augment"),
-    "normalize":       Key("auto", "str", ("auto", "imagenet", "half"), "imagenet mean/std; half = mean and std 0.5 as in the notebook; auto = half for the CNN, imagenet for ResNets"),
+    "data":            Key(None, str | None, None, "ImageFolder root with Train/ Validation/ [Test/]; null = the built-in digits demo", changes=IMAGES, resume_may_change=True,
+                           set_by_search="give the data folder with --data DIR; every trial of a search reads the same data"),
+    "image_size":      Key(224, int, Range(8, 2048), "images are decoded once and resized to image_size x image_size", changes=IMAGES),
+    "cache_dir":       Key(None, str | None, None, "decoded-image + feature cache; null = $DOGS_CACHE or ~/.cache/dogs-tune", resume_may_change=True),
+    "augment":         Key(False, bool, None, "on-device random-resized-crop + horizontal flip; turns the feature cache off", combination=True),
+    "feature_cache":   Key(True, bool, None, "compute a frozen prefix's output once and train only the tail; off when augment", combination=True),
+    "normalize":       Key("auto", str, ("auto", "imagenet", "half"), "imagenet mean/std; half = mean and std 0.5 as in the notebook; auto = half for the CNN, imagenet for ResNets", changes=FEATURES),
     # model
-    "model":           Key("resnet18", "str", MODELS, "cnn = the notebook's from-scratch CNN, or a pretrained torchvision backbone (dogs/backbones.py)"),
-    "weights":         Key("DEFAULT", "str", None, "torchvision weights name, a path to a .pth state_dict, or none for random init"),
-    "head_on":         Key("features", "str", ("features", "logits"), "the head reads the pooled features, or the 1000 ImageNet logits as in the notebook"),
-    "head_width":      Key(512, "int", Range(0), "hidden width of the MLP head; 0 = a single linear layer"),
-    "dropout":         Key(0.5, "number", Range(0, 1, high_open=True), "dropout before the head's last layer"),
-    "unfreeze":        Key(0, "int", Range(0, max(STAGES.values())), "how many of the model's last stages train (its own count: resnets 4, efficientnets 5, ...; all = the whole network); the rest stay frozen in eval mode"),
+    "model":           Key("resnet18", str, MODELS, "cnn = the notebook's from-scratch CNN, or a pretrained torchvision backbone (dogs/backbones.py)", changes=FEATURES, combination=True),
+    "weights":         Key("DEFAULT", str, None, "torchvision weights name, a path to a .pth state_dict, or none for random init", changes=FEATURES),
+    "head_on":         Key("features", str, ("features", "logits"), "the head reads the pooled features, or the 1000 ImageNet logits as in the notebook", changes=FEATURES),
+    "head_width":      Key(512, int, Range(0), "hidden width of the MLP head; 0 = a single linear layer"),
+    "dropout":         Key(0.5, float, Range(0, 1, high_open=True), "dropout before the head's last layer"),
+    "unfreeze":        Key(0, int, Range(0, max(STAGES.values())), "how many of the model's last stages train (its own count: resnets 4, efficientnets 5, ...; all = the whole network); the rest stay frozen in eval mode", changes=FEATURES, combination=True),
     # optimisation
-    "epochs":          Key(10, "int", Range(1), "epochs to train; in a search, search.epochs sets it: ASHA's max_t"),
-    "batch_size":      Key(64, "int", Range(1), "images per step"),
-    "optimizer":       Key("adam", "str", ("adam", "adamw", "sgd"), "adam, adamw (decoupled weight decay) or sgd (Nesterov, momentum 0.9)"),
-    "lr":              Key(1e-3, "number", Range(0, low_open=True), "peak learning rate of the head, and of the whole CNN"),
-    "backbone_lr":     Key(1e-4, "number", Range(0, low_open=True), "peak learning rate of the unfrozen backbone stages"),
-    "weight_decay":    Key(0.0, "number", Range(0), "weight decay of the optimizer (adam: L2 in the gradient; adamw, sgd: as torch defines it)"),
-    "schedule":        Key("constant", "str", ("constant", "cosine", "onecycle"), "learning rate per step after the warm-up: constant, cosine to 0, or one-cycle (rises for warmup_epochs, then anneals)"),
-    "warmup_epochs":   Key(0, "int", Range(0), "epochs of linear warm-up from 1% of the learning rate (onecycle: its rising phase, >= 1); less than epochs"),
-    "label_smoothing": Key(0.0, "number", Range(0, 1, high_open=True), "cross-entropy label smoothing"),
-    "mixup":           Key(0.0, "number", Range(0), "mixup alpha, 0 = off: pairs of the trained part's inputs (images, or the frozen prefix's features) and their labels mixed by Beta(alpha, alpha), per batch"),
-    "cutmix":          Key(0.0, "number", Range(0), "cutmix alpha, 0 = off: a box of another image pasted in, labels mixed by its area, per batch; needs images (no feature cache); with mixup, each batch uses one of the two"),
-    "ema":             Key(0.0, "number", Range(0, 1, high_open=True), "decay of an exponential moving average of the trained weights per step, 0 = off; when on, the average is what is evaluated and saved"),
-    "seed":            Key(0, "int or null", SEEDS, "shuffle, init, dropout and augmentation seed; null = not seeded"),
+    "epochs":          Key(10, int, Range(1), "epochs to train; in a search, search.epochs sets it: ASHA's max_t", resume_may_change=True, combination=True,
+                           set_by_search="set search.epochs instead (--epochs on the command line); it is ASHA's max_t as well"),
+    "batch_size":      Key(64, int, Range(1), "images per step"),
+    "optimizer":       Key("adam", str, ("adam", "adamw", "sgd"), "adam, adamw (decoupled weight decay) or sgd (Nesterov, momentum 0.9)"),
+    "lr":              Key(1e-3, float, Range(0, low_open=True), "peak learning rate of the head, and of the whole CNN"),
+    "backbone_lr":     Key(1e-4, float, Range(0, low_open=True), "peak learning rate of the unfrozen backbone stages"),
+    "weight_decay":    Key(0.0, float, Range(0), "weight decay of the optimizer (adam: L2 in the gradient; adamw, sgd: as torch defines it)"),
+    "schedule":        Key("constant", str, ("constant", "cosine", "onecycle"), "learning rate per step after the warm-up: constant, cosine to 0, or one-cycle (rises for warmup_epochs, then anneals)", combination=True),
+    "warmup_epochs":   Key(0, int, Range(0), "epochs of linear warm-up from 1% of the learning rate (onecycle: its rising phase, >= 1); less than epochs", combination=True),
+    "label_smoothing": Key(0.0, float, Range(0, 1, high_open=True), "cross-entropy label smoothing"),
+    "mixup":           Key(0.0, float, Range(0), "mixup alpha, 0 = off: pairs of the trained part's inputs (images, or the frozen prefix's features) and their labels mixed by Beta(alpha, alpha), per batch"),
+    "cutmix":          Key(0.0, float, Range(0), "cutmix alpha, 0 = off: a box of another image pasted in, labels mixed by its area, per batch; needs images (no feature cache); with mixup, each batch uses one of the two", combination=True),
+    "ema":             Key(0.0, float, Range(0, 1, high_open=True), "decay of an exponential moving average of the trained weights per step, 0 = off; when on, the average is what is evaluated and saved"),
+    "seed":            Key(0, int | None, SEEDS, "shuffle, init, dropout and augmentation seed; null = not seeded", changes=FEATURES),
     # what "best" means
-    "metric":          Key("val_acc", "str", METRICS, "the score: a run's best epoch and best checkpoint are those with the best metric"),
-    "mode":            Key(None, "str or null", ("max", "min"), "max for accuracies, min for losses; null = the metric's own"),
+    "metric":          Key("val_acc", str, METRICS, "the score: a run's best epoch and best checkpoint are those with the best metric",
+                           set_by_search="set search.metric instead (--metric); every trial is scored by the search's metric"),
+    "mode":            Key(None, str | None, ("max", "min"), "max for accuracies, min for losses; null = the metric's own",
+                           set_by_search="set search.mode instead (--mode); every trial is scored by the search's mode"),
     # arithmetic
-    "precision":       Key("auto", "str", ("auto", "bf16", "fp32"), "auto = bf16 autocast on a GPU that has it, else fp32"),
-    "channels_last":   Key(True, "bool", None, "NHWC memory format for convolutions"),
-    "compile":         Key(False, "bool", None, "torch.compile the trainable part of the model"),
+    "precision":       Key("auto", str, ("auto", "bf16", "fp32"), "auto = bf16 autocast on a GPU that has it, else fp32", changes=FEATURES),
+    "channels_last":   Key(True, bool, None, "NHWC memory format for convolutions", changes=FEATURES, resume_may_change=True),
+    "compile":         Key(False, bool, None, "torch.compile the trainable part of the model", resume_may_change=True),
 }
 
 DEFAULTS = {key: spec.default for key, spec in SCHEMA.items()}
 
-TYPE_NAMES = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}
+
+def keys_where(**fields):
+    """The config keys whose entries have these field values, in schema order: keys_where(changes=IMAGES)."""
+    return tuple(key for key, spec in SCHEMA.items() if all(getattr(spec, f) == v for f, v in fields.items()))
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def value_type(spec):
+    """The type of a key's non-null values: int for `int | None`."""
+    return next(t for t in typing.get_args(spec.type) or (spec.type,) if t is not type(None))
+
+
+def nullable(spec):
+    return type(None) in typing.get_args(spec.type)
 
 
 def allowed(spec):
     """What a key allows, in words: 'a number > 0', "one of ['cnn', 'resnet18']", 'an integer in 0..4 or null'."""
-    kind, null = spec.type.removesuffix(" or null"), spec.type.endswith(" or null")
     if isinstance(spec.allowed, tuple):
         words = f"one of {list(spec.allowed)}"
     else:
-        words = TYPE_NAMES[kind] + (f" {spec.allowed}" if spec.allowed is not None else "")
-    return words + (" or null" if null else "")
+        words = TYPE_NAMES[value_type(spec)] + (f" {spec.allowed}" if spec.allowed is not None else "")
+    return words + (" or null" if nullable(spec) else "")
 
 
 def _has_type(kind, value):
-    if kind == "bool":
+    if kind is bool:
         return isinstance(value, bool)
     if isinstance(value, bool):     # True is an int in Python; never a number here
         return False
-    if kind == "int":
+    if kind is int:
         return isinstance(value, numbers.Integral)
-    if kind == "number":
+    if kind is float:
         return isinstance(value, numbers.Real)
     return isinstance(value, str)
 
 
 def problem(spec, value):
     """None when `value` is allowed by `spec` (a Key), else why not and what is allowed, in one line."""
-    if value is None and spec.type.endswith(" or null"):
+    if value is None and nullable(spec):
         return None
-    kind = spec.type.removesuffix(" or null")
+    kind = value_type(spec)
     what = f"allowed: {allowed(spec)} ({spec.help})"
     if not _has_type(kind, value):
         return f"{value!r} has the wrong type; {what}"
-    if kind in ("int", "number") and not math.isfinite(value):
+    if kind in (int, float) and not math.isfinite(value):
         return f"{value!r} is not a finite number; {what}"
     if spec.allowed is not None and value not in spec.allowed:
         return f"{value!r} is not allowed; {what}"
@@ -173,7 +208,7 @@ def feature_cache_applies(config):
 # every key combination_problem reads (tests/test_spaces.py checks it). A search space's combination check tries
 # every value these can take together at the ends of their ranges, and one value of every other key: exact while
 # each rule compares each number with a threshold (unfreeze > stages, warmup_epochs == 0, cutmix != 0, ...)
-COMBINATION_KEYS = ("model", "unfreeze", "epochs", "warmup_epochs", "schedule", "cutmix", "feature_cache", "augment")
+COMBINATION_KEYS = keys_where(combination=True)
 
 
 def combination_problem(config):
@@ -285,7 +320,7 @@ def parse_sets(pairs):
             raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set lr=3e-4")
         key, text = key.strip(), value
         value = parse_value(text)
-        if value is None and key in SCHEMA and SCHEMA[key].type == "str":  # weights=none: the word, not null
+        if value is None and key in SCHEMA and SCHEMA[key].type is str:  # weights=none: the word, not null
             value = text.strip()
         check_value(key, value)
         out[key] = value

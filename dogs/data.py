@@ -1,4 +1,4 @@
-"""ImageFolder layout: find the images of Train/ Validation/ [Test/], decode one to RGB, build the digits demo."""
+"""ImageFolder layout: find the images of Train/ Validation/ [Test/], build the digits demo."""
 import errno
 import logging
 import os
@@ -9,8 +9,9 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image
 
+from .cache import cache_errors, cache_root
 from .errors import ConfigError, DataError
 from .files import atomic_path, build_once
 
@@ -29,32 +30,12 @@ LAYOUT = (
     "  ROOT/Validation/<class>/*.jpg   (the same class folders)\n"
     "  ROOT/Test/0.jpg, 1.jpg, ...     (optional, unlabeled, for submission.csv)"
 )
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped and reported), not grey pixels
-
-# How load_rgb turns a file into pixels. The decoded-image cache hashes this description (with Pillow's
-# version) into its key: change a value here, or what load_rgb does with it, and every cache is rebuilt.
-DECODE = {
-    "output": "RGB uint8, size x size (aspect not kept)",
-    "draft": "JPEG decoded at the smallest libjpeg scale that is still >= size",
-    "exif_orientation": "applied (ImageOps.exif_transpose) when the EXIF can be read: phone photos stand upright",
-    "alpha": (255, 255, 255),  # RGBA, LA, PA and transparent palette images are composited on this background
-    "high_bit_depth": "I;16*: x255/65535; I and F: 0..1 floats x255, else 0..255 kept, else 0..65535 "
-                      "x255/65535, else x255/max; then grey to RGB",
-    "cmyk": "Pillow's CMYK -> RGB",
-    "resample": "BILINEAR",
-    "reducing_gap": 3.0,
-    "truncated": "error",
-}
-
-
-def default_cache_dir():
-    return Path(os.environ.get("DOGS_CACHE") or Path.home() / ".cache" / "dogs-tune")
 
 
 def resolve_root(data, cache_dir=None):
     """(root, is_demo): `data` checked as an ImageFolder root, or the built-in digits demo when it is None."""
     if data is None:
-        return demo_digits(Path(cache_dir) if cache_dir else default_cache_dir()), True
+        return demo_digits(cache_root(cache_dir)), True
     root = Path(os.path.abspath(Path(data).expanduser()))  # trials run in their own folders: no relative paths
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUT}")
@@ -301,51 +282,12 @@ def test_files(root):
     return sorted(files, key=_natural_key)
 
 
-def _to_8bit(img):
-    """An image of more than 8 bits per sample (I;16*, I, F) as 8-bit grey, scaled as DECODE says."""
-    a = np.nan_to_num(np.asarray(img, dtype=np.float64))
-    top = a.max(initial=0)
-    if img.mode.startswith("I;16"):
-        scale = 65535
-    elif img.mode == "F" and top <= 1:
-        scale = 1
-    else:
-        scale = 255 if top <= 255 else 65535 if top <= 65535 else top
-    return Image.fromarray(np.clip(np.rint(a * (255 / scale)), 0, 255).astype(np.uint8))  # 2-D uint8: L
-
-
-def _orientation(img):
-    """The EXIF orientation tag, or None when there is none or the EXIF block cannot be parsed."""
-    try:
-        return img.getexif().get(0x0112)
-    except Exception:  # a broken EXIF block does not make the pixels unreadable: keep them as stored
-        return None
-
-
-def load_rgb(path, size):
-    """Decode one image as DECODE describes to an RGB uint8 array of shape (size, size, 3); raises on a corrupt file."""
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale when the target is small
-        if DECODE["exif_orientation"] and _orientation(img) not in (None, 1):
-            img = ImageOps.exif_transpose(img)  # orientation 6/8: the way a photo viewer shows it
-        if img.mode.startswith("I") or img.mode == "F":
-            img = _to_8bit(img)  # 16-bit and float samples: scaled, not clipped at 255
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (*DECODE["alpha"], 255))
-            img = Image.alpha_composite(background, img)  # transparent pixels become white, not black
-        img = img.convert("RGB").resize((size, size), Image.Resampling[DECODE["resample"]],
-                                        reducing_gap=DECODE["reducing_gap"])
-        return np.asarray(img, dtype=np.uint8)
-
-
 def demo_digits(cache_dir):
     """scikit-learn's 1,797 real handwritten digits (8x8, 10 classes) written once as an ImageFolder.
 
     Split 70/15/15 into Train/<digit>/, Validation/<digit>/ and a numbered Test/ whose answers are kept
     in test_labels.csv beside it; that file is written last, so its presence means the demo is complete.
     """
-    from .cache import cache_errors
     root = Path(cache_dir) / "demo-digits"
     with cache_errors(cache_dir):
         build_once(root / "test_labels.csv", lambda: _write_demo(root))

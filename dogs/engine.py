@@ -1,12 +1,12 @@
 """One epoch loop for every caller: the Ray trainable, `python -m dogs.train` and `tune.best --retrain`.
 
-`fit` sets a run up (data, model, optimizer) and yields once per epoch; `train_one_epoch` and `evaluate`
-are the two functions it calls, in the manner of torchvision's references/classification.
+`Run` sets a run up (data, model, optimizer) and `Run.epochs` yields once per epoch; `train_one_epoch` and
+`evaluate` are the two functions it calls, in the manner of torchvision's references/classification.
 """
 import logging
+import math
 import random
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,24 +15,15 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
-from . import cache, checkpoint, data, features, models
+from . import checkpoint, data, features, models
 from .batches import Batches, feature_preparer, image_preparer
+from .cache import cache_root
 from .config import feature_cache_applies, resolve
+from .device import amp_dtype, default_device
 from .errors import CheckpointError
+from .splits import concat_splits, load_splits
 
 log = logging.getLogger("dogs")
-
-
-def default_device():
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def amp_dtype(config, device):
-    """The autocast dtype of config precision (auto | bf16 | fp32, as dogs.config allows); None = fp32."""
-    precision = config["precision"]
-    if precision == "auto":  # bf16 where the device has it
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return {"bf16": torch.bfloat16, "fp32": None}[precision]
 
 
 def seed_everything(seed):
@@ -42,61 +33,8 @@ def seed_everything(seed):
         torch.manual_seed(seed)
 
 
-@dataclass
-class Split:
-    """One labeled split, decoded: cached images plus labels, restricted to readable files."""
-    images: cache.CachedImages
-    labels: np.ndarray
-    index: np.ndarray  # rows of images.images that decoded
-
-
-def load_split(root, split, config):
-    classes, files, labels = data.labeled_split(root, split)
-    images = cache.cached_images(files, config["image_size"], config["cache_dir"] or data.default_cache_dir())
-    labels, reasons = np.asarray(labels), {row: f"{f} ({e})" for row, f, e in images.bad}
-    # a class whose every file is unreadable would train as a class with 0 images
-    for label, name in enumerate(classes):
-        rows = np.flatnonzero(labels == label)
-        if not images.ok[rows].any():
-            raise data.DataError(f"{root / split / name}: none of the {len(rows)} image(s) of class {name!r} "
-                                 f"could be read (e.g. {reasons[rows[0]]}); fix or remove the folder")
-    return classes, Split(images, labels, np.flatnonzero(images.ok))
-
-
-def load_splits(config, log_fn=print):
-    """(root, classes, train Split, validation Split) for the config's data (or the demo)."""
-    root, is_demo = data.resolve_root(config["data"], config["cache_dir"])
-    if is_demo:
-        log_fn(f"no data folder given: using the built-in demo, scikit-learn's handwritten digits, at {root}")
-    # both splits listed and checked against each other before anything is decoded
-    train_classes, train_files, _ = data.labeled_split(root, data.TRAIN)
-    val_classes, val_files, _ = data.labeled_split(root, data.VALIDATION)
-    data.check_same_classes(train_classes, val_classes, root)
-    data.warn_shared_files(train_files, val_files)
-    classes, train = load_split(root, data.TRAIN, config)
-    _, val = load_split(root, data.VALIDATION, config)
-    return root, classes, train, val
-
-
 def use_feature_cache(config, model):
     return feature_cache_applies(config) and len(model.frozen) > 0
-
-
-def feature_cache_key(config, files, device=None):
-    """The frozen-feature cache key a run of `config` on `files` uses: builds the model, decodes nothing.
-
-    The prefix is built as Run builds it (seeded, pretrained weights loaded), in a forked RNG.
-    """
-    config, device = resolve(config), device or default_device()
-    with torch.random.fork_rng(devices=[]):
-        if config["seed"] is not None:
-            torch.manual_seed(config["seed"])
-        model = models.build_model(config, num_classes=2)
-    if config["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    mean, std = models.normalization(config)
-    return features.feature_key(cache.image_cache_key(config, files), model.frozen, mean, std,
-                                amp_dtype(config, device), device, config["channels_last"])
 
 
 def make_batches(split, model, config, device, amp, train, prefix=None):
@@ -107,9 +45,8 @@ def make_batches(split, model, config, device, amp, train, prefix=None):
     mean, std = models.normalization(config)
     seed = config["seed"]
     if use_feature_cache(config, model):
-        cache_dir = config["cache_dir"] or data.default_cache_dir()
         array, key = features.frozen_features(model, split.images, mean, std, device, amp, config["channels_last"],
-                                              cache_dir, prefix)
+                                              cache_root(config["cache_dir"]), prefix)
         return Batches(array, split.labels, split.index, config["batch_size"], device,
                        feature_preparer(device, config["channels_last"]), shuffle=train, seed=seed, key=key)
     images = image_preparer(mean, std, device, augment=train and config["augment"],
@@ -240,8 +177,28 @@ def macro_f1(confusion):
     return float(np.mean(2 * tp[present] / (2 * tp[present] + fp[present] + fn[present]))) if present.any() else 0.0
 
 
+def make_recipe(model, config, num_classes, steps_per_epoch, cached):
+    """(optimizer, schedule, EMA, mixer) of a run; the last three None when off.
+
+    The optimizer trains the head at lr and the unfrozen stages at backbone_lr; the EMA averages the tail's weights
+    (BatchNorm statistics too); mixup/cutmix make the tail's input (cutmix before the frozen prefix, mixup after it).
+    """
+    optimizer = OPTIMIZERS[config["optimizer"]](models.param_groups(model, config), config["weight_decay"])
+    schedule = make_schedule(optimizer, config, steps_per_epoch)
+    ema = None
+    if config["ema"]:
+        ema = AveragedModel(model.tail, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]), use_buffers=True)
+    mix = None
+    if config["mixup"] or config["cutmix"]:
+        mix = Mixer(config, num_classes, prefix=None if cached else model.frozen)
+    return optimizer, schedule, ema, mix
+
+
 class Run:
-    """Everything one training run holds; `state()` is its checkpoint payload (state_dicts only)."""
+    """One training run: `model` is trained, `eval_model` is evaluated and saved (the EMA average, or `model`).
+
+    `state()` is its checkpoint payload (state_dicts only); `load_state()` continues one.
+    """
 
     def __init__(self, config, device=None, resume=None, train_on_val=False, log_fn=print):
         self.config = config = resolve(config)
@@ -256,58 +213,44 @@ class Run:
                 raise CheckpointError(why)
         if train_on_val:  # final retrain: Validation joins the training set
             train = concat_splits(train, val)
-        # model: a checkpoint fills every weight it holds; pretrained weights only where it holds none (a
-        # fresh run) or not the frozen prefix's (it holds the prefix's hash: checked)
-        frozen = resume.get("frozen") if resume is not None else None
+        # model: pretrained weights unless a checkpoint holds them all (it holds no frozen prefix's identity)
         self.model = models.build_model(config, len(self.classes),
-                                        load_weights=resume is None or frozen is not None).to(device)
-        if resume is not None:  # with EMA, "model" holds the average and "live" the trained weights
-            if frozen is not None:
-                checkpoint.check_frozen(self.model, frozen, "the checkpoint")
-            checkpoint.load_weights(self.model, resume.get("live") or resume["model"], frozen)
-        self.frozen = checkpoint.frozen_identity(config, self.model)  # what a checkpoint holds instead of the prefix
+                                        load_weights=resume is None or resume.get("frozen") is not None).to(device)
         self.amp = amp_dtype(config, device)
         # inputs: cached frozen features feed the tail; otherwise images feed the whole net
         self.cached = use_feature_cache(config, self.model)
         if config["channels_last"]:  # what runs each epoch (a cached prefix is converted only if it must run)
             (self.model.tail if self.cached else self.model).to(memory_format=torch.channels_last)
-        # the prefix hashed once, for both splits' feature cache keys
+        steps = math.ceil(len(train.index) / config["batch_size"])  # len(self.train_batches), built below
+        self.optimizer, self.scheduler, self.ema, self.mix = make_recipe(
+            self.model, config, len(self.classes), steps, self.cached)
+        self.eval_model = self.model if self.ema is None else models.Net(self.model.frozen, self.ema.module)
+        # what a training batch runs through: the tail when cached features or the mixer feed it, else the net
+        self.trained = self.model.tail if self.cached or self.mix is not None else self.model
+        if config["compile"]:
+            self.trained = torch.compile(self.trained)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+        self.epoch, self.metrics = 0, {}
+        if resume is not None:
+            self.load_state(resume)
+        # batches (after the weights: a checkpoint may hold the prefix); the prefix hashed once for both splits
+        self.frozen = checkpoint.frozen_identity(config, self.model)  # what a checkpoint holds instead of the prefix
         prefix = self.frozen["hash"] if self.frozen else None
         self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True, prefix=prefix)
         self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False, prefix=prefix)
-        # mixup/cutmix make the tail's input (cutmix before the frozen prefix, mixup after it)
-        self.mix = None
-        if config["mixup"] or config["cutmix"]:
-            self.mix = Mixer(config, len(self.classes), prefix=None if self.cached else self.model.frozen)
-        trained = self.model.tail if self.cached or self.mix is not None else self.model
-        self.forward = torch.compile(trained) if config["compile"] else trained
-        # optimizer (head at lr, unfrozen stages at backbone_lr) and its per-step schedule
-        self.optimizer = OPTIMIZERS[config["optimizer"]](models.param_groups(self.model, config),
-                                                         config["weight_decay"])
-        self.scheduler = make_schedule(self.optimizer, config, len(self.train_batches))
-        if resume is not None:
-            self.optimizer.load_state_dict(resume["optimizer"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(resume["scheduler"])
-        # EMA of the tail's weights (BatchNorm statistics too): what is evaluated and saved when on
-        self.ema, self.eval_model = None, self.model
-        if config["ema"]:
-            self.ema = AveragedModel(self.model.tail, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]), use_buffers=True)
-            self.eval_model = models.Net(self.model.frozen, self.ema.module)
-            if resume is not None:
-                checkpoint.load_weights(self.eval_model, resume["model"], frozen)
-                self.ema.n_averaged.fill_(resume["ema_updates"])
-        self.eval_forward = self.forward if self.ema is None and self.mix is None else (
-            self.eval_model.tail if self.cached else self.eval_model)
         self.confusion = None  # the last epoch's validation confusion matrix (rows: truth)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
-        self.epoch = resume["epoch"] if resume else 0
         # "best" = the best value of config metric over the epochs, by config mode (a resumed run keeps its best)
         self.metric, self.mode = config["metric"], config["mode"]
-        self.metrics = resume["metrics"] if resume else {}
         self.best = self.metrics.get(f"best_{self.metric}")
         self.best_epoch = self.metrics.get("best_epoch") if self.best is not None else None
         self.improved = False  # whether the last epoch is the best so far
+
+    def evaluated(self):
+        """What a validation batch runs through: what trains, unless another module is evaluated (the EMA average)
+        or the mixer feeds training the tail; then the evaluated net (its tail when cached features feed it)."""
+        if self.ema is None and self.mix is None:
+            return self.trained
+        return self.eval_model.tail if self.cached else self.eval_model
 
     def epochs(self):
         """Train the remaining epochs; yields the metrics of each (the caller checkpoints and reports)."""
@@ -318,9 +261,9 @@ class Run:
             if self.config["seed"] is not None:
                 torch.manual_seed(self.config["seed"] * 100_003 + self.epoch)
             train_loss, train_acc, seen, seconds = train_one_epoch(
-                self.model, self.forward, self.optimizer, self.loss_fn, self.train_batches, self.amp,
+                self.model, self.trained, self.optimizer, self.loss_fn, self.train_batches, self.amp,
                 self.scheduler, self.ema, self.mix)
-            val = evaluate(self.eval_model, self.eval_forward, self.loss_fn, self.val_batches, self.amp)
+            val = evaluate(self.eval_model, self.evaluated(), self.loss_fn, self.val_batches, self.amp)
             self.confusion = val.pop("confusion")
             scores = {"train_loss": train_loss, "train_acc": train_acc, **{f"val_{k}": v for k, v in val.items()}}
             # the best epoch by metric and mode; a tie goes to the later epoch, as Ray's checkpoint keeping does
@@ -344,17 +287,26 @@ class Run:
             state.update(live=checkpoint.trained_weights(self.model, self.frozen), ema_updates=int(self.ema.n_averaged))
         return state
 
+    def load_state(self, state):
+        """Continue `state` (what state() wrote, for this config): weights, optimizer, schedule, EMA, epoch, metrics.
+
+        A checkpoint that identifies its frozen prefix holds none of its weights: the rebuilt prefix must match it.
+        """
+        frozen = state.get("frozen")
+        if frozen is not None:
+            checkpoint.check_frozen(self.model, frozen, "the checkpoint")
+        checkpoint.load_weights(self.model, state.get("live") or state["model"], frozen)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            checkpoint.load_weights(self.eval_model, state["model"], frozen)
+            self.ema.n_averaged.fill_(state["ema_updates"])
+        self.epoch, self.metrics = state["epoch"], state["metrics"]
+
 
 def is_better(value, best, mode):
     """Whether `value` is at least as good as `best` by `mode` ("max" | "min"); anything beats no best or NaN."""
     if best is None or best != best:
         return True
     return value >= best if mode == "max" else value <= best
-
-
-def concat_splits(a, b):
-    """Train + Validation as one split (for the final retrain)."""
-    images = cache.CachedImages(f"{a.images.key}+{b.images.key}", np.concatenate([a.images.images, b.images.images]),
-                                a.images.bad + [[row + len(a.images.images), f, e] for row, f, e in b.images.bad])
-    return Split(images, np.concatenate([a.labels, b.labels]),
-                 np.concatenate([a.index, b.index + len(a.images.images)]))

@@ -27,33 +27,6 @@ BATCH = 256  # images per forward pass of the prefix while building
 # How batches.image_preparer turns cached uint8 images into the prefix's input; change it, change this
 PREPARE = "uint8 NHWC -> float32 NCHW, (x - 255 mean) / (255 std)"
 
-# Config keys that do not change the frozen features, each with the reason; every other key must change
-# the key (tests/test_cache_keys.py walks every key of config.DEFAULTS). data and image_size reach it
-# through the image key, normalize through mean/std, model/weights/head_on/unfreeze/seed through the
-# prefix's architecture and weights, precision through the dtypes, channels_last through the memory format.
-FEATURE_CACHE_IGNORES = {
-    "cache_dir": "where the cache lives, not what it holds",
-    "augment": "augment=True turns the feature cache off (random crops change every epoch)",
-    "feature_cache": "feature_cache=False turns the feature cache off",
-    "head_width": "the head is in the trained tail, after the cached prefix",
-    "dropout": "the head is in the trained tail, after the cached prefix",
-    "epochs": "training only",
-    "batch_size": f"training only (the prefix runs in batches of {BATCH}, in eval mode)",
-    "lr": "training only",
-    "backbone_lr": "training only",
-    "weight_decay": "training only",
-    "label_smoothing": "training only",
-    "optimizer": "training only",
-    "schedule": "training only",
-    "warmup_epochs": "training only",
-    "mixup": "training only (it mixes the prefix's output, after the prefix)",
-    "cutmix": "cutmix pastes images: a run with it never uses the feature cache (dogs.config refuses the pair)",
-    "ema": "training only (averages the trained tail)",
-    "metric": "chooses the best epoch, after training",
-    "mode": "chooses the best epoch, after training",
-    "compile": "compiles the trained tail; the prefix runs uncompiled",
-}
-
 
 def prefix_hash(frozen):
     h = hashlib.sha256()

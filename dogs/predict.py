@@ -19,9 +19,10 @@ import torch
 
 from . import cache, data, models
 from .batches import Batches, image_preparer
-from .engine import amp_dtype, default_device, load_split
+from .device import amp_dtype, default_device
 from .errors import CheckpointError
 from .files import atomic_path
+from .splits import load_split
 
 log = logging.getLogger("dogs")
 
@@ -54,7 +55,7 @@ def ensemble_probs(members, files, device, tta=False):
     """(mean softmax (len(files), classes), readable mask) of the members [(model, config)] over `files`."""
     total, ok = None, None
     for model, config in members:
-        images = cache.cached_images(files, config["image_size"], config["cache_dir"] or data.default_cache_dir())
+        images = cache.cached_images(files, config["image_size"], cache.cache_root(config["cache_dir"]))
         rows = np.flatnonzero(images.ok)
         probs = predict_probs(model, config, images, rows, device, tta)
         full = np.zeros((len(files), probs.shape[1] if len(rows) else 0), dtype=np.float32)

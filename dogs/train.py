@@ -41,52 +41,53 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     if resume and state is None:
         log(f"nothing to resume in {out_dir}: starting from epoch 1")
     try:
-        run = Run(config, device=device, resume=state, train_on_val=train_on_val, log_fn=log)
+        training = Run(config, device=device, resume=state, train_on_val=train_on_val, log_fn=log)
     except CheckpointError as err:
         raise CheckpointError(f"--resume {last}: {err}; or start a new run with another --out") from None
     out_dir.mkdir(parents=True, exist_ok=True)   # only once the run can start: a refused run leaves no folder
-    (out_dir / "config.json").write_text(json.dumps(run.config, indent=2))
-    log(f"{run.config['model']} on {len(run.classes)} classes, device {run.device}, "
-        f"{'cached frozen features' if run.cached else 'images'} -> {out_dir}")
+    (out_dir / "config.json").write_text(json.dumps(training.config, indent=2))
+    log(f"{training.config['model']} on {len(training.classes)} classes, device {training.device}, "
+        f"{'cached frozen features' if training.cached else 'images'} -> {out_dir}")
     if train_on_val:
         log("training on Train + Validation: validation scores are not held out; the last epoch is kept")
-    metric = run.metric
+    metric = training.metric
     # the epochs before an interruption: history.csv up to the resumed epoch; the best weights from best.pt
     history, best_weights = [], None
     if state is not None and history_csv.exists():
-        history = [row for row in pd.read_csv(history_csv).to_dict("records") if row["epoch"] <= run.epoch]
+        history = [row for row in pd.read_csv(history_csv).to_dict("records") if row["epoch"] <= training.epoch]
     if state is not None and not train_on_val and (out_dir / "best.pt").exists():
         best = checkpoint.read(out_dir / "best.pt")
         if best.get("frozen") is not None:   # a checkpoint without the frozen prefix: it must be this run's
-            checkpoint.check_frozen(run.model, best["frozen"], out_dir / "best.pt")
+            checkpoint.check_frozen(training.model, best["frozen"], out_dir / "best.pt")
         best_weights = copy_state(
-            checkpoint.load_weights(copy.deepcopy(run.model), best["model"], best.get("frozen")).state_dict())
+            checkpoint.load_weights(copy.deepcopy(training.model), best["model"], best.get("frozen")).state_dict())
     log(HEADER)
-    for m in run.epochs():
+    for m in training.epochs():
         # log the epoch, checkpoint it and its history, keep a copy of the best weights
         history.append(m)
         log(f"{m['epoch']:>5} | {m['train_loss']:>10.4f} | {m['train_acc']:>9.2%} | {m['val_loss']:>10.4f} | "
             f"{m['val_acc']:>9.2%} | {m['epoch_time_s']:>5.1f}s | {m['images_per_s']:>8.0f}")
-        checkpoint.save(run.state(), last)
+        checkpoint.save(training.state(), last)
         with atomic_path(history_csv) as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)
-        if not train_on_val and run.improved:
-            best_weights = copy_state(run.eval_model.state_dict())
-            checkpoint.save(run.state(), out_dir / "best.pt")
+        if not train_on_val and training.improved:
+            best_weights = copy_state(training.eval_model.state_dict())
+            checkpoint.save(training.state(), out_dir / "best.pt")
     # restore the best weights (the last ones when Validation was trained on)
     if best_weights is not None:
-        run.eval_model.load_state_dict(best_weights)
+        training.eval_model.load_state_dict(best_weights)
     else:
-        checkpoint.save(run.state(), out_dir / "best.pt")
-    written = predict.submit(run.eval_model, run.state(), out_dir, device=run.device)
+        checkpoint.save(training.state(), out_dir / "best.pt")
+    written = predict.submit(training.eval_model, training.state(), out_dir, device=training.device)
     if written["submission"] is None:
-        log(f"no submission.csv: {data.no_test_images(run.root)}")
-    score = demo_test_accuracy(run.root, written["submission"])
+        log(f"no submission.csv: {data.no_test_images(training.root)}")
+    score = demo_test_accuracy(training.root, written["submission"])
     # the epoch best.pt holds: the best one, or the last when Validation was trained on (it cannot pick one then)
-    best, best_epoch = (run.metrics.get(metric), run.epoch) if train_on_val else (run.best, run.best_epoch)
+    best, best_epoch = ((training.metrics.get(metric), training.epoch) if train_on_val
+                        else (training.best, training.best_epoch))
     if best is not None:
         log((f"kept the last epoch {best_epoch}: {metric} {best:.4f} (trained on Validation: not held out)"
-             if train_on_val else f"best {metric} {best:.4f} at epoch {best_epoch} ({run.mode})")
+             if train_on_val else f"best {metric} {best:.4f} at epoch {best_epoch} ({training.mode})")
             + (f", demo test accuracy {score:.2%}" if score is not None else ""))
     for name, path in written.items():
         if path:

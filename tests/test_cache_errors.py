@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import make_imagefolder
-from dogs import cache, data, models
+from dogs import cache, data, decode, models
 from dogs.config import resolve
-from dogs.engine import load_splits, make_batches
+from dogs.engine import make_batches
+from dogs.splits import load_splits
 from dogs.errors import CacheError
 
 
@@ -78,4 +79,4 @@ def test_full_disk_is_one_cache_error_and_leaves_no_cache_a_later_run_trusts(tmp
     with caplog.at_level(logging.INFO, logger="dogs"):
         images = cache.cached_images(files, 16, tmp_path / "cache")
     assert "decoded 6 images" in caplog.text
-    assert images.ok.all() and np.array_equal(images.images[0], data.load_rgb(files[0], 16))
+    assert images.ok.all() and np.array_equal(images.images[0], decode.load_rgb(files[0], 16))

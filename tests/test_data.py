@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_imagefolder
-from dogs import cache, data
-from dogs.engine import load_splits
+from dogs import cache, data, decode
+from dogs.splits import load_splits
 from dogs.config import resolve
 
 
@@ -28,7 +28,7 @@ def test_awkward_files_are_skipped_and_reported_or_converted(tiny_imagefolder, t
     for name in ("gray.png", "cmyk.jpg", "rgba.png", "palette.gif"):
         row = images.images[[f.name for f in files].index(name)]
         assert row.shape == (16, 16, 3) and row.max() > 0
-    rgb = data.load_rgb(tiny_imagefolder / "Train" / "circle" / "gray.png", 16)
+    rgb = decode.load_rgb(tiny_imagefolder / "Train" / "circle" / "gray.png", 16)
     assert (rgb[..., 0] == rgb[..., 1]).all()
 
 

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from conftest import draw, make_imagefolder
-from dogs import data
+from dogs import data, decode
 from dogs.config import resolve
-from dogs.engine import load_splits
+from dogs.splits import load_splits
 
 
 def halves(width=40, height=20):
@@ -27,7 +27,7 @@ def test_exif_orientation_6_and_8_is_applied(tmp_path, orientation, red_on_top):
     exif[0x0112] = orientation  # 6: turn 90 degrees clockwise to view (left side up); 8: counter-clockwise
     path = tmp_path / f"phone{orientation}.jpg"
     halves().save(path, exif=exif, quality=95)
-    rgb = data.load_rgb(path, 16).astype(int)
+    rgb = decode.load_rgb(path, 16).astype(int)
     top, bottom = rgb[:8], rgb[8:]
     red_top = top[..., 0].mean() > top[..., 2].mean() + 100
     red_bottom = bottom[..., 0].mean() > bottom[..., 2].mean() + 100
@@ -42,7 +42,7 @@ def test_16_bit_and_float_gradient_decodes_to_a_gradient_not_two_values(tmp_path
     path = tmp_path / f"gradient{suffix}"
     Image.fromarray(values).save(path)
     assert Image.open(path).mode == mode
-    row = data.load_rgb(path, 64)[4, :, 0].astype(int)
+    row = decode.load_rgb(path, 64)[4, :, 0].astype(int)
     assert len(np.unique(row)) > 50  # a gradient, not 0 and 255
     assert row[0] <= 3 and row[-1] >= 252 and (np.diff(row) >= 0).all()
     assert abs(row[32] - 128) <= 6
@@ -59,7 +59,7 @@ def test_existing_modes_still_decode_to_the_colour_a_viewer_shows(tmp_path, make
     img = make()
     path = tmp_path / ("x.jpg" if img.mode == "CMYK" else "x.png")
     img.save(path, quality=100)
-    rgb = data.load_rgb(path, 8).astype(int)
+    rgb = decode.load_rgb(path, 8).astype(int)
     assert np.abs(rgb - expected).max() <= 3, (img.mode, rgb[0, 0])
 
 

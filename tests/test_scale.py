@@ -121,7 +121,7 @@ def test_a_local_search_runs_a_trial_per_slot_from_the_first_trials(tiny_imagefo
     from tune import experiment, search
 
     from dogs.config import resolve
-    from dogs.engine import load_splits
+    from dogs.splits import load_splits
 
     load_splits(resolve({"data": str(tiny_imagefolder), "image_size": 8}), log_fn=None)   # decoded before: short trials
     space = tmp_path / "space.yaml"

@@ -23,13 +23,13 @@ def cnn(tiny_imagefolder, seed, **values):
 def test_an_ensemble_of_one_predicts_what_the_model_predicts(tiny_imagefolder):
     files = data.test_files(tiny_imagefolder)
     model, config = cnn(tiny_imagefolder, 0)
-    images = cache.cached_images(files, 16, data.default_cache_dir())
+    images = cache.cached_images(files, 16, cache.cache_root())
     single = predict.predict_probs(model, config, images, np.arange(len(files)), CPU)
     alone, ok = predict.ensemble_probs([(model, config)], files, CPU)
     assert ok.all() and np.array_equal(alone, single)
     # members with their own image size and normalization: the mean of their own outputs
     other, other_config = cnn(tiny_imagefolder, 1, image_size=24, normalize="imagenet")
-    theirs = predict.predict_probs(other, other_config, cache.cached_images(files, 24, data.default_cache_dir()),
+    theirs = predict.predict_probs(other, other_config, cache.cached_images(files, 24, cache.cache_root()),
                                    np.arange(len(files)), CPU)
     both, _ = predict.ensemble_probs([(model, config), (other, other_config)], files, CPU)
     assert np.allclose(both, (single + theirs) / 2) and not np.allclose(both, single)

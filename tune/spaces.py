@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from dogs.config import (COMBINATION_KEYS, DEFAULTS, METRICS, SCHEMA, SEEDS, Key, Range, absolute_path, load_yaml,
-                         metric_mode_problem, natural_mode, problem, resolve, yaml_problem)
+                         metric_mode_problem, natural_mode, problem, resolve, value_type, yaml_problem)
 from dogs.errors import ConfigError, SpaceError
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -41,24 +41,24 @@ SCHEDULERS = ("asha", "fifo")
 
 # search settings, checked like config keys: name -> Key(default, type, allowed, help)
 SETTINGS = {
-    "samples": Key(10, "int", Range(1, MAX_SAMPLES), "how many trials to run; at most 10000: every trial keeps a "
+    "samples": Key(10, int, Range(1, MAX_SAMPLES), "how many trials to run; at most 10000: every trial keeps a "
                    "folder of results and checkpoints and the driver holds them all in memory"),
-    "epochs": Key(10, "int", Range(1), "each trial's epoch budget = ASHA's max_t"),
-    "grace_period": Key(1, "int", Range(1), "epochs every trial gets before ASHA may stop it; at most epochs"),
-    "reduction_factor": Key(3, "number", Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
+    "epochs": Key(10, int, Range(1), "each trial's epoch budget = ASHA's max_t"),
+    "grace_period": Key(1, int, Range(1), "epochs every trial gets before ASHA may stop it; at most epochs"),
+    "reduction_factor": Key(3, float, Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
     "metric": SCHEMA["metric"],
     "mode": SCHEMA["mode"],
-    "sampler": Key("tpe", "str", SAMPLERS, "Optuna sampler that proposes each trial: tpe (learns from complete and "
+    "sampler": Key("tpe", str, SAMPLERS, "Optuna sampler that proposes each trial: tpe (learns from complete and "
                    "stopped-early trials), random, qmc (quasi-random, space-filling), gp (Gaussian process; learns "
                    "from complete trials only)"),
-    "scheduler": Key("asha", "str", SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
+    "scheduler": Key("asha", str, SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
                      "fifo = every trial runs all its epochs"),
-    "seed": Key(0, "int or null", SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
-    "cpus_per_trial": Key(1, "number", Range(0, low_open=True), "CPUs each trial holds"),
-    "gpus_per_trial": Key(0, "number", Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
-    "max_concurrent": Key(None, "int or null", Range(1), "most trials at once; null = as many as the resources allow"),
-    "max_failures": Key(2, "int", Range(0), "retries of an errored trial from its last checkpoint"),
-    "time_budget": Key(None, "str or null", None, "wall time after which the search stops cleanly, like Ctrl-C "
+    "seed": Key(0, int | None, SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
+    "cpus_per_trial": Key(1, float, Range(0, low_open=True), "CPUs each trial holds"),
+    "gpus_per_trial": Key(0, float, Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
+    "max_concurrent": Key(None, int | None, Range(1), "most trials at once; null = as many as the resources allow"),
+    "max_failures": Key(2, int, Range(0), "retries of an errored trial from its last checkpoint"),
+    "time_budget": Key(None, str | None, None, "wall time after which the search stops cleanly, like Ctrl-C "
                        "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none"),
 }
 DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([smhd])")
@@ -76,13 +76,9 @@ DISTRIBUTIONS = {
     "lograndint": 2,       # [low, high]        integer, uniform in log space, high excluded (low > 0)
 }
 FLOAT_DISTRIBUTIONS = ("uniform", "quniform", "loguniform")
-# config keys the search sets for every trial itself
-NOT_IN_PARAMS = {
-    "epochs": "set search.epochs instead (--epochs on the command line); it is ASHA's max_t as well",
-    "metric": "set search.metric instead (--metric); every trial is scored by the search's metric",
-    "mode": "set search.mode instead (--mode); every trial is scored by the search's mode",
-    "data": "give the data folder with --data DIR; every trial of a search reads the same data",
-}
+
+# config keys the search sets for every trial itself: where to set each instead
+NOT_IN_PARAMS = {key: SCHEMA[key].set_by_search for key in SCHEMA if SCHEMA[key].set_by_search}
 
 
 SECTIONS = ("search", "params", "first_trials")
@@ -403,7 +399,7 @@ def _check_bounds(key, kind, args, where):
         raise SpaceError(f"{where}: params.{key}.{kind}: {args!r}; allowed: {names} of {number_type}")
     if not all(math.isfinite(a) for a in args):
         raise SpaceError(f"{where}: params.{key}.{kind}: {args!r}; allowed: finite bounds (no .inf or .nan)")
-    if kind in FLOAT_DISTRIBUTIONS and SCHEMA[key].type.startswith("int"):
+    if kind in FLOAT_DISTRIBUTIONS and value_type(SCHEMA[key]) is int:
         raise SpaceError(f"{where}: params.{key}.{kind}: {key} is an integer and {kind} draws floats; allowed: "
                          "int, randint, qrandint, lograndint or choice")
     low, high = args[0], args[1]
