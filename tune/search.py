@@ -648,6 +648,9 @@ def run(args, space, exp_dir, runs, resources, workers=None):
 
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
+    from tune.searcher import StudySearcher
+
+    StudySearcher.lost = None
     try:
         with time_budget(spaces.parse_duration(search["time_budget"]) if search["time_budget"] else None) as budget:
             grid = tuner.fit()
@@ -655,6 +658,10 @@ def run(args, space, exp_dir, runs, resources, workers=None):
         from tune.searcher import StudySearcher
 
         StudySearcher.resumed_in = None
+    if StudySearcher.lost:   # its database went away: Tune stopped as on Ctrl-C; what it could not write is saved
+        print(f"dogs-search: error: {StudySearcher.lost}; once it answers again, continue with  python -m tune.search "
+              f"--resume --storage {shlex.quote(runs)} --name {storage.name(exp_dir)}", file=sys.stderr)
+        return 1
     wall_s = time.time() - start
     trials = experiment.read_trials(exp_dir)
     table = trials_table(exp_dir, space, trials)
