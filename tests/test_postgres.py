@@ -109,6 +109,13 @@ def test_search_on_postgres_stops_in_one_line_when_the_database_stops_and_resume
     assert len(errors) == 1 and "cannot be reached" in errors[0] and "--resume" in errors[0], console[-3000:]
     assert "Traceback" not in console, console[-3000:]
 
+    # --resume while the database is still down: one line, nothing run
+    down = subprocess.run([sys.executable, "-m", "tune.search", "--resume", "--storage", str(storage), "--name", name],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    out, err = down.stdout, down.stderr
+    assert down.returncode in (1, 2) and "Traceback" not in out + err, out[-3000:] + err[-3000:]
+    assert err.count("dogs-search: error:") == 1 and "cannot" in err and "127.0.0.1" in err, err[-3000:]
+
     # the database back: --resume finishes the search; every study trial is one Tune trial, none twice
     server.start()
     code, out, err = run_main(search, ["--resume", "--storage", str(storage), "--name", name])
