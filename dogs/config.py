@@ -212,22 +212,24 @@ COMBINATION_KEYS = keys_where(combination=True)
 
 
 def combination_problem(config):
-    """None, or why values that are each allowed cannot be honoured together (a checked, complete config)."""
+    """None, or (why, the keys it names): values that are each allowed but cannot be honoured together (a checked,
+    complete config). The keys are what a search space's combination check shows the user, with their values."""
     model, unfreeze, stages = config["model"], config["unfreeze"], STAGES[config["model"]]
     if unfreeze > stages:
         why = "the CNN trains from scratch, all of it" if stages == 0 else f"{model} has {stages} stages"
         return (f"unfreeze: {unfreeze!r} is out of range for model {model!r}; allowed: an integer in 0..{stages} "
-                f"for {model} ({why})")
+                f"for {model} ({why})"), ("model", "unfreeze")
     if config["warmup_epochs"] and config["warmup_epochs"] >= config["epochs"]:
         return (f"warmup_epochs: {config['warmup_epochs']!r} is not less than epochs ({config['epochs']}); "
-                f"allowed: an integer in 0..{config['epochs'] - 1} with epochs {config['epochs']}")
+                f"allowed: an integer in 0..{config['epochs'] - 1} with epochs {config['epochs']}"), \
+            ("warmup_epochs", "epochs")
     if config["schedule"] == "onecycle" and config["warmup_epochs"] == 0:
         return ("schedule: 'onecycle' rises for warmup_epochs, then anneals; allowed with warmup_epochs >= 1 "
-                "(given 0), or schedule constant or cosine")
+                "(given 0), or schedule constant or cosine"), ("schedule", "warmup_epochs")
     if config["cutmix"] and feature_cache_applies(config):
         return (f"cutmix: {config['cutmix']!r} pastes boxes of images, but this run trains on cached frozen features "
                 f"({model} with unfreeze {unfreeze} < {stages}); allowed: cutmix 0, or feature_cache false "
-                f"(or augment true), or mixup, which mixes features too")
+                f"(or augment true), or mixup, which mixes features too"), ("cutmix", "unfreeze", "feature_cache", "augment")
     return None
 
 
@@ -256,7 +258,7 @@ def resolve(config=None):
     out = {key: absolute_path(key, value) for key, value in out.items()}
     if out["mode"] is None:  # the metric's own direction
         out["mode"] = natural_mode(out["metric"])
-    why = metric_mode_problem(out["metric"], out["mode"]) or combination_problem(out)
+    why = metric_mode_problem(out["metric"], out["mode"]) or (combination_problem(out) or (None,))[0]
     if why:
         raise ConfigError(why)
     return out

@@ -15,7 +15,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
-from . import checkpoint, data, features, models
+from . import checkpoint, data, features, models, ranking
 from .batches import Batches, feature_preparer, image_preparer
 from .cache import cache_root
 from .config import feature_cache_applies, resolve
@@ -267,7 +267,7 @@ class Run:
             self.confusion = val.pop("confusion")
             scores = {"train_loss": train_loss, "train_acc": train_acc, **{f"val_{k}": v for k, v in val.items()}}
             # the best epoch by metric and mode; a tie goes to the later epoch, as Ray's checkpoint keeping does
-            self.improved = is_better(scores[self.metric], self.best, self.mode)
+            self.improved = ranking.improves(scores[self.metric], self.best, self.mode)
             if self.improved:
                 self.best, self.best_epoch = scores[self.metric], self.epoch
             self.metrics = {
@@ -303,10 +303,3 @@ class Run:
             checkpoint.load_weights(self.eval_model, state["model"], frozen)
             self.ema.n_averaged.fill_(state["ema_updates"])
         self.epoch, self.metrics = state["epoch"], state["metrics"]
-
-
-def is_better(value, best, mode):
-    """Whether `value` is at least as good as `best` by `mode` ("max" | "min"); anything beats no best or NaN."""
-    if best is None or best != best:
-        return True
-    return value >= best if mode == "max" else value <= best

@@ -1,4 +1,4 @@
-"""tune.checkpoints.KeepBestAndLatest on its own, driven as Tune drives it (no Ray started): each trial keeps its
+"""tune.retention.KeepBestAndLatest on its own, driven as Tune drives it (no Ray started): each trial keeps its
 best checkpoint, and every checkpoint from its latest one at the previous save of the experiment state on
 (the state --resume reads names it); after the last save, its best and its latest only."""
 import math
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from ray import tune
 
-from tune.checkpoints import KeepBestAndLatest
+from tune.retention import KeepBestAndLatest
 
 
 def folder_names(trial_dir):
@@ -111,3 +111,14 @@ def test_a_resumed_search_prunes_from_the_saved_state(tmp_path):
     assert trial.kept() == [1, 3, 4]
     second.on_experiment_end(trials=[])
     assert trial.kept() == [1, 4]
+
+
+def test_an_experiment_started_before_the_renames_still_unpickles():
+    """Ray's tuner.pkl names the callbacks and the trial-name function by module: an experiment interrupted
+    before tune.checkpoints became tune.retention and trial_dirname moved to tune.tuner still resumes."""
+    import pickle
+
+    from tune import retention, tuner
+
+    old = b"(ctune.checkpoints\nKeepBestAndLatest\nctune.search\ntrial_dirname\nt."   # two globals, as a tuple
+    assert pickle.loads(old) == (retention.KeepBestAndLatest, tuner.trial_dirname)

@@ -168,9 +168,9 @@ def test_train_data_from_set_or_config_is_honoured_without_data_flag(tmp_path):
 
 
 def test_search_set_accumulates_across_repeated_flags():
-    from tune import search
+    from tune import cli
 
-    args = search.get_args_parser().parse_args(["--set", "model=cnn", "--set", "epochs=2", "lr=3e-4"])
+    args = cli.get_args_parser().parse_args(["--set", "model=cnn", "--set", "epochs=2", "lr=3e-4"])
     assert args.set == ["model=cnn", "epochs=2", "lr=3e-4"]
 
 

@@ -139,7 +139,7 @@ def test_ctrl_c_while_ray_starts_exits_130_with_one_line(tiny_imagefolder, tmp_p
 
 
 def test_errored_trials_get_one_install_hint_per_missing_module(tmp_path):
-    from tune.search import failure_hints
+    from tune.report import failure_hints
 
     errors = {"a": "ModuleNotFoundError: No module named 'dogs'", "b": "No module named 'dogs.trial'",
               "c": "ModuleNotFoundError: No module named 'torchvision'", "d": "ValueError: lr"}
@@ -159,7 +159,7 @@ def test_errored_trials_get_one_install_hint_per_missing_module(tmp_path):
 
 def test_a_trial_that_raised_our_typed_error_gets_its_one_line_in_the_summary(tmp_path):
     """Ray's error.txt is a traceback; the summary prints the ConfigError's line (the trainable's last check)."""
-    from tune.search import failure_hints
+    from tune.report import failure_hints
 
     why = "unfreeze: 3 is out of range for model 'cnn'; allowed: an integer in 0..0 for cnn"
     tail = ('  File "dogs/config.py", line 211, in resolve\n    raise ConfigError(why)\n'
@@ -177,7 +177,7 @@ def test_ray_address_in_the_environment_is_joined_saying_so_before_ray_starts(mo
     connection attempts, which retry an address it cannot reach for minutes with Ray's own lines only."""
     import ray
 
-    from tune.search import start_ray
+    from tune.ray_setup import start_ray
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("no GCS")

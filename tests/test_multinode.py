@@ -144,7 +144,7 @@ def results(exp_dir):
 def live(exp_dir):
     """{trial folder: epochs reported} of the trials running now, read in the Optuna study (live, unlike the
     trials' files in the storage path); {} before the study can be read."""
-    from tune.searcher import open_study
+    from tune.study import open_study
 
     try:
         with open_study(exp_dir) as study:
@@ -294,8 +294,8 @@ def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
     saved = saved_status(exp_dir)
     done_before = {t: r for t, r in before.items() if finished(r) and saved.get(t) == "TERMINATED"}
     assert done_before, (saved, {t: len(r) for t, r in before.items()})
-    from tune.search import study_states
-    from tune.searcher import open_study
+    from tune.report import study_states
+    from tune.study import open_study
     from tune import spaces
 
     space = spaces.load(exp_dir / "search_space.yaml")

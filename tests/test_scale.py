@@ -118,7 +118,7 @@ def test_a_frozen_prefix_that_is_gone_or_changed_is_one_checkpoint_error(tiny_im
 def test_a_local_search_runs_a_trial_per_slot_from_the_first_trials(tiny_imagefolder, tmp_path):
     # trials far shorter than a worker's start: Tune used to hand every trial to the first worker up
     from conftest import run_main
-    from tune import experiment, search
+    from tune import experiment, report, search
 
     from dogs.config import resolve
     from dogs.splits import load_splits
@@ -133,12 +133,12 @@ def test_a_local_search_runs_a_trial_per_slot_from_the_first_trials(tiny_imagefo
     assert code == 0, err
     trials = experiment.read_trials(tmp_path / "runs" / "slots")
     assert len(trials) == 6 and len({t.last["pid"] for t in trials}) == 2   # both slots' workers ran trials
-    mean, most, _ = search.observed_concurrency(trials)
+    mean, most, _ = report.observed_concurrency(trials)
     assert most == 2 and "at most 2, in 2 slot(s)" in out
 
 
 def test_a_resumed_search_reports_its_own_session_time_and_concurrency():
-    from tune import search
+    from tune import report
     from tune.experiment import Trial
 
     def epochs(*ends):   # one result per epoch of 2 s, reported at each end
@@ -147,7 +147,7 @@ def test_a_resumed_search_reports_its_own_session_time_and_concurrency():
     # before the resume: a alone (epochs 1-2); after it (since 150): a and b at once, 2 epochs each
     a = Trial("a", "a", {}, epochs(102, 104, 202, 204))
     b = Trial("b", "b", {}, epochs(202, 204))
-    mean, most, own = search.observed_concurrency([a, b], since=150)
+    mean, most, own = report.observed_concurrency([a, b], since=150)
     assert (mean, most, own) == (2.0, 2, 8.0)
-    mean, most, own = search.observed_concurrency([a, b])   # the whole experiment: a's span covers the gap
+    mean, most, own = report.observed_concurrency([a, b])   # the whole experiment: a's span covers the gap
     assert most == 2 and own == 12.0 and mean == pytest.approx(12.0 / 104)

@@ -14,9 +14,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata
 
-from tune import best, search
+from tune import best, report, search
 from tune.plots import PLOTS
-from tune.searcher import open_study
+from tune.study import open_study
 from conftest import run_main
 
 EPOCHS = 3
@@ -219,7 +219,7 @@ def test_best_prints_and_submits(experiment, tmp_path):
 
 def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
     # Ray keeps every epoch's checkpoint (num_to_keep would save the experiment state after each one);
-    # tune.checkpoints deletes the others: what tune.best predicts from stays
+    # tune.retention deletes the others: what tune.best predicts from stays
     ran_all = 0
     for row in experiment["table"].itertuples():
         rows = [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines() if line.strip()]
@@ -358,7 +358,7 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     winner = min(best_losses, key=best_losses.get)
     assert best_epochs[winner] != 3   # the case: the last epoch is not the best one
 
-    # 1. every trial keeps its best epoch's checkpoint and its last one, no other (tune.checkpoints), and
+    # 1. every trial keeps its best epoch's checkpoint and its last one, no other (tune.retention), and
     # trials.csv reports best_val_loss at that epoch
     for row in table.itertuples():
         assert checkpoint.read(row.checkpoint)["epoch"] == best_epochs[row.trial_id] == row.best_epoch
@@ -409,7 +409,7 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
     before = {row.trial_id: iterations(row.path) for row in first.itertuples()}
     assert (first.status != "TERMINATED").any() or len(first) < samples
     assert ((first.status != "TERMINATED") | (first.epochs == EPOCHS)).all()   # not cut short and called done
-    assert search.study_states(exp_dir).get("PRUNED", 0) == 0
+    assert report.study_states(exp_dir).get("PRUNED", 0) == 0
 
     # resumed where it was copied to (another machine, another --storage): the copy's own study.db continues,
     # the original's is untouched (Ray's tuner.pkl names the folder it was searched in)
@@ -430,15 +430,23 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
 
 
 def test_hparams_booleans_and_choices_are_discrete_values():
-    from tune.tensorboard import _value, hparam_info
+    from tensorboard.plugins.hparams import summary_v2 as hp
 
-    augment = hparam_info({"name": "augment", "kind": "choice", "args": [False, True]})
+    from tune.tensorboard import hparam, hparam_value
+
+    def info(param):   # the HParamInfo TensorBoard reads back
+        content = hp.hparams_config_pb([hparam(param)], []).value[0].metadata.plugin_data.content
+        return hparams_metadata.parse_experiment_plugin_data(content).hparam_infos[0]
+
+    augment = info({"name": "augment", "kind": "choice", "args": [False, True]})
     assert api_pb2.DataType.Name(augment.type) == "DATA_TYPE_BOOL"
     assert [v.bool_value for v in augment.domain_discrete.values] == [False, True]
-    assert _value(True).WhichOneof("kind") == "bool_value"      # shown as true/false, not 1/0
-    model = hparam_info({"name": "model", "kind": "choice", "args": ["cnn", "resnet18"]})
+    content = hp.hparams_pb({"augment": hparam_value(True)}).value[0].metadata.plugin_data.content
+    start = hparams_metadata.parse_session_start_info_plugin_data(content)
+    assert start.hparams["augment"].WhichOneof("kind") == "bool_value"      # shown as true/false, not 1/0
+    model = info({"name": "model", "kind": "choice", "args": ["cnn", "resnet18"]})
     assert [v.string_value for v in model.domain_discrete.values] == ["cnn", "resnet18"]
-    size = hparam_info({"name": "batch_size", "kind": "randint", "args": [8, 65]})
+    size = info({"name": "batch_size", "kind": "randint", "args": [8, 65]})
     assert (size.domain_interval.min_value, size.domain_interval.max_value) == (8, 64)
 
 
@@ -456,7 +464,7 @@ def test_resume_of_an_experiment_with_a_pickled_searcher_is_one_clear_error(tmp_
     assert code == 2 and "searched by an older dogs-search" in err and "Traceback" not in err
     assert not ray.is_initialized()
     from tune.plots import write_plots
-    from tune.searcher import PickledSearcherState
+    from tune.study import PickledSearcherState
 
     with pytest.raises(PickledSearcherState):   # tune.best --plots reads it as JSON only: a typed error, no code run
         write_plots(exp_dir)

@@ -10,7 +10,8 @@ import optuna
 import pytest
 
 from tune import spaces
-from tune.searcher import StudySearcher, abandoned_trial_ids, make_sampler, open_study, startup_trials
+from tune.searcher import StudySearcher, make_sampler, startup_trials
+from tune.study import abandoned_trial_ids, open_study
 
 SPACE = {
     "search": {"samples": 8, "epochs": 3, "seed": 0},
@@ -152,43 +153,43 @@ def test_samplers(name):
 
 
 def test_sampler_and_scheduler_flags_are_settings(tmp_path):
-    from tune import search
+    from tune import cli
 
     path = tmp_path / "space.yaml"
     path.write_text("search: {sampler: random}\nparams: {lr: {loguniform: [1e-4, 1e-2]}}\n")
-    args = search.get_args_parser().parse_args(["--space", str(path), "--scheduler", "fifo"])
-    assert {k: search.load_space(args, None)["search"][k] for k in ("sampler", "scheduler")} == \
+    args = cli.get_args_parser().parse_args(["--space", str(path), "--scheduler", "fifo"])
+    assert {k: cli.load_space(args, None)["search"][k] for k in ("sampler", "scheduler")} == \
         {"sampler": "random", "scheduler": "fifo"}
-    args = search.get_args_parser().parse_args(["--space", str(path), "--sampler", "gp"])
-    assert search.load_space(args, None)["search"]["sampler"] == "gp"
+    args = cli.get_args_parser().parse_args(["--space", str(path), "--sampler", "gp"])
+    assert cli.load_space(args, None)["search"]["sampler"] == "gp"
 
 
 def test_small_validation_split_warns_when_asha_ranks_by_early_epochs(tmp_path):
     from conftest import make_imagefolder
-    from tune import search
+    from tune import report
 
     data = make_imagefolder(tmp_path / "data", n_train=4, n_val=5, n_test=0, awkward=False)
     settings = {"scheduler": "asha", "grace_period": 1, "epochs": 4}
-    warning = search.small_validation_warning(data, settings)
+    warning = report.small_validation_warning(data, settings)
     assert "5 image(s) in its smallest class (15 in all)" in warning and "--scheduler fifo" in warning
-    assert search.small_validation_warning(data, {**settings, "scheduler": "fifo"}) is None
-    assert search.small_validation_warning(data, {**settings, "grace_period": 4}) is None   # ASHA stops nothing
+    assert report.small_validation_warning(data, {**settings, "scheduler": "fifo"}) is None
+    assert report.small_validation_warning(data, {**settings, "grace_period": 4}) is None   # ASHA stops nothing
 
 
 def test_weights_missing_from_the_hub_cache_are_named_before_the_search_starts(tmp_path, monkeypatch):
     # offline, every trial asking for them errored only after a network timeout (86 s for 4 trials): say it first
-    from tune import search
+    from tune import report
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     space = spaces.load(spaces.find_space_file("resnet_frozen.yaml"))   # model: resnet18 | resnet34 | resnet50
-    warning = search.missing_weights_warning(space)
+    warning = report.missing_weights_warning(space)
     assert "3 ImageNet weights file(s)" in warning and str(hub / "resnet18-f37072fd.pth") in warning
     hub.mkdir(parents=True)
     (hub / "resnet18-f37072fd.pth").touch()
-    warning = search.missing_weights_warning(space)
+    warning = report.missing_weights_warning(space)
     assert "2 ImageNet weights file(s)" in warning and "resnet18" not in warning and "resnet34" in warning
     for weights in ("none", str(tmp_path / "mine.pth")):   # random init, or a file of one's own: no hub file needed
         space = spaces.load(spaces.find_space_file("resnet_frozen.yaml"), sets={"weights": weights})
-        assert search.missing_weights_warning(space) is None
-    assert search.missing_weights_warning(spaces.load(spaces.find_space_file("cnn_scratch.yaml"))) is None
+        assert report.missing_weights_warning(space) is None
+    assert report.missing_weights_warning(spaces.load(spaces.find_space_file("cnn_scratch.yaml"))) is None

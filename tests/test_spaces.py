@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from dogs.config import resolve
-from tune import spaces
+from tune import combinations, distributions, settings, spaces
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -153,7 +153,7 @@ def test_a_space_searched_with_a_set_that_a_when_names_reads_back(tmp_path):
 def sample(space, n, seed=0):
     """n configs from the define-by-run function with a seeded TPE study (as tune.searcher asks them)."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    suggest = spaces.optuna_space(space)
+    suggest = distributions.optuna_space(space)
     configs = []
     for i in range(n):
         trial = study.ask()
@@ -182,7 +182,7 @@ def test_same_seed_same_configs_and_the_function_pickles(tmp_path):
     space = spaces.load(write(tmp_path, GOOD))
     assert sample(space, 12, seed=3) == sample(space, 12, seed=3)
     assert sample(space, 12, seed=3) != sample(space, 12, seed=4)
-    again = pickle.loads(pickle.dumps(spaces.optuna_space(space)))
+    again = pickle.loads(pickle.dumps(distributions.optuna_space(space)))
     assert again.args == (space["params"],)
 
 
@@ -220,7 +220,7 @@ def test_notebook_space_runs_the_two_notebook_configs():
     configs = []
     for _ in range(space["search"]["samples"]):
         trial = study.ask()
-        fixed = spaces.optuna_space(space)(trial)
+        fixed = distributions.optuna_space(space)(trial)
         configs.append({**trial.params, **fixed})
     cnn, resnet = sorted(configs, key=lambda c: c["model"])
     common = {"lr": 1e-4, "batch_size": 32, "head_width": 512, "dropout": 0.5}
@@ -289,11 +289,11 @@ def test_data_comes_only_from_the_data_flag(tmp_path):
 def test_space_metrics_are_the_config_metrics():
     from dogs import config
 
-    assert spaces.METRICS is config.METRICS and spaces.SETTINGS["metric"] is config.SCHEMA["metric"]
+    assert settings.SETTINGS["metric"] is config.SCHEMA["metric"]
 
 
 def test_time_budget_durations(tmp_path):
-    assert [spaces.parse_duration(t) for t in ("90s", "30m", "2h", "1h30m", "1.5h")] == [90, 1800, 7200, 5400, 5400]
+    assert [settings.parse_duration(t) for t in ("90s", "30m", "2h", "1h30m", "1.5h")] == [90, 1800, 7200, 5400, 5400]
     space = spaces.load(write(tmp_path, "search: {time_budget: 600}\nparams: {lr: 1e-3, model: {choice: [cnn]}}\n"))
     assert space["search"]["time_budget"] == "600s"   # a plain number is seconds
 
@@ -360,18 +360,18 @@ def test_spaces_whose_every_combination_runs_are_not_refused(tmp_path, text):
 
 @pytest.mark.parametrize("name", ["modern_finetune.yaml", "resnet_unfreeze.yaml", "notebook.yaml"])
 def test_shipped_spaces_pass_the_combination_check_with_smoke_test_sizes(name):
-    from tune.search import SMOKE_CONFIG, SMOKE_SETTINGS
+    from tune.cli import SMOKE_CONFIG, SMOKE_SETTINGS
 
     assert spaces.load(spaces.SPACES_DIR / name, overrides=SMOKE_SETTINGS, sets=SMOKE_CONFIG)
 
 
 def test_beyond_the_cap_a_seeded_sample_is_checked(tmp_path, monkeypatch):
-    monkeypatch.setattr(spaces, "COMBINATIONS_CHECKED", 40)
+    monkeypatch.setattr(combinations, "COMBINATIONS_CHECKED", 40)
     cutmix = ", ".join(str(i / 10) for i in range(50))
     space = spaces.load(write(tmp_path, f"params: {{model: resnet18, augment: true, cutmix: {{choice: [{cutmix}]}}, "
                                         "unfreeze: {int: [0, 4]}}\n"))
-    drawn = spaces._combinations(space["params"])
-    assert len(drawn) == 40 and drawn == spaces._combinations(space["params"])   # 100 to try: a seeded 40
+    drawn = combinations._combinations(space["params"])
+    assert len(drawn) == 40 and drawn == combinations._combinations(space["params"])   # 100 to try: a seeded 40
     message = error_of(tmp_path, f"params: {{model: {{choice: [resnet18, cnn]}}, cutmix: {{choice: [{cutmix}]}}, "
                                  "unfreeze: {int: [0, 4]}}\n")
     assert "unfreeze=4 (sampled)" in message and "model='cnn' (sampled)" in message
@@ -387,10 +387,14 @@ def test_combination_keys_are_every_key_the_rules_read():
             read.add(key)
             return super().__getitem__(key)
 
-    read = set()
+    read, named = set(), set()
     for model, unfreeze, schedule, warmup, cutmix, cache, augment in itertools.product(
             MODELS, (0, 2, 5), ("constant", "onecycle"), (0, 1, 3), (0.0, 1.0), (True, False), (True, False)):
-        combination_problem(Reads({**DEFAULTS, "model": model, "unfreeze": unfreeze, "schedule": schedule,
-                                   "warmup_epochs": warmup, "epochs": 3, "cutmix": cutmix, "feature_cache": cache,
-                                   "augment": augment}))
-    assert read == set(COMBINATION_KEYS)
+        found = combination_problem(Reads({**DEFAULTS, "model": model, "unfreeze": unfreeze, "schedule": schedule,
+                                           "warmup_epochs": warmup, "epochs": 3, "cutmix": cutmix,
+                                           "feature_cache": cache, "augment": augment}))
+        if found:   # the keys a rule returns are keys its message names, and keys the rules read
+            why, keys = found
+            assert keys and all(key in why for key in keys), found
+            named |= set(keys)
+    assert read == set(COMBINATION_KEYS) and named <= read

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.fs
 import pytest
 
-from tune import best, search, searcher
+from tune import best, search, study
 from conftest import TWO_TRIAL_SPACE as SPACE, run_main
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
@@ -87,7 +87,7 @@ def test_search_resume_and_best_on_s3(s3, tiny_imagefolder, tmp_path):
         assert any(f.startswith(f"{trial_dir}/checkpoint_") for f in files), trial_dir
     assert "optuna study {'COMPLETE': 2}" in out
     # the study: a local SQLite file on the driver while it runs, copied into the bucket with Ray's state
-    live = searcher.sqlite_path(searcher.study_location(f"s3://dogs/runs/s3e?{query}")[0])
+    live = study.sqlite_path(study.study_location(f"s3://dogs/runs/s3e?{query}")[0])
     assert fs.get_file_info("dogs/runs/s3e/study.db").type == pyarrow.fs.FileType.File and live.is_file()
 
     # --resume of the finished experiment (the latest one in the bucket): nothing runs again, and the study
@@ -99,8 +99,8 @@ def test_search_resume_and_best_on_s3(s3, tiny_imagefolder, tmp_path):
     assert f"Resuming s3://dogs/runs/s3e?{query}" in out
     assert results(fs, "dogs/runs/s3e") == before and len(before) == 2
     assert "optuna study {'COMPLETE': 2}" in out and live.is_file()
-    with searcher.open_study(f"s3://dogs/runs/s3e?{query}") as study:
-        assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(table.trial_id)
+    with study.open_study(f"s3://dogs/runs/s3e?{query}") as opened:
+        assert sorted(t.user_attrs["tune_trial_id"] for t in opened.trials) == sorted(table.trial_id)
 
     # tune.best reads the experiment from the bucket and predicts from its downloaded checkpoint
     experiment = f"s3://dogs/runs/s3e?{query}"
@@ -117,11 +117,11 @@ def test_search_resume_and_best_on_s3(s3, tiny_imagefolder, tmp_path):
 
 
 def test_checkpoints_are_pruned_in_the_bucket(s3):
-    # tune.checkpoints deletes through the filesystem of Tune's checkpoints: here the bucket's
+    # tune.retention deletes through the filesystem of Tune's checkpoints: here the bucket's
     from ray import tune
     from types import SimpleNamespace
 
-    from tune.checkpoints import KeepBestAndLatest
+    from tune.retention import KeepBestAndLatest
 
     fs, _ = s3
     keep, trial_dir = KeepBestAndLatest("val_acc", "max"), "dogs/prune/exp/trial_a"

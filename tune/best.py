@@ -11,8 +11,10 @@ import json
 import sys
 from pathlib import Path
 
+from dogs import ranking
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage
+from tune.cli import fail
 from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
 
 
@@ -40,15 +42,10 @@ def get_args_parser():
     return p
 
 
-def fail(message):
-    print(f"dogs-best: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def best_trials(exp_dir, space, count):
     """The `count` best trials whose best checkpoint loads, best first: [(trial, location, (model, ckpt))].
 
-    Ranked by the search's metric and mode (of equal scores the first by trial id, as tune.experiment.best_trial).
+    Ranked by the search's metric and mode (dogs.ranking; of equal scores the first by trial id).
     A checkpoint that cannot be read (empty, cut) makes its trial unusable, named in one warning, and the next
     one is taken; a checkpoint that is not its trial's (check_checkpoint) is refused: the folder was tampered with.
     """
@@ -56,9 +53,8 @@ def best_trials(exp_dir, space, count):
     from dogs.errors import CheckpointError
 
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    trials = experiment.read_trials(exp_dir)
-    scored = sorted((t for t in trials if experiment.score(t, metric, mode)[0] is not None), key=lambda t: t.trial_id)
-    ranked = sorted(scored, key=lambda t: experiment.key(experiment.score(t, metric, mode)[0], mode), reverse=True)
+    trials = sorted(experiment.read_trials(exp_dir), key=lambda t: t.trial_id)   # of equal scores the first by id
+    ranked = ranking.ranked(trials, lambda t: experiment.score(t, metric, mode)[0], mode)
     loaded, unreadable = [], []
     for trial in ranked:
         location = experiment.best_checkpoint(trial, metric, mode)
@@ -112,7 +108,7 @@ def main(argv=None):
     try:
         return best(args)
     except UserError as err:
-        fail(err)
+        fail("dogs-best", err)
 
 
 def best(args):

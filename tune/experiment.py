@@ -8,10 +8,9 @@ tuner.pkl, searcher-state-*.pkl, params.pkl) holds pickled objects and is never 
 from someone else's bucket cannot run code through it.
 
 "Best" has one meaning (dogs.config metric/mode): a trial's score is best_<metric>, the best value of the
-metric over its epochs; its best checkpoint is that epoch's, which tune.checkpoints keeps.
+metric over its epochs; its best checkpoint is that epoch's, which tune.retention keeps.
 """
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs
 
+from dogs import ranking
 from dogs.config import METRICS
 from dogs.errors import ExperimentError, UserError
 from tune import spaces, storage
@@ -171,36 +171,20 @@ def warn_once(message):
         print(message, file=sys.stderr)
 
 
-def finite(value):
-    """Whether `value` is a score: a finite number (NaN, +-Infinity, a string or a bool are not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def key(value, mode):
-    """Sort key: larger is better; a missing or non-finite score (a diverged epoch) is worst."""
-    if not finite(value):
-        return float("-inf")
-    return value if mode == "max" else -value
-
-
 def score(trial, metric, mode):
     """(best_<metric>, epoch it was reached at) of a trial, over the epochs it ran; (None, None) before any
     epoch with a finite value (a trial that diverged from its first epoch has no score: it never wins).
 
-    The later of equal epochs, as the trainable (dogs.engine.is_better) and Ray's checkpoint keeping do.
+    The later of equal epochs, as the trainable and Ray's checkpoint keeping do (dogs.ranking).
     """
-    scored = [r for r in trial.results if finite(r.get(metric))]
-    if not scored:
-        return None, None
-    best = max(reversed(scored), key=lambda r: key(r[metric], mode))   # reversed: max keeps the first = latest
-    return best[metric], best.get("epoch")
+    best = ranking.best(trial.results, lambda r: r.get(metric), mode, ties="last")
+    return (None, None) if best is None else (best[metric], best.get("epoch"))
 
 
 def best_trial(trials, metric, mode):
     """The trial with the best best_<metric> of all that reported one (finished or not); None if none did.
     Of equal ones the first by trial id, as the summary, trials.csv's order and the progress line."""
-    scored = sorted((t for t in trials if score(t, metric, mode)[0] is not None), key=lambda t: t.trial_id)
-    return max(scored, key=lambda t: key(score(t, metric, mode)[0], mode)) if scored else None
+    return ranking.best(sorted(trials, key=lambda t: t.trial_id), lambda t: score(t, metric, mode)[0], mode)
 
 
 def best_checkpoint(trial, metric, mode):
@@ -212,8 +196,8 @@ def best_checkpoint(trial, metric, mode):
 
 def best_checkpoint_result(trial, metric, mode):
     """The result (epoch) of the trial's best kept checkpoint folder, or None."""
-    kept = [r for r in trial.results if r.get("checkpoint_dir_name") in trial.checkpoints and finite(r.get(metric))]
-    return max(reversed(kept), key=lambda r: key(r.get(metric), mode)) if kept else None
+    kept = [r for r in trial.results if r.get("checkpoint_dir_name") in trial.checkpoints]
+    return ranking.best(kept, lambda r: r.get(metric), mode, ties="last")
 
 
 def check_checkpoint(trial, location, ckpt, metric, mode):

@@ -29,7 +29,7 @@ def write_plots(exp_dir, out=None):
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
 
-    from tune.searcher import open_study
+    from tune.study import open_study
 
     out = out or storage.join(exp_dir, "plots")
     written, skipped = [], {}

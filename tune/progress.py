@@ -11,7 +11,7 @@ import time
 
 from ray import tune
 
-from tune.experiment import finite, key
+from dogs import ranking
 
 STEP = "training_iteration"
 
@@ -54,9 +54,10 @@ class ProgressCallback(tune.Callback):
         running = [t for t in trials if status[t.trial_id] == "RUNNING"]
         text = (f"[{duration(elapsed):>7}] {len(done)}/{self.samples} trials: {len(done)} done ({stopped} stopped "
                 f"early, {errored} errored), {len(running)} running")
-        scored = [t for t in trials if finite((t.last_result or {}).get(self.score))]
-        if scored:   # of equal scores the first trial by id, as the summary and tune.best (tune.experiment)
-            best = max(sorted(scored, key=lambda t: t.trial_id), key=lambda t: key(t.last_result[self.score], self.mode))
+        # of equal scores the first trial by id, as the summary and tune.best (dogs.ranking)
+        best = ranking.best(sorted(trials, key=lambda t: t.trial_id), lambda t: (t.last_result or {}).get(self.score),
+                            self.mode)
+        if best is not None:
             text += f" | best {self.score} {best.last_result[self.score]:.4f} ({best.trial_id})"
         finished = [t for t in done if t.last_result]
         ran = sum((t.last_result or {}).get(STEP, 0) for t in trials)

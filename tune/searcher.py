@@ -15,15 +15,12 @@ carries its Tune trial id (user attribute `tune_trial_id`). save()/restore() (Tu
 where the study is and which Tune trial is which study trial, as JSON; restore() reopens the study and
 settles the trials a killed driver left RUNNING that Ray's saved state does not know.
 """
-import contextlib
-import hashlib
 import json
 import math
 import os
 import shutil
 import signal
 import sqlite3
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,16 +32,12 @@ from ray.tune.search import Searcher
 from dogs.errors import ExperimentError, UserError
 from dogs.files import atomic_path
 from tune import storage
-from tune.spaces import SAMPLERS, define_by_run
+from tune.distributions import define_by_run
+from tune.settings import SAMPLERS
+from tune.study import ABANDONED, STUDY_FILE, open_storage, shown_url, sqlite_path, study_location
 
 STEP = "training_iteration"   # ASHA's time_attr: one step per epoch
-STUDY_FILE = "study.db"
 TRIAL_ATTR = "tune_trial_id"
-ABANDONED = "abandoned_tune_trial_ids"   # Tune trials of a killed driver that Ray's saved state never knew
-
-
-class PickledSearcherState(ExperimentError):
-    """The experiment's searcher state is not our JSON (an older dogs-search pickled Ray's OptunaSearch)."""
 
 
 def startup_trials(samples):
@@ -70,39 +63,6 @@ def make_sampler(name, seed, samples):
             return optuna.samplers.GPSampler(n_startup_trials=startup_trials(samples), seed=seed,
                                              warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}; allowed: {SAMPLERS}")
-
-
-def sqlite_url(path):
-    return f"sqlite:///{Path(path).resolve()}"
-
-
-def study_location(exp_dir, optuna_storage=None):
-    """(SQLAlchemy URL of the live study, experiment URI its study.db copy goes to, or None).
-
-    A local experiment: its own study.db. --optuna-storage: that database. An experiment in a bucket: a
-    local SQLite file on the driver (in the temp folder), copied into the bucket with Ray's saved state.
-    """
-    if optuna_storage:
-        return optuna_storage, None
-    if not storage.is_uri(exp_dir):
-        return sqlite_url(Path(exp_dir) / STUDY_FILE), None
-    key = hashlib.sha256(storage.resolve(exp_dir).encode()).hexdigest()[:8]
-    local = Path(tempfile.gettempdir(), "dogs-tune-studies", f"{storage.name(exp_dir)}-{key}", STUDY_FILE)
-    return sqlite_url(local), exp_dir
-
-
-def sqlite_path(url):
-    """The file of a sqlite:/// URL, else None."""
-    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
-
-
-def open_storage(url):
-    """An Optuna RDB storage (SQLite: the file's folder is created)."""
-    path = sqlite_path(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)   # no line per trial from Optuna: the search prints
-    return optuna.storages.RDBStorage(url)
 
 
 class StudySearcher(Searcher):
@@ -340,81 +300,3 @@ class StudySearcher(Searcher):
     def states(self):
         """{study trial number: state name}."""
         return {t.number: t.state.name for t in self.study.get_trials(deepcopy=False)}
-
-
-def abandoned_trial_ids(study):
-    """Tune trial ids a killed driver had started that Ray's saved state did not know: --resume never runs
-    them again (their configuration went to a new trial, or their study trial is FAIL)."""
-    return {trial_id for t in study.trials for trial_id in t.user_attrs.get(ABANDONED, [])}
-
-
-def shown_url(url):
-    """A database URL to print: any password masked."""
-    import sqlalchemy
-
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-
-
-def study_where(exp_dir):
-    """Where the experiment's study is, as a line to print (the command that opens it in optuna-dashboard)."""
-    state = read_state(exp_dir)
-    if not state["in_experiment"]:
-        return f"optuna-dashboard {shown_url(state['study_url'])} (study {state['study_name']})"
-    if state["mirror"]:
-        return (f"{storage.join(exp_dir, STUDY_FILE)} (copied there with Ray's state; while the search runs: "
-                f"optuna-dashboard {state['study_url']})")
-    return f"optuna-dashboard {sqlite_url(Path(exp_dir, STUDY_FILE))}"
-
-
-def read_state(exp_dir):
-    """The newest searcher state saved in an experiment (our JSON, parsed as such): where its study is."""
-    with storage.local_dir(exp_dir, "searcher-state-*.pkl") as local:
-        files = sorted(Path(local).glob("searcher-state-*.pkl"))
-        if not files:
-            raise ExperimentError(f"{exp_dir}: no searcher-state-*.pkl (the search saved no state yet)")
-        try:
-            state = json.loads(files[-1].read_text())
-        except ValueError:   # parsed as JSON only: a planted or old pickle runs nothing
-            raise PickledSearcherState(f"{exp_dir} was searched by an older dogs-search, whose Optuna study was "
-                                       "pickled Ray state: it cannot be read or continued; start a new search") from None
-    if not (isinstance(state, dict) and isinstance(state.get("study_url"), str)
-            and isinstance(state.get("study_name"), str) and isinstance(state.get("in_experiment"), bool)):
-        raise ExperimentError(f"{exp_dir}/{files[-1].name} is not a searcher state of dogs-search (no study_url, "
-                              "study_name, in_experiment): the experiment is damaged")
-    return state
-
-
-def load_existing(url, name, where):
-    """The study `name` in the database at `url`, opened to read: nothing is created (no SQLite file, no
-    tables), and a database that is missing, is not one, or does not hold the study is one ExperimentError."""
-    import sqlalchemy.exc
-
-    path = sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise ExperimentError(f"{where}: the search's Optuna study is missing (no {path})")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        rdb = optuna.storages.RDBStorage(url, skip_table_creation=True)
-        return rdb, optuna.load_study(study_name=name, storage=rdb)
-    except (KeyError, RuntimeError, ValueError, ImportError, optuna.exceptions.OptunaError,
-            sqlalchemy.exc.SQLAlchemyError) as err:
-        raise ExperimentError(f"{where}: cannot read the Optuna study {name!r} from {shown_url(url)} "
-                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-
-
-@contextlib.contextmanager
-def open_study(exp_dir):
-    """The experiment's Optuna study, to read: its study.db (a temporary copy of the bucket's for an
-    experiment in a bucket), or the --optuna-storage database it was searched in."""
-    state = read_state(exp_dir)
-    if not state["in_experiment"]:
-        _, study = load_existing(state["study_url"], state["study_name"], exp_dir)
-        yield study
-        return
-    with storage.local_dir(exp_dir, STUDY_FILE) as local:
-        rdb, study = load_existing(sqlite_url(Path(local, STUDY_FILE)), state["study_name"], exp_dir)
-        try:
-            yield study
-        finally:
-            rdb.remove_session()
-            rdb.engine.dispose()

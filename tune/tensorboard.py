@@ -17,10 +17,10 @@ stopped_early. `tensorboard --logdir <experiment folder>` shows both.
 import time
 
 import pyarrow.fs
-from google.protobuf import struct_pb2
 from ray import tune
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import summary_v2 as hp   # its *_pb helpers need no TensorFlow
 from torch.utils.tensorboard import SummaryWriter
 
 from dogs.config import METRICS
@@ -33,37 +33,20 @@ def hparam_value(value):
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
-def _summary(tag, data):
-    """A Summary holding HParams plugin data, as TensorBoard's hparams plugin reads it."""
-    return Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data))])
-
-
-def _value(value):
-    """A protobuf Value of an hparam: bool, number or string."""
-    value = hparam_value(value)
-    if isinstance(value, bool):
-        return struct_pb2.Value(bool_value=value)
-    if isinstance(value, (int, float)):
-        return struct_pb2.Value(number_value=value)
-    return struct_pb2.Value(string_value=value)
-
-
-def hparam_info(param):
-    """HParamInfo of a searched parameter of the space: a choice is discrete, a range an interval."""
+def hparam(param):
+    """The HParam of a searched parameter of the space: a choice is discrete (booleans, numbers, or else strings),
+    a range an interval."""
     if param["kind"] == "choice":
         values = [hparam_value(v) for v in param["args"]]
-        kind = ("DATA_TYPE_BOOL" if all(isinstance(v, bool) for v in values) else
-                "DATA_TYPE_FLOAT64" if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-                else "DATA_TYPE_STRING")
-        if kind == "DATA_TYPE_STRING":
-            values = [str(v) for v in values]
-        return api_pb2.HParamInfo(name=param["name"], type=api_pb2.DataType.Value(kind),
-                                  domain_discrete=struct_pb2.ListValue(values=[_value(v) for v in values]))
+        if all(isinstance(v, bool) for v in values):
+            return hp.HParam(param["name"], hp.Discrete(values, dtype=bool))
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return hp.HParam(param["name"], hp.Discrete([float(v) for v in values], dtype=float))
+        return hp.HParam(param["name"], hp.Discrete([str(v) for v in values], dtype=str))
     low, high = param["args"][0], param["args"][1]
     if param["kind"] in ("randint", "lograndint"):
         high -= 1
-    return api_pb2.HParamInfo(name=param["name"], type=api_pb2.DataType.Value("DATA_TYPE_FLOAT64"),
-                              domain_interval=api_pb2.Interval(min_value=low, max_value=high))
+    return hp.HParam(param["name"], hp.RealInterval(float(low), float(high)))
 
 
 class TensorBoardCallback(tune.Callback):
@@ -88,19 +71,12 @@ class TensorBoardCallback(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         # the experiment (every parameter's domain, the metrics), then this trial's values
-        experiment = api_pb2.Experiment(
-            hparam_infos=[hparam_info(p) for p in self.params],
-            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=name))
-                          for name in (*self.curves, STOPPED_EARLY)])
-        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
-        for p in self.params:
-            if p["name"] in trial.config:   # a conditional parameter that does not exist in this trial: blank
-                start.hparams[p["name"]].CopyFrom(_value(trial.config[p["name"]]))
         writer = self._writer(trial).file_writer
-        for tag, data in ((metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
-                          (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))):
-            data.version = metadata.PLUGIN_DATA_VERSION
-            writer.add_summary(_summary(tag, data))
+        writer.add_summary(hp.hparams_config_pb([hparam(p) for p in self.params],
+                                                [hp.Metric(name) for name in (*self.curves, STOPPED_EARLY)]))
+        values = {p["name"]: hparam_value(trial.config[p["name"]]) for p in self.params
+                  if p["name"] in trial.config}   # a conditional parameter that does not exist in this trial: blank
+        writer.add_summary(hp.hparams_pb(values, trial_id=trial.trial_id, start_time_secs=time.time()))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         writer = self._writer(trial)
@@ -122,8 +98,11 @@ class TensorBoardCallback(tune.Callback):
 
     def _end(self, trial, status):
         end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(status), end_time_secs=time.time())
+        # summary_v2 has no session end; its v1 helper needs TensorFlow: built here as summary_v2 builds a start
         data = plugin_data_pb2.HParamsPluginData(session_end_info=end, version=metadata.PLUGIN_DATA_VERSION)
-        self._writer(trial).file_writer.add_summary(_summary(metadata.SESSION_END_INFO_TAG, data))
+        summary = Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG,
+                                               metadata=metadata.create_summary_metadata(data))])
+        self._writer(trial).file_writer.add_summary(summary)
         writer = self._writers.pop(trial.trial_id)
         writer.close()
 

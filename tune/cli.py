@@ -1,0 +1,87 @@
+"""The command line of tune.search: its parser (the search-setting flags made from tune.settings.SETTINGS), the
+space it asks for, and the one `fail` every tune command exits through."""
+import argparse
+import sys
+
+from dogs.config import METRICS, parse_sets, value_type
+from tune import settings, spaces
+from tune.experiment import DEFAULT_STORAGE
+
+DESCRIPTION = "Hyper-parameter search: Optuna TPE proposes configs, ASHA stops the weak ones early, Ray Tune runs them."
+SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
+SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
+
+# what a setting's flag says beyond its entry in SETTINGS
+FLAG_NOTES = {
+    "metric": f"one of {', '.join(METRICS)}; a trial's score is best_<metric> over its epochs",
+    "time_budget": "With --resume: this session's budget instead of the saved one ('none': no budget)",
+}
+FREE_TEXT = ("metric",)   # no argparse choices: the space check refuses an unknown metric, naming the known ones
+
+
+def fail(prog, message):
+    """Exit with `prog: error: message` and no traceback (each command's main, once)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def add_setting_flags(p):
+    """--samples, --epochs, ... : one flag per search setting, its type, choices and help from its Key."""
+    for key, spec in settings.SETTINGS.items():
+        kind = value_type(spec)   # int | None: an int when given
+        options = {"type": None if kind is str else kind, "help": f"{spec.help} (search.{key})"}
+        if kind is str and isinstance(spec.allowed, tuple) and key not in FREE_TEXT:
+            options["choices"] = spec.allowed
+        if key == "time_budget":
+            options["metavar"] = "DURATION"
+        if key in FLAG_NOTES:
+            options["help"] += f"; {FLAG_NOTES[key]}"
+        p.add_argument(f"--{key.replace('_', '-')}", **options)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(prog="dogs-search", description=DESCRIPTION)
+    p.add_argument("--space", help="search-space YAML: a file name in search_spaces/ or a path")
+    p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
+    add_setting_flags(p)
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="fix config values for every trial, e.g. --set model=cnn lr=3e-4 (repeatable; "
+                        "the data folder is --data)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="folder or URI (s3://bucket/prefix) that holds experiments (default: runs/)")
+    p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="SQLAlchemy URL of a database for the Optuna study (e.g. postgresql://host/db); default: "
+                        "SQLite study.db in the experiment folder. The study is named after the experiment")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted experiment (--name, or the latest one in --storage) with its saved "
+                        "space, data and settings (--space/--data/--set/search flags that say otherwise are refused; "
+                        "--time-budget may change). It restores "
+                        "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
+    p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Ray's full console output (a status table and each trial's config, every checkpoint) "
+                        "instead of one progress line now and then")
+    p.add_argument("--smoke-test", action="store_true",
+                   help=f"tiny run: {SMOKE_SETTINGS}, config {SMOKE_CONFIG} (flags still override)")
+    return p
+
+
+def settings_from_args(args):
+    """Search settings given on the command line (None = not given); a whole number of CPUs etc. as an int."""
+    out = {key: getattr(args, key) for key in settings.SETTINGS}
+    for key, spec in settings.SETTINGS.items():
+        if spec.type is float and out[key] is not None and float(out[key]).is_integer():
+            out[key] = int(out[key])
+    return out
+
+
+def load_space(args, data_root):
+    """The validated space: file, then --smoke-test sizes, then explicit flags and --set; the data is --data's."""
+    path = spaces.find_space_file(args.space)
+    overrides = dict(SMOKE_SETTINGS) if args.smoke_test else {}
+    overrides.update({k: v for k, v in settings_from_args(args).items() if v is not None})
+    sets = dict(SMOKE_CONFIG) if args.smoke_test else {}
+    sets.update(parse_sets(args.set))
+    # None: every node builds the demo data itself
+    return spaces.load(path, overrides, sets, data=str(data_root) if data_root else None)

@@ -1,0 +1,167 @@
+"""What a search tells the user: the warnings before it starts, and at its end trials.csv's table, the summary
+(best trial, counts, the study, times and concurrency) and a hint per known cause of errored trials."""
+import re
+from collections import Counter
+
+import pandas as pd
+import torchvision
+
+from dogs import ranking
+from dogs.backbones import BACKBONES
+from dogs.config import DEFAULTS, weights_file
+from dogs.data import VALIDATION, labeled_split
+from dogs.models import hub_file
+from tune import experiment, spaces, storage
+from tune.study import abandoned_trial_ids, open_study, study_where
+
+SMALL_VALIDATION = 30   # images per class below which an early epoch's score ranks trials poorly (issue #9)
+
+
+def small_validation_warning(data_root, search):
+    """A warning when ASHA will rank trials by early epochs on a validation split this small, else None: a
+    score over a handful of images per class barely predicts a trial's final one, and ASHA stops trials by it."""
+    if search["scheduler"] != "asha" or search["grace_period"] >= search["epochs"]:
+        return None
+    _, _, labels = labeled_split(data_root, VALIDATION)
+    fewest = min(Counter(labels).values())
+    if fewest >= SMALL_VALIDATION:
+        return None
+    return (f"Warning: Validation/ has {fewest} image(s) in its smallest class ({len(labels)} in all): an early "
+            f"epoch's score on so few (< {SMALL_VALIDATION} per class) ranks trials poorly, and ASHA stops trials "
+            f"by it from epoch {search['grace_period']}. Consider --scheduler fifo, a grace_period nearer epochs "
+            f"({search['epochs']}), or a larger validation split (docs/search.md, Samplers and schedulers)")
+
+
+def missing_weights_warning(space):
+    """A warning naming the ImageNet weights the space's trials can ask for that are not in this machine's hub
+    cache, else None: each such trial downloads them first, and offline it errors, after a network timeout."""
+    def values(name):   # every value a parameter can take; the default when not in the space
+        entry = next((p for p in space["params"] if p["name"] == name), None)
+        return [DEFAULTS[name]] if entry is None else spaces.possible_values(entry) or []
+
+    missing = []
+    for model in values("model"):
+        enums = getattr(torchvision.models, BACKBONES[model].weights or "", None) if model in BACKBONES else None
+        for weights in values("weights") if enums else []:
+            if isinstance(weights, str) and not weights_file(weights) and weights in enums.__members__:
+                path = hub_file(enums[weights])
+                if not path.is_file() and str(path) not in missing:
+                    missing.append(str(path))
+    if not missing:
+        return None
+    return (f"Warning: {len(missing)} ImageNet weights file(s) the trials may use are not in this machine's hub "
+            f"cache: {', '.join(missing)}. Each trial that uses them downloads them first; offline, it errors after "
+            "a network timeout. Copy the files there (TORCH_HOME chooses the folder), or give weights=/path/to/file.pth")
+
+
+# errored trials whose cause the user can fix, found in their error.txt (Ray's traceback): a module missing on a
+# node, or one of our typed errors (dogs/errors.py), whose message is the traceback's last line
+MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
+USER_ERROR = re.compile(r"^dogs\.errors\.(\w+Error): (.+)$", re.MULTILINE)
+INSTALL = ("install the project on every Ray node (pip install -e . in its folder, as cluster.yaml's "
+           "setup_commands do; docs/cluster.md), then continue with --resume: errored trials run again")
+
+
+def failure_hints(exp_dir, table):
+    """One line per distinct cause of the errored trials that has a known fix, read from their error.txt: our
+    typed error's one line (a config the trainable refused, ...), or a module missing on a node."""
+    fs, _ = storage.filesystem(exp_dir)
+    trials_of, errors_of = {}, {}
+    for trial_id in table.trial_id[table.status == "ERROR"]:
+        _, path = storage.filesystem(storage.join(exp_dir, f"trial_{trial_id}", "error.txt"))
+        try:
+            with fs.open_input_stream(path) as f:
+                text = f.read().decode(errors="replace")
+        except OSError:         # a trial that errored before its folder was synced
+            continue
+        for module in sorted({name.split(".")[0] for name in MISSING_MODULE.findall(text)}):
+            trials_of.setdefault(module, []).append(trial_id)
+        for kind, message in USER_ERROR.findall(text)[-1:]:
+            errors_of.setdefault(f"{kind}: {message}", []).append(trial_id)
+    lines = [f"  error        {len(trials)} errored trial(s) raised {error}" for error, trials in errors_of.items()]
+    for module, trials in trials_of.items():
+        what = "this project is missing on a Ray node" if module in ("dogs", "tune") \
+            else f"the Python package {module!r} is missing on a Ray node"
+        lines.append(f"  hint         {len(trials)} errored trial(s) failed with \"No module named {module!r}\": "
+                     f"{what}; {INSTALL}")
+    return lines
+
+
+def trials_table(exp_dir, space, trials=None):
+    """One row per trial (tune.experiment reads them from the trials' own files); the folder of a trial that a
+    killed driver had started and Ray's saved state never knew is ABANDONED (the study says which): --resume
+    never runs it again."""
+    table = experiment.trials_table(exp_dir, space, trials)
+    with open_study(exp_dir) as study:
+        abandoned = abandoned_trial_ids(study)
+    if len(table) and abandoned:
+        table.loc[table.trial_id.isin(abandoned), "status"] = "ABANDONED"
+    return table
+
+
+def plain(value):
+    """numpy scalar -> Python value, for printing."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def study_states(exp_dir, space=None):
+    """{state: count} of the experiment's Optuna study, read from its database."""
+    with open_study(exp_dir) as study:
+        return pd.Series([t.state.name for t in study.trials], dtype=object).value_counts().to_dict()
+
+
+def observed_concurrency(trials, since=None):
+    """(mean, most, seconds) of this session's trial work, from the epochs reported at or after `since` (all when
+    None): a trial runs from its first such epoch's start to its last report; `seconds` is the trials' own time
+    (time_this_iter_s) and the mean is that over the span from the first start to the last end."""
+    spans, own = [], 0.0
+    for trial in trials:
+        ran = []
+        for result in trial.results:
+            end = result.get("reported_at", result.get("timestamp"))   # reported_at: float; Ray's timestamp: whole s
+            if end is not None and result.get("time_this_iter_s") is not None and (since is None or end >= since):
+                ran.append((end - result["time_this_iter_s"], end))
+        if ran:
+            spans.append((min(start for start, _ in ran), max(end for _, end in ran)))
+            own += sum(end - start for start, end in ran)
+    if not spans:
+        return 0.0, 0, 0.0
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    span = max(end for _, end in spans) - min(start for start, _ in spans)
+    return (own / span if span > 0 else float(len(spans))), most, own
+
+
+def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=None):
+    """The lines printed at the end of a search; the best trial is tune.best's (tune.experiment.best_trial).
+    Times and concurrency are this session's (`since`: when it started; a resumed search ran some epochs before)."""
+    s = space["search"]
+    mean, most, own_s = observed_concurrency(trials, since)
+    metric, mode, score = s["metric"], s["mode"], f"best_{s['metric']}"
+    scored = table[table[score].notna()]
+    trial_s = own_s if trials else float(table.time_s.fillna(0).sum())
+    lines = ["", f"Search finished: {exp_dir}"]
+    if len(scored):
+        best = scored.loc[ranking.best(scored.index, lambda i: scored.at[i, score], mode)]   # ties: the first row
+        params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
+        lines += [f"  best trial   {best.trial_id}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
+                  f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",
+                  f"  best config  {params}",
+                  f"  checkpoint   {best.checkpoint}"]
+    terminated, stopped = int((table.status == "TERMINATED").sum()), int(table.stopped_early.sum())
+    lines += [
+        f"  trials       {len(table) + pending} run: {terminated - stopped} complete, {stopped} stopped early by "
+        f"ASHA, {int((table.status == 'ERROR').sum())} errored, "
+        f"{int((table.status == 'UNFINISHED').sum()) + pending} unfinished"
+        + (f", {int((table.status == 'ABANDONED').sum())} abandoned (started by a killed driver before Ray saved "
+           "them; never resumed)" if (table.status == "ABANDONED").any() else ""),
+        f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED); {study_where(exp_dir)}",
+        f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s; they ran {mean:.2f} at a time on "
+        f"average, at most {most}, in {slots} slot(s); driver overhead {wall_s - trial_s / slots:.1f} s "
+        f"(wall - trial time / slots)",
+        f"  results      {storage.join(exp_dir, 'trials.csv')}; tensorboard --logdir {exp_dir}",
+    ]
+    return lines

@@ -1,0 +1,70 @@
+"""A search space's `search:` section: its settings, each checked like a dogs.config key, and durations.
+
+tune.spaces checks a file's settings with check_settings; tune.cli makes each setting's command-line flag from
+its entry here (type, choices, help).
+"""
+import re
+
+from dogs.config import SCHEMA, SEEDS, Key, Range, metric_mode_problem, natural_mode, problem
+from dogs.errors import SpaceError
+
+MAX_SAMPLES = 10_000
+SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can use (tune.searcher makes them)
+SCHEDULERS = ("asha", "fifo")
+
+# search settings, checked like config keys: name -> Key(default, type, allowed, help)
+SETTINGS = {
+    "samples": Key(10, int, Range(1, MAX_SAMPLES), "how many trials to run; at most 10000: every trial keeps a "
+                   "folder of results and checkpoints and the driver holds them all in memory"),
+    "epochs": Key(10, int, Range(1), "each trial's epoch budget = ASHA's max_t"),
+    "grace_period": Key(1, int, Range(1), "epochs every trial gets before ASHA may stop it; at most epochs"),
+    "reduction_factor": Key(3, float, Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
+    "metric": SCHEMA["metric"],
+    "mode": SCHEMA["mode"],
+    "sampler": Key("tpe", str, SAMPLERS, "Optuna sampler that proposes each trial: tpe (learns from complete and "
+                   "stopped-early trials), random, qmc (quasi-random, space-filling), gp (Gaussian process; learns "
+                   "from complete trials only)"),
+    "scheduler": Key("asha", str, SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
+                     "fifo = every trial runs all its epochs"),
+    "seed": Key(0, int | None, SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
+    "cpus_per_trial": Key(1, float, Range(0, low_open=True), "CPUs each trial holds"),
+    "gpus_per_trial": Key(0, float, Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
+    "max_concurrent": Key(None, int | None, Range(1), "most trials at once; null = as many as the resources allow"),
+    "max_failures": Key(2, int, Range(0), "retries of an errored trial from its last checkpoint"),
+    "time_budget": Key(None, str | None, None, "wall time after which the search stops cleanly, like Ctrl-C "
+                       "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none"),
+}
+DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([smhd])")
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text):
+    """'1h30m' -> 5400.0 seconds; None when it is not a positive duration with units s, m, h, d."""
+    text = str(text).strip().lower()
+    parts = DURATION.findall(text)
+    if not parts or "".join(DURATION.sub("", text).split()):
+        return None
+    seconds = sum(float(number) * SECONDS[unit] for number, unit in parts)
+    return seconds if seconds > 0 else None
+
+
+def check_settings(search, where):
+    """Each setting against its Key, then the settings that depend on each other."""
+    budget = search["time_budget"]
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):   # a plain number: seconds
+        search["time_budget"] = budget = f"{budget:g}s"
+    if budget is not None and (not isinstance(budget, str) or parse_duration(budget) is None):
+        raise SpaceError(f"{where}: search.time_budget: {budget!r} is not a duration; allowed: a positive "
+                         "duration like 90s, 30m, 2h or 1h30m, a number of seconds, or null")
+    for key, spec in SETTINGS.items():
+        why = problem(spec, search[key])
+        if why:
+            raise SpaceError(f"{where}: search.{key}: {why}")
+    if search["grace_period"] > search["epochs"]:
+        raise SpaceError(f"{where}: search.grace_period: {search['grace_period']} > epochs {search['epochs']}; "
+                         f"allowed: an integer in 1..epochs ({SETTINGS['grace_period'].help})")
+    if search["mode"] is None:  # the metric's own direction
+        search["mode"] = natural_mode(search["metric"])
+    why = metric_mode_problem(search["metric"], search["mode"])
+    if why:
+        raise SpaceError(f"{where}: search.mode: {why}")

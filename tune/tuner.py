@@ -1,0 +1,104 @@
+"""The Ray Tune Tuner of a search: the trainable with its resources, the Optuna study's searcher, ASHA or FIFO,
+the callbacks (checkpoint retention, TensorBoard, the progress line), a restored one for --resume, and the
+time budget that stops it as Ctrl-C does."""
+import contextlib
+import os
+import signal
+import threading
+
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from dogs import trainable
+from dogs.errors import UserError
+from tune import storage
+from tune.progress import ProgressCallback
+from tune.retention import KeepBestAndLatest
+from tune.searcher import StudySearcher
+from tune.tensorboard import TensorBoardCallback
+
+
+def make_trainable(s):
+    """dogs.trainable with the CPUs and GPUs each trial holds."""
+    return tune.with_resources(trainable, {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
+
+
+def trial_dirname(trial):
+    """Short trial names and folders: trial_<id> (Ray's default folder name repeats the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None):
+    """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard."""
+    s = space["search"]
+    # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
+    # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
+    score = f"best_{s['metric']}"
+    searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
+                             optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
+                             samples=s["samples"], first_trials=space["first_trials"])
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=s["grace_period"],
+                              reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
+    return tune.Tuner(
+        make_trainable(s),
+        param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=score,
+            mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"] or slots,
+            trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=runs, verbose=1 if verbose else 0,   # 0: our progress line only
+            # Ray deletes no checkpoint (num_to_keep would save the whole experiment state after every
+            # checkpoint: O(N) per checkpoint); KeepBestAndLatest keeps each trial's best and latest
+            checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=s["metric"],
+                                                    checkpoint_score_order=s["mode"]),
+            failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                       TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"])]
+                      + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"])]),
+        ),
+    )
+
+
+def restore_tuner(s, exp_dir):
+    """The tuner of an interrupted experiment: its searcher's state (the study in exp_dir, wherever the experiment
+    was searched) and the trials' checkpoints; errored trials run again."""
+    if not tune.Tuner.can_restore(exp_dir):
+        raise UserError(f"--resume: {exp_dir} has no saved experiment state to continue from")
+    StudySearcher.resumed_in = exp_dir   # its study.db is here, wherever the experiment was searched
+    return tune.Tuner.restore(exp_dir, trainable=make_trainable(s), resume_errored=True)
+
+
+@contextlib.contextmanager
+def time_budget(seconds):
+    """An Event set when `seconds` of wall time are used up; then the search stops as on Ctrl-C.
+
+    Tune stops gracefully on SIGUSR1 as on SIGINT: the experiment state saved, running trials left to resume
+    from their last checkpoint. (Tune's own time_budget_s marks running trials TERMINATED: --resume would
+    skip them.) The signal repeats every 5 s until fit() returns, in case one came before Tune listened.
+    """
+    expired, done = threading.Event(), threading.Event()
+    if not seconds:
+        yield expired
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise UserError("--time-budget works only when the search runs in the main thread (Tune's stop signal)")
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)   # never the default action (exit)
+
+    def stop():
+        if done.wait(seconds):
+            return
+        expired.set()
+        while not done.is_set():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            done.wait(5)
+
+    timer = threading.Thread(target=stop, daemon=True)
+    timer.start()
+    try:
+        yield expired
+    finally:
+        done.set()
+        timer.join()
+        signal.signal(signal.SIGUSR1, previous)
