@@ -14,9 +14,12 @@ import torch
 from hypothesis import example, given, settings, strategies as st
 
 from dogs import checkpoint, data, predict, train
-from dogs.config import DEFAULTS, SCHEMA, Range, absolute_path, natural_mode, parse_sets, resolve
+from dogs.config import (DEFAULTS, SCHEMA, Range, absolute_path, natural_mode, nullable, parse_sets, resolve,
+                         value_type)
 from dogs.errors import UserError
 from tune import spaces
+from tune.distributions import define_by_run
+from tune.settings import SAMPLERS
 from conftest import CLASSES, draw
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -32,19 +35,19 @@ values = st.one_of(plain, st.lists(plain, max_size=3), st.dictionaries(st.text(m
 def valid_value(key):
     """Values the schema allows for `key` (and a few it does not, from its neighbours)."""
     spec = SCHEMA[key]
-    kind = spec.type.removesuffix(" or null")
+    kind = value_type(spec)
     if isinstance(spec.allowed, tuple):
         out = st.sampled_from(spec.allowed)
-    elif kind == "bool":
+    elif kind is bool:
         out = st.booleans()
-    elif kind == "str":
+    elif kind is str:
         out = st.text(max_size=12)
     else:
         r = spec.allowed or Range()
         low, high = (max(r.low, -1e6), min(r.high, 1e6))
-        out = (st.integers(math.ceil(low), math.floor(high)) if kind == "int"
+        out = (st.integers(math.ceil(low), math.floor(high)) if kind is int
                else st.floats(low, high, exclude_min=r.low_open, exclude_max=r.high_open))
-    return st.one_of(out, st.none()) if spec.type.endswith(" or null") else out
+    return st.one_of(out, st.none()) if nullable(spec) else out
 
 
 config_values = st.sampled_from(sorted(SCHEMA)).flatmap(
@@ -106,7 +109,7 @@ bounds = st.lists(st.one_of(st.integers(-5, 600), st.floats(-2, 600, allow_nan=F
 def valid_range(draw_, key):
     """A distribution over `key`'s allowed numbers (kind and bounds a space file could well have)."""
     spec = SCHEMA[key]
-    r, integer = spec.allowed or Range(), spec.type.startswith("int")
+    r, integer = spec.allowed or Range(), value_type(spec) is int
     low, high = max(r.low, 1e-6 if r.low_open else r.low, -50), min(r.high, 600)
     kind = draw_(st.sampled_from(["int", "randint", "qrandint", "lograndint"] if integer
                                  else ["uniform", "quniform", "loguniform"]))
@@ -120,7 +123,7 @@ def valid_range(draw_, key):
 
 def param_entry(key):
     """A params entry for `key`: mostly what a space file would hold, sometimes anything."""
-    numeric = SCHEMA[key].type.removesuffix(" or null") in ("int", "number")
+    numeric = value_type(SCHEMA[key]) in (int, float)
     searched = valid_range(key) if numeric else st.builds(lambda a: {"choice": a},
                                                           st.lists(valid_value(key), min_size=1, max_size=3))
     anything = st.one_of(
@@ -145,7 +148,7 @@ def space_files(draw_):
     epochs = draw_(st.integers(1, 5))
     search = {"samples": draw_(st.integers(1, 20)), "epochs": epochs, "grace_period": draw_(st.integers(1, epochs)),
               "metric": draw_(st.sampled_from(["val_acc", "val_loss", "val_macro_f1", "train_loss"])),
-              "sampler": draw_(st.sampled_from(spaces.SAMPLERS))}
+              "sampler": draw_(st.sampled_from(SAMPLERS))}
     if draw_(st.integers(0, 3)) == 0:   # sometimes one setting off
         search.update(draw_(st.dictionaries(st.sampled_from(["samples", "epochs", "grace_period", "metric", "mode"]),
                                             st.one_of(st.integers(-1, 20), st.sampled_from(["val_top5", "max", "min"])),
@@ -159,7 +162,7 @@ def sampled_configs(space, count, seed):
     s = space["search"]
     for _ in range(count):
         trial = study.ask()
-        fixed = spaces.define_by_run(space["params"], trial)
+        fixed = define_by_run(space["params"], trial)
         yield {**trial.params, **fixed, "epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]}
 
 
