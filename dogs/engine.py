@@ -15,7 +15,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
-from . import checkpoint, features, models, ranking, uncertainty
+from . import checkpoint, data, features, models, ranking, uncertainty
 from .batches import Batches, feature_preparer, image_preparer
 from .cache import cache_root
 from .config import feature_cache_applies, resolve
@@ -220,6 +220,7 @@ class Run:
         seed_everything(config["seed"])
         # data: decoded once into the node's cache
         self.root, self.classes, train, val = load_splits(config, log_fn)
+        data.check_metric(config["metric"], self.classes, self.root)
         if resume is not None:  # continuing another run's checkpoint would mix the two runs
             why = checkpoint.resume_problem(resume, config, self.classes, self.root)
             if why:

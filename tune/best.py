@@ -13,11 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from dogs import ranking
 from dogs.errors import ExperimentError, UserError
-from tune import experiment, reevaluate, spaces, storage
+from tune import experiment, reevaluate, spaces, storage, use
+from tune.handover import best_trials, check_data, experiment_dir, refuse_link
 from tune.cli import fail
-from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
+from tune.experiment import DEFAULT_STORAGE
 
 
 def get_args_parser():
@@ -66,37 +66,6 @@ def get_args_parser():
     return p
 
 
-def best_trials(exp_dir, space, count):
-    """The `count` best trials that kept a checkpoint, best first, each with its best checkpoint's location."""
-    metric, mode = space["search"]["metric"], space["search"]["mode"]
-    ranked = ranking.ranked(experiment.read_trials(exp_dir), lambda t: experiment.score(t, metric, mode)[0], mode)
-    kept = [(t, c) for t, c in ((t, experiment.best_checkpoint(t, metric, mode)) for t in ranked) if c is not None]
-    if len(kept) < count:
-        raise ExperimentError(f"{exp_dir}: --ensemble {count}, but only {len(kept)} trial(s) kept a checkpoint")
-    return kept[:count]
-
-
-def refuse_link(path, why):
-    """A folder of the experiment that is a link: a planted one would have us write (as this user) elsewhere."""
-    if path.is_symlink():
-        raise ExperimentError(f"{path} is a link (to {path.resolve()}): {why}")
-
-
-def best_trial(exp_dir, space):
-    """(trial, location of its best checkpoint) by the search's metric and mode (see tune.experiment)."""
-    metric, mode = space["search"]["metric"], space["search"]["mode"]
-    trials = experiment.read_trials(exp_dir)
-    trial = experiment.best_trial(trials, metric, mode)
-    if trial is None:
-        diverged = any(r.get(metric) is not None for t in trials for r in t.results)
-        raise ExperimentError(f"{exp_dir}: no trial has reported a finite {metric}"
-                              + (": every value is NaN or Infinity (the trials diverged)" if diverged else " yet"))
-    checkpoint = experiment.best_checkpoint(trial, metric, mode)
-    if checkpoint is None:
-        raise ExperimentError(f"{exp_dir}: trial {trial.trial_id} kept no checkpoint")
-    return trial, checkpoint
-
-
 def interval_text(trial, metric, mode):
     """How sure the best checkpoint's score is: its 95% interval (dogs.uncertainty), or why there is none."""
     from dogs import uncertainty
@@ -110,19 +79,6 @@ def interval_text(trial, metric, mode):
             "score anywhere in it")
 
 
-def experiment_dir(given, runs):
-    """--experiment as a folder or URI; else, when no such folder exists, its name in --storage (as tune.search's
-    --name); without it, the latest experiment in --storage."""
-    if not given:
-        return experiment.latest_experiment(runs)
-    named = storage.join(storage.resolve(runs), given)
-    if storage.is_uri(given) or Path(given).exists():
-        return storage.resolve(given)
-    if storage.is_file(storage.join(named, SPACE_FILE)):
-        return named
-    raise ExperimentError(f"--experiment {given}: no such folder here, and no experiment {named} in --storage")
-
-
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
@@ -134,8 +90,6 @@ def main(argv=None):
 def best(args):
     """Print the best trial; with --submit or --retrain, write its predictions; --predict and --export: tune.use."""
     if args.predict is not None or args.export or args.checkpoint:
-        from tune import use
-
         return use.run(args)
     if args.train_on_val and not args.retrain:
         raise ExperimentError("--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)")
@@ -169,14 +123,12 @@ def best(args):
         raise ExperimentError(f"--experiment {exp_dir} is a URI: give --out, a local folder for the predictions")
     space = experiment.saved_space(exp_dir)
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    trial, checkpoint = best_trial(exp_dir, space)
+    ranked = best_trials(exp_dir, space, 1 if args.top else args.ensemble)   # with --top, --ensemble: its seeds
+    (trial, checkpoint, (model, ckpt)), rest = ranked[0], ranked[1:]
     data = check_data(args.data) if args.data else None
 
     from dogs import checkpoint as dogs_checkpoint
 
-    with storage.local_dir(checkpoint, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
-        model, ckpt = dogs_checkpoint.load(local)
-    experiment.check_checkpoint(trial, checkpoint, ckpt, metric, mode)
     searched = {k: trial.config[k] for k in spaces.searched_names(space) if k in trial.config}
     print(f"Best trial of {exp_dir}: {trial.trial_id}")
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
@@ -204,7 +156,7 @@ def best(args):
         refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
     if data is None:
         check_data(ckpt["config"]["data"], moved=True)
-    others = []
+    others, handed = [pair for _, _, pair in rest], None
     if args.top:   # the choice: the best mean over seeds of the top configurations; its best seed's checkpoint
         chosen = reevaluate.reevaluate(exp_dir, args.top, args.seeds, address=args.address, data=data)
         print(reevaluate.printed(chosen.table))
@@ -222,47 +174,45 @@ def best(args):
         config = {**ckpt["config"], "epochs": space["search"]["epochs"], "metric": metric, "mode": mode}
         if data is not None:
             config["data"] = data
+        check_classes(config, ckpt["classes"])
         print(f"Retraining the {'chosen' if args.top else 'best'} config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
-        written = run(config, out_dir, train_on_val=args.train_on_val)
-        if args.tta:  # the retrained best.pt, mirrored
-            model, ckpt = dogs_checkpoint.load(written["checkpoint"])
+        handed = run(config, out_dir, train_on_val=args.train_on_val)["checkpoint"]
+        model, ckpt = dogs_checkpoint.load(handed)   # the retrained best.pt predicts, with report/
     elif args.top:   # the chosen run's checkpoint is handed over as best.pt
         out_dir.mkdir(parents=True, exist_ok=True)
-        dogs_checkpoint.save(ckpt, out_dir / "best.pt")
-    if not args.retrain or args.tta or (args.top and not args.train_on_val):
-        from dogs.predict import submit
+        handed = out_dir / "best.pt"
+        dogs_checkpoint.save(ckpt, handed)
+    # predictions and report/: of the best checkpoint (and the ensemble), the chosen run, or the retrained best.pt
+    from dogs.predict import submit
 
-        for other, location in ([] if args.top else best_trials(exp_dir, space, args.ensemble)[1:]):
-            with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
-                others.append(dogs_checkpoint.load(local))
-            experiment.check_checkpoint(other, location, others[-1][1], metric, mode)
-            print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
-        if args.train_on_val:
-            print("  (trained on Validation too: the validation accuracies below are not held out)")
-        written = submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)
-        if args.top and not args.train_on_val:
-            written["checkpoint"] = out_dir / "best.pt"
+    for other, location, _ in rest:
+        print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
+    if args.train_on_val:
+        print("  (trained on Validation too: the validation accuracies below are not held out)")
+    written = {"checkpoint": handed,
+               **submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)}
     for name in ("checkpoint", "submission", "grid", "report"):
         if written.get(name):
             print(f"  {name:<12} {written[name]}")
     if written.get("submission") is None:
-        print(f"  (no Test/ folder in {data or ckpt['config']['data']}: no submission.csv)")
+        from dogs.data import no_test_images, resolve_root
+
+        print(f"  (no submission.csv: {no_test_images(resolve_root(data or ckpt['config']['data'])[0])})")
     return 0
 
 
-def check_data(folder, moved=False):
-    """The data folder to predict for, checked; the demo (None) is built where it is missing."""
-    from dogs.data import DataError, resolve_root
+def check_classes(config, classes):
+    """Refuse to retrain on data whose classes are not the search's: its trials were ranked on other classes."""
+    from dogs.data import TRAIN, labeled_split, resolve_root
 
-    if folder is None:
-        return None
-    try:
-        resolve_root(folder)
-    except DataError as err:
-        hint = " (the experiment was made elsewhere? give --data DIR, the folder on this machine)" if moved else ""
-        raise DataError(f"{'' if moved else '--data: '}{err}{hint}") from None
-    return str(Path(folder).expanduser().resolve())
+    root, _ = resolve_root(config["data"], config["cache_dir"])
+    found = labeled_split(root, TRAIN)[0]
+    if found != list(classes):
+        raise ExperimentError(f"--retrain on {root}: its classes are not the search's (only in the search: "
+                              f"{sorted(set(classes) - set(found))[:5]}, only in {root / TRAIN}: "
+                              f"{sorted(set(found) - set(classes))[:5]}): the trials were ranked on other classes; "
+                              "retrain on the search's data, or search this data")
 
 
 if __name__ == "__main__":

@@ -12,30 +12,25 @@ import sys
 from pathlib import Path
 
 from dogs.errors import DataError, ExperimentError
-from tune import experiment, storage
+from tune import experiment, handover, storage
 
 
 def load_members(experiment_arg=None, runs=None, checkpoint_file=None, ensemble=1, log_fn=print):
     """([(model, ckpt)], source): the best trial's checkpoint and the next ensemble-1 best (each checked against its
     trial's files, as --submit does), or `checkpoint_file`. `source` says where they came from (for a model card)."""
     from dogs import checkpoint as dogs_checkpoint
-    from tune import best
 
     if checkpoint_file is not None:
         model, ckpt = dogs_checkpoint.load(checkpoint_file)
         log_fn(f"Checkpoint {checkpoint_file}: epoch {ckpt['epoch']}, {len(ckpt['classes'])} classes")
         return [(model, ckpt)], {"checkpoint": str(Path(checkpoint_file).resolve())}
-    exp_dir = best.experiment_dir(experiment_arg, runs)
+    exp_dir = handover.experiment_dir(experiment_arg, runs)
     experiment.check(exp_dir)
     space = experiment.saved_space(exp_dir)
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    best.best_trial(exp_dir, space)   # its one-line errors (no finite metric yet, no checkpoint) come first
     members, trials = [], []
-    for trial, location in best.best_trials(exp_dir, space, ensemble):
-        with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
-            members.append(dogs_checkpoint.load(local))
-        experiment.check_checkpoint(trial, location, members[-1][1], metric, mode)
-        ckpt = members[-1][1]
+    for trial, location, (model, ckpt) in handover.best_trials(exp_dir, space, ensemble):   # loaded and checked
+        members.append((model, ckpt))
         log_fn(f"{'Best trial' if not trials else '  + trial'} of {exp_dir}: {trial.trial_id} ({metric} "
                f"{ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']})")
         trials.append({"trial": trial.trial_id,
@@ -125,26 +120,23 @@ def predict(args):
 
 def out_folder(args):
     """--out; else the experiment's best/ (beside --submit's files), or the current folder with --checkpoint."""
-    from tune import best
-
     if args.out:
         return Path(args.out)
     if args.checkpoint:
         return Path.cwd()
-    exp_dir = best.experiment_dir(args.experiment, args.storage)
+    exp_dir = handover.experiment_dir(args.experiment, args.storage)
     if storage.is_uri(exp_dir):
         raise ExperimentError(f"--experiment {exp_dir} is a URI: give --out, a local folder for predictions.csv")
-    best.refuse_link(Path(exp_dir, "best"), "tune.best writes into the experiment folder only; give --out")
+    handover.refuse_link(Path(exp_dir, "best"), "tune.best writes into the experiment folder only; give --out")
     return Path(exp_dir, "best")
 
 
 def export(args):
     """The model of the best trial (or --checkpoint) as a self-contained folder (dogs.export)."""
     from dogs.export import check_target, export_model
-    from tune.best import check_data
 
     target = check_target(args.export)
-    data_root = check_data(args.data)   # where Validation is, for the card's per-class accuracy
+    data_root = handover.check_data(args.data)   # where Validation is, for the card's per-class accuracy
     [(model, ckpt)], source = load_members(args.experiment, args.storage, args.checkpoint)
     written = export_model(model, ckpt, target, source=source, data_root=data_root, log_fn=print)
     for name, path in written.items():
