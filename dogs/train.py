@@ -15,10 +15,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import checkpoint, predict
+from . import checkpoint, data, predict
 from .cli import ArgumentParser
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
-from .data import DEMO_IMAGE_SIZE
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
 from .files import atomic_path
@@ -81,6 +80,8 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     else:
         checkpoint.save(training.state(), out_dir / "best.pt")
     written = predict.submit(training.eval_model, training.state(), out_dir, device=training.device)
+    if written["submission"] is None:
+        log(f"no submission.csv: {data.no_test_images(training.root)}")
     score = demo_test_accuracy(training.root, written["submission"])
     # the epoch best.pt holds: the best one, or the last when Validation was trained on (it cannot pick one then)
     best, best_epoch = ((training.metrics.get(metric), training.epoch) if train_on_val
@@ -180,7 +181,7 @@ def main(argv=None):
         config.update(parse_sets(args.set))
         config = data_option(config, args.data)
         if config.get("data") is None:   # the demo: its 8x8 digits need no 224 px (an epoch in seconds on a CPU)
-            config.setdefault("image_size", DEMO_IMAGE_SIZE)
+            config.setdefault("image_size", data.DEMO_IMAGE_SIZE)
         config = resolve(config)
         run(config, out, train_on_val=args.train_on_val, resume=args.resume,
             device=torch.device(args.device) if args.device else None)

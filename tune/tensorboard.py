@@ -3,7 +3,8 @@
 Ray's own writer only logs scalars under `ray/tune/` and an hparams record whose metrics are every
 result key. This callback writes, into each trial's folder:
   - one scalar per metric per epoch (val_acc, val_loss, train_loss, train_acc, and best_<metric>: the
-    search's metric at its best epoch so far, its score),
+    search's metric at its best epoch so far, its score; best_<metric>_low/_high: its 95% interval, written
+    at each epoch that sets it, so that the last value is the best epoch's: none for a loss),
   - the HParams experiment (every searched parameter with its domain: choices as discrete values, numbers
     among them as their own text (16, 3e-4: TensorBoard prints a number as 16.000), booleans as true/false,
     ranges as intervals; and the metrics, the score first), and a session start (the trial's values) when
@@ -26,6 +27,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp   # its *_pb helpers need no TensorFlow
 from torch.utils.tensorboard import SummaryWriter
 
+from dogs import uncertainty
 from dogs.config import METRICS
 
 STOPPED_EARLY = "stopped_early"
@@ -77,7 +79,13 @@ class TensorBoardCallback(tune.Callback):
         score, *finals = self.curves
         return [hp.Metric(score, description=f"the {self.metric} of the trial's best epoch: what the search ranks by"),
                 hp.Metric(STOPPED_EARLY, description="1: ASHA stopped the trial before its last epoch"),
+                *(hp.Metric(name, description="the 95% interval of the score") for name in self.bounds),
                 *(hp.Metric(name, description="its last epoch's") for name in finals)]
+
+    @property
+    def bounds(self):
+        """The curves of the score's 95% interval (dogs.uncertainty; none for a loss)."""
+        return (f"best_{self.metric}_low", f"best_{self.metric}_high") if uncertainty.has_interval(self.metric) else ()
 
     def _writer(self, trial):
         if trial.trial_id not in self._writers:
@@ -101,6 +109,11 @@ class TensorBoardCallback(tune.Callback):
         for name in self.curves:
             if name in result:
                 writer.add_scalar(name, result[name], step)
+        # the best score's interval, from the epoch that set it (macro-F1's bootstrap is in that epoch's result)
+        bounds = self.bounds and uncertainty.interval(self.metric, result.get(f"best_{self.metric}"), result)
+        if bounds and result.get(self.metric) == result.get(f"best_{self.metric}"):
+            for name, value in zip(self.bounds, bounds):
+                writer.add_scalar(name, value, step)
         writer.flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
