@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import UserError
-from tune import cli, plots, ray_setup, settings, spaces, storage
+from tune import cli, plots, ray_setup, settings, spaces, storage, trackers
 from tune.experiment import read_trials
 
 
@@ -35,6 +35,10 @@ def main(argv=None):
 def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
     ray_setup.set_environment(args.address)
+    args.log = trackers.parse_log(args.log)   # a missing package: said before anything starts
+    if args.resume and (args.log or args.mlflow_uri):
+        raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
+                        "with (they are in Ray's saved state); resume without them")
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
@@ -125,7 +129,9 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         grid_tuner = tuner.restore_tuner(s, exp_dir)
     else:
         grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
-                                      slots=None if joined else slots, rung_slots=slots)
+                                      slots=None if joined else slots, rung_slots=slots,
+                                      loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
+                                                                 args.mlflow_uri))
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}")
     if s["scheduler"] == "asha" and s["fidelity"] == "time" and not args.resume:
