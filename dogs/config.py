@@ -6,6 +6,7 @@ every other place asks (the command lines' --set, config files, search spaces, c
 tells the caches, resume, the combination check and the search which keys each must read. The resolved
 config is one flat dict, saved with every checkpoint and result. Importable without torch.
 """
+import difflib
 import json
 import math
 import numbers
@@ -111,6 +112,8 @@ SCHEMA = {
                            set_by_search="set search.metric instead (--metric); every trial is scored by the search's metric"),
     "mode":            Key(None, str | None, ("max", "min"), "max for accuracies, min for losses; null = the metric's own",
                            set_by_search="set search.mode instead (--mode); every trial is scored by the search's mode"),
+    "holdout":         Key(0.0, float, Range(0, 0.9), "fraction of Validation held out (stratified, seeded, the same part for every run): val_* scores count the rest, holdout_* the part; 0 = off; in a search, search.holdout sets it",
+                           set_by_search="set search.holdout instead; every trial of a search holds out the same part of Validation"),
     # arithmetic
     "precision":       Key("auto", str, ("auto", "bf16", "fp32"), "auto = bf16 autocast on a GPU that has it, else fp32", changes=FEATURES),
     "channels_last":   Key(True, bool, None, "NHWC memory format for convolutions", changes=FEATURES, resume_may_change=True),
@@ -173,10 +176,17 @@ def problem(spec, value):
     return None
 
 
+def did_you_mean(name, known):
+    """' (did you mean 'lr'?)' for a mistyped name close to a known one, else ''."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_value(key, value):
     """Raise ConfigError unless `key` is a config key and `value` is allowed for it."""
     if key not in SCHEMA:
-        raise ConfigError(f"unknown config key {key!r} (given {value!r}); known keys: {sorted(SCHEMA)}")
+        raise ConfigError(f"unknown config key {key!r} (given {value!r}){did_you_mean(key, SCHEMA)}; "
+                          f"known keys: {sorted(SCHEMA)}")
     why = problem(SCHEMA[key], value)
     if why:
         raise ConfigError(f"{key}: {why}")
@@ -251,7 +261,8 @@ def resolve(config=None):
     config = dict(config or {})
     unknown = sorted(set(config) - set(SCHEMA))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(SCHEMA)}")
+        raise ConfigError(f"unknown config key(s) {unknown}{''.join(did_you_mean(k, SCHEMA) for k in unknown)}; "
+                          f"known keys: {sorted(SCHEMA)}")
     out = {**DEFAULTS, **config}
     for key, value in out.items():
         check_value(key, value)

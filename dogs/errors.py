@@ -32,3 +32,7 @@ class SpaceError(UserError, ValueError):
 
 class ExperimentError(UserError, ValueError):
     """An experiment folder that cannot be read or continued."""
+
+
+class ExportError(UserError, ValueError):
+    """A model that cannot be exported: its folder holds other files, a package is missing, or a file does not check."""

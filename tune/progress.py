@@ -3,9 +3,10 @@ brings Ray's full output back): one line per finished trial, and a progress line
 
     #3 ef4ab16e  stopped at epoch 2  best_val_acc 0.4100  lr=0.0003 head_width=32
     [  2m05s] 14/30 trials: 9 done (5 stopped early, 0 errored), 2 running | epochs 41/90 | running 1d2c3b4a e2 0.61, \
-ab12cd34 e1 0.33 | best best_val_acc 0.8736 (#6 d19fa2df) | ~3m10s left
+ab12cd34 e1 0.33 | best best_val_acc 0.8736 [0.81, 0.92] (#6 d19fa2df) | ~3m10s left
 
-A trial's name is its Optuna trial number and its Tune id (`#3 ef4ab16e`), as in trials.csv and TensorBoard.
+[0.81, 0.92]: the best score's 95% interval (dogs.uncertainty). A trial's name is its Optuna trial number and its
+Tune id (`#3 ef4ab16e`), as in trials.csv and the summary.
 The progress line is printed at the search's first epoch, when a trial ends, and at most every `every_s` seconds
 otherwise. "epochs 41/90": epochs run / at most planned (samples x epochs; ASHA stops some trials sooner). The
 time left is an estimate, from the first epoch on: the epochs still to run (trials not started x the mean epochs
@@ -16,7 +17,7 @@ import time
 
 from ray import tune
 
-from dogs import ranking
+from dogs import ranking, uncertainty
 
 STEP = "training_iteration"
 
@@ -107,9 +108,11 @@ class ProgressCallback(tune.Callback):
         # of equal scores the first trial by id, as the summary and tune.best (dogs.ranking)
         best = ranking.best(sorted(trials, key=lambda t: t.trial_id), lambda t: results[t.trial_id].get(self.score),
                             self.mode)
-        if best is not None:
-            text += (f" | best {self.score} {results[best.trial_id][self.score]:.4f} "
-                     f"({trial_name(best.trial_id, numbers or {})})")
+        if best is not None:   # with the 95% interval of its score (dogs.uncertainty)
+            value = results[best.trial_id][self.score]
+            bounds = uncertainty.interval(self.score.removeprefix("best_"), value, results[best.trial_id])
+            text += f" | best {self.score} {value:.4f}" + (f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else "") \
+                + f" ({trial_name(best.trial_id, numbers or {})})"
         if self._ran and elapsed > 0:
             finished = [t for t in done if results[t.trial_id]]
             mean = (sum(results[t.trial_id].get(STEP, 0) for t in finished) / len(finished) if finished

@@ -20,10 +20,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from dogs.data import DataError, resolve_root
 from dogs import interrupt
+from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import UserError
-from tune import cli, plots, ray_setup, settings, spaces, storage
+from tune import cli, plots, ray_setup, settings, spaces, storage, trackers
 from tune.experiment import read_trials
 
 
@@ -39,6 +39,10 @@ def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
     ray_setup.set_environment(args.address, args.verbose)
     interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, spot preemption, kill) stops as Ctrl-C does
+    args.log = trackers.parse_log(args.log)   # a missing package: said before anything starts
+    if args.resume and (args.log or args.mlflow_uri):
+        raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
+                        "with (they are in Ray's saved state); resume without them")
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
@@ -83,6 +87,11 @@ def new_experiment(args, runs):
     if is_demo:
         print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
     space = cli.load_space(args, None if is_demo else data_root)   # a bad space file or --set value raises
+    try:   # a held-out part needs every class on both sides
+        report.holdout_check(data_root, space["search"]["holdout"])
+    except DataError as err:
+        raise UserError(f"search.holdout: {err}") from None
+    check_metric(space["search"]["metric"], labeled_split(data_root, TRAIN)[0], data_root)   # val_top5, <= 5 classes
     for warning in (report.small_validation_warning(data_root, space["search"]),
                     None if ray_setup.joins_cluster(args.address) else report.missing_weights_warning(space)):
         if warning:
@@ -126,13 +135,21 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
     else:
         grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
-                                      slots=None if joined else slots)
+                                      slots=None if joined else slots, rung_slots=slots,
+                                      loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
+                                                                 args.mlflow_uri))
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}")
+    if s["scheduler"] == "asha" and s["fidelity"] == "time" and not args.resume:
+        _, grace, max_t = settings.asha_rungs(s, slots)
+        rungs = [grace * s["reduction_factor"] ** k for k in range(64)]
+        print(f"ASHA's rungs at {', '.join(f'{r:.3g}' for r in rungs if r <= max_t)} s of each trial's training "
+              "(search.fidelity: time)")
 
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
     ctrl_c = signal.getsignal(signal.SIGINT)
+    tuner.StudySearcher.lost = None
     try:
         with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget:
             grid, before = grid_tuner.fit(), 0
@@ -143,11 +160,15 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
                 print(f"Extending the search by {extra} trial(s) on its study ({s['samples']} in all)")
                 before = len(table)
                 grid = tuner.make_tuner(space, runs, storage.name(exp_dir), study_storage(exp_dir), args.verbose,
-                                        slots=None if joined else slots, extend=extra).fit()
+                                        slots=None if joined else slots, rung_slots=slots, extend=extra).fit()
     finally:
         tuner.StudySearcher.resumed_in = None
         if threading.current_thread() is threading.main_thread():   # Tune leaves its Ctrl-C handler after fit:
             signal.signal(signal.SIGINT, ctrl_c)                     # a later Ctrl-C would only set its flag
+    if tuner.StudySearcher.lost:   # its database went away: Tune stopped as on Ctrl-C; what it could not write is saved
+        print(f"dogs-search: error: {tuner.StudySearcher.lost}; once it answers again, continue with  python -m "
+              f"tune.search --resume --storage {shlex.quote(runs)} --name {storage.name(exp_dir)}", file=sys.stderr)
+        return 1
     wall_s = time.time() - start
     trials = read_trials(exp_dir)
     table = report.trials_table(exp_dir, space, trials)

@@ -13,6 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from dogs import trainable
 from dogs.errors import UserError
 from tune import storage
+from tune.settings import asha_rungs
 from tune.progress import ProgressCallback
 from tune.retention import KeepBestAndLatest
 from tune.searcher import StudySearcher
@@ -30,9 +31,10 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, extend=0):
-    """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard.
-    `extend`: that many more trials in an existing experiment folder, asked of its study (--resume --samples N)."""
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1, loggers=(), extend=0):
+    """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard,
+    and the trackers' callbacks (`loggers`: tune.trackers). `extend`: that many more trials in an existing
+    experiment folder, asked of its study (--resume --samples N)."""
     s = dict(space["search"], samples=extend) if extend else space["search"]
     # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
     # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
@@ -41,11 +43,12 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
                              optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
                              samples=s["samples"], first_trials=() if extend else space["first_trials"],
                              extend=bool(extend))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=s["grace_period"],
+    time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
+    scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
                               reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
     return tune.Tuner(
         make_trainable(s),
-        param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
+        param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"], "holdout": s["holdout"]},
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=score,
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"] or slots,
@@ -58,7 +61,8 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
-                       TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"])]
+                       TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"]),
+                       *loggers]
                       + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"],
                                                               searched=searched_names(space),
                                                               exp_dir=storage.join(runs, name))]),
