@@ -21,7 +21,7 @@ from pathlib import Path
 from dogs.data import DataError, resolve_root
 from dogs.errors import UserError
 from tune import cli, plots, ray_setup, settings, spaces, storage
-from tune.experiment import read_trials
+from tune.experiment import default_name, name_problem, read_trials
 
 
 def main(argv=None):
@@ -34,6 +34,8 @@ def main(argv=None):
 
 def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
+    if args.name is not None and name_problem(args.name):   # before anything: the name makes folders and URLs
+        raise UserError(f"--name: {name_problem(args.name)}")
     ray_setup.set_environment(args.address)
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
@@ -82,7 +84,7 @@ def new_experiment(args, runs):
                     None if ray_setup.joins_cluster(args.address) else report.missing_weights_warning(space)):
         if warning:
             print(warning)
-    name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    name = args.name or default_name(Path(space["file"]).stem, f"{datetime.now():%Y%m%d-%H%M%S}")
     exp_dir = storage.join(runs, name)
     if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
         raise UserError(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
