@@ -16,6 +16,7 @@ FLAG_NOTES = {
     "metric": f"one of {', '.join(METRICS)}; a trial's score is best_<metric> over its epochs",
     "time_budget": "With --resume: this session's budget instead of the saved one ('none': no budget)",
 }
+NO_BUDGET = ("none", "null")
 FREE_TEXT = ("metric",)   # no argparse choices: the space check refuses an unknown metric, naming the known ones
 
 
@@ -23,6 +24,13 @@ def fail(prog, message):
     """Exit with `prog: error: message` and no traceback (each command's main, once)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def duration(text):
+    """--time-budget's value: a duration (tune.settings.parse_duration) or none; else argparse names the flag."""
+    if text.strip().lower() in NO_BUDGET or not settings.duration_problem(text):
+        return text.strip()
+    raise argparse.ArgumentTypeError(f"{settings.duration_problem(text)}, or none")
 
 
 def add_setting_flags(p):
@@ -33,7 +41,7 @@ def add_setting_flags(p):
         if kind is str and isinstance(spec.allowed, tuple) and key not in FREE_TEXT:
             options["choices"] = spec.allowed
         if key == "time_budget":
-            options["metavar"] = "DURATION"
+            options.update(metavar="DURATION", type=duration)
         if key in FLAG_NOTES:
             options["help"] += f"; {FLAG_NOTES[key]}"
         p.add_argument(f"--{key.replace('_', '-')}", **options)
@@ -81,6 +89,8 @@ def load_space(args, data_root):
     path = spaces.find_space_file(args.space)
     overrides = dict(SMOKE_SETTINGS) if args.smoke_test else {}
     overrides.update({k: v for k, v in settings_from_args(args).items() if v is not None})
+    if str(overrides.get("time_budget")).lower() in NO_BUDGET:
+        overrides["time_budget"] = None
     sets = dict(SMOKE_CONFIG) if args.smoke_test else {}
     sets.update(parse_sets(args.set))
     # None: every node builds the demo data itself
