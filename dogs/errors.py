@@ -32,3 +32,8 @@ class SpaceError(UserError, ValueError):
 
 class ExperimentError(UserError, ValueError):
     """An experiment folder that cannot be read or continued."""
+
+
+class StorageError(UserError, OSError):
+    """A file of an experiment could not be written (disk full, read-only, ...); names the path, what was being
+    written, the free space and how to continue."""

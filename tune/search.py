@@ -11,15 +11,17 @@ search_space.yaml (what was searched), trials.csv (all trials, one row each) and
 This file is the command only; its parts: tune.cli (flags), tune.ray_setup (Ray), tune.tuner (the Tuner),
 tune.resume (--resume), tune.report (warnings, trials.csv, the summary). docs/ARCHITECTURE.md has the map.
 """
+import contextlib
 import os
 import shlex
+import shutil
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 from dogs.data import DataError, resolve_root
-from dogs.errors import UserError
+from dogs.errors import StorageError, UserError
 from tune import cli, plots, ray_setup, settings, spaces, storage
 from tune.experiment import default_name, name_problem, read_trials
 
@@ -118,18 +120,21 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         Path(workers, "slots").write_text(str(slots))
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
+    resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
     if args.resume:
         grid_tuner = tuner.restore_tuner(s, exp_dir)
     else:
-        grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
-                                      slots=None if joined else slots)
-        storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
+        with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
+            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
+                                          slots=None if joined else slots)
+            storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}")
 
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
     try:
-        with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget:
+        with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget, \
+                storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
             grid = grid_tuner.fit()
     finally:
         tuner.StudySearcher.resumed_in = None
@@ -137,20 +142,39 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     trials = read_trials(exp_dir)
     table = report.trials_table(exp_dir, space, trials)
     pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
-    storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
+    with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
+        storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start)
                     + report.failure_hints(exp_dir, table)))
     print("\n".join(plots.report(exp_dir)))
     if pending or (table.status == "UNFINISHED").any() or len(grid) < s["samples"]:
         why = f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted"
-        print(f"{why}: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
-              f"--name {storage.name(exp_dir)}")
+        print(f"{why}: continue with  {resume_command(runs, exp_dir)}")
         return 0 if budget.is_set() else 130
     if not table[f"best_{s['metric']}"].notna().any():   # every trial errored or diverged: nothing to hand over
         print(f"dogs-search: error: no trial reported a finite {s['metric']} ({int((table.status == 'ERROR').sum())} "
               f"of {len(table)} errored; see the lines above): there is no best trial", file=sys.stderr)
         return 1
     return 0
+
+
+def resume_command(runs, exp_dir):
+    return f"python -m tune.search --resume --storage {shlex.quote(runs)} --name {storage.name(exp_dir)}"
+
+
+@contextlib.contextmanager
+def starting(exp_dir):
+    """A failed write while a new experiment starts (its folder, study.db, search_space.yaml) is one line, and the
+    folder this command made is removed (nothing ran): the same command runs again once there is space."""
+    made = not storage.is_uri(exp_dir) and not Path(exp_dir).exists()
+    again = "free space, then rerun the same command"
+    try:
+        with storage.writing("a new experiment", exp_dir, again):
+            yield
+    except StorageError:
+        if made:
+            shutil.rmtree(exp_dir, ignore_errors=True)
+        raise
 
 
 def __getattr__(name):
