@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow.fs
 
 from dogs import ranking
-from dogs.config import METRICS
+from dogs.config import METRICS, SCHEMA, value_type
 from dogs.errors import ExperimentError, UserError
 from tune import spaces, storage
 
@@ -233,8 +233,12 @@ def trials_table(exp_dir, space, trials=None):
             "checkpoint": printable(checkpoint),
             "path": printable(trial.path),
         })
-    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
-                                                         *METRICS, f"best_{metric}", "best_epoch", "time_s"])
+    table = pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
+                                                          *METRICS, f"best_{metric}", "best_epoch", "time_s"])
+    for name in spaces.searched_names(space):   # an integer key stays one where some trials lack it (not 0.0)
+        if name in table and name in SCHEMA and value_type(SCHEMA[name]) is int:
+            table[name] = table[name].astype("Int64")
+    return table
 
 
 def printable(location):
