@@ -90,8 +90,8 @@ def experiment_dir(given, runs):
             return named
     if here.exists():
         return str(here)
-    raise ExperimentError(f"--experiment {given}: no experiment {storage.join(storage.resolve(runs), given)} in "
-                          "--storage, and no such folder here")
+    raise ExperimentError(f"--experiment {given}: no such folder here, and no experiment "
+                          f"{storage.join(storage.resolve(runs), given)} in --storage")
 
 
 def main(argv=None):
