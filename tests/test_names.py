@@ -7,7 +7,7 @@ import sqlalchemy
 from hypothesis import given, strategies as st
 
 from tune import best, search, storage, study
-from tune.experiment import MAX_NAME, name_problem
+from tune.experiment import MAX_NAME, default_name, name_problem
 from conftest import run_main
 
 BAD_NAMES = ["..", ".", "%2E%2E", "a/b", "../x", "#", "a#b", "%20", "a b", "a b#c%20", "hund\u00e9", "\U0001f436",
@@ -54,6 +54,11 @@ def test_every_name_is_accepted_into_its_own_folder_and_study_or_refused_in_one_
 def test_accepted_names_are_exactly_the_rule():
     for name in ["e2", "a.b_c-1", "Resnet18.v2", "x" * MAX_NAME, "2026-12-04_run"]:
         assert name_problem(name) is None, name
+
+
+@given(st.text(max_size=300))
+def test_the_default_name_of_any_space_file_name_is_a_name(stem):
+    assert name_problem(default_name(stem, "20261204-225900")) is None
 
 
 def make_experiment(folder):
