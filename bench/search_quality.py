@@ -3,6 +3,8 @@
     python bench/search_quality.py                # 5 seeds x 4 arms x 16 trials x 6 epochs + the budget arm
                                                   # (~25 min on 2 CPU cores; bench/RESULTS.md)
     python bench/search_quality.py --small        # 2 seeds x 2 arms x 8 trials x 4 epochs: a smoke run
+    python bench/search_quality.py --select       # issue 18: single best trial vs the top K re-evaluated with
+                                                  # N seeds, at equal trial-epochs, on digits and objects
 
 Task: scikit-learn's real handwritten digits at their native 8x8, with only 15 training and 10 validation
 images per class (the small, noisy validation sets this tool exists for), and a held-out labeled test set
@@ -17,6 +19,21 @@ Judged by the held-out test accuracy of the checkpoint each arm hands over (its 
 as the summary and tune.best pick it), and by validation: the best found against trial-epochs spent.
 Writes a table (markdown, stdout) and an anytime-curve PNG (best validation accuracy vs trial-epochs, mean
 and spread over seeds) into --out.
+
+--select (issue 18, "choose the model that will do best on new photos"): per task and seed one TPE+ASHA search
+of --budget-trials trials, one at a time. Its first --trials trials are "the search"; then
+  single best      - the trial with the best best_val_acc, among the trials finished within the search's
+                     trial-epochs + K*N*epochs (the same search given the re-evaluation's compute as more trials)
+  top K x N        - the K best distinct configurations of the search, each retrained with seeds 1..N for
+                     `epochs` epochs (dogs.engine.Run, in this process, one after another: K*N*epochs
+                     trial-epochs); the configuration with the best mean best_val_acc over its seeds hands over
+                     its best seed ("re-evaluated") or all N seeds' softmax averaged ("ensemble")
+  holdout          - with --holdout F: another search of --trials trials with search.holdout F, and tune.best's
+                     re-evaluation itself (tune.reevaluate: K_max x N_max runs on a local Ray, configurations
+                     compared on the held-out part of Validation); its chosen configuration's best seed
+for each (K, N) of --select-grid, all from one K_max x N_max set of retrains. Tasks: digits (above) and
+objects (bench/objects.py: generated textured-object photos, 6 classes, --objects-train photos per class,
+16 px). Writes select.csv, a table and select.png into --out.
 """
 # ----------------------------------------------------------------------------- setup
 import argparse
@@ -49,6 +66,8 @@ params:
   weight_decay: {{choice: [0.0, 1.0e-4, 1.0e-2]}}
   augment: {{choice: [false, true]}}
 """
+# the objects task: the same space at 16 px, where a random flip is right (a mirrored star is a star)
+OBJECT_SPACE = SPACE.replace("image_size: 8", "image_size: 16")
 ARMS = {"tpe+asha": ("tpe", "asha"), "random+fifo": ("random", "fifo"), "tpe+fifo": ("tpe", "fifo"),
         "random+asha": ("random", "asha")}
 
@@ -81,10 +100,10 @@ def make_task(root, train_per_class=15, val_per_class=10, test=1000, seed=0):
 
 
 # ----------------------------------------------------------------------------- runs
-def search(space_file, data, runs, name, sampler, scheduler, seed, log):
-    """One `python -m tune.search`; returns its wall time."""
+def search(space_file, data, runs, name, sampler, scheduler, seed, log, extra=()):
+    """One `python -m tune.search` (`extra`: more flags); returns its wall time."""
     cmd = [sys.executable, "-m", "tune.search", "--space", str(space_file), "--data", str(data), "--storage", str(runs),
-           "--name", name, "--seed", str(seed), "--sampler", sampler, "--scheduler", scheduler]
+           "--name", name, "--seed", str(seed), "--sampler", sampler, "--scheduler", scheduler, *extra]
     start = time.time()
     with open(log, "w") as f:
         code = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
@@ -103,20 +122,27 @@ def trials_in_order(exp_dir):
     return table.assign(trial_epochs=table.epochs.cumsum())
 
 
-def test_accuracy(checkpoint, holdout, cache):
-    """Accuracy of a kept checkpoint on the held-out digits."""
+def holdout_probs(checkpoint, holdout, cache):
+    """(softmax, labels) of a kept checkpoint (a trial's checkpoint folder or a .pt file) on the held-out data."""
     import torch
 
     from dogs import checkpoint as ckpt_io
     from dogs.data import VALIDATION
+    from dogs.predict import predict_probs
     from dogs.splits import load_split
-    from dogs.predict import predict_images
 
-    model, ckpt = ckpt_io.load(Path(checkpoint, ckpt_io.FILENAME))
+    path = Path(checkpoint)
+    model, ckpt = ckpt_io.load(path if path.is_file() else path / ckpt_io.FILENAME)
     config = {**ckpt["config"], "cache_dir": str(cache)}
     _, split = load_split(holdout, VALIDATION, config)
-    predicted = predict_images(model, config, split.images, split.index, torch.device("cpu"))
-    return float((predicted == split.labels[split.index]).mean())
+    probs = predict_probs(model, config, split.images, split.index, torch.device("cpu"))
+    return probs, split.labels[split.index]
+
+
+def test_accuracy(checkpoint, holdout, cache):
+    """Accuracy of a kept checkpoint on the held-out data."""
+    probs, labels = holdout_probs(checkpoint, holdout, cache)
+    return float((probs.argmax(1) == labels).mean())
 
 
 def handed_over(table, budget=None):
@@ -155,6 +181,179 @@ def markdown(frame):
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
+# ----------------------------------------------------------------------------- selection (issue 18)
+# per task: epochs per trial, trials of the whole search (enough to give the single-best arm the re-evaluation's
+# epochs as more trials), and the task's data
+SELECT_TASKS = {"digits": {"epochs": 6, "budget_trials": 48, "space": SPACE},
+                "objects": {"epochs": 4, "budget_trials": 40, "space": OBJECT_SPACE}}
+
+
+def top_configs(table, k):
+    """The k best distinct configurations of a trials table by best_val_acc (the first of equals), as the
+    trials' params.json."""
+    seen, top = set(), []
+    for path in table.sort_values("best_val_acc", ascending=False, kind="stable").path:
+        config = json.loads(Path(path, "params.json").read_text())
+        key = json.dumps(config, sort_keys=True)
+        if key not in seen and len(top) < k:
+            seen.add(key)
+            top.append(config)
+    return top
+
+
+def retrain(config, seed, out_dir, task, cache):
+    """One re-evaluation run: a trial's config with another seed, the epoch loop of dogs.train.run without its
+    prediction grid (dogs.engine.Run, in this process; best.pt = the best epoch); its result is kept in
+    out_dir/result.json, so a rerun of the bench redoes nothing."""
+    from dogs import checkpoint
+    from dogs.config import resolve
+    from dogs.engine import Run
+
+    done = Path(out_dir, "result.json")
+    if done.is_file():
+        return json.loads(done.read_text())
+    start = time.time()
+    run = Run(resolve({**config, "seed": seed, "data": str(task), "cache_dir": str(cache)}), log_fn=lambda *_: None)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for _ in run.epochs():
+        if run.improved:
+            checkpoint.save(run.state(), Path(out_dir, "best.pt"))
+    kept = {"best_val_acc": run.best, "epochs": run.epoch, "wall_s": time.time() - start,
+            "checkpoint": str(Path(out_dir, "best.pt"))}
+    done.write_text(json.dumps(kept))
+    return kept
+
+
+def select_seed(task_name, seed, args, out):
+    """One search and its re-evaluations on one task -> rows of select.csv, one per (K, N) of the grid."""
+    setting = SELECT_TASKS[task_name]
+    base, cache = out / task_name, out / "cache"
+    if task_name == "digits":
+        task, holdout = make_task(base / "data")
+    else:
+        from objects import make_objects
+
+        task, holdout = make_objects(base / "data", train=args.objects_train, val=args.objects_val, test=200)
+    space = base / "space.yaml"
+    space.write_text(setting["space"].format(samples=setting["budget_trials"], epochs=setting["epochs"], grace=1))
+    name, runs = f"select-s{seed}", base / "runs"
+    if not Path(runs, name, "trials.csv").is_file():
+        wall = search(space, task, runs, name, "tpe", "asha", seed, base / f"{name}.log")
+        print(f"  {task_name} {name}: {wall:.0f} s", flush=True)
+    table = trials_in_order(runs / name)
+    first = table.iloc[:args.trials]
+    search_epochs = int(first.trial_epochs.iloc[-1])
+
+    # the K_max x N_max retrains, seeds 1..N (the search's trials ran with seed 0)
+    k_max, n_max = max(k for k, _ in args.select_grid), max(n for _, n in args.select_grid)
+    top = top_configs(first, k_max)
+    start = time.time()
+    runs_ = {(i, n): retrain(top[i], n, runs / name / "reeval" / f"top{i + 1}-seed{n}", task, cache)
+             for i in range(len(top)) for n in range(1, n_max + 1)}
+    print(f"  {task_name} {name}: {len(runs_)} retrains, {time.time() - start:.0f} s", flush=True)
+    probs = {}
+
+    def scored(checkpoint):   # (softmax, labels) on the held-out data, once per checkpoint
+        if checkpoint not in probs:
+            probs[checkpoint] = holdout_probs(checkpoint, holdout, cache)
+        return probs[checkpoint]
+
+    def accuracy(p, labels):
+        return float((p.argmax(1) == labels).mean())
+
+    holdout_test = holdout_arm(task_name, seed, args, out, task, scored, accuracy) if args.holdout else np.nan
+    alone = handed_over(first)
+    rows = []
+    for k, n in args.select_grid:
+        # single best at equal compute: the same search, the re-evaluation's epochs spent on more trials
+        budget = search_epochs + k * n * setting["epochs"]
+        single = handed_over(table, budget)
+        # re-evaluated: the configuration with the best mean over seeds 1..n, its best seed; ensemble: all n
+        means = [np.mean([runs_[i, m]["best_val_acc"] for m in range(1, n + 1)]) for i in range(min(k, len(top)))]
+        chosen = int(np.argmax(means))
+        seeds = [runs_[chosen, m] for m in range(1, n + 1)]
+        best_seed = seeds[int(np.argmax([r["best_val_acc"] for r in seeds]))]
+        members = [scored(r["checkpoint"]) for r in seeds]
+        labels = members[0][1]
+        rows.append({
+            "task": task_name, "seed": seed, "K": k, "N": n, "search_trials": len(first),
+            "search_epochs": search_epochs, "budget_epochs": budget,
+            "single_trials": int((table.trial_epochs <= budget).sum()),
+            "single_epochs": int(table.trial_epochs[table.trial_epochs <= budget].iloc[-1]),
+            "search_only_test": accuracy(*scored(str(alone.checkpoint))),
+            "single_val": single.best_val_acc, "single_test": accuracy(*scored(str(single.checkpoint))),
+            "reeval_rank": chosen + 1, "reeval_val_mean": means[chosen],
+            "reeval_test": accuracy(*scored(best_seed["checkpoint"])),
+            "ensemble_test": accuracy(np.mean([p for p, _ in members], 0), labels),
+            "holdout_test": holdout_test if (k, n) == (k_max, n_max) else np.nan,
+        })
+    return rows
+
+
+def holdout_arm(task_name, seed, args, out, task, scored, accuracy):
+    """--holdout F: a search of --trials trials with search.holdout F, then tune.best's re-evaluation itself
+    (tune.reevaluate, K_max x N_max runs on a local Ray, compared on the held-out part of Validation); the
+    held-out test accuracy of the chosen configuration's best seed."""
+    from tune.reevaluate import checkpoint_of, reevaluate
+
+    setting, base = SELECT_TASKS[task_name], out / task_name
+    space = base / f"space-holdout{args.holdout:g}.yaml"
+    space.write_text(setting["space"].format(samples=args.trials, epochs=setting["epochs"], grace=1).replace(
+        "max_concurrent: 1}", f"max_concurrent: 1, holdout: {args.holdout}}}"))
+    name, runs = f"holdout{args.holdout:g}-s{seed}", base / "runs"
+    if not Path(runs, name, "trials.csv").is_file():
+        wall = search(space, task, runs, name, "tpe", "asha", seed, base / f"{name}.log")
+        print(f"  {task_name} {name}: {wall:.0f} s", flush=True)
+    k_max, n_max = max(k for k, _ in args.select_grid), max(n for _, n in args.select_grid)
+    start = time.time()
+    result = reevaluate(runs / name, top=k_max, seeds=n_max, log=lambda *_: None)
+    print(f"  {task_name} {name}: tune.reevaluate {k_max} x {n_max}, {time.time() - start:.0f} s", flush=True)
+    return accuracy(*scored(str(checkpoint_of(result.runs[0], "val_acc", "max"))))
+
+
+def select_main(args, out):
+    """--select: the table of issue 18 over tasks and seeds, select.csv and select.png."""
+    rows = []
+    for task_name in args.tasks:
+        for seed in args.only_seeds or range(args.seeds):
+            rows += select_seed(task_name, seed, args, out)
+            pd.DataFrame(rows).to_csv(out / "select.csv", index=False)
+    table = pd.DataFrame(rows)
+    summary = table.groupby(["task", "K", "N"], sort=False).agg(
+        seeds=("seed", "count"), search_epochs=("search_epochs", "mean"), budget_epochs=("budget_epochs", "mean"),
+        single_epochs=("single_epochs", "mean"), search_only=("search_only_test", "mean"),
+        search_only_sd=("search_only_test", "std"), single_best=("single_test", "mean"),
+        single_best_sd=("single_test", "std"), reevaluated=("reeval_test", "mean"), reevaluated_sd=("reeval_test", "std"),
+        ensemble=("ensemble_test", "mean"), ensemble_sd=("ensemble_test", "std"),
+        holdout=("holdout_test", "mean"), holdout_sd=("holdout_test", "std")).reset_index()
+    print(markdown(summary))
+    print("\nper seed:\n" + markdown(table))
+
+    # plot: per task, the held-out test accuracy of each arm per (K, N), mean and sd over seeds
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.tasks), figsize=(6 * len(args.tasks), 4.5), squeeze=False)
+    for ax, task_name in zip(axes[0], args.tasks):
+        part = summary[summary.task == task_name].reset_index(drop=True)
+        x = np.arange(len(part))
+        for dx, (col, label) in zip((-0.2, 0, 0.2), (("single_best", "single best trial, equal compute"),
+                                                      ("reevaluated", "top K re-evaluated, best seed"),
+                                                      ("ensemble", "top K re-evaluated, N seeds averaged"))):
+            ax.errorbar(x + dx, part[col], yerr=part[f"{col}_sd"], fmt="o", capsize=4, label=label)
+        if part.holdout.notna().any():
+            ax.errorbar(x + 0.3, part.holdout, yerr=part.holdout_sd, fmt="s", capsize=4,
+                        label=f"search with holdout {args.holdout:g}, top K re-evaluated on it (tune.reevaluate)")
+        ax.axhline(part.search_only.iloc[0], color="grey", ls=":", label="single best of the search alone")
+        ax.set_xticks(x, [f"K={k} N={n}\n+{k * n} runs" for k, n in zip(part.K, part.N)])
+        ax.set(ylabel="held-out test accuracy (mean ± sd over seeds)", title=task_name)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "select.png", dpi=100)
+    print(f"\nplot: {out / 'select.png'}; per-seed table: {out / 'select.csv'}")
+
 
 # ----------------------------------------------------------------------------- main
 def main():
@@ -169,7 +368,33 @@ def main():
     p.add_argument("--arms", nargs="+", help="run only these arms (names as in the table, e.g. random+fifo "
                    "'tpe+asha@budget g2'); default: all; random+fifo is always run (the reference)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "search_quality"), help="runs, data, table, PNG")
+    p.add_argument("--select", action="store_true", help="issue 18: single best vs top K re-evaluated (see above)")
+    p.add_argument("--tasks", nargs="+", default=list(SELECT_TASKS), choices=list(SELECT_TASKS), help="--select's tasks")
+    p.add_argument("--select-grid", nargs="+", default=["1x3", "2x2", "3x2", "3x3"],
+                   help="--select's K x N pairs (top K configurations, N seeds each); one K_max x N_max set of retrains")
+    p.add_argument("--only-seeds", type=int, nargs="+", help="--select: run only these seeds (several processes "
+                   "at once on one --out, each its own seeds; a last run without it makes the table of all)")
+    p.add_argument("--holdout", type=float, help="--select: also a search with search.holdout HOLDOUT whose top "
+                   "K_max x N_max are re-evaluated by tune.reevaluate and compared on the held-out part")
+    p.add_argument("--objects-train", type=int, default=100, help="objects task: training photos per class")
+    p.add_argument("--objects-val", type=int, default=30, help="objects task: validation photos per class")
     args = p.parse_args()
+    args.select_grid = [tuple(int(v) for v in pair.split("x")) for pair in args.select_grid]
+    if args.select:
+        import torch
+
+        torch.set_num_threads(1)   # one thread, like a search trial (cpus_per_trial 1); the machine is shared
+        out = Path(args.out).resolve()   # tune.reevaluate takes an absolute experiment path (or a URI)
+        out.mkdir(parents=True, exist_ok=True)
+        os.environ["DOGS_CACHE"] = str(out / "cache")
+        if args.small:
+            args.seeds, args.trials, args.select_grid, args.objects_train, args.objects_val = 1, 6, [(2, 1), (2, 2)], 20, 10
+            for setting in SELECT_TASKS.values():
+                setting.update(epochs=2, budget_trials=10)
+        print(f"# selection — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f} at start; {args.seeds} seeds, {args.trials} trials, grid {args.select_grid}",
+              flush=True)
+        return select_main(args, out)
     arms = dict(ARMS)
     if args.small:
         args.seeds, args.trials, args.epochs, args.budget_trials = 2, 8, 4, 16

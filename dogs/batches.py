@@ -32,17 +32,24 @@ def to_device_once(key, array, device):
 
 
 class Batches:
-    """Iterates (inputs, labels) over rows `index` of `array`, shuffled per epoch when `shuffle`."""
+    """Iterates (inputs, labels) over rows `index` of `array`, shuffled per epoch when `shuffle`.
+
+    A shuffled (training) epoch whose last batch would hold one image drops it, as timm's training loader drops
+    its last batch: a trainable BatchNorm cannot normalize one value per channel (a 1x1 feature map) and raises.
+    Another image is left out each epoch; evaluation (not shuffled) sees every image.
+    """
 
     def __init__(self, array, labels, index, batch_size, device, prepare, shuffle=False, seed=None, key=None):
         self.array, self.index, self.batch_size = array, np.asarray(index), batch_size
         self.device, self.prepare, self.shuffle, self.seed = device, prepare, shuffle, seed
+        single_last = shuffle and batch_size > 1 and len(self.index) % batch_size == 1
+        self.used = len(self.index) - 1 if single_last else len(self.index)   # rows an epoch yields
         self.labels = torch.as_tensor(np.asarray(labels)[self.index], dtype=torch.long).to(device)
         self.on_device = to_device_once(key, array, device) if key else None
         self.epoch = 0
 
     def __len__(self):
-        return math.ceil(len(self.index) / self.batch_size)
+        return math.ceil(self.used / self.batch_size)
 
     def set_epoch(self, epoch):
         self.epoch = epoch  # the shuffle order depends on (seed, epoch) only, so a resumed run sees the same
@@ -60,6 +67,8 @@ class Batches:
             order = np.arange(n)
         if n == 0:
             return
+        order = order[:self.used]   # a last training batch of one dropped (see the class doc)
+        n = len(order)
         # the epoch's order, sorted within each batch (sorted rows read a memmap faster), on the device once
         pos = np.concatenate([np.sort(order[s:s + self.batch_size]) for s in range(0, n, self.batch_size)])
         rows = self.index[pos]

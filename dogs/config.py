@@ -111,6 +111,8 @@ SCHEMA = {
                            set_by_search="set search.metric instead (--metric); every trial is scored by the search's metric"),
     "mode":            Key(None, str | None, ("max", "min"), "max for accuracies, min for losses; null = the metric's own",
                            set_by_search="set search.mode instead (--mode); every trial is scored by the search's mode"),
+    "holdout":         Key(0.0, float, Range(0, 0.9), "fraction of Validation held out (stratified, seeded, the same part for every run): val_* scores count the rest, holdout_* the part; 0 = off; in a search, search.holdout sets it",
+                           set_by_search="set search.holdout instead; every trial of a search holds out the same part of Validation"),
     # arithmetic
     "precision":       Key("auto", str, ("auto", "bf16", "fp32"), "auto = bf16 autocast on a GPU that has it, else fp32", changes=FEATURES),
     "channels_last":   Key(True, bool, None, "NHWC memory format for convolutions", changes=FEATURES, resume_may_change=True),

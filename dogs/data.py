@@ -1,7 +1,9 @@
 """ImageFolder layout: find the images of Train/ Validation/ [Test/], build the digits demo."""
+import errno
 import logging
 import os
 import re
+import stat
 import time
 import unicodedata
 from pathlib import Path
@@ -10,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .cache import cache_errors, cache_root
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .files import atomic_path, build_once
 
 log = logging.getLogger("dogs")
@@ -38,10 +40,30 @@ def resolve_root(data, cache_dir=None):
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUT}")
     for split in (TRAIN, VALIDATION):
+        if not (root / split).is_dir() and os.path.lexists(root / split):   # a file, a FIFO, a link loop, ...
+            raise DataError(f"{root / split} is {what_it_is(root / split)}, not a folder; {LAYOUT}")
         if not (root / split).is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())
             raise DataError(f"{root} has no {split}/ folder (folders found: {found}); {LAYOUT}")
     return root, False
+
+
+def what_it_is(path):
+    """What is at `path`, in words, for a message about an entry that is not the file or folder expected."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if not path.is_symlink():
+            return f"unreadable ({err.strerror})"
+        target = os.readlink(path)
+        if err.errno == errno.ELOOP:
+            return f"a link that loops back on itself (-> {target})"
+        return f"a link to {target}, which does not exist" if err.errno == errno.ENOENT else \
+            f"a link to {target}, which cannot be read ({err.strerror})"
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def is_image_name(path):
@@ -57,7 +79,14 @@ def is_junk(path):
 
 
 def warn_not_images(folder, others):
-    """One warning for the files under `folder` skipped because their names are not images (.heic, .txt, ...)."""
+    """One warning for the files under `folder` skipped because their names are not images (.heic, .txt, ...), and
+    one for the entries named as images that are not files (a dangling link, a FIFO, a link loop)."""
+    not_files = [p for p in others if is_image_name(p)]
+    if not_files:
+        log.warning("%s: skipping %d entr%s named as an image that %s not a file: %s", folder, len(not_files),
+                    "y" if len(not_files) == 1 else "ies", "is" if len(not_files) == 1 else "are",
+                    "; ".join(f"{p} is {what_it_is(p)}" for p in not_files[:3]) + ("; ..." if len(not_files) > 3 else ""))
+    others = [p for p in others if not is_image_name(p)]
     if not others:
         return
     counts = {}
@@ -190,6 +219,29 @@ def check_same_classes(train_classes, val_classes, root):
                         f"only in Train: {only_train}, only in Validation: {only_val}{hint}")
 
 
+HOLDOUT_SEED = 0   # the held-out part of Validation is the same for every run of a data set
+
+
+def holdout_mask(labels, fraction, classes=None):
+    """Which validation images are held out: per class, round(fraction x its images) of them (at least 1), drawn
+    with a fixed seed (stratified: every class keeps images on both sides). DataError for a class too small to
+    split (fewer than 2 images)."""
+    labels = np.asarray(labels)
+    held = np.zeros(len(labels), dtype=bool)
+    if not fraction:
+        return held
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        count = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        if count < 1:
+            name = classes[label] if classes is not None else label
+            raise DataError(f"holdout {fraction}: Validation/{name} has {len(rows)} image(s), too few to hold part of "
+                            "it out (each class needs at least 2); use holdout 0 or a larger validation split")
+        held[rng.permutation(rows)[:count]] = True
+    return held
+
+
 def warn_shared_files(train_files, val_files):
     """A warning when Validation files are Train files too (symbolic or hard links to one file): not held out."""
     def ids(files):
@@ -199,6 +251,23 @@ def warn_shared_files(train_files, val_files):
     if shared:
         log.warning("%d Validation image(s) are Train images too (links to one file, e.g. %s and %s): validation "
                     "scores are not held out; link each image into one split only", len(shared), *shared[0])
+
+
+def no_test_images(root):
+    """Why ROOT has no submission: no Test/ folder, or a Test/ without image files."""
+    folder = Path(root) / TEST
+    if not folder.is_dir():
+        return f"no {TEST}/ folder in {root}"
+    return f"{folder} holds no image files (image extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})"
+
+
+def check_metric(metric, classes, where):
+    """val_top5 on 5 classes or fewer is 1.0 at every epoch (the true class is always among the 5 highest scores):
+    it would rank every epoch and trial equal, so it is refused rather than warned about."""
+    if metric == "val_top5" and len(classes) <= 5:
+        raise ConfigError(f"metric val_top5 on {where}, which has {len(classes)} classes: the true class is always "
+                          "among the 5 highest scores, so val_top5 is 1.0 at every epoch and ranks nothing; use "
+                          "val_acc, val_loss or val_macro_f1 (val_top5 needs 6 classes or more)")
 
 
 def _natural_key(path):
@@ -220,7 +289,7 @@ def test_files(root):
     if subfolders:
         log.warning("Test/ holds files only: skipping its subfolder(s) %s and the files in them", subfolders[:5])
     files = [p for p in entries if p.is_file() and is_image_name(p)]
-    warn_not_images(folder, [p for p in entries if p.is_file() and not is_image_name(p) and not is_junk(p)])
+    warn_not_images(folder, [p for p in entries if not p.is_dir() and p not in files and not is_junk(p)])
     if all(p.stem.isdigit() for p in files):
         by_number = {}
         for p in files:

@@ -15,14 +15,13 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 
-from . import checkpoint, features, models
-from . import ranking
+from . import checkpoint, data, features, models, ranking, uncertainty
 from .batches import Batches, feature_preparer, image_preparer
 from .cache import cache_root
 from .config import feature_cache_applies, resolve
 from .device import amp_dtype, default_device
 from .errors import CheckpointError
-from .splits import concat_splits, load_splits
+from .splits import concat_splits, holdout_splits, load_splits
 
 log = logging.getLogger("dogs")
 
@@ -145,7 +144,7 @@ def train_one_epoch(model, forward, optimizer, loss_fn, batches, amp, scheduler=
 
 @torch.no_grad()
 def evaluate(model, forward, loss_fn, batches, amp):
-    """{"loss", "acc", "top5", "macro_f1", "confusion"} over the batches, in eval mode.
+    """{"loss", "acc", "top5", "macro_f1", "confusion", "labels", "predictions"} over the batches, in eval mode.
 
     The confusion matrix (rows: true class, columns: predicted) is accumulated on the device; one host
     copy at the end. top5 = the true class among the 5 highest logits; macro_f1 = the mean F1 over the
@@ -154,7 +153,7 @@ def evaluate(model, forward, loss_fn, batches, amp):
     model.eval()
     total_loss = torch.zeros((), device=batches.device)
     top5 = torch.zeros((), device=batches.device, dtype=torch.long)
-    confusion, seen = None, 0
+    confusion, seen, labels, predictions = None, 0, [], []
     for x, y in batches:
         with torch.autocast(batches.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = forward(x)
@@ -163,11 +162,25 @@ def evaluate(model, forward, loss_fn, batches, amp):
             confusion = torch.zeros(classes * classes, device=batches.device, dtype=torch.long)
         total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         confusion.index_add_(0, y * classes + logits.argmax(1), torch.ones_like(y))
+        labels.append(y)
+        predictions.append(logits.argmax(1))
         top5 += (logits.topk(min(5, classes), dim=1).indices == y[:, None]).any(1).sum()
         seen += len(y)
     confusion = confusion.view(classes, classes).cpu().numpy()
     return {"loss": total_loss.item() / seen, "acc": float(np.trace(confusion)) / seen, "top5": top5.item() / seen,
-            "macro_f1": macro_f1(confusion), "confusion": confusion}
+            "macro_f1": macro_f1(confusion), "confusion": confusion,
+            "labels": torch.cat(labels).cpu().numpy(), "predictions": torch.cat(predictions).cpu().numpy()}
+
+
+def confusion_of(labels, predictions, classes):
+    """The confusion matrix (rows: truth, columns: prediction) of label and prediction arrays."""
+    return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+
+
+def macro_f1_interval(labels, predictions, classes):
+    """The bootstrap 95% interval of macro-F1 over these validation predictions (dogs.uncertainty)."""
+    return uncertainty.bootstrap(lambda rows: macro_f1(confusion_of(labels[rows], predictions[rows], classes)),
+                                 len(labels))
 
 
 def macro_f1(confusion):
@@ -207,12 +220,17 @@ class Run:
         seed_everything(config["seed"])
         # data: decoded once into the node's cache
         self.root, self.classes, train, val = load_splits(config, log_fn)
+        data.check_metric(config["metric"], self.classes, self.root)
         if resume is not None:  # continuing another run's checkpoint would mix the two runs
             why = checkpoint.resume_problem(resume, config, self.classes, self.root)
             if why:
                 raise CheckpointError(why)
-        if train_on_val:  # final retrain: Validation joins the training set
+        if train_on_val:  # final retrain: Validation (all of it) joins the training set
             train = concat_splits(train, val)
+        # the held-out part of Validation: scored apart (holdout_*), never in the val_* scores that rank runs
+        held = None
+        if config["holdout"] and not train_on_val:
+            val, held = holdout_splits(val, config["holdout"], self.classes)
         # model: pretrained weights unless a checkpoint holds them all (it holds no frozen prefix's identity)
         self.model = models.build_model(config, len(self.classes),
                                         load_weights=resume is None or resume.get("frozen") is not None).to(device)
@@ -238,6 +256,8 @@ class Run:
         prefix = self.frozen["hash"] if self.frozen else None
         self.train_batches = make_batches(train, self.model, config, device, self.amp, train=True, prefix=prefix)
         self.val_batches = make_batches(val, self.model, config, device, self.amp, train=False, prefix=prefix)
+        self.held_batches = None if held is None else make_batches(held, self.model, config, device, self.amp,
+                                                                     train=False, prefix=prefix)
         self.confusion = None  # the last epoch's validation confusion matrix (rows: truth)
         # "best" = the best value of config metric over the epochs, by config mode (a resumed run keeps its best)
         self.metric, self.mode = config["metric"], config["mode"]
@@ -265,13 +285,23 @@ class Run:
                 self.scheduler, self.ema, self.mix)
             val = evaluate(self.eval_model, self.evaluated(), self.loss_fn, self.val_batches, self.amp)
             self.confusion = val.pop("confusion")
+            labels, predictions = val.pop("labels"), val.pop("predictions")
             scores = {"train_loss": train_loss, "train_acc": train_acc, **{f"val_{k}": v for k, v in val.items()}}
+            if self.held_batches is not None:   # the held-out part: reported, never what ranks epochs or runs
+                held = evaluate(self.eval_model, self.evaluated(), self.loss_fn, self.held_batches, self.amp)
+                scores.update({f"holdout_{k}": held[k] for k in ("loss", "acc", "top5", "macro_f1")},
+                              holdout_images=len(held["labels"]))
+            # how sure the scores are: the set sizes (Wilson intervals), macro-F1's bootstrap when it ranks
+            intervals = {"train_images": seen, "val_images": len(labels)}
+            if self.metric == "val_macro_f1":
+                intervals["val_macro_f1_low"], intervals["val_macro_f1_high"] = macro_f1_interval(
+                    labels, predictions, len(self.classes))
             # the best epoch by metric and mode; a tie goes to the later epoch, as Ray's checkpoint keeping does
             self.improved = ranking.improves(scores[self.metric], self.best, self.mode)
             if self.improved:
                 self.best, self.best_epoch = scores[self.metric], self.epoch
             self.metrics = {
-                "epoch": self.epoch, **scores, f"best_{self.metric}": self.best, "best_epoch": self.best_epoch,
+                "epoch": self.epoch, **scores, **intervals, f"best_{self.metric}": self.best, "best_epoch": self.best_epoch,
                 "epoch_time_s": seconds, "images_per_s": seen / seconds,
             }
             yield self.metrics

@@ -6,8 +6,11 @@ A predictor is one model or an ensemble of `members`, each (model, config): each
 own image_size and normalizes them its own way; their softmax outputs are averaged. With `tta`, each
 member's output is the mean over the image and its horizontal mirror.
 """
+import contextlib
+import csv
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +86,21 @@ def write_submission(model, config, root, path, device, fallback_class=0, tta=Fa
     return Path(path)
 
 
+def label(name, width=40):
+    """A class name as a picture shows it: whole up to `width` characters, else cut with an ellipsis."""
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+@contextlib.contextmanager
+def quiet_figure():
+    """Without matplotlib's notes that do not change what a figure shows (a glyph the font lacks, e.g. an emoji in
+    a class name; a layout too tight for a long name): not worth a warning line each."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")
+        warnings.filterwarnings("ignore", "Tight layout not applied")
+        yield
+
+
 def save_grid(model, config, classes, root, path, device, count=16):
     """A PNG of `count` validation images titled 'Actual: X / Prediction: Y' (wrong ones in red)."""
     import matplotlib
@@ -98,10 +116,11 @@ def save_grid(model, config, classes, root, path, device, count=16):
     for ax, row, guess in zip(np.ravel(axes), rows, predicted):
         actual = split.labels[row]
         ax.imshow(split.images.images[row])
-        ax.set_title(f"Actual: {classes[actual]}\nPrediction: {classes[guess]}", fontsize=8,
-                     color="black" if guess == actual else "red")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
+        # a class name is text, never math: $, \\ and _ are shown as they are
+        ax.set_title(f"Actual: {label(classes[actual])}\nPrediction: {label(classes[guess])}", fontsize=8,
+                     parse_math=False, color="black" if guess == actual else "red")
+    with quiet_figure(), atomic_path(path) as tmp:
+        fig.tight_layout()
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
     return Path(path)
@@ -142,8 +161,8 @@ def write_report(members, classes, root, folder, device, tta=False, log_fn=print
                               "accuracy": np.diag(confusion) / np.maximum(support, 1)})
     folder.mkdir(parents=True, exist_ok=True)
     for name, table in (("accuracy.csv", pd.DataFrame(rows)), ("per_class.csv", per_class)):
-        with atomic_path(folder / name) as tmp:
-            table.to_csv(tmp, index=False)
+        with atomic_path(folder / name) as tmp:   # every name quoted: pandas leaves a carriage return in one bare
+            table.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
     save_confusion(confusion, classes, folder / "confusion.png", title=rows[-1]["predictor"])
     return folder
 
@@ -158,13 +177,14 @@ def save_confusion(confusion, classes, path, title=""):
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(confusion / np.maximum(confusion.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
     font = max(3, min(10, 400 / n))
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=font)
-    ax.set_yticks(range(n), classes, fontsize=font)
+    names = [label(name) for name in classes]
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font, parse_math=False)   # class names are text, not math
+    ax.set_yticks(range(n), names, fontsize=font, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"Validation confusion matrix ({title}; rows sum to 1)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with quiet_figure(), atomic_path(path) as tmp:
+        fig.tight_layout()
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return Path(path)

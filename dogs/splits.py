@@ -42,6 +42,12 @@ def load_splits(config, log_fn=print):
     return root, classes, train, val
 
 
+def holdout_splits(split, fraction, classes):
+    """(the rest, the held-out part) of a validation Split (dogs.data.holdout_mask over its readable images)."""
+    held = data.holdout_mask(split.labels[split.index], fraction, classes)
+    return Split(split.images, split.labels, split.index[~held]), Split(split.images, split.labels, split.index[held])
+
+
 def concat_splits(a, b):
     """Train + Validation as one split (for the final retrain)."""
     images = cache.CachedImages(f"{a.images.key}+{b.images.key}", np.concatenate([a.images.images, b.images.images]),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import checkpoint, predict
+from . import checkpoint, data, predict
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
@@ -79,6 +79,8 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     else:
         checkpoint.save(training.state(), out_dir / "best.pt")
     written = predict.submit(training.eval_model, training.state(), out_dir, device=training.device)
+    if written["submission"] is None:
+        log(f"no submission.csv: {data.no_test_images(training.root)}")
     score = demo_test_accuracy(training.root, written["submission"])
     # the epoch best.pt holds: the best one, or the last when Validation was trained on (it cannot pick one then)
     best, best_epoch = ((training.metrics.get(metric), training.epoch) if train_on_val

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image, ImageDraw
+
+# property-based tests: a few seconds of examples in CI; HYPOTHESIS_PROFILE=thorough for many more
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CLASSES = ("circle", "square", "triangle")
 COLORS = {"circle": (220, 40, 40), "square": (40, 200, 60), "triangle": (50, 70, 230)}

@@ -202,9 +202,10 @@ def damaged_copy(experiment, tmp_path, name):
     return copy, sorted(copy.glob("trial_*"))
 
 
-def test_damaged_result_json_or_params_json_is_one_line_and_a_line_being_written_is_not_reported_yet(experiment,
-                                                                                                    tmp_path):
+def test_a_damaged_trial_file_leaves_that_trial_out_in_one_warning_and_a_line_being_written_is_not_reported_yet(
+        experiment, tmp_path):
     _, expected, _ = run_main(best, ["--experiment", str(experiment["dir"])])
+    winner, _ = printed_best(expected)
     # the last line of a result.json without its newline: an epoch still being written (a running search)
     running, trials = damaged_copy(experiment, tmp_path, "running")
     for trial in trials:
@@ -212,15 +213,20 @@ def test_damaged_result_json_or_params_json_is_one_line_and_a_line_being_written
             f.write('{"epoch": 3, "val_acc": 0.9')
     code, out, err = run_main(best, ["--experiment", str(running)])
     assert code == 0 and printed_best(out) == printed_best(expected), err
-    # any other line that is not an epoch's JSON, or a params.json that is not JSON: the experiment is damaged
-    for name, file, text in (("garbage", "result.json", "{oops\n"), ("list", "result.json", "[1, 2]\n"),
-                             ("params", "params.json", '{"lr": 0.0')):
-        damaged, trials = damaged_copy(experiment, tmp_path, name)
-        path = trials[0] / file
+    # the winner's params.json empty (a write cut by a full disk), not JSON, or another line of its result.json
+    # that is not an epoch's JSON, or its checkpoint empty: that trial is left out, named in one warning; the
+    # other one is the best (was: the whole experiment refused, "the experiment is damaged")
+    for name, file, text in (("empty", "params.json", ""), ("params", "params.json", '{"lr": 0.0'),
+                             ("garbage", "result.json", "{oops\n"), ("list", "result.json", "[1, 2]\n"),
+                             ("checkpoint", "checkpoint.pt", "")):
+        damaged, _ = damaged_copy(experiment, tmp_path, name)
+        path = (next((damaged / f"trial_{winner}").glob("checkpoint_*")) if file == "checkpoint.pt"
+                else damaged / f"trial_{winner}") / file
         path.write_text(text + (path.read_text() if file == "result.json" else ""))
-        code, _, err = run_main(best, ["--experiment", str(damaged)])
-        assert code == 2 and err.startswith(f"dogs-best: error: {path}") and "the experiment is damaged" in err, err
-        assert err.count("\n") == 1
+        code, out, err = run_main(best, ["--experiment", str(damaged), "--submit", "--out", str(tmp_path / name)])
+        assert code == 0, err
+        assert printed_best(out)[0] != winner and (tmp_path / name / "submission.csv").exists()
+        assert err.startswith("Warning: 1 trial(s)") and str(path) in err and err.count("\n") == 1, err
 
 
 def rewrite_results(trial_dir, change):
@@ -309,3 +315,53 @@ def test_best_writes_nothing_through_a_link_planted_in_the_experiment(experiment
         code, _, err = run_main(best, ["--experiment", str(linked), flag])
         assert code == 2 and "is a link (to " in err and err.count("\n") == 1, err
     assert list(elsewhere.iterdir()) == []
+
+
+# --- --predict and --export from the experiment's best trials (tests/test_predict_photos.py, test_export.py: more) ---
+
+def test_predict_with_an_ensemble_and_tta_equals_their_submission_and_lands_in_best(experiment, tmp_path):
+    from dogs import data
+
+    exp_dir = tmp_path / "b"
+    shutil.copytree(experiment["dir"], exp_dir)   # the default --out is the experiment's best/
+    code, out, err = run_main(best, ["--experiment", str(exp_dir), "--predict", str(experiment["data"] / "Test"),
+                                     "--ensemble", "2", "--tta", "--top-k", "2"])
+    assert code == 0, err
+    rows = pd.read_csv(exp_dir / "best" / "predictions.csv")
+    code, _, err = run_main(best, ["--experiment", str(exp_dir), "--submit", "--ensemble", "2", "--tta",
+                                   "--out", str(tmp_path / "s")])
+    assert code == 0, err
+    submission = pd.read_csv(tmp_path / "s" / "submission.csv")
+    names = [f.name for f in data.test_files(experiment["data"])]
+    assert [p.rsplit("/", 1)[-1] for p in rows.file] == sorted(names) and rows.error.isna().all()
+    by_name = dict(zip(rows.file.map(lambda p: p.rsplit("/", 1)[-1]), rows.class_index))
+    assert [by_name[n] for n in submission.Id] == list(submission.Class)
+    assert "Best trial of" in out and "  + trial" in out and "ensemble of 2" in out
+
+
+def test_export_from_the_best_trial_names_the_search_in_its_card(experiment, tmp_path):
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--export", str(tmp_path / "model")])
+    assert code == 0, err
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    trial_id = next(line for line in out.splitlines() if line.startswith("Best trial of")).split(": ")[1].split()[0]
+    assert card["source"]["experiment"] == str(experiment["dir"]) and card["source"]["trial"] == trial_id
+    assert card["source"]["metric"] == "val_acc" and card["source"]["mode"] == "max"
+    scores = val_acc_by_trial_and_epoch(experiment["dir"])
+    assert card["source"]["metrics"]["val_acc"] == pytest.approx(scores[trial_id, card["source"]["epoch"]])
+    assert max(v for (t, _), v in scores.items() if t == trial_id) == pytest.approx(card["source"]["metrics"]["val_acc"])
+    assert (f"trial {trial_id} of experiment `{experiment['dir']}`, the best by val_acc (max): "
+            f"{card['source']['metrics']['val_acc']} at its best epoch, {card['source']['epoch']}."
+            in (tmp_path / "model" / "MODEL_CARD.md").read_text())
+
+
+def test_resume_with_a_trial_whose_params_json_is_empty_leaves_that_trial_out_in_one_warning(experiment, tmp_path):
+    # a full disk cut Ray's write of one params.json: --resume refused the whole experiment (#17)
+    storage = tmp_path / "runs"
+    damaged = shutil.copytree(experiment["dir"], storage / "b")
+    emptied = sorted(damaged.glob("trial_*"))[0] / "params.json"
+    emptied.write_text("")
+    code, out, err = run_main(search, ["--resume", "--storage", str(storage), "--name", "b"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert f"{emptied} is empty" in err and err.count("trial(s) cannot be read") == 1, err[-3000:]
+    table = pd.read_csv(damaged / "trials.csv", dtype={"trial_id": str})
+    assert sorted(table.status) == ["DAMAGED", "TERMINATED"]

@@ -429,6 +429,32 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
     assert set(study) == set(table.trial_id) and {t.state.name for t in study.values()} == {"COMPLETE"}
 
 
+def test_time_fidelity_gives_asha_seconds_of_training(tiny_imagefolder, tmp_path, monkeypatch):
+    """--fidelity time: ASHA ranks trials by time_total_s at rungs in seconds (from the budget), and the search
+    runs to the end with it."""
+    from tune import tuner
+
+    made = []
+
+    class Recorded(tuner.ASHAScheduler):
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(tuner, "ASHAScheduler", Recorded)
+    space = write_space(tmp_path, samples=3, max_concurrent=1)
+    code, out, err = run_main(search, ["--space", str(space), "--data", str(tiny_imagefolder), "--storage",
+                                       str(tmp_path / "runs"), "--name", "t", "--fidelity", "time", "--time-budget", "9m"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    # 540 s x 1 slot over 3 trials x 3 epochs: a nominal epoch of 60 s, grace_period 1 of them
+    assert made == [{"time_attr": "time_total_s", "max_t": 540, "grace_period": 60.0, "reduction_factor": 2}]
+    assert "ASHA's rungs at 60, 120, 240, 480 s of each trial's training (search.fidelity: time)" in out
+    table = pd.read_csv(tmp_path / "runs" / "t" / "trials.csv")
+    assert len(table) == 3 and set(table.status) == {"TERMINATED"} and (table.epochs == EPOCHS).all()
+    code, _, err = run_main(search, ["--space", str(space), "--data", str(tiny_imagefolder), "--fidelity", "time"])
+    assert code == 2 and "search.fidelity: time places ASHA's rungs in seconds" in err and "no time_budget" in err
+
+
 def test_hparams_booleans_and_choices_are_discrete_values():
     from tensorboard.plugins.hparams import summary_v2 as hp
 

@@ -78,6 +78,9 @@ def error_of(tmp_path, text):
     ("search: {scheduler: hyperband}\n", ["search.scheduler", "['asha', 'fifo']"]),
     ("search: {time_budget: 30x}\n", ["search.time_budget", "'30x'", "30m"]),
     ("search: {time_budget: 0}\n", ["search.time_budget", "'0s'", "positive"]),
+    ("search: {fidelity: seconds}\n", ["search.fidelity", "'seconds'", "['epochs', 'time']"]),
+    ("search: {fidelity: time}\n", ["search.fidelity", "no time_budget", "30m"]),
+    ("search: {fidelity: time, time_budget: 10m, scheduler: fifo}\n", ["search.fidelity", "fifo has no rungs"]),
     # first trials
     ("params: {lr: {loguniform: [1e-4, 1e-2]}}\nfirst_trials: [{lr: 1.0}]\n", ["first_trials[0].lr", "[0.0001, 0.01]"]),
     ("params: {lr: 1e-3}\nfirst_trials: [{lr: 1e-3}]\n", ["first_trials[0].lr", "not a searched parameter"]),
@@ -296,6 +299,19 @@ def test_time_budget_durations(tmp_path):
     assert [settings.parse_duration(t) for t in ("90s", "30m", "2h", "1h30m", "1.5h")] == [90, 1800, 7200, 5400, 5400]
     space = spaces.load(write(tmp_path, "search: {time_budget: 600}\nparams: {lr: 1e-3, model: {choice: [cnn]}}\n"))
     assert space["search"]["time_budget"] == "600s"   # a plain number is seconds
+
+
+def test_time_fidelity_places_asha_rungs_in_seconds_from_the_budget(tmp_path):
+    from tune.settings import asha_rungs
+
+    text = "search: {fidelity: time, time_budget: 10m, samples: 20, epochs: 10, grace_period: 2}\nparams: {lr: 1e-3}\n"
+    space = spaces.load(write(tmp_path, text))
+    # 600 s x 2 slots over 20 trials x 10 epochs = a nominal epoch of 6 s; grace 2 of them; max_t the budget
+    assert asha_rungs(space["search"], slots=2) == ("time_total_s", 12.0, 600)
+    assert asha_rungs(space["search"], slots=1000)[1] == 600   # never past max_t (Ray asserts it)
+    space = spaces.load(write(tmp_path, "search: {fidelity: epochs, epochs: 10, grace_period: 2}\nparams: {lr: 1e-3}\n"))
+    assert asha_rungs(space["search"], slots=2) == ("training_iteration", 2, 10)
+    assert spaces.load(write(tmp_path, GOOD), overrides={"fidelity": "time", "time_budget": "5m"})["search"]["fidelity"] == "time"
 
 
 # combinations: values each allowed but that cannot run together are refused before Ray starts

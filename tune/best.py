@@ -5,17 +5,19 @@
     python -m tune.best --submit --retrain --train-on-val # train the best config again (Train + Validation) first
     python -m tune.best --experiment s3://bucket/runs/X --submit --out best/     # an experiment on S3
     python -m tune.best --submit --tta --ensemble 3       # mirror TTA, softmax of the 3 best trials averaged
+    python -m tune.best --predict photos/ new.jpg         # each photo's top-5 classes by name, predictions.csv
+    python -m tune.best --export model/                   # ONNX + torch.export + safetensors + model card
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from dogs import ranking
 from dogs.errors import ExperimentError, UserError
-from tune import experiment, spaces, storage
+from tune import experiment, reevaluate, spaces, storage, use
+from tune.handover import best_trials, check_data, experiment_dir, refuse_link
 from tune.cli import fail
-from tune.experiment import DEFAULT_STORAGE, SPACE_FILE
+from tune.experiment import DEFAULT_STORAGE
 
 
 def get_args_parser():
@@ -28,70 +30,53 @@ def get_args_parser():
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                    help="--retrain: train the best config again for its full epoch budget; "
                         "--no-retrain (default): predict from the best checkpoint")
-    p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation")
+    p.add_argument("--top", type=int, nargs="?", const=reevaluate.TOP, metavar="K",
+                   help=f"with --retrain: re-evaluate the K best distinct configurations (K={reevaluate.TOP} when "
+                        "given without a number), each trained again with --seeds seeds in parallel on Ray, and hand "
+                        "over the one with the best mean score (its best seed's checkpoint)")
+    p.add_argument("--seeds", type=int, nargs="?", const=reevaluate.SEEDS, metavar="N",
+                   help=f"with --retrain: seeds per configuration for --top (N={reevaluate.SEEDS} when given "
+                        "without a number, or when only --top is)")
+    p.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation "
+                                                                "(with --top: the chosen configuration, after the choice)")
     p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
-                                  "search read it (the experiment comes from another machine)")
-    p.add_argument("--tta", action="store_true", help="with --submit: average each prediction over the image and "
-                                                       "its horizontal mirror")
+                                  "search read it (the experiment comes from another machine); with --export, "
+                                  "whose Validation/ gives the card's per-class accuracy")
+    p.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the "
+                                                       "image and its horizontal mirror")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
-                   help="with --submit: average the softmax of the K best trials' best checkpoints (default 1)")
-    p.add_argument("--out", help="output folder (default: <experiment>/best; required for a URI)")
+                   help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
+                        "(default 1); with --top: of the chosen configuration's K best seeds")
+    p.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with --checkpoint; "
+                                 "required for a URI)")
+    p.add_argument("--predict", nargs="+", metavar="PATH",
+                   help="photos (files, folders searched at any depth, or globs) to classify: a table of each one's "
+                        "top-k classes, and predictions.csv in --out (no Train/ needed: the classes are the model's)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="with --predict: classes shown per photo "
+                                                                     "(default 5)")
+    p.add_argument("--export", metavar="DIR", help="write the model to DIR for use without this project: ONNX, "
+                                                   "torch.export (.pt2), safetensors, model_card.json, MODEL_CARD.md")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="with --predict or --export: this checkpoint (a trial's checkpoint.pt, dogs.train's best.pt) "
+                        "instead of the best trial's")
     p.add_argument("--plots", action="store_true",
                    help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
                         "parallel coordinates) into <experiment>/plots/")
     return p
 
 
-def best_trials(exp_dir, space, count):
-    """The `count` best trials that kept a checkpoint, best first, each with its best checkpoint's location."""
-    metric, mode = space["search"]["metric"], space["search"]["mode"]
-    ranked = ranking.ranked(experiment.read_trials(exp_dir), lambda t: experiment.score(t, metric, mode)[0], mode)
-    kept = [(t, c) for t, c in ((t, experiment.best_checkpoint(t, metric, mode)) for t in ranked) if c is not None]
-    if len(kept) < count:
-        raise ExperimentError(f"{exp_dir}: --ensemble {count}, but only {len(kept)} trial(s) kept a checkpoint")
-    return kept[:count]
+def interval_text(trial, metric, mode):
+    """How sure the best checkpoint's score is: its 95% interval (dogs.uncertainty), or why there is none."""
+    from dogs import uncertainty
 
-
-def refuse_link(path, why):
-    """A folder of the experiment that is a link: a planted one would have us write (as this user) elsewhere."""
-    if path.is_symlink():
-        raise ExperimentError(f"{path} is a link (to {path.resolve()}): {why}")
-
-
-def best_trial(exp_dir, space):
-    """(trial, location of its best checkpoint) by the search's metric and mode (see tune.experiment)."""
-    metric, mode = space["search"]["metric"], space["search"]["mode"]
-    trials = experiment.read_trials(exp_dir)
-    trial = experiment.best_trial(trials, metric, mode)
-    if trial is None:
-        diverged = any(r.get(metric) is not None for t in trials for r in t.results)
-        raise ExperimentError(f"{exp_dir}: no trial has reported a finite {metric}"
-                              + (": every value is NaN or Infinity (the trials diverged)" if diverged else " yet"))
-    checkpoint = experiment.best_checkpoint(trial, metric, mode)
-    if checkpoint is None:
-        raise ExperimentError(f"{exp_dir}: trial {trial.trial_id} kept no checkpoint")
-    return trial, checkpoint
-
-
-def experiment_dir(given, runs):
-    """--experiment as its name in --storage (as tune.search's --name), else as a folder or URI; without it, the
-    latest experiment in --storage. A name that is both an experiment in --storage and a folder here is refused."""
-    if not given:
-        return experiment.latest_experiment(runs)
-    if storage.is_uri(given):
-        return given
-    here = Path(given).resolve()
-    if not experiment.name_problem(given):   # a plain name: the storage's first
-        named = storage.join(storage.resolve(runs), given)
-        if storage.is_file(storage.join(named, SPACE_FILE)):
-            if here.exists() and (storage.is_uri(named) or here != Path(named)):
-                raise ExperimentError(f"--experiment {given} names both {named} (in --storage) and the folder {here} "
-                                      f"(here); say which: --experiment {named} or --experiment ./{given}")
-            return named
-    if here.exists():
-        return str(here)
-    raise ExperimentError(f"--experiment {given}: no such folder here, and no experiment "
-                          f"{storage.join(storage.resolve(runs), given)} in --storage")
+    result = experiment.best_checkpoint_result(trial, metric, mode)
+    bounds = uncertainty.interval(metric, result[metric], result)
+    if bounds is None:
+        why = "a loss gets none" if not uncertainty.has_interval(metric) else "the trial reported no validation set size"
+        return f"  interval     none ({why})"
+    return (f"  interval     95% [{bounds[0]:.4f}, {bounds[1]:.4f}]: another validation set of this size could "
+            "score anywhere in it")
 
 
 def main(argv=None):
@@ -103,16 +88,33 @@ def main(argv=None):
 
 
 def best(args):
-    """Print the best trial; with --submit or --retrain, write its predictions."""
+    """Print the best trial; with --submit or --retrain, write its predictions; --predict and --export: tune.use."""
+    if args.predict is not None or args.export or args.checkpoint:
+        return use.run(args)
     if args.train_on_val and not args.retrain:
         raise ExperimentError("--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)")
     if (args.tta or args.ensemble != 1) and not args.submit:
         raise ExperimentError("--tta and --ensemble shape the submission: they need --submit")
     if args.ensemble < 1:
         raise ExperimentError(f"--ensemble {args.ensemble}: the number of best trials to average must be >= 1")
-    if args.ensemble > 1 and args.retrain:
+    if (args.top is not None or args.seeds is not None) and not args.retrain:
+        raise ExperimentError("--top and --seeds choose what --retrain trains: they need --retrain")
+    if args.top is not None or args.seeds is not None:   # a re-evaluation: each default when only the other is given
+        args.top = reevaluate.TOP if args.top is None else args.top
+        args.seeds = reevaluate.SEEDS if args.seeds is None else args.seeds
+        if args.top < 1 or args.seeds < 1:
+            raise ExperimentError(f"--top {args.top} --seeds {args.seeds}: both must be >= 1")
+        if args.ensemble > args.seeds:
+            raise ExperimentError(f"--ensemble {args.ensemble} with --top: averages the chosen configuration's "
+                                  f"seeds, and there are {args.seeds} (--seeds)")
+        if args.ensemble > 1 and args.train_on_val:
+            raise ExperimentError("--ensemble averages the chosen configuration's seeds; --train-on-val trains it "
+                                  "once more on Train + Validation: use one of the two")
+    elif args.ensemble > 1 and args.retrain:
         raise ExperimentError("--ensemble averages the best trials' checkpoints; --retrain trains the best config "
-                              "alone: use one of the two")
+                              "alone: use one of the two (or --top: its seeds averaged)")
+    if args.address and args.top is None:
+        raise ExperimentError("--address is where --top runs its re-evaluation: it needs --retrain --top")
 
     # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
     exp_dir = experiment_dir(args.experiment, args.storage)
@@ -121,18 +123,21 @@ def best(args):
         raise ExperimentError(f"--experiment {exp_dir} is a URI: give --out, a local folder for the predictions")
     space = experiment.saved_space(exp_dir)
     metric, mode = space["search"]["metric"], space["search"]["mode"]
-    trial, checkpoint = best_trial(exp_dir, space)
+    ranked = best_trials(exp_dir, space, 1 if args.top else args.ensemble)   # with --top, --ensemble: its seeds
+    (trial, checkpoint, (model, ckpt)), rest = ranked[0], ranked[1:]
     data = check_data(args.data) if args.data else None
 
     from dogs import checkpoint as dogs_checkpoint
 
-    with storage.local_dir(checkpoint, dogs_checkpoint.FILENAME) as local:   # a remote one: a temporary copy
-        model, ckpt = dogs_checkpoint.load(local)
-    experiment.check_checkpoint(trial, checkpoint, ckpt, metric, mode)
     searched = {k: trial.config[k] for k in spaces.searched_names(space) if k in trial.config}
     print(f"Best trial of {exp_dir}: {trial.trial_id}")
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
           f"({mode} {metric} of its {len(trial.results)} epochs run, budget {space['search']['epochs']})")
+    print(interval_text(trial, metric, mode))
+    held = experiment.best_checkpoint_result(trial, metric, mode).get(reevaluate.compared_on(metric, True))
+    if held is not None:   # search.holdout: the same epoch on the part of Validation the search never saw
+        print(f"  holdout      {reevaluate.compared_on(metric, True)} {held:.4f} at that epoch, on the held-out part "
+              f"of Validation the search never saw: an honest estimate beside best_{metric}")
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")
     print(f"  checkpoint   {experiment.printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
@@ -151,49 +156,63 @@ def best(args):
         refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
     if data is None:
         check_data(ckpt["config"]["data"], moved=True)
-    if args.retrain:
+    others, handed = [pair for _, _, pair in rest], None
+    if args.top:   # the choice: the best mean over seeds of the top configurations; its best seed's checkpoint
+        chosen = reevaluate.reevaluate(exp_dir, args.top, args.seeds, address=args.address, data=data)
+        print(reevaluate.printed(chosen.table))
+        if chosen.chosen is None:
+            print("Re-evaluation " + ("interrupted: run the same command again to continue it (finished runs are "
+                                      "kept)" if not chosen.complete else "found no finite score: nothing to hand over"))
+            return 130 if not chosen.complete else 1
+        model, ckpt, others = reevaluate.load_runs(chosen, metric, mode, args.ensemble)
+        print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluate.describe(chosen)}); "
+              f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluate.checkpoint_of(chosen.runs[0], metric, mode)}")
+        print(f"  scores       {reevaluate.estimates(chosen.runs[0], metric, mode)}")
+    if args.retrain and (not args.top or args.train_on_val):
         from dogs.train import run
 
         config = {**ckpt["config"], "epochs": space["search"]["epochs"], "metric": metric, "mode": mode}
         if data is not None:
             config["data"] = data
-        print(f"Retraining the best config for {config['epochs']} epochs"
+        check_classes(config, ckpt["classes"])
+        print(f"Retraining the {'chosen' if args.top else 'best'} config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
-        written = run(config, out_dir, train_on_val=args.train_on_val)
-        if args.tta:  # the retrained best.pt, mirrored
-            model, ckpt = dogs_checkpoint.load(written["checkpoint"])
-    if not args.retrain or args.tta:
-        from dogs.predict import submit
+        handed = run(config, out_dir, train_on_val=args.train_on_val)["checkpoint"]
+        model, ckpt = dogs_checkpoint.load(handed)   # the retrained best.pt predicts, with report/
+    elif args.top:   # the chosen run's checkpoint is handed over as best.pt
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handed = out_dir / "best.pt"
+        dogs_checkpoint.save(ckpt, handed)
+    # predictions and report/: of the best checkpoint (and the ensemble), the chosen run, or the retrained best.pt
+    from dogs.predict import submit
 
-        others = []
-        for other, location in best_trials(exp_dir, space, args.ensemble)[1:]:
-            with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
-                others.append(dogs_checkpoint.load(local))
-            experiment.check_checkpoint(other, location, others[-1][1], metric, mode)
-            print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
-        if args.train_on_val:
-            print("  (trained on Validation too: the validation accuracies below are not held out)")
-        written = submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)
-    for name in ("submission", "grid", "report"):
+    for other, location, _ in rest:
+        print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
+    if args.train_on_val:
+        print("  (trained on Validation too: the validation accuracies below are not held out)")
+    written = {"checkpoint": handed,
+               **submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)}
+    for name in ("checkpoint", "submission", "grid", "report"):
         if written.get(name):
             print(f"  {name:<12} {written[name]}")
     if written.get("submission") is None:
-        print(f"  (no Test/ folder in {data or ckpt['config']['data']}: no submission.csv)")
+        from dogs.data import no_test_images, resolve_root
+
+        print(f"  (no submission.csv: {no_test_images(resolve_root(data or ckpt['config']['data'])[0])})")
     return 0
 
 
-def check_data(folder, moved=False):
-    """The data folder to predict for, checked; the demo (None) is built where it is missing."""
-    from dogs.data import DataError, resolve_root
+def check_classes(config, classes):
+    """Refuse to retrain on data whose classes are not the search's: its trials were ranked on other classes."""
+    from dogs.data import TRAIN, labeled_split, resolve_root
 
-    if folder is None:
-        return None
-    try:
-        resolve_root(folder)
-    except DataError as err:
-        hint = " (the experiment was made elsewhere? give --data DIR, the folder on this machine)" if moved else ""
-        raise DataError(f"{'' if moved else '--data: '}{err}{hint}") from None
-    return str(Path(folder).expanduser().resolve())
+    root, _ = resolve_root(config["data"], config["cache_dir"])
+    found = labeled_split(root, TRAIN)[0]
+    if found != list(classes):
+        raise ExperimentError(f"--retrain on {root}: its classes are not the search's (only in the search: "
+                              f"{sorted(set(classes) - set(found))[:5]}, only in {root / TRAIN}: "
+                              f"{sorted(set(found) - set(classes))[:5]}): the trials were ranked on other classes; "
+                              "retrain on the search's data, or search this data")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def check_combinations(space, where, set_keys=()):
     then each first trial, then any combination sampling can reach (every value of the keys the rules read, at
     the ends of their ranges: see _combinations)."""
     params, s = space["params"], space["search"]
-    every_trial = {"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]}   # the search sets these
+    every_trial = {"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"],   # the search sets these
+                   "holdout": s["holdout"]}
 
     def problems(pins):
         out = []

@@ -12,13 +12,14 @@ metric over its epochs; its best checkpoint is that epoch's, which tune.retentio
 """
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs
 
-from dogs import ranking
+from dogs import ranking, uncertainty
 from dogs.config import METRICS, SCHEMA, value_type
 from dogs.errors import ExperimentError, UserError
 from tune import spaces, storage
@@ -41,6 +42,7 @@ class Trial:
     results: list = field(default_factory=list)      # one dict per epoch, by epoch (a rerun epoch: its last run)
     errored: bool = False                             # error.txt: it raised at least once
     checkpoints: set = field(default_factory=set)    # names of the checkpoint_* folders Ray kept
+    damaged: str = ""                                 # why its params.json or result.json cannot be read: unusable
 
     @property
     def last(self):
@@ -48,7 +50,10 @@ class Trial:
 
     @property
     def status(self):
-        """TERMINATED (ran its epochs or ASHA stopped it), ERROR, or UNFINISHED (running, pending, interrupted)."""
+        """TERMINATED (ran its epochs or ASHA stopped it), ERROR, UNFINISHED (running, pending, interrupted), or
+        DAMAGED (a file of it cannot be read: it is never ranked)."""
+        if self.damaged:
+            return "DAMAGED"
         if self.last.get("done") or (self.results and self.last.get("epoch", 0) >= self.config.get("epochs", 1e9)):
             return "TERMINATED"
         return "ERROR" if self.errored else "UNFINISHED"
@@ -94,20 +99,23 @@ def read_text(fs, path):
 
 
 def read_json(fs, path, shown):
-    """A JSON object file (params.json); anything else is one ExperimentError line naming it."""
+    """A JSON object file (params.json); anything else (empty, cut, not an object) is an ExperimentError naming it."""
+    text = read_text(fs, path)
+    if not text.strip():
+        raise ExperimentError(f"{shown} is empty (its write was cut: a full disk, a killed process?)")
     try:
-        value = json.loads(read_text(fs, path))
+        value = json.loads(text)
     except ValueError as err:
-        raise ExperimentError(f"{shown} is not valid JSON ({err}): the experiment is damaged") from None
+        raise ExperimentError(f"{shown} is not valid JSON ({err})") from None
     if not isinstance(value, dict):
-        raise ExperimentError(f"{shown} is not a JSON object: the experiment is damaged")
+        raise ExperimentError(f"{shown} is not a JSON object")
     return value
 
 
 def read_results(fs, path, trial_dir):
     """The result dicts of a result.json (one JSON line per epoch). A last line without its newline that does
     not parse is an epoch still being written (the search runs, or the copy was cut there): not reported
-    yet. Any other line that is not a JSON object makes the experiment damaged: one ExperimentError line."""
+    yet. Any other line that is not a JSON object is an ExperimentError naming it (the trial is damaged)."""
     text = read_text(fs, path)
     lines = text.split("\n")
     results = []
@@ -119,42 +127,67 @@ def read_results(fs, path, trial_dir):
         except ValueError as err:
             if number == len(lines):   # no newline after it: still being written
                 break
-            raise ExperimentError(f"{trial_dir}/result.json line {number} is not valid JSON ({err}): the "
-                                  "experiment is damaged") from None
+            raise ExperimentError(f"{trial_dir}/result.json line {number} is not valid JSON ({err})") from None
         epoch = result.get("epoch", result.get("training_iteration")) if isinstance(result, dict) else None
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise ExperimentError(f"{trial_dir}/result.json line {number} is not a result of an epoch (a JSON "
-                                  "object with an integer epoch): the experiment is damaged")
+                                  "object with an integer epoch)")
         results.append(result)
     return results
 
 
 def read_trials(exp_dir):
-    """Every trial of the experiment (a folder with params.json, or error.txt only), from its own files."""
+    """Every trial of the experiment (a folder with params.json, or error.txt only), from its own files.
+
+    A trial whose params.json or result.json cannot be read (empty after a full disk, cut, edited) is DAMAGED:
+    kept with no config and no results, so it is never ranked, and named in one warning; the other trials stay
+    usable."""
     fs, root = storage.filesystem(exp_dir)
     folders = [info for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
                if info.type == pyarrow.fs.FileType.Directory]
-    trials = []
+    trials, damaged = [], []
     for folder in sorted(folders, key=lambda info: info.base_name):
         names = {info.base_name: info.type for info in fs.get_file_info(pyarrow.fs.FileSelector(folder.path))}
-        has_params = names.get("params.json") == pyarrow.fs.FileType.File
-        if not has_params and "error.txt" not in names:   # a trial that failed to start has only error.txt
-            continue
-        # every epoch reported; an epoch run twice (resumed after Ctrl-C) counts once, its later run
-        by_epoch = {}
-        if names.get("result.json") == pyarrow.fs.FileType.File:
-            for result in read_results(fs, f"{folder.path}/result.json", storage.join(exp_dir, folder.base_name)):
-                by_epoch[result.get("epoch", result.get("training_iteration"))] = result
-        results = [by_epoch[epoch] for epoch in sorted(by_epoch)]
-        trial_id = results[-1].get("trial_id") if results else None
-        trials.append(Trial(
-            trial_id=str(trial_id or folder.base_name.removeprefix("trial_")), path=storage.join(exp_dir, folder.base_name),
-            config=read_json(fs, f"{folder.path}/params.json", storage.join(exp_dir, folder.base_name, "params.json"))
-            if has_params else {},
-            results=results, errored="error.txt" in names,
-            checkpoints={name for name, kind in names.items()
-                         if name.startswith("checkpoint_") and kind == pyarrow.fs.FileType.Directory}))
+        if names.get("params.json") != pyarrow.fs.FileType.File and "error.txt" not in names:
+            continue   # not a trial (a trial that failed to start has only error.txt)
+        path = storage.join(exp_dir, folder.base_name)
+        try:
+            trials.append(read_trial(fs, folder, names, path))
+        except ExperimentError as err:
+            damaged.append(str(err))
+            trials.append(Trial(trial_id=folder.base_name.removeprefix("trial_"), path=path, config={},
+                                errored="error.txt" in names, damaged=damaged[-1]))
+    warn_once(f"Warning: {len(damaged)} trial(s) cannot be read and are left out of the ranking: "
+              f"{'; '.join(damaged)}" if damaged else None)
     return trials
+
+
+def read_trial(fs, folder, names, path):
+    """One trial from its folder's files (`names`: its entries); ExperimentError when one cannot be read."""
+    # every epoch reported; an epoch run twice (resumed after Ctrl-C) counts once, its later run
+    by_epoch = {}
+    if names.get("result.json") == pyarrow.fs.FileType.File:
+        for result in read_results(fs, f"{folder.path}/result.json", path):
+            by_epoch[result.get("epoch", result.get("training_iteration"))] = result
+    results = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    trial_id = results[-1].get("trial_id") if results else None
+    has_params = names.get("params.json") == pyarrow.fs.FileType.File
+    return Trial(
+        trial_id=str(trial_id or folder.base_name.removeprefix("trial_")), path=path,
+        config=read_json(fs, f"{folder.path}/params.json", storage.join(path, "params.json")) if has_params else {},
+        results=results, errored="error.txt" in names,
+        checkpoints={name for name, kind in names.items()
+                     if name.startswith("checkpoint_") and kind == pyarrow.fs.FileType.Directory})
+
+
+_WARNED = set()   # warnings this process printed already (the trials are read several times per command)
+
+
+def warn_once(message):
+    """Print a warning line on stderr, once per process; None prints nothing."""
+    if message and message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr)
 
 
 def score(trial, metric, mode):
@@ -163,8 +196,19 @@ def score(trial, metric, mode):
 
     The later of equal epochs, as the trainable and Ray's checkpoint keeping do (dogs.ranking).
     """
-    best = ranking.best(trial.results, lambda r: r.get(metric), mode, ties="last")
+    best = best_result(trial, metric, mode)
     return (None, None) if best is None else (best[metric], best.get("epoch"))
+
+
+def best_result(trial, metric, mode):
+    """The result (epoch) that is the trial's score (see score), or None."""
+    return ranking.best(trial.results, lambda r: r.get(metric), mode, ties="last")
+
+
+def score_interval(trial, metric, mode):
+    """The 95% interval (low, high) of the trial's score (dogs.uncertainty), or None (a loss, no score)."""
+    best = best_result(trial, metric, mode)
+    return None if best is None else uncertainty.interval(metric, best[metric], best)
 
 
 def best_trial(trials, metric, mode):
@@ -219,6 +263,7 @@ def trials_table(exp_dir, space, trials=None):
     for trial in read_trials(exp_dir) if trials is None else trials:
         last, status = trial.last, trial.status
         best, best_epoch = score(trial, metric, mode)
+        bounds = score_interval(trial, metric, mode) or (None, None)
         checkpoint = best_checkpoint(trial, metric, mode)
         rows.append({
             "trial_id": trial.trial_id,
@@ -227,6 +272,7 @@ def trials_table(exp_dir, space, trials=None):
             "epochs": len(trial.results),
             **{name: last.get(name) for name in METRICS},   # scores of the last epoch run
             f"best_{metric}": best,
+            **dict(zip(interval_columns(metric), bounds)),
             "best_epoch": best_epoch,
             "time_s": last.get("time_total_s"),
             **{name: trial.config.get(name) for name in spaces.searched_names(space)},
@@ -234,11 +280,17 @@ def trials_table(exp_dir, space, trials=None):
             "path": printable(trial.path),
         })
     table = pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
-                                                          *METRICS, f"best_{metric}", "best_epoch", "time_s"])
+                                                          *METRICS, f"best_{metric}", *interval_columns(metric),
+                                                          "best_epoch", "time_s"])
     for name in spaces.searched_names(space):   # an integer key stays one where some trials lack it (not 0.0)
         if name in table and name in SCHEMA and value_type(SCHEMA[name]) is int:
             table[name] = table[name].astype("Int64")
     return table
+
+
+def interval_columns(metric):
+    """trials.csv's columns for the 95% interval of each trial's score: none for a loss."""
+    return [f"best_{metric}_low", f"best_{metric}_high"] if uncertainty.has_interval(metric) else []
 
 
 def printable(location):
@@ -247,3 +299,19 @@ def printable(location):
         return location
     fs, path = storage.filesystem(location)
     return storage.as_uri(fs, path)
+
+
+def interval_line(table, best, metric):
+    """The summary's line on how sure the best score is: its 95% interval, and how many other trials' scores lie
+    within it (a tie on this validation set); for a loss, that it has none."""
+    low, high = (best.get(f"best_{metric}_low"), best.get(f"best_{metric}_high"))
+    if not uncertainty.has_interval(metric):
+        return f"  interval     none for a loss ({metric}): only accuracies and macro-F1 get a 95% interval"
+    if low is None or pd.isna(low):
+        return "  interval     none: the trials reported no validation set size (made before intervals were)"
+    others = table[(table.trial_id != best.trial_id) & table[f"best_{metric}"].notna()][f"best_{metric}"]
+    inside = uncertainty.within(others, (low, high))
+    how = "bootstrap of its validation predictions" if metric in uncertainty.BOOTSTRAPPED else "Wilson"
+    return (f"  interval     95% [{low:.4f}, {high:.4f}] ({how}); {inside} other trial(s) within it"
+            + (": a tie on this validation set (tune.best --retrain --top K --seeds N re-evaluates them)"
+               if inside else ""))

@@ -1,17 +1,17 @@
 """A compact live progress line for the console, instead of Ray's config box per trial and a log line per
 checkpoint (tune.search -v brings Ray's full output back):
 
-    [  2m05s] 14/30 trials: 9 done (5 stopped early, 0 errored), 2 running | best best_val_acc 0.8736 (d19fa2df) | ~3m10s left
+    [  2m05s] 14/30 trials: 9 done (5 stopped early, 0 errored), 2 running | best best_val_acc 0.8736 [0.81, 0.92] (d19fa2df) | ~3m10s left
 
-Printed when a trial ends, and at most every `every_s` seconds otherwise. The time left is an estimate: the
-epochs still to run (trials not started x the mean epochs of finished trials, plus what running ones have
+[0.81, 0.92]: the best score's 95% interval (dogs.uncertainty). Printed when a trial ends, and at most every
+`every_s` seconds otherwise. The time left is an estimate: the epochs still to run (trials not started x the mean epochs of finished trials, plus what running ones have
 left of that mean) at the rate epochs have run so far.
 """
 import time
 
 from ray import tune
 
-from dogs import ranking
+from dogs import ranking, uncertainty
 
 STEP = "training_iteration"
 
@@ -57,8 +57,11 @@ class ProgressCallback(tune.Callback):
         # of equal scores the first trial by id, as the summary and tune.best (dogs.ranking)
         best = ranking.best(sorted(trials, key=lambda t: t.trial_id), lambda t: (t.last_result or {}).get(self.score),
                             self.mode)
-        if best is not None:
-            text += f" | best {self.score} {best.last_result[self.score]:.4f} ({best.trial_id})"
+        if best is not None:   # with the 95% interval of its score (dogs.uncertainty)
+            value = best.last_result[self.score]
+            bounds = uncertainty.interval(self.score.removeprefix("best_"), value, best.last_result)
+            text += f" | best {self.score} {value:.4f}" + (f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else "") \
+                + f" ({best.trial_id})"
         finished = [t for t in done if t.last_result]
         ran = sum((t.last_result or {}).get(STEP, 0) for t in trials)
         if finished and ran and elapsed > 0:

@@ -9,7 +9,7 @@ import torchvision
 from dogs import ranking
 from dogs.backbones import BACKBONES
 from dogs.config import DEFAULTS, weights_file
-from dogs.data import VALIDATION, labeled_split
+from dogs.data import VALIDATION, holdout_mask, labeled_split
 from dogs.models import hub_file
 from tune import experiment, spaces, storage
 from tune.study import abandoned_trial_ids, open_study, study_where
@@ -30,6 +30,13 @@ def small_validation_warning(data_root, search):
             f"epoch's score on so few (< {SMALL_VALIDATION} per class) ranks trials poorly, and ASHA stops trials "
             f"by it from epoch {search['grace_period']}. Consider --scheduler fifo, a grace_period nearer epochs "
             f"({search['epochs']}), or a larger validation split (docs/search.md, Samplers and schedulers)")
+
+
+def holdout_check(data_root, fraction):
+    """Raise DataError when Validation/ cannot hold out `fraction` with every class on both sides."""
+    if fraction:
+        classes, _, labels = labeled_split(data_root, VALIDATION)
+        holdout_mask(labels, fraction, classes)
 
 
 def missing_weights_warning(space):
@@ -148,6 +155,7 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
         params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
         lines += [f"  best trial   {best.trial_id}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
                   f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",
+                  experiment.interval_line(scored, best, metric),
                   f"  best config  {params}",
                   f"  checkpoint   {best.checkpoint}"]
     terminated, stopped = int((table.status == "TERMINATED").sum()), int(table.stopped_early.sum())

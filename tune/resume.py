@@ -23,6 +23,9 @@ def resumed_experiment(args, runs):
         raise UserError(f"--resume: {err}") from None
     except ExperimentError:   # no searcher state yet: Tune's own check below says what is missing
         pass
+    else:   # its study's database answers (a server may be down): one line before Ray starts
+        with study.open_study(exp_dir):
+            pass
     space = saved_space(exp_dir)
     try:
         differ = resume_differences(args, exp_dir, space)

@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from dogs.data import DataError, resolve_root
+from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
 from tune import cli, plots, ray_setup, settings, spaces, storage
 from tune.experiment import default_name, name_problem, read_trials
@@ -82,6 +82,11 @@ def new_experiment(args, runs):
     if is_demo:
         print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
     space = cli.load_space(args, None if is_demo else data_root)   # a bad space file or --set value raises
+    try:   # a held-out part needs every class on both sides
+        report.holdout_check(data_root, space["search"]["holdout"])
+    except DataError as err:
+        raise UserError(f"search.holdout: {err}") from None
+    check_metric(space["search"]["metric"], labeled_split(data_root, TRAIN)[0], data_root)   # val_top5, <= 5 classes
     for warning in (report.small_validation_warning(data_root, space["search"]),
                     None if ray_setup.joins_cluster(args.address) else report.missing_weights_warning(space)):
         if warning:
@@ -126,18 +131,28 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     else:
         with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
             grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
-                                          slots=None if joined else slots)
+                                          slots=None if joined else slots, rung_slots=slots)
             storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}")
+    if s["scheduler"] == "asha" and s["fidelity"] == "time" and not args.resume:
+        _, grace, max_t = settings.asha_rungs(s, slots)
+        rungs = [grace * s["reduction_factor"] ** k for k in range(64)]
+        print(f"ASHA's rungs at {', '.join(f'{r:.3g}' for r in rungs if r <= max_t)} s of each trial's training "
+              "(search.fidelity: time)")
 
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
+    tuner.StudySearcher.lost = None
     try:
         with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget, \
                 storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
             grid = grid_tuner.fit()
     finally:
         tuner.StudySearcher.resumed_in = None
+    if tuner.StudySearcher.lost:   # its database went away: Tune stopped as on Ctrl-C; what it could not write is saved
+        print(f"dogs-search: error: {tuner.StudySearcher.lost}; once it answers again, continue with  "
+              f"{resume_command(runs, exp_dir)}", file=sys.stderr)
+        return 1
     wall_s = time.time() - start
     trials = read_trials(exp_dir)
     table = report.trials_table(exp_dir, space, trials)

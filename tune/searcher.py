@@ -18,7 +18,9 @@ settles the trials a killed driver left RUNNING that Ray's saved state does not 
 import functools
 import json
 import math
+import os
 import shutil
+import signal
 import sqlite3
 import warnings
 from pathlib import Path
@@ -29,9 +31,10 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from dogs.errors import ExperimentError, UserError
+from dogs.files import atomic_path
 from tune import distributions, storage
 from tune.settings import SAMPLERS
-from tune.study import ABANDONED, STUDY_FILE, open_storage, sqlite_path, study_location
+from tune.study import ABANDONED, STUDY_FILE, open_storage, shown_url, sqlite_path, study_location
 
 STEP = "training_iteration"   # ASHA's time_attr: one step per epoch
 TRIAL_ATTR = "tune_trial_id"
@@ -69,6 +72,9 @@ class StudySearcher(Searcher):
     # tuner.pkl, which names the folder the experiment was searched in: a copied or moved experiment continues
     # its own study.db (or its bucket's), never the one at its old place.
     resumed_in = None
+    # Why the study's database was lost during this search (None while it answers): the searcher stops Tune as
+    # on Ctrl-C, keeps what it could not write in its saved state, and tune.search says this in one line.
+    lost = None
 
     def __init__(self, params, metric, mode, *, max_t, exp_dir, optuna_storage=None, sampler="tpe", seed=0,
                  samples=10, first_trials=()):
@@ -79,6 +85,7 @@ class StudySearcher(Searcher):
         self.study_name = storage.name(exp_dir)
         self.sampler_name, self.seed, self.samples = sampler, seed, samples
         self.numbers = {}         # Tune trial id -> study trial number, of every trial this search handed out
+        self.unwritten = []       # [call, Tune trial id, args] the database refused: replayed by restore()
         self._reset()
         self._create(first_trials)
 
@@ -177,8 +184,48 @@ class StudySearcher(Searcher):
         self._trials[trial_id] = trial
         return trial
 
-    # ---- Tune's calls ----
+    # ---- Tune's calls: each one survives a lost database (see _database_lost) ----
     def suggest(self, trial_id):
+        """A new trial's config (see _suggest); None (no trial now) once the database is lost."""
+        return None if StudySearcher.lost else self._guarded(self._suggest, trial_id)
+
+    def on_trial_result(self, trial_id, result):
+        if result.get(self.metric) is not None and trial_id in self.numbers:
+            self._guarded(self._report, trial_id, result[STEP], result[self.metric])
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self.numbers:
+            if result and result.get(self.metric) is not None:   # Tune gives the last epoch here only
+                self._guarded(self._report, trial_id, result[STEP], result[self.metric])
+            value = (result or {}).get(self.metric)
+            state = ("FAIL" if error or value is None or not math.isfinite(value)
+                     else "PRUNED" if result[STEP] < self.max_t else "COMPLETE")
+            self._guarded(self._tell, trial_id, state, value if state == "COMPLETE" else None)
+
+    def _guarded(self, call, trial_id, *args):
+        """call(trial_id, *args); when the study's database cannot be reached, the call is kept in `unwritten`
+        (saved with Tune's state, replayed by restore) and the search stops as on Ctrl-C, once."""
+        import sqlalchemy.exc
+
+        if StudySearcher.lost is None:
+            try:
+                return call(trial_id, *args)
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+                    sqlalchemy.exc.InterfaceError) as err:
+                StudySearcher.lost = (f"the Optuna study's database {shown_url(self.study_url)} cannot be reached "
+                                      f"({str(err.__cause__ or err).splitlines()[0]}): the search stopped")
+                os.kill(os.getpid(), signal.SIGUSR1)   # Tune stops gracefully, saving its state (as on Ctrl-C)
+        if call != self._suggest:
+            self.unwritten.append([call.__name__, trial_id, list(args)])
+        return None
+
+    def _replay(self):
+        """The calls a lost database refused, in order, now that it answers again (restore)."""
+        calls, self.unwritten = self.unwritten, []
+        for name, trial_id, args in calls:
+            getattr(self, name)(trial_id, *args)
+
+    def _suggest(self, trial_id):
         """A new trial's config: the next queued first trial, or what the sampler proposes."""
         trial = self._reopen(self._recycle.pop(0)) if self._recycle else self.study.ask()
         trial.set_user_attr(TRIAL_ATTR, trial_id)
@@ -188,31 +235,19 @@ class StudySearcher(Searcher):
         self.numbers[trial_id], self._trials[trial_id], self._last_step[trial_id] = trial.number, trial, 0
         return {**searched, **fixed}
 
-    def on_trial_result(self, trial_id, result):
+    def _report(self, trial_id, step, value):
         """An epoch's score, as the trial's intermediate value at that step (each step once)."""
-        if trial_id not in self.numbers or result.get(self.metric) is None:
-            return
-        trial, step = self._handle(trial_id), result[STEP]
-        if trial is not None and step > self._last_step[trial_id]:
-            trial.report(result[self.metric], step)
+        trial = self._handle(trial_id)
+        if trial is not None and step > self._last_step.get(trial_id, 0):
+            trial.report(value, step)
             self._last_step[trial_id] = step
 
-    def on_trial_complete(self, trial_id, result=None, error=False):
+    def _tell(self, trial_id, state, value=None):
         """Tell the study how the trial ended: COMPLETE (all max_t epochs), PRUNED (stopped early), FAIL."""
-        if trial_id not in self.numbers:
-            return
-        if result:   # the last epoch: Tune gives the result a trial stops on here, not to on_trial_result
-            self.on_trial_result(trial_id, result)
         trial = self._handle(trial_id)
         if trial is None:
             return
-        value = (result or {}).get(self.metric)
-        if error or value is None or not math.isfinite(value):
-            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        elif result[STEP] < self.max_t:
-            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        else:
-            self.study.tell(trial, value, state=TrialState.COMPLETE, skip_if_finished=True)
+        self.study.tell(trial, value, state=TrialState[state], skip_if_finished=True)
         self._trials.pop(trial_id)
 
     # ---- Tune's saved state (--resume) ----
@@ -220,8 +255,9 @@ class StudySearcher(Searcher):
         """Where the study is and which Tune trial is which study trial (JSON, despite Ray's .pkl name);
         for an experiment in a bucket, a consistent copy of the study beside it, which Ray uploads."""
         state = {"study_url": self.study_url, "study_name": self.study_name, "mirror": self.mirror,
-                 "in_experiment": self.in_experiment, "trials": self.numbers}
-        Path(checkpoint_path).write_text(json.dumps(state, indent=1))
+                 "in_experiment": self.in_experiment, "trials": self.numbers, "unwritten": self.unwritten}
+        with atomic_path(checkpoint_path) as tmp:   # whole or not at all: --resume reads it
+            tmp.write_text(json.dumps(state, indent=1))
         if self.mirror:   # SQLite's online backup: a consistent copy while the study is open
             copy = Path(checkpoint_path).with_name(STUDY_FILE)
             tmp = copy.with_name(f".{copy.name}.tmp")
@@ -239,7 +275,7 @@ class StudySearcher(Searcher):
         as abandoned (user attribute `abandoned_tune_trial_ids`): its folder, if Ray made one, is not a trial
         of the experiment any more (see abandoned_trial_ids)."""
         state = json.loads(Path(checkpoint_path).read_text())
-        self.numbers = state["trials"]
+        self.numbers, self.unwritten = state["trials"], state.get("unwritten", [])
         if self.in_experiment and StudySearcher.resumed_in is not None:
             self.study_url, self.mirror = study_location(StudySearcher.resumed_in)
         if self.mirror:   # the bucket's copy, saved with Ray's state: replaces the local one
@@ -261,6 +297,7 @@ class StudySearcher(Searcher):
                 self.study.tell(trial, state=TrialState.FAIL)
             else:
                 self._recycle.append(frozen.number)
+        self._replay()
 
     def states(self):
         """{study trial number: state name}."""

@@ -11,6 +11,7 @@ from dogs.errors import SpaceError
 MAX_SAMPLES = 10_000
 SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can use (tune.searcher makes them)
 SCHEDULERS = ("asha", "fifo")
+FIDELITIES = ("epochs", "time")               # what ASHA's rungs count: epochs, or seconds of training (time_total_s)
 
 # search settings, checked like config keys: name -> Key(default, type, allowed, help)
 SETTINGS = {
@@ -26,11 +27,17 @@ SETTINGS = {
                    "from complete trials only)"),
     "scheduler": Key("asha", str, SCHEDULERS, "asha = stop weak trials early (grace_period, reduction_factor); "
                      "fifo = every trial runs all its epochs"),
+    "fidelity": Key("epochs", str, FIDELITIES, "what ASHA's rungs count: epochs, or seconds of training (time: "
+                    "cheap and costly configurations compared at equal cost; needs a time_budget, from which the "
+                    "rungs are placed)"),
     "seed": Key(0, int | None, SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
     "cpus_per_trial": Key(1, float, Range(0, low_open=True), "CPUs each trial holds"),
     "gpus_per_trial": Key(0, float, Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
     "max_concurrent": Key(None, int | None, Range(1), "most trials at once; null = as many as the resources allow"),
     "max_failures": Key(2, int, Range(0), "retries of an errored trial from its last checkpoint"),
+    "holdout": Key(0.0, float, Range(0, 0.9), "fraction of Validation held out from the search (stratified, "
+                   "seeded): trials are scored, stopped and proposed by the rest; tune.best --retrain --top compares "
+                   "the top configurations on the held-out part; 0 = off"),
     "time_budget": Key(None, str | None, None, "wall time after which the search stops cleanly, like Ctrl-C "
                        "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none"),
 }
@@ -68,6 +75,18 @@ def duration_problem(text):
     return f"{shown} {wrong}; {DURATION_RULE}"
 
 
+def asha_rungs(search, slots):
+    """ASHA's (time_attr, grace_period, max_t). fidelity epochs: epochs of training. fidelity time: seconds of
+    training (Ray's time_total_s), so that a costly configuration is compared with cheap ones at equal cost:
+    a nominal epoch is the budget's trial-seconds (time_budget x slots) spread over samples x epochs, the grace
+    period is grace_period nominal epochs, max_t the whole budget (a trial still ends after its epochs)."""
+    if search["fidelity"] == "epochs":
+        return "training_iteration", search["grace_period"], search["epochs"]
+    budget = parse_duration(search["time_budget"])
+    epoch_s = budget * slots / (search["samples"] * search["epochs"])
+    return "time_total_s", min(search["grace_period"] * epoch_s, budget), budget
+
+
 def check_settings(search, where):
     """Each setting against its Key, then the settings that depend on each other."""
     budget = search["time_budget"]
@@ -79,6 +98,10 @@ def check_settings(search, where):
         why = problem(spec, search[key])
         if why:
             raise SpaceError(f"{where}: search.{key}: {why}")
+    if search["fidelity"] == "time" and (search["scheduler"] != "asha" or budget is None):
+        why = "scheduler fifo has no rungs" if search["scheduler"] != "asha" else "there is no time_budget to place them"
+        raise SpaceError(f"{where}: search.fidelity: time places ASHA's rungs in seconds of training, but {why}; "
+                         "allowed: fidelity time with scheduler asha and a time_budget (e.g. 30m), or fidelity epochs")
     if search["grace_period"] > search["epochs"]:
         raise SpaceError(f"{where}: search.grace_period: {search['grace_period']} > epochs {search['epochs']}; "
                          f"allowed: an integer in 1..epochs ({SETTINGS['grace_period'].help})")
@@ -87,3 +110,6 @@ def check_settings(search, where):
     why = metric_mode_problem(search["metric"], search["mode"])
     if why:
         raise SpaceError(f"{where}: search.mode: {why}")
+    if search["holdout"] and not search["metric"].startswith("val_"):
+        raise SpaceError(f"{where}: search.holdout: {search['holdout']} holds out part of Validation, but "
+                         f"search.metric {search['metric']} is a training score; use a val_* metric or holdout 0")

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow.fs
 
 from dogs.errors import StorageError
+from dogs.files import atomic_path
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 # SQLite's words for a failed write (the study's database): sqlite3 raises them as OperationalError, not OSError
@@ -62,8 +63,13 @@ def is_file(location):
 
 
 def write_text(location, text):
-    """Write a text file, creating its folder."""
+    """Write a text file, creating its folder; whole or not at all (a local file through a temporary name, as
+    dogs.files.atomic_path; an object store's upload appears whole)."""
     fs, path = filesystem(location)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        return
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())

@@ -3,7 +3,8 @@
 Ray's own writer only logs scalars under `ray/tune/` and an hparams record whose metrics are every
 result key. This callback writes, into each trial's folder:
   - one scalar per metric per epoch (val_acc, val_loss, train_loss, train_acc, and best_<metric>: the
-    search's metric at its best epoch so far, its score),
+    search's metric at its best epoch so far, its score; best_<metric>_low/_high: its 95% interval, written
+    at each epoch that sets it, so that the last value is the best epoch's: none for a loss),
   - the HParams experiment (every searched parameter with its domain: choices, booleans and strings as
     discrete values, ranges as intervals; and the metrics), and a session start (the trial's values) when
     the trial starts,
@@ -23,6 +24,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp   # its *_pb helpers need no TensorFlow
 from torch.utils.tensorboard import SummaryWriter
 
+from dogs import uncertainty
 from dogs.config import METRICS
 
 STOPPED_EARLY = "stopped_early"
@@ -61,6 +63,11 @@ class TensorBoardCallback(tune.Callback):
     def curves(self):
         return (*METRICS, f"best_{self.metric}")
 
+    @property
+    def bounds(self):
+        """The curves of the score's 95% interval (dogs.uncertainty; none for a loss)."""
+        return (f"best_{self.metric}_low", f"best_{self.metric}_high") if uncertainty.has_interval(self.metric) else ()
+
     def _writer(self, trial):
         if trial.trial_id not in self._writers:
             # a local --storage gets the files at once; for a URI, Ray uploads the driver's staging copy
@@ -73,7 +80,7 @@ class TensorBoardCallback(tune.Callback):
         # the experiment (every parameter's domain, the metrics), then this trial's values
         writer = self._writer(trial).file_writer
         writer.add_summary(hp.hparams_config_pb([hparam(p) for p in self.params],
-                                                [hp.Metric(name) for name in (*self.curves, STOPPED_EARLY)]))
+                                                [hp.Metric(name) for name in (*self.curves, *self.bounds, STOPPED_EARLY)]))
         values = {p["name"]: hparam_value(trial.config[p["name"]]) for p in self.params
                   if p["name"] in trial.config}   # a conditional parameter that does not exist in this trial: blank
         writer.add_summary(hp.hparams_pb(values, trial_id=trial.trial_id, start_time_secs=time.time()))
@@ -84,6 +91,11 @@ class TensorBoardCallback(tune.Callback):
         for name in self.curves:
             if name in result:
                 writer.add_scalar(name, result[name], step)
+        # the best score's interval, from the epoch that set it (macro-F1's bootstrap is in that epoch's result)
+        bounds = self.bounds and uncertainty.interval(self.metric, result.get(f"best_{self.metric}"), result)
+        if bounds and result.get(self.metric) == result.get(f"best_{self.metric}"):
+            for name, value in zip(self.bounds, bounds):
+                writer.add_scalar(name, value, step)
         writer.flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -13,6 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from dogs import trainable
 from dogs.errors import UserError
 from tune import storage
+from tune.settings import asha_rungs
 from tune.progress import ProgressCallback
 from tune.retention import KeepBestAndLatest
 from tune.searcher import StudySearcher
@@ -29,7 +30,7 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None):
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1):
     """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard."""
     s = space["search"]
     # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
@@ -38,11 +39,12 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
     searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
                              optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
                              samples=s["samples"], first_trials=space["first_trials"])
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=s["grace_period"],
+    time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
+    scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
                               reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
     return tune.Tuner(
         make_trainable(s),
-        param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
+        param_space={"epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"], "holdout": s["holdout"]},
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=score,
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"] or slots,
