@@ -3,9 +3,11 @@ free space, exit non-zero, and an experiment that the same command (nothing ran 
 there is space. The full disk is injected (OSError ENOSPC) at the writes: the search's own first file, and a
 checkpoint Tune registers mid-search."""
 import errno
+import subprocess
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tune import search, storage
 from tune.searcher import StudySearcher
@@ -66,3 +68,31 @@ def test_a_full_disk_is_one_line_and_the_search_finishes_once_there_is_space(tin
     assert code == 0, out[-3000:] + err[-3000:]
     table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
     assert len(table) == 2 and set(table.status) == {"TERMINATED"} and (table.epochs == 2).all()
+
+
+def test_a_search_on_a_small_filesystem_says_so_in_one_line_and_finishes_once_it_grows(tiny_imagefolder, tmp_path):
+    """The real thing: a 300 KB tmpfs as --storage fills up wherever it does (Ray's files, a checkpoint, study.db);
+    once it is 50 MB, the command the line prints finishes the search. Needs root and mount (skipped elsewhere,
+    e.g. CI containers without CAP_SYS_ADMIN: the injected test above covers the same lines there)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (root and CAP_SYS_ADMIN needed): {mounted.stderr.decode().strip()}")
+    try:
+        space = tmp_path / "space.yaml"
+        space.write_text(SPACE)
+        argv = ["--space", str(space), "--data", str(tiny_imagefolder), "--storage", str(small), "--name", "full"]
+        code, out, err = run_main(search, argv)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("dogs-search: error: cannot write ") and "No space left on device" in last \
+            and f"free on {small}" in last, out[-2000:] + err[-3000:]
+        subprocess.run(["mount", "-o", "remount,size=50m", str(small)], check=True)
+        if "continue with  python -m tune.search " in last:
+            argv = last.split("continue with  python -m tune.search ")[1].split()
+        code, out, err = run_main(search, argv)
+        assert code == 0, out[-3000:] + err[-3000:]
+        table = pd.read_csv(small / "full" / "trials.csv", dtype={"trial_id": str})
+        assert (table.status == "TERMINATED").sum() == 2
+    finally:
+        subprocess.run(["umount", "-l", str(small)])

@@ -160,10 +160,13 @@ def writing(what, location, then):
     try:
         yield
     except Exception as err:
-        why = write_failure(err)
+        # a write failure, or what followed one Ray logged (its reading back a file the full disk left empty)
+        why, path = write_failure(err), getattr(err, "filename", None)
+        if why is None and logged.failures:
+            why, path = logged.failures[0]
         if why is None:
             raise
-        raise StorageError(failed(what, getattr(err, "filename", None) or location, why, then)) from None
+        raise StorageError(failed(what, path or location, why, then)) from None
     finally:
         logging.getLogger("ray").removeHandler(logged)
     if logged.failures:
