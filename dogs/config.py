@@ -6,6 +6,7 @@ every other place asks (the command lines' --set, config files, search spaces, c
 tells the caches, resume, the combination check and the search which keys each must read. The resolved
 config is one flat dict, saved with every checkpoint and result. Importable without torch.
 """
+import difflib
 import json
 import math
 import numbers
@@ -175,10 +176,17 @@ def problem(spec, value):
     return None
 
 
+def did_you_mean(name, known):
+    """' (did you mean 'lr'?)' for a mistyped name close to a known one, else ''."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_value(key, value):
     """Raise ConfigError unless `key` is a config key and `value` is allowed for it."""
     if key not in SCHEMA:
-        raise ConfigError(f"unknown config key {key!r} (given {value!r}); known keys: {sorted(SCHEMA)}")
+        raise ConfigError(f"unknown config key {key!r} (given {value!r}){did_you_mean(key, SCHEMA)}; "
+                          f"known keys: {sorted(SCHEMA)}")
     why = problem(SCHEMA[key], value)
     if why:
         raise ConfigError(f"{key}: {why}")
@@ -253,7 +261,8 @@ def resolve(config=None):
     config = dict(config or {})
     unknown = sorted(set(config) - set(SCHEMA))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(SCHEMA)}")
+        raise ConfigError(f"unknown config key(s) {unknown}{''.join(did_you_mean(k, SCHEMA) for k in unknown)}; "
+                          f"known keys: {sorted(SCHEMA)}")
     out = {**DEFAULTS, **config}
     for key, value in out.items():
         check_value(key, value)

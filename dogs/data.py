@@ -305,6 +305,9 @@ def test_files(root):
     return sorted(files, key=_natural_key)
 
 
+DEMO_IMAGE_SIZE = 32   # dogs.train's image_size on the demo unless one is given: its digits are 8x8 pixels
+
+
 def demo_digits(cache_dir):
     """scikit-learn's 1,797 real handwritten digits (8x8, 10 classes) written once as an ImageFolder.
 

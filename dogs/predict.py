@@ -127,8 +127,8 @@ def save_grid(model, config, classes, root, path, device, count=16):
 
 
 def write_report(members, classes, root, folder, device, tta=False, log_fn=print):
-    """report/: accuracy.csv (single vs TTA vs ensemble on Validation, printed too), per_class.csv and
-    confusion.png of the submitted predictor (the ensemble of all members, with TTA when asked)."""
+    """report/: accuracy.csv (single vs TTA vs ensemble on Validation, printed too), per_class.csv,
+    confusion.csv and confusion.png of the submitted predictor (the ensemble of all members, with TTA when asked)."""
     val_classes, files, labels = data.labeled_split(root, data.VALIDATION)
     if list(val_classes) != list(classes):
         raise CheckpointError(f"{root}/{data.VALIDATION}: its classes are not those of the checkpoint")
@@ -167,27 +167,56 @@ def write_report(members, classes, root, folder, device, tta=False, log_fn=print
     return folder
 
 
+MATRIX_CLASSES = 30   # above this many classes a matrix is unreadable: confusion.png draws the most-confused pairs
+TOP_PAIRS = 20
+
+
+def most_confused(confusion, classes, top=TOP_PAIRS):
+    """[(true class, predicted class, count)] of the `top` largest off-diagonal counts (none of 0), largest first."""
+    off = np.array(confusion, dtype=np.int64)
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:top]
+    return [(classes[i], classes[j], int(off[i, j])) for i, j in zip(*np.unravel_index(order, off.shape))
+            if off[i, j] > 0]
+
+
 def save_confusion(confusion, classes, path, title=""):
-    """The confusion matrix (rows: true class, columns: predicted), row-normalized, with the class names."""
+    """The full matrix as confusion.csv (rows: true class, columns: predicted) and a picture of it: up to
+    MATRIX_CLASSES classes the row-normalized matrix with the class names, above that the most-confused pairs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    path = Path(path)
+    with atomic_path(path.with_suffix(".csv")) as tmp:
+        pd.DataFrame(confusion, index=pd.Index(classes, name="true"), columns=list(classes)).to_csv(
+            tmp, quoting=csv.QUOTE_NONNUMERIC)   # every name quoted, as per_class.csv
     n = len(classes)
-    side = min(4 + 0.18 * n, 40)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(confusion / np.maximum(confusion.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
-    font = max(3, min(10, 400 / n))
-    names = [label(name) for name in classes]
-    ax.set_xticks(range(n), names, rotation=90, fontsize=font, parse_math=False)   # class names are text, not math
-    ax.set_yticks(range(n), names, fontsize=font, parse_math=False)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Validation confusion matrix ({title}; rows sum to 1)")
+    if n > MATRIX_CLASSES:
+        pairs = most_confused(confusion, classes)
+        fig, ax = plt.subplots(figsize=(10, 1.5 + 0.35 * max(len(pairs), 1)))
+        names = [f"{label(true)}  ->  {label(predicted)}" for true, predicted, _ in pairs]
+        ax.barh(range(len(pairs)), [count for *_, count in pairs], color="tab:blue")
+        ax.set_yticks(range(len(pairs)), names, fontsize=9, parse_math=False)   # class names are text, not math
+        ax.invert_yaxis()   # the most confused on top
+        ax.set_xlabel("validation images (true class -> predicted class)")
+        ax.set_title(f"The {len(pairs)} most-confused pairs of {n} classes ({title}; the full matrix: "
+                     f"{path.with_suffix('.csv').name})", parse_math=False)
+    else:
+        side = 4 + 0.18 * n
+        fig, ax = plt.subplots(figsize=(side, side))
+        ax.imshow(confusion / np.maximum(confusion.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        font = max(3, min(10, 400 / n))
+        names = [label(name) for name in classes]
+        ax.set_xticks(range(n), names, rotation=90, fontsize=font, parse_math=False)   # class names are text, not math
+        ax.set_yticks(range(n), names, fontsize=font, parse_math=False)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"Validation confusion matrix ({title}; rows sum to 1)")
     with quiet_figure(), atomic_path(path) as tmp:
         fig.tight_layout()
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    return Path(path)
+    return path
 
 
 def submit(model, ckpt, out_dir, data_root=None, device=None, tta=False, others=(), report=False, log_fn=print):

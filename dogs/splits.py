@@ -31,7 +31,8 @@ def load_splits(config, log_fn=print):
     """(root, classes, train Split, validation Split) for the config's data (or the demo)."""
     root, is_demo = data.resolve_root(config["data"], config["cache_dir"])
     if is_demo:
-        log_fn(f"no data folder given: using the built-in demo, scikit-learn's handwritten digits, at {root}")
+        log_fn(f"no data folder given: using the built-in demo, scikit-learn's handwritten digits, at {root}; "
+               f"images resized to {config['image_size']} px")
     # both splits listed and checked against each other before anything is decoded
     train_classes, train_files, _ = data.labeled_split(root, data.TRAIN)
     val_classes, val_files, _ = data.labeled_split(root, data.VALIDATION)

@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from . import checkpoint, data, predict
+from .cli import ArgumentParser
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
@@ -125,18 +126,28 @@ def load_config_file(path):
     return values
 
 
+EPILOG = """examples:
+  python -m dogs.train --set model=cnn epochs=3            # the demo digits (32 px), an epoch in seconds on a CPU
+  python -m dogs.train --data data/ --set model=resnet18 lr=3e-4 --out runs/r18
+  python -m dogs.train --config runs/NAME/best/config.yaml # the search's best config (tune.best writes it)
+  python -m dogs.train --out runs/r18 --resume             # continue an interrupted run"""
+
+
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="python -m dogs.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the config's data, "
-                                  "else the digits demo (a different data in --config/--set is an error)")
-    p.add_argument("--config", help="YAML/JSON file of config values")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set model=cnn lr=3e-4 (repeatable; keys: see dogs/config.py)")
-    p.add_argument("--out", help="output folder (default: runs/train-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--train-on-val", action="store_true", help="train on Train + Validation (final retrain)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p = ArgumentParser(prog="python -m dogs.train", description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    data, config, resources, output = (p.add_argument_group(name) for name in ("data", "config", "resources",
+                                                                                "output"))
+    data.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the config's data, "
+                                     "else the digits demo (a different data in --config/--set is an error)")
+    data.add_argument("--train-on-val", action="store_true", help="train on Train + Validation (final retrain)")
+    config.add_argument("--config", help="YAML/JSON file of config values (e.g. tune.best's best/config.yaml)")
+    config.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set model=cnn lr=3e-4 (repeatable; keys: see "
+                             "dogs/config.py)")
+    resources.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    output.add_argument("--out", help="output folder (default: runs/train-<time>)")
+    output.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     return p
 
 
@@ -168,7 +179,10 @@ def main(argv=None):
         # config: file, then --set, then --data; every value checked before anything runs
         config = load_config_file(args.config) if args.config else {}
         config.update(parse_sets(args.set))
-        config = resolve(data_option(config, args.data))
+        config = data_option(config, args.data)
+        if config.get("data") is None:   # the demo: its 8x8 digits need no 224 px (an epoch in seconds on a CPU)
+            config.setdefault("image_size", data.DEMO_IMAGE_SIZE)
+        config = resolve(config)
         run(config, out, train_on_val=args.train_on_val, resume=args.resume,
             device=torch.device(args.device) if args.device else None)
     except KeyboardInterrupt:

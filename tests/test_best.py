@@ -365,3 +365,21 @@ def test_resume_with_a_trial_whose_params_json_is_empty_leaves_that_trial_out_in
     assert f"{emptied} is empty" in err and err.count("trial(s) cannot be read") == 1, err[-3000:]
     table = pd.read_csv(damaged / "trials.csv", dtype={"trial_id": str})
     assert sorted(table.status) == ["DAMAGED", "TERMINATED"]
+
+
+def test_best_config_yaml_runs_in_dogs_train_as_is(experiment, tmp_path):
+    """best/config.yaml is the best trial's whole config for its full budget: dogs.train --config trains it."""
+    import yaml
+
+    from dogs import train
+
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--out", str(tmp_path / "best")])
+    assert code == 0, err
+    path = tmp_path / "best" / "config.yaml"
+    assert f"config file  {path}  (python -m dogs.train --config {path})" in out
+    saved = torch.load(checkpoint_line(out), map_location="cpu", weights_only=True)
+    config = yaml.safe_load(path.read_text())
+    assert config == {**saved["config"], "epochs": 2, "metric": "val_acc", "mode": "max"}
+    code, out, err = run_main(train, ["--config", str(path), "--out", str(tmp_path / "again")])
+    assert code is None, out[-2000:] + err[-2000:]   # main returns nothing on success
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == config

@@ -213,3 +213,63 @@ def test_config_and_space_validation_do_not_import_torch(tmp_path):
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_mistyped_key_or_flag_names_the_closest_known_one(tmp_path):
+    """--set / config / space keys (dogs.config.did_you_mean) and the three commands' flags (dogs.cli)."""
+    import contextlib
+    import io
+
+    from dogs import train
+    from dogs.config import parse_sets, resolve
+    from dogs.errors import ConfigError, SpaceError
+    from tune import best, cli, spaces
+
+    with pytest.raises(ConfigError, match=r"unknown config key 'lrr' \(given 0.1\) \(did you mean 'lr'\?\)"):
+        parse_sets(["lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"\['bach_size'\] \(did you mean 'batch_size'\?\)"):
+        resolve({"bach_size": 8})
+    with pytest.raises(ConfigError) as far:
+        parse_sets(["zzzz=1"])
+    assert "did you mean" not in str(far.value)   # nothing close: no guess
+    space = tmp_path / "space.yaml"
+    space.write_text("search: {sampels: 4}\nparams: {lr: {loguniform: [1e-4, 1e-2]}}\n")
+    with pytest.raises(SpaceError, match=r"search.sampels: unknown setting \(did you mean 'samples'\?\)"):
+        spaces.load(space)
+    space.write_text("params: {learning_rate: 0.1, lr: {loguniform: [1e-4, 1e-2]}}\n")
+    with pytest.raises(SpaceError, match=r"params.learning_rate: unknown config key"):
+        spaces.load(space)
+    for parser, argv, hint in ((train.get_args_parser(), ["--confg", "x.yaml"], "--config"),
+                               (cli.get_args_parser(), ["--epochz", "3"], "--epochs"),
+                               (best.get_args_parser(), ["--submitt"], "--submit")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert err.getvalue().splitlines()[-1].endswith(f"unrecognized arguments: {' '.join(argv)} "
+                                                        f"(did you mean {hint}?)")
+
+
+def test_help_is_grouped_with_examples():
+    """The three commands' --help: groups of flags (the generated search-setting flags in theirs) and examples."""
+    import re
+
+    from dogs import train
+    from tune import best, cli
+
+    def group_of(text):   # {flag: the heading of its group}
+        heading, out = None, {}
+        for line in text.splitlines():
+            if re.fullmatch(r"[a-z]+:", line):
+                heading = line[:-1]
+            for flag in re.findall(r"^  (--[a-z-]+)", line):
+                out[flag] = heading
+        return out
+
+    for parser, expected in ((train.get_args_parser(), {"--data": "data", "--set": "config", "--out": "output"}),
+                             (cli.get_args_parser(), {"--data": "data", "--samples": "search", "--space": "search",
+                                                      "--cpus-per-trial": "resources", "--log": "output"}),
+                             (best.get_args_parser(), {"--experiment": "experiment", "--submit": "output"})):
+        text = parser.format_help()
+        groups = group_of(text)
+        assert {flag: groups.get(flag) for flag in expected} == expected
+        assert "\nexamples:\n" in text and f"python -m {parser.prog.split()[-1].replace('dogs-', 'tune.')}" in text

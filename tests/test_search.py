@@ -184,15 +184,86 @@ def test_tensorboard_has_every_trial_with_curves_and_hparams(experiment):
         content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
         start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
         assert start.hparams["lr"].number_value == pytest.approx(row.lr)
-        assert start.hparams["head_width"].number_value == row.head_width
+        assert start.hparams["head_width"].string_value == str(row.head_width)   # 32, not 32.000
         end = hparams_metadata.parse_session_end_info_plugin_data(content[hparams_metadata.SESSION_END_INFO_TAG])
         assert api_pb2.Status.Name(end.status) == "STATUS_SUCCESS"
         # the experiment: choices are discrete values, ranges intervals; the metrics include stopped_early
         exp = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
         infos = {info.name: info for info in exp.hparam_infos}
-        assert [v.number_value for v in infos["head_width"].domain_discrete.values] == [0, 32]
+        assert [v.string_value for v in infos["head_width"].domain_discrete.values] == ["0", "32"]
         assert (infos["lr"].domain_interval.min_value, infos["lr"].domain_interval.max_value) == (1e-6, 3e-2)
-        assert {m.name.tag for m in exp.metric_infos} >= {"val_acc", "best_val_acc", "stopped_early"}
+        assert [m.name.tag for m in exp.metric_infos][:2] == ["best_val_acc", "stopped_early"]
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tensorboard_server(experiment, tmp_path):
+    """`tensorboard --logdir <experiment>` on 127.0.0.1; yields its URL once its HParams experiment is loaded."""
+    import urllib.request
+
+    port = free_port()
+    log = (tmp_path / "tensorboard.log").open("w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(experiment["dir"]),
+                             "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:   # it listens after a moment, and loads the event files in the background
+            try:
+                if hparams_experiment(url)["metricInfos"]:
+                    break
+            except (OSError, KeyError, ValueError):
+                pass
+            assert proc.poll() is None and time.time() < deadline, \
+                "tensorboard did not serve the HParams experiment: " + (tmp_path / "tensorboard.log").read_text()
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def hparams_experiment(url):
+    """What the HParams dashboard asks first: the experiment (hparams and metrics), POSTed as its frontend does."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/data/plugin/hparams/experiment", method="POST",
+                                     data=json.dumps({"experimentName": "", "hparamsLimit": 1000}).encode(),
+                                     headers={"Content-Type": "application/json", "X-TensorBoard-Feature-Flags": "{}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_hparams_show_the_score_first(tensorboard_server):
+    """TensorBoard's own server: the score is its first metric, and the dashboard ticks its first 5 metrics
+    (tf-hparams-query-pane: displayed = index < 5), so best_val_acc and stopped_early are visible columns."""
+    experiment_info = hparams_experiment(tensorboard_server)
+    metrics = [m["name"]["tag"] for m in experiment_info["metricInfos"]]
+    assert metrics[:2] == ["best_val_acc", "stopped_early"] and "best_val_acc" in metrics[:5]
+    hparams = {h["name"]: h for h in experiment_info["hparamInfos"]}
+    assert hparams["head_width"]["domainDiscrete"] == ["0", "32"]   # its own text: not 32.000
+    assert "domainInterval" in hparams["lr"]
+
+
+def test_tensorboard_hparams_screenshot(tensorboard_server, tmp_path):
+    """The HParams tab in headless Chromium, saved to the test's tmp dir (look at it: the score column is there)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("chromium is not installed: the HParams screenshot needs a headless browser")
+    png = tmp_path / "hparams.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
+                    "--window-size=1600,1000", "--virtual-time-budget=15000", f"{tensorboard_server}/#hparams"],
+                   check=True, capture_output=True, timeout=120)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    print(png)
 
 
 def test_best_prints_and_submits(experiment, tmp_path):
@@ -472,6 +543,8 @@ def test_hparams_booleans_and_choices_are_discrete_values():
     assert start.hparams["augment"].WhichOneof("kind") == "bool_value"      # shown as true/false, not 1/0
     model = info({"name": "model", "kind": "choice", "args": ["cnn", "resnet18"]})
     assert [v.string_value for v in model.domain_discrete.values] == ["cnn", "resnet18"]
+    width = info({"name": "head_width", "kind": "choice", "args": [0, 256, 3e-4]})
+    assert {v.string_value for v in width.domain_discrete.values} == {"0", "256", "0.0003"}   # not 256.000
     size = info({"name": "batch_size", "kind": "randint", "args": [8, 65]})
     assert (size.domain_interval.min_value, size.domain_interval.max_value) == (8, 64)
 

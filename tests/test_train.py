@@ -394,3 +394,36 @@ def test_what_may_change_on_resume_is_one_list(tiny_config):
     assert "epochs (checkpoint: 2 trained, now: 1)" in problem(epochs=1)
     ckpt["config"] = saved = resolve({**saved, "schedule": "onecycle", "warmup_epochs": 1})
     assert "epochs (checkpoint: 4, now: 6; the onecycle schedule spans them)" in problem(epochs=6)
+
+
+def test_the_demo_picks_a_small_image_size_unless_one_is_given(tmp_path):
+    """The 8x8 digits at 32 px (not 224), said in the demo's line; a given image_size is kept."""
+    import json
+
+    from dogs.data import DEMO_IMAGE_SIZE
+
+    code, out, err = run_main(train, ["--set", "model=cnn", "epochs=1", "--out", str(tmp_path / "demo")])
+    assert code is None, out[-2000:] + err[-2000:]
+    assert json.loads((tmp_path / "demo" / "config.json").read_text())["image_size"] == DEMO_IMAGE_SIZE == 32
+    assert "handwritten digits, at " in out and f"images resized to {DEMO_IMAGE_SIZE} px" in out
+    code, out, err = run_main(train, ["--set", "model=cnn", "epochs=1", "image_size=16", "--out", str(tmp_path / "x")])
+    assert code is None and json.loads((tmp_path / "x" / "config.json").read_text())["image_size"] == 16, err
+
+
+def test_confusion_of_many_classes_draws_the_most_confused_pairs_and_keeps_the_matrix(tmp_path):
+    """Above 30 classes: a bar chart of the top 20 off-diagonal counts; confusion.csv holds the whole matrix."""
+    rng = np.random.default_rng(0)
+    classes = [f"breed_{i}$x" for i in range(133)]   # a $ in a name is text, not mathtext
+    confusion = rng.integers(0, 3, size=(133, 133))
+    confusion[5, 7], confusion[9, 2] = 50, 40
+    pairs = predict.most_confused(confusion, classes)
+    assert pairs[:2] == [(classes[5], classes[7], 50), (classes[9], classes[2], 40)] and len(pairs) == 20
+    assert all(true != predicted for true, predicted, _ in pairs)
+    assert [c for *_, c in pairs] == sorted((c for *_, c in pairs), reverse=True)
+    png = predict.save_confusion(confusion, classes, tmp_path / "confusion.png", title="single")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = pd.read_csv(tmp_path / "confusion.csv", index_col=0)
+    assert list(saved.index) == classes and list(saved.columns) == classes and (saved.to_numpy() == confusion).all()
+    assert predict.most_confused(np.eye(3, dtype=int) * 5, ["a", "b", "c"]) == []   # nothing confused: no pairs
+    predict.save_confusion(np.eye(3, dtype=int), ["a", "b", "c"], tmp_path / "small.png")   # the matrix, as before
+    assert (tmp_path / "small.csv").exists()

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from dogs.cli import ArgumentParser
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, reevaluate, spaces, storage, use
 from tune.handover import best_trials, check_data, experiment_dir, refuse_link
@@ -21,46 +22,50 @@ from tune.experiment import DEFAULT_STORAGE
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="dogs-best", description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", help="experiment folder or URI, or its name in --storage (tune.search --name) "
+    p = ArgumentParser(prog="dogs-best", description=__doc__.split("\n\n")[0],
+                       epilog="examples:\n" + __doc__.split("\n\n", 1)[1].rstrip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    search, data, retrain, use_, output = (p.add_argument_group(name) for name in (
+        "experiment", "data", "retrain", "predict and export", "output"))
+    search.add_argument("--experiment", help="experiment folder or URI, or its name in --storage (tune.search --name) "
                                         f"(default: the latest one in --storage)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
+    search.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"where experiments are, as tune.search --storage (folder or URI; default {DEFAULT_STORAGE})")
-    p.add_argument("--submit", action="store_true", help="write submission.csv (Id,Class) and predictions.png")
-    p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
+    output.add_argument("--submit", action="store_true", help="write submission.csv (Id,Class) and predictions.png")
+    retrain.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                    help="--retrain: train the best config again for its full epoch budget; "
                         "--no-retrain (default): predict from the best checkpoint")
-    p.add_argument("--top", type=int, nargs="?", const=reevaluate.TOP, metavar="K",
+    retrain.add_argument("--top", type=int, nargs="?", const=reevaluate.TOP, metavar="K",
                    help=f"with --retrain: re-evaluate the K best distinct configurations (K={reevaluate.TOP} when "
                         "given without a number), each trained again with --seeds seeds in parallel on Ray, and hand "
                         "over the one with the best mean score (its best seed's checkpoint)")
-    p.add_argument("--seeds", type=int, nargs="?", const=reevaluate.SEEDS, metavar="N",
+    retrain.add_argument("--seeds", type=int, nargs="?", const=reevaluate.SEEDS, metavar="N",
                    help=f"with --retrain: seeds per configuration for --top (N={reevaluate.SEEDS} when given "
                         "without a number, or when only --top is)")
-    p.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation "
+    retrain.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
+    retrain.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation "
                                                                 "(with --top: the chosen configuration, after the choice)")
-    p.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
+    data.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
                                   "search read it (the experiment comes from another machine); with --export, "
                                   "whose Validation/ gives the card's per-class accuracy")
-    p.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the "
+    output.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the "
                                                        "image and its horizontal mirror")
-    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+    output.add_argument("--ensemble", type=int, default=1, metavar="K",
                    help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
                         "(default 1); with --top: of the chosen configuration's K best seeds")
-    p.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with --checkpoint; "
+    output.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with --checkpoint; "
                                  "required for a URI)")
-    p.add_argument("--predict", nargs="+", metavar="PATH",
+    use_.add_argument("--predict", nargs="+", metavar="PATH",
                    help="photos (files, folders searched at any depth, or globs) to classify: a table of each one's "
                         "top-k classes, and predictions.csv in --out (no Train/ needed: the classes are the model's)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="with --predict: classes shown per photo "
+    use_.add_argument("--top-k", type=int, default=5, metavar="K", help="with --predict: classes shown per photo "
                                                                      "(default 5)")
-    p.add_argument("--export", metavar="DIR", help="write the model to DIR for use without this project: ONNX, "
+    use_.add_argument("--export", metavar="DIR", help="write the model to DIR for use without this project: ONNX, "
                                                    "torch.export (.pt2), safetensors, model_card.json, MODEL_CARD.md")
-    p.add_argument("--checkpoint", metavar="FILE",
+    use_.add_argument("--checkpoint", metavar="FILE",
                    help="with --predict or --export: this checkpoint (a trial's checkpoint.pt, dogs.train's best.pt) "
                         "instead of the best trial's")
-    p.add_argument("--plots", action="store_true",
+    output.add_argument("--plots", action="store_true",
                    help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
                         "parallel coordinates) into <experiment>/plots/")
     return p
@@ -148,6 +153,9 @@ def best(args):
             refuse_link(Path(exp_dir, "plots"), "the plots go into the experiment folder only")
         print("\n".join(plots.report(exp_dir)))
     if not args.submit and not args.retrain:
+        if args.out:   # the best config as a file, and nothing else
+            source = f"trial {trial.trial_id} of {exp_dir}"
+            print(f"  config file  {write_config(Path(args.out), best_config(ckpt, space, data), source)}")
         return 0
 
     # predictions: from the best checkpoint, or from the best config trained again (best.pt by the same metric)
@@ -168,12 +176,13 @@ def best(args):
         print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluate.describe(chosen)}); "
               f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluate.checkpoint_of(chosen.runs[0], metric, mode)}")
         print(f"  scores       {reevaluate.estimates(chosen.runs[0], metric, mode)}")
+    # the best (or chosen) config as a file that dogs.train --config runs as is
+    config = best_config(ckpt, space, data)
+    source = f"trial {chosen.chosen if args.top else trial.trial_id} of {exp_dir}"
+    print(f"  config file  {write_config(out_dir, config, source)}")
     if args.retrain and (not args.top or args.train_on_val):
         from dogs.train import run
 
-        config = {**ckpt["config"], "epochs": space["search"]["epochs"], "metric": metric, "mode": mode}
-        if data is not None:
-            config["data"] = data
         check_classes(config, ckpt["classes"])
         print(f"Retraining the {'chosen' if args.top else 'best'} config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
@@ -200,6 +209,25 @@ def best(args):
 
         print(f"  (no submission.csv: {no_test_images(resolve_root(data or ckpt['config']['data'])[0])})")
     return 0
+
+
+def best_config(ckpt, space, data=None):
+    """A checkpoint's config for the search's full epoch budget, ranked as the search ranked (and --data's folder)."""
+    s = space["search"]
+    config = {**ckpt["config"], "epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]}
+    return config if data is None else {**config, "data": str(data)}
+
+
+def write_config(out_dir, config, source):
+    """out_dir/config.yaml: every key of `config`, for dogs.train --config; returns the line that says so."""
+    import yaml
+    from dogs.files import atomic_path
+
+    path = Path(out_dir, "config.yaml")
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"# the config of {source}: python -m dogs.train --config {path}\n"
+                       + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return f"{path}  (python -m dogs.train --config {path})"
 
 
 def check_classes(config, classes):

@@ -3,6 +3,7 @@ space it asks for, and the one `fail` every tune command exits through."""
 import argparse
 import sys
 
+from dogs.cli import ArgumentParser
 from dogs.config import METRICS, parse_sets, value_type
 from tune import settings, spaces
 from tune.experiment import DEFAULT_STORAGE
@@ -26,6 +27,16 @@ def fail(prog, message):
     raise SystemExit(2)
 
 
+RESOURCE_SETTINGS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")   # --help's resources group
+
+EPILOG = """examples:
+  python -m tune.search --space cnn_scratch.yaml --smoke-test    # the demo data, 4 tiny trials
+  python -m tune.search --space cnn_scratch.yaml --data data/ --samples 20 --epochs 8
+  python -m tune.search --space resnet_frozen.yaml --data data/ --log mlflow --time-budget 2h
+  python -m tune.search --resume                                 # the latest experiment in runs/
+  python -m tune.best --submit                                   # then: its best trial's submission"""
+
+
 def duration(text):
     """--time-budget's value: a duration (tune.settings.parse_duration) or none; else argparse names the flag."""
     if text.strip().lower() in NO_BUDGET or not settings.duration_problem(text):
@@ -33,8 +44,9 @@ def duration(text):
     raise argparse.ArgumentTypeError(f"{settings.duration_problem(text)}, or none")
 
 
-def add_setting_flags(p):
-    """--samples, --epochs, ... : one flag per search setting, its type, choices and help from its Key."""
+def add_setting_flags(p, groups):
+    """--samples, --epochs, ... : one flag per search setting, its type, choices and help from its Key; in the
+    resources group or the search group of --help (`groups`: name -> argparse group)."""
     for key, spec in settings.SETTINGS.items():
         kind = value_type(spec)   # int | None: an int when given
         options = {"type": None if kind is str else kind, "help": f"{spec.help} (search.{key})"}
@@ -44,33 +56,44 @@ def add_setting_flags(p):
             options.update(metavar="DURATION", type=duration)
         if key in FLAG_NOTES:
             options["help"] += f"; {FLAG_NOTES[key]}"
-        p.add_argument(f"--{key.replace('_', '-')}", **options)
+        group = groups["resources" if key in RESOURCE_SETTINGS else "search"]
+        group.add_argument(f"--{key.replace('_', '-')}", **options)
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="dogs-search", description=DESCRIPTION)
-    p.add_argument("--space", help="search-space YAML: a file name in search_spaces/ or a path")
-    p.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
-    add_setting_flags(p)
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+    p = ArgumentParser(prog="dogs-search", description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {name: p.add_argument_group(name) for name in ("data", "search", "resources", "output")}
+    data, search, resources, output = groups.values()
+    search.add_argument("--space", help="search-space YAML: a file name in search_spaces/ or a path")
+    data.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
+    add_setting_flags(p, groups)
+    data.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="fix config values for every trial, e.g. --set model=cnn lr=3e-4 (repeatable; "
                         "the data folder is --data)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
+    output.add_argument("--storage", default=DEFAULT_STORAGE,
                    help="folder or URI (s3://bucket/prefix) that holds experiments (default: runs/)")
-    p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
-    p.add_argument("--optuna-storage", metavar="URL",
+    output.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
+    output.add_argument("--optuna-storage", metavar="URL",
                    help="SQLAlchemy URL of a database for the Optuna study (e.g. postgresql://host/db); default: "
                         "SQLite study.db in the experiment folder. The study is named after the experiment")
-    p.add_argument("--resume", action="store_true",
+    search.add_argument("--resume", action="store_true",
                    help="continue an interrupted experiment (--name, or the latest one in --storage) with its saved "
                         "space, data and settings (--space/--data/--set/search flags that say otherwise are refused; "
                         "--time-budget may change). It restores "
                         "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
-    p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
-    p.add_argument("-v", "--verbose", action="store_true",
+    output.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help="also log each trial as a run to an experiment tracker: mlflow, wandb (repeatable or "
+                        "a comma list; pip install 'dogs-tune[mlflow]' / '[wandb]'). W&B reads its usual "
+                        "WANDB_API_KEY / WANDB_MODE=offline")
+    output.add_argument("--mlflow-uri", metavar="URI",
+                   help="MLflow tracking URI for --log mlflow (default: mlflow.db in the experiment folder: "
+                        "mlflow ui --backend-store-uri sqlite:///<experiment>/mlflow.db)")
+    resources.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, else start Ray here)")
+    output.add_argument("-v", "--verbose", action="store_true",
                    help="Ray's full console output (a status table and each trial's config, every checkpoint) "
                         "instead of one progress line now and then")
-    p.add_argument("--smoke-test", action="store_true",
+    search.add_argument("--smoke-test", action="store_true",
                    help=f"tiny run: {SMOKE_SETTINGS}, config {SMOKE_CONFIG} (flags still override)")
     return p
 

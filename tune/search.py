@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
-from tune import cli, plots, ray_setup, settings, spaces, storage
+from tune import cli, plots, ray_setup, settings, spaces, storage, trackers
 from tune.experiment import default_name, name_problem, read_trials
 
 
@@ -39,6 +39,10 @@ def search(args):
     if args.name is not None and name_problem(args.name):   # before anything: the name makes folders and URLs
         raise UserError(f"--name: {name_problem(args.name)}")
     ray_setup.set_environment(args.address)
+    args.log = trackers.parse_log(args.log)   # a missing package: said before anything starts
+    if args.resume and (args.log or args.mlflow_uri):
+        raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
+                        "with (they are in Ray's saved state); resume without them")
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
@@ -131,7 +135,9 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     else:
         with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
             grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
-                                          slots=None if joined else slots, rung_slots=slots)
+                                          slots=None if joined else slots, rung_slots=slots,
+                                          loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
+                                                                     args.mlflow_uri))
             storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}")
     if s["scheduler"] == "asha" and s["fidelity"] == "time" and not args.resume:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from dogs.config import DEFAULTS, SCHEMA, absolute_path, load_yaml, problem, value_type, yaml_problem
+from dogs.config import (DEFAULTS, SCHEMA, absolute_path, did_you_mean, load_yaml, problem, value_type,
+                         yaml_problem)
 from dogs.errors import SpaceError
 from tune.combinations import check_combinations
 from tune.distributions import DISTRIBUTIONS, FLOAT_DISTRIBUTIONS
@@ -91,7 +92,8 @@ def validate(raw, path="<space>", overrides=None, sets=None, data=_MISSING):
     search = {}
     for key, value in {**search_raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}.items():
         if key not in SETTINGS:
-            raise SpaceError(f"{where}: search.{key}: unknown setting; allowed: {sorted(SETTINGS)}")
+            raise SpaceError(f"{where}: search.{key}: unknown setting{did_you_mean(key, SETTINGS)}; "
+                             f"allowed: {sorted(SETTINGS)}")
         search[key] = value
     search = {key: search.get(key, spec.default) for key, spec in SETTINGS.items()}
     check_settings(search, where)
@@ -166,7 +168,8 @@ def _check_value(key, value, where):
 def _check_param(key, spec, earlier, where, set_keys=()):
     """One params entry -> {"name", "kind", "args", "when"}; kind "fixed" for plain values."""
     if key not in DEFAULTS:
-        raise SpaceError(f"{where}: params.{key}: unknown config key; allowed: {sorted(DEFAULTS)}")
+        raise SpaceError(f"{where}: params.{key}: unknown config key{did_you_mean(key, DEFAULTS)}; "
+                         f"allowed: {sorted(DEFAULTS)}")
     if key in NOT_IN_PARAMS:
         raise SpaceError(f"{where}: params.{key}: not allowed in params; {NOT_IN_PARAMS[key]}")
     if not isinstance(spec, dict):

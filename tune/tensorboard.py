@@ -5,15 +5,18 @@ result key. This callback writes, into each trial's folder:
   - one scalar per metric per epoch (val_acc, val_loss, train_loss, train_acc, and best_<metric>: the
     search's metric at its best epoch so far, its score; best_<metric>_low/_high: its 95% interval, written
     at each epoch that sets it, so that the last value is the best epoch's: none for a loss),
-  - the HParams experiment (every searched parameter with its domain: choices, booleans and strings as
-    discrete values, ranges as intervals; and the metrics), and a session start (the trial's values) when
+  - the HParams experiment (every searched parameter with its domain: choices as discrete values, numbers
+    among them as their own text (16, 3e-4: TensorBoard prints a number as 16.000), booleans as true/false,
+    ranges as intervals; and the metrics, the score first), and a session start (the trial's values) when
     the trial starts,
   - when it ends, a `stopped_early` scalar (1 = ASHA stopped it before its last epoch) and a session end
     whose status is Success (complete or stopped early) or Failure (errored after its retries); a trial
     still running has none (Unknown).
 TensorBoard's HParams dashboard builds the comparison from those: each trial's hparams against the last
-value of each curve: its final scores, best_<metric> (its best epoch, what it is ranked by) and
-stopped_early. `tensorboard --logdir <experiment folder>` shows both.
+value of each curve: best_<metric> (its best epoch, what it is ranked by), stopped_early, its final scores.
+The dashboard ticks the first 5 metrics only (and the first 5 hparams), so the score and stopped_early come
+first. Its axes are linear until the user picks Log in a column's scale: a log-uniform lr cannot ask for one.
+`tensorboard --logdir <experiment folder>` shows both.
 """
 import time
 
@@ -35,16 +38,24 @@ def hparam_value(value):
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
+def boolean_choice(param):
+    return param["kind"] == "choice" and all(isinstance(v, bool) for v in param["args"])
+
+
+def session_value(param, value):
+    """A trial's value of a searched parameter as its HParam holds it: a choice's as text unless all are booleans
+    (16 stays 16: TensorBoard would print the number 16 as 16.000), a range's a number."""
+    if param["kind"] == "choice" and not boolean_choice(param):
+        return str(value)
+    return hparam_value(value)
+
+
 def hparam(param):
-    """The HParam of a searched parameter of the space: a choice is discrete (booleans, numbers, or else strings),
-    a range an interval."""
+    """The HParam of a searched parameter of the space: a choice is discrete (booleans, or else each value's own
+    text), a range an interval."""
     if param["kind"] == "choice":
-        values = [hparam_value(v) for v in param["args"]]
-        if all(isinstance(v, bool) for v in values):
-            return hp.HParam(param["name"], hp.Discrete(values, dtype=bool))
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            return hp.HParam(param["name"], hp.Discrete([float(v) for v in values], dtype=float))
-        return hp.HParam(param["name"], hp.Discrete([str(v) for v in values], dtype=str))
+        dtype = bool if boolean_choice(param) else str
+        return hp.HParam(param["name"], hp.Discrete([session_value(param, v) for v in param["args"]], dtype=dtype))
     low, high = param["args"][0], param["args"][1]
     if param["kind"] in ("randint", "lograndint"):
         high -= 1
@@ -61,7 +72,15 @@ class TensorBoardCallback(tune.Callback):
 
     @property
     def curves(self):
-        return (*METRICS, f"best_{self.metric}")
+        return (f"best_{self.metric}", *METRICS)
+
+    def metrics(self):
+        """The HParams metrics, the score first: the dashboard shows the first 5 and hides the rest."""
+        score, *finals = self.curves
+        return [hp.Metric(score, description=f"the {self.metric} of the trial's best epoch: what the search ranks by"),
+                hp.Metric(STOPPED_EARLY, description="1: ASHA stopped the trial before its last epoch"),
+                *(hp.Metric(name, description="the 95% interval of the score") for name in self.bounds),
+                *(hp.Metric(name, description="its last epoch's") for name in finals)]
 
     @property
     def bounds(self):
@@ -79,9 +98,8 @@ class TensorBoardCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         # the experiment (every parameter's domain, the metrics), then this trial's values
         writer = self._writer(trial).file_writer
-        writer.add_summary(hp.hparams_config_pb([hparam(p) for p in self.params],
-                                                [hp.Metric(name) for name in (*self.curves, *self.bounds, STOPPED_EARLY)]))
-        values = {p["name"]: hparam_value(trial.config[p["name"]]) for p in self.params
+        writer.add_summary(hp.hparams_config_pb([hparam(p) for p in self.params], self.metrics()))
+        values = {p["name"]: session_value(p, trial.config[p["name"]]) for p in self.params
                   if p["name"] in trial.config}   # a conditional parameter that does not exist in this trial: blank
         writer.add_summary(hp.hparams_pb(values, trial_id=trial.trial_id, start_time_secs=time.time()))
 
