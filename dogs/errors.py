@@ -34,5 +34,10 @@ class ExperimentError(UserError, ValueError):
     """An experiment folder that cannot be read or continued."""
 
 
+class StorageError(UserError, OSError):
+    """A file of an experiment could not be written (disk full, read-only, ...); names the path, what was being
+    written, the free space and how to continue."""
+
+
 class ExportError(UserError, ValueError):
     """A model that cannot be exported: its folder holds other files, a package is missing, or a file does not check."""

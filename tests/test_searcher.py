@@ -193,3 +193,18 @@ def test_weights_missing_from_the_hub_cache_are_named_before_the_search_starts(t
         space = spaces.load(spaces.find_space_file("resnet_frozen.yaml"), sets={"weights": weights})
         assert report.missing_weights_warning(space) is None
     assert report.missing_weights_warning(spaces.load(spaces.find_space_file("cnn_scratch.yaml"))) is None
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "qmc", "gp"])
+def test_integer_parameters_stay_integers_with_every_sampler(tmp_path, db, name):
+    """GPSampler proposes an integer as a float (0.0); a trial's config (params.json, trials.csv, the summary)
+    has the int that suggest_int returns, with every sampler and past the random start-up trials."""
+    space = spaces.validate({"params": {"model": "resnet18", "unfreeze": {"int": [0, 4]},
+                                        "head_width": {"qrandint": [0, 64, 16]}, "lr": {"loguniform": [1e-4, 1e-2]}}})
+    searcher = StudySearcher(space["params"], "best_val_acc", "max", max_t=MAX_T, exp_dir=str(tmp_path / name),
+                             sampler=name, seed=0, samples=8, optuna_storage=db)
+    for i in range(startup_trials(8) + 2):
+        config = searcher.suggest(f"t{i}")
+        assert type(config["unfreeze"]) is int and type(config["head_width"]) is int, config
+        assert type(config["lr"]) is float
+        searcher.on_trial_complete(f"t{i}", result(MAX_T, config["unfreeze"] / 4 + config["lr"]))

@@ -18,6 +18,7 @@ FLAG_NOTES = {
     "time_budget": "With --resume: this session's budget instead of the saved one ('none': no budget)",
     "samples": "With --resume: more than the saved samples extends the search by the missing trials, on its study",
 }
+NO_BUDGET = ("none", "null")
 FREE_TEXT = ("metric",)   # no argparse choices: the space check refuses an unknown metric, naming the known ones
 
 
@@ -37,6 +38,13 @@ EPILOG = """examples:
   python -m tune.best --submit                                   # then: its best trial's submission"""
 
 
+def duration(text):
+    """--time-budget's value: a duration (tune.settings.parse_duration) or none; else argparse names the flag."""
+    if text.strip().lower() in NO_BUDGET or not settings.duration_problem(text):
+        return text.strip()
+    raise argparse.ArgumentTypeError(f"{settings.duration_problem(text)}, or none")
+
+
 def add_setting_flags(p, groups):
     """--samples, --epochs, ... : one flag per search setting, its type, choices and help from its Key; in the
     resources group or the search group of --help (`groups`: name -> argparse group)."""
@@ -46,7 +54,7 @@ def add_setting_flags(p, groups):
         if kind is str and isinstance(spec.allowed, tuple) and key not in FREE_TEXT:
             options["choices"] = spec.allowed
         if key == "time_budget":
-            options["metavar"] = "DURATION"
+            options.update(metavar="DURATION", type=duration)
         if key in FLAG_NOTES:
             options["help"] += f"; {FLAG_NOTES[key]}"
         group = groups["resources" if key in RESOURCE_SETTINGS else "search"]
@@ -105,6 +113,8 @@ def load_space(args, data_root):
     path = spaces.find_space_file(args.space)
     overrides = dict(SMOKE_SETTINGS) if args.smoke_test else {}
     overrides.update({k: v for k, v in settings_from_args(args).items() if v is not None})
+    if str(overrides.get("time_budget")).lower() in NO_BUDGET:
+        overrides["time_budget"] = None
     sets = dict(SMOKE_CONFIG) if args.smoke_test else {}
     sets.update(parse_sets(args.set))
     # None: every node builds the demo data itself

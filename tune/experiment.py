@@ -11,6 +11,7 @@ from someone else's bucket cannot run code through it.
 metric over its epochs; its best checkpoint is that epoch's, which tune.retention keeps.
 """
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,17 @@ import pandas as pd
 import pyarrow.fs
 
 from dogs import ranking, uncertainty
-from dogs.config import METRICS
+from dogs.config import METRICS, SCHEMA, value_type
 from dogs.errors import ExperimentError, UserError
 from tune import spaces, storage
 
 DEFAULT_STORAGE = "runs"
 SPACE_FILE = "search_space.yaml"
+# an experiment's name is its folder in --storage, a URI's last part and the Optuna study's name: letters, digits
+# and . _ - only (no /, %, #, space, ..: nothing a path or a SQLite URL reads as more than a name)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 100
+NAME_RULE = f"1 to {MAX_NAME} characters: ASCII letters, digits, '.', '_', '-', starting with a letter or digit"
 
 
 @dataclass
@@ -51,6 +57,19 @@ class Trial:
         if self.last.get("done") or (self.results and self.last.get("epoch", 0) >= self.config.get("epochs", 1e9)):
             return "TERMINATED"
         return "ERROR" if self.errored else "UNFINISHED"
+
+
+def name_problem(name):
+    """Why `name` cannot name an experiment (what is wrong, what is allowed), or None."""
+    if not NAME.fullmatch(name) or len(name) > MAX_NAME:
+        shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
+        return f"{shown} is not an experiment name; allowed: {NAME_RULE}"
+    return None
+
+
+def default_name(stem, stamp):
+    """<space file's name>-<date>-<time>, any character a name cannot hold replaced by '-'."""
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', stem).lstrip('.-_')[:MAX_NAME - 20] or 'search'}-{stamp}"
 
 
 def latest_experiment(runs):
@@ -260,8 +279,13 @@ def trials_table(exp_dir, space, trials=None):
             "checkpoint": printable(checkpoint),
             "path": printable(trial.path),
         })
-    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
-                                                         *METRICS, f"best_{metric}", *interval_columns(metric), "best_epoch", "time_s"])
+    table = pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
+                                                          *METRICS, f"best_{metric}", *interval_columns(metric),
+                                                          "best_epoch", "time_s"])
+    for name in spaces.searched_names(space):   # an integer key stays one where some trials lack it (not 0.0)
+        if name in table and name in SCHEMA and value_type(SCHEMA[name]) is int:
+            table[name] = table[name].astype("Int64")
+    return table
 
 
 def interval_columns(metric):

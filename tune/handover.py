@@ -9,16 +9,24 @@ from tune.experiment import SPACE_FILE
 
 
 def experiment_dir(given, runs):
-    """--experiment as a folder or URI; else, when no such folder exists, its name in --storage (as tune.search's
-    --name); without it, the latest experiment in --storage."""
+    """--experiment as its name in --storage (as tune.search's --name), else as a folder or URI; without it, the
+    latest experiment in --storage. A name that is both an experiment in --storage and a folder here is refused."""
     if not given:
         return experiment.latest_experiment(runs)
-    named = storage.join(storage.resolve(runs), given)
-    if storage.is_uri(given) or Path(given).exists():
-        return storage.resolve(given)
-    if storage.is_file(storage.join(named, SPACE_FILE)):
-        return named
-    raise ExperimentError(f"--experiment {given}: no such folder here, and no experiment {named} in --storage")
+    if storage.is_uri(given):
+        return given
+    here = Path(given).resolve()
+    if not experiment.name_problem(given):   # a plain name: the storage's first
+        named = storage.join(storage.resolve(runs), given)
+        if storage.is_file(storage.join(named, SPACE_FILE)):
+            if here.exists() and (storage.is_uri(named) or here != Path(named)):
+                raise ExperimentError(f"--experiment {given} names both {named} (in --storage) and the folder {here} "
+                                      f"(here); say which: --experiment {named} or --experiment ./{given}")
+            return named
+    if here.exists():
+        return str(here)
+    raise ExperimentError(f"--experiment {given}: no such folder here, and no experiment "
+                          f"{storage.join(storage.resolve(runs), given)} in --storage")
 
 
 def best_trials(exp_dir, space, count):

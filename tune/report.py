@@ -121,27 +121,26 @@ def study_states(exp_dir, space=None):
 
 def observed_concurrency(trials, since=None):
     """(mean, most, seconds) of this session's trial work, from the epochs reported at or after `since` (all when
-    None): a trial runs from its first such epoch's start to its last report; `seconds` is the trials' own time
-    (time_this_iter_s) and the mean is that over the span from the first start to the last end."""
-    spans, own = [], 0.0
+    None): an epoch runs from its report minus its time_this_iter_s to its report. `most` is the most epochs that
+    ran at the same moment (never more than ran at once: a trial's gaps, a retry later or a wait, count as not
+    running); `seconds` is the trials' own time and the mean is that over the span from the first start to the
+    last end."""
+    epochs = []
     for trial in trials:
-        ran = []
         for result in trial.results:
             end = result.get("reported_at", result.get("timestamp"))   # reported_at: float; Ray's timestamp: whole s
             if end is not None and result.get("time_this_iter_s") is not None and (since is None or end >= since):
-                ran.append((end - result["time_this_iter_s"], end))
-        if ran:
-            spans.append((min(start for start, _ in ran), max(end for _, end in ran)))
-            own += sum(end - start for start, end in ran)
-    if not spans:
+                epochs.append((end - result["time_this_iter_s"], end))
+    if not epochs:
         return 0.0, 0, 0.0
-    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    own = sum(end - start for start, end in epochs)
+    events = sorted([(start, 1) for start, _ in epochs] + [(end, -1) for _, end in epochs])   # an end before a start
     running = most = 0
     for _, step in events:
         running += step
         most = max(most, running)
-    span = max(end for _, end in spans) - min(start for start, _ in spans)
-    return (own / span if span > 0 else float(len(spans))), most, own
+    span = max(end for _, end in epochs) - min(start for start, _ in epochs)
+    return (own / span if span > 0 else float(len(epochs))), most, own
 
 
 def last_report(trials, since=None):

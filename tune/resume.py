@@ -6,9 +6,8 @@ from dogs.config import load_yaml, parse_sets
 from dogs.data import resolve_root
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage, study
-from tune.cli import SMOKE_CONFIG, SMOKE_SETTINGS, settings_from_args
+from tune.cli import NO_BUDGET, SMOKE_CONFIG, SMOKE_SETTINGS, settings_from_args
 from tune.experiment import saved_space
-from tune.settings import parse_duration
 
 
 def resumed_experiment(args, runs):
@@ -39,12 +38,8 @@ def resumed_experiment(args, runs):
                         "--samples may change), or start a new search with another --name")
     print(f"Resuming {exp_dir} with its saved space, data and settings (--time-budget may change)")
     space["search"]["samples"] = samples
-    if args.time_budget is not None:   # this session's budget
-        none = args.time_budget.strip().lower() in ("none", "null")
-        if not none and parse_duration(args.time_budget) is None:
-            raise UserError(f"--time-budget: {args.time_budget!r} is not a duration; allowed: e.g. 90s, 30m, 2h, "
-                            "1h30m, or none")
-        space["search"]["time_budget"] = None if none else args.time_budget
+    if args.time_budget is not None:   # this session's budget (checked by the flag's type)
+        space["search"]["time_budget"] = None if args.time_budget.lower() in NO_BUDGET else args.time_budget
     return exp_dir, space
 
 

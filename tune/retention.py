@@ -23,6 +23,7 @@ dicts, so a resumed search keeps pruning where it stopped.
 """
 import re
 import sys
+import threading
 from pathlib import PurePosixPath
 
 from ray import tune
@@ -38,6 +39,9 @@ def number(name):
 
 class KeepBestAndLatest(tune.Callback):
     """Deletes the checkpoint folders a trial no longer needs (see the module docstring)."""
+    # set at each checkpoint Tune registers in this process (a class attribute: a restored tuner's unpickled
+    # callback sets it too): tune.tuner's time budget stops a search only once this session made progress
+    checkpointed = threading.Event()
 
     def __init__(self, metric, mode):
         self.metric, self.mode = metric, mode
@@ -48,6 +52,7 @@ class KeepBestAndLatest(tune.Callback):
     # ---- Tune's calls ----
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         """Record a checkpoint Tune is about to register, with its epoch's score."""
+        KeepBestAndLatest.checkpointed.set()
         path = PurePosixPath(checkpoint.path)
         result = trial.last_result or {}
         if (not CHECKPOINT_NAME.fullmatch(path.name) or path.parent.name != f"trial_{trial.trial_id}"

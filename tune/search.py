@@ -11,8 +11,10 @@ search_space.yaml (what was searched), trials.csv (all trials, one row each) and
 This file is the command only; its parts: tune.cli (flags), tune.ray_setup (Ray), tune.tuner (the Tuner),
 tune.resume (--resume), tune.report (warnings, trials.csv, the summary). docs/ARCHITECTURE.md has the map.
 """
+import contextlib
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -22,9 +24,9 @@ from pathlib import Path
 
 from dogs import interrupt
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
-from dogs.errors import UserError
+from dogs.errors import StorageError, UserError
 from tune import cli, plots, ray_setup, settings, spaces, storage, trackers
-from tune.experiment import read_trials
+from tune.experiment import default_name, name_problem, read_trials
 
 
 def main(argv=None):
@@ -37,6 +39,8 @@ def main(argv=None):
 
 def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
+    if args.name is not None and name_problem(args.name):   # before anything: the name makes folders and URLs
+        raise UserError(f"--name: {name_problem(args.name)}")
     ray_setup.set_environment(args.address, args.verbose)
     interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, spot preemption, kill) stops as Ctrl-C does
     args.log = trackers.parse_log(args.log)   # a missing package: said before anything starts
@@ -96,7 +100,7 @@ def new_experiment(args, runs):
                     None if ray_setup.joins_cluster(args.address) else report.missing_weights_warning(space)):
         if warning:
             print(warning)
-    name = args.name or f"{Path(space['file']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    name = args.name or default_name(Path(space["file"]).stem, f"{datetime.now():%Y%m%d-%H%M%S}")
     exp_dir = storage.join(runs, name)
     if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
         raise UserError(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
@@ -130,15 +134,17 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         Path(workers, "slots").write_text(str(slots))
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
+    resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
     if args.resume:
         grid_tuner = tuner.restore_tuner(s, exp_dir)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
     else:
-        grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
-                                      slots=None if joined else slots, rung_slots=slots,
-                                      loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
-                                                                 args.mlflow_uri))
-        storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
+        with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
+            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
+                                          slots=None if joined else slots, rung_slots=slots,
+                                          loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
+                                                                     args.mlflow_uri))
+            storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     print(f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}")
     if s["scheduler"] == "asha" and s["fidelity"] == "time" and not args.resume:
         _, grace, max_t = settings.asha_rungs(s, slots)
@@ -151,7 +157,8 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     ctrl_c = signal.getsignal(signal.SIGINT)
     tuner.StudySearcher.lost = None
     try:
-        with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget:
+        with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget, \
+                storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
             grid, before = grid_tuner.fit(), 0
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
             table = report.trials_table(exp_dir, space) if args.resume else None
@@ -166,8 +173,8 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         if threading.current_thread() is threading.main_thread():   # Tune leaves its Ctrl-C handler after fit:
             signal.signal(signal.SIGINT, ctrl_c)                     # a later Ctrl-C would only set its flag
     if tuner.StudySearcher.lost:   # its database went away: Tune stopped as on Ctrl-C; what it could not write is saved
-        print(f"dogs-search: error: {tuner.StudySearcher.lost}; once it answers again, continue with  python -m "
-              f"tune.search --resume --storage {shlex.quote(runs)} --name {storage.name(exp_dir)}", file=sys.stderr)
+        print(f"dogs-search: error: {tuner.StudySearcher.lost}; once it answers again, continue with  "
+              f"{resume_command(runs, exp_dir)}", file=sys.stderr)
         return 1
     wall_s = time.time() - start
     trials = read_trials(exp_dir)
@@ -176,13 +183,13 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     created = int((table.status != "ABANDONED").sum()) + pending
     stopped = pending or (table.status == "UNFINISHED").any() or created < s["samples"]
     why = (f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
-    storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
+    with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
+        storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
                     + report.failure_hints(exp_dir, table)))
     print("\n".join(plots.report(exp_dir)))
     if stopped:
-        print(f"{why}: continue with  python -m tune.search --resume --storage {shlex.quote(runs)} "
-              f"--name {shlex.quote(storage.name(exp_dir))}")
+        print(f"{why}: continue with  {resume_command(runs, exp_dir)}")
         return 0 if budget.is_set() else interrupt.exit_status()
     if not table[f"best_{s['metric']}"].notna().any():   # every trial errored or diverged: nothing to hand over
         print(f"dogs-search: error: no trial reported a finite {s['metric']} ({int((table.status == 'ERROR').sum())} "
@@ -197,6 +204,25 @@ def study_storage(exp_dir):
 
     state = read_state(exp_dir)
     return None if state["in_experiment"] else state["study_url"]
+
+
+def resume_command(runs, exp_dir):
+    return f"python -m tune.search --resume --storage {shlex.quote(runs)} --name {storage.name(exp_dir)}"
+
+
+@contextlib.contextmanager
+def starting(exp_dir):
+    """A failed write while a new experiment starts (its folder, study.db, search_space.yaml) is one line, and the
+    folder this command made is removed (nothing ran): the same command runs again once there is space."""
+    made = not storage.is_uri(exp_dir) and not Path(exp_dir).exists()
+    again = "free space, then rerun the same command"
+    try:
+        with storage.writing("a new experiment", exp_dir, again):
+            yield
+    except StorageError:
+        if made:
+            shutil.rmtree(exp_dir, ignore_errors=True)
+        raise
 
 
 def __getattr__(name):

@@ -15,6 +15,7 @@ carries its Tune trial id (user attribute `tune_trial_id`). save()/restore() (Tu
 where the study is and which Tune trial is which study trial, as JSON; restore() reopens the study and
 settles the trials a killed driver left RUNNING that Ray's saved state does not know.
 """
+import functools
 import json
 import math
 import os
@@ -31,8 +32,7 @@ from ray.tune.search import Searcher
 
 from dogs.errors import ExperimentError, UserError
 from dogs.files import atomic_path
-from tune import storage
-from tune.distributions import define_by_run
+from tune import distributions, storage
 from tune.settings import SAMPLERS
 from tune.study import ABANDONED, STUDY_FILE, TRIAL_ATTR, open_storage, shown_url, sqlite_path, study_location
 
@@ -230,9 +230,11 @@ class StudySearcher(Searcher):
         """A new trial's config: the next queued first trial, or what the sampler proposes."""
         trial = self._reopen(self._recycle.pop(0)) if self._recycle else self.study.ask()
         trial.set_user_attr(TRIAL_ATTR, trial_id)
-        fixed = define_by_run(self.params, trial)
+        # the values suggest_* return, typed by their distribution (an int is an int); never trial.params,
+        # which holds a sampler's raw proposal (GPSampler's 0.0 for an integer)
+        searched, fixed = distributions.assign(self.params, functools.partial(distributions.suggest, trial))
         self.numbers[trial_id], self._trials[trial_id], self._last_step[trial_id] = trial.number, trial, 0
-        return {**trial.params, **fixed}
+        return {**searched, **fixed}
 
     def _report(self, trial_id, step, value):
         """An epoch's score, as the trial's intermediate value at that step (each step once)."""

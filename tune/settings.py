@@ -43,16 +43,36 @@ SETTINGS = {
 }
 DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([smhd])")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_BUDGET = 365 * 86400   # a year; longer is a typo (and past what a thread can wait for)
+DURATION_RULE = ("allowed: a positive duration like 90s, 30m, 2h or 1h30m (units s, m, h, d), a number of seconds "
+                 "like 90, at most 365d")
 
 
-def parse_duration(text):
-    """'1h30m' -> 5400.0 seconds; None when it is not a positive duration with units s, m, h, d."""
+def seconds_of(text):
+    """'1h30m' -> 5400.0, '90' -> 90.0 (a plain number: seconds); None when it is not a duration."""
     text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d*)?", text):
+        text += "s"
     parts = DURATION.findall(text)
     if not parts or "".join(DURATION.sub("", text).split()):
         return None
-    seconds = sum(float(number) * SECONDS[unit] for number, unit in parts)
-    return seconds if seconds > 0 else None
+    return sum(float(number) * SECONDS[unit] for number, unit in parts)
+
+
+def parse_duration(text):
+    """A time budget in seconds; None when it is not a positive duration of at most MAX_BUDGET."""
+    seconds = seconds_of(text)
+    return seconds if seconds is not None and 0 < seconds <= MAX_BUDGET else None
+
+
+def duration_problem(text):
+    """Why `text` is not a time budget (what is wrong, what is allowed), or None."""
+    if parse_duration(text) is not None:
+        return None
+    shown = repr(text) if len(str(text)) <= 40 else f"{str(text)[:40]!r}..."
+    seconds = seconds_of(text)
+    wrong = "is not a duration" if seconds is None else "is longer than 365d" if seconds > 0 else "is not positive"
+    return f"{shown} {wrong}; {DURATION_RULE}"
 
 
 def asha_rungs(search, slots):
@@ -72,9 +92,8 @@ def check_settings(search, where):
     budget = search["time_budget"]
     if isinstance(budget, (int, float)) and not isinstance(budget, bool):   # a plain number: seconds
         search["time_budget"] = budget = f"{budget:g}s"
-    if budget is not None and (not isinstance(budget, str) or parse_duration(budget) is None):
-        raise SpaceError(f"{where}: search.time_budget: {budget!r} is not a duration; allowed: a positive "
-                         "duration like 90s, 30m, 2h or 1h30m, a number of seconds, or null")
+    if budget is not None and (not isinstance(budget, str) or duration_problem(budget)):
+        raise SpaceError(f"{where}: search.time_budget: {duration_problem(str(budget))}, or null")
     for key, spec in SETTINGS.items():
         why = problem(spec, search[key])
         if why:

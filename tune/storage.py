@@ -5,14 +5,24 @@ Ray reads and writes the experiment itself; these helpers cover the few files we
 A URI's query (s3://bucket/runs?endpoint_override=host:port&scheme=http) is kept when joining names.
 """
 import contextlib
+import errno
 import fnmatch
+import logging
+import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs
 
+from dogs.errors import StorageError
 from dogs.files import atomic_path
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+# SQLite's words for a failed write (the study's database): sqlite3 raises them as OperationalError, not OSError
+SQLITE_WRITE_ERRORS = ("database or disk is full", "disk I/O error", "attempt to write a readonly database")
 
 
 def is_uri(location):
@@ -90,3 +100,80 @@ def local_dir(location, pattern="*"):
                 pyarrow.fs.copy_files(info.path, f"{tmp}/{info.base_name}", source_filesystem=fs,
                                       destination_filesystem=pyarrow.fs.LocalFileSystem())
         yield tmp
+
+
+def write_failure(err):
+    """Why a write failed (a full disk or quota, a read-only or too-large file, SQLite's 'disk is full') behind an
+    exception, through its causes and the text of a trial's error Ray passes on ('[Errno 28] ...'); None when it
+    is something else (a missing or unreadable file is not a failed write)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS and not isinstance(err, StorageError):
+            return os.strerror(err.errno)
+        text = str(err)
+        for number in re.findall(r"\[Errno (\d+)\]", text):
+            if int(number) in WRITE_ERRNOS:
+                return os.strerror(int(number))
+        for words in SQLITE_WRITE_ERRORS:
+            if words in text:
+                return f"SQLite: {words}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def free_space(location):
+    """'N MB free on <mount point>' of a local path (its nearest existing folder), '' for a URI."""
+    if is_uri(location):
+        return ""
+    path = Path(location).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    mount = path
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    return f"{free / 1e6:.1f} MB free on {mount}"
+
+
+class LoggedWriteFailures(logging.Handler):
+    """The failed writes Ray logs and carries on from (its experiment state, a sync of trial files)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.failures = []   # (why, path or None)
+
+    def emit(self, record):
+        err = record.exc_info[1] if record.exc_info else None
+        why = write_failure(err) or write_failure(Exception(record.getMessage()))
+        if why:
+            self.failures.append((why, getattr(err, "filename", None)))
+
+
+@contextlib.contextmanager
+def writing(what, location, then):
+    """Any OSError (disk full, read-only, ...) or SQLite write error while writing `what` to `location`, raised or
+    only logged by Ray (which carries on without the file), as one StorageError line: the path, what, why, the
+    free space and `then` (how to continue once fixed)."""
+    logged = LoggedWriteFailures()
+    logging.getLogger("ray").addHandler(logged)
+    try:
+        yield
+    except Exception as err:
+        # a write failure, or what followed one Ray logged (its reading back a file the full disk left empty)
+        why, path = write_failure(err), getattr(err, "filename", None)
+        if why is None and logged.failures:
+            why, path = logged.failures[0]
+        if why is None:
+            raise
+        raise StorageError(failed(what, path or location, why, then)) from None
+    finally:
+        logging.getLogger("ray").removeHandler(logged)
+    if logged.failures:
+        why, path = logged.failures[0]
+        raise StorageError(failed(what, path or location, why, then))
+
+
+def failed(what, path, why, then):
+    free = free_space(path)
+    return f"cannot write {what} ({path}): {why}{'; ' + free if free else ''}; {then}"

@@ -81,13 +81,17 @@ def restore_tuner(s, exp_dir):
 
 @contextlib.contextmanager
 def time_budget(seconds):
-    """An Event set when `seconds` of wall time are used up; then the search stops as on Ctrl-C.
+    """An Event set when `seconds` of wall time are used up; then the search stops as on Ctrl-C, once this session
+    has saved at least one epoch (a trial's checkpoint): a budget shorter than a trial's start-up still moves each
+    --resume forward instead of stopping every session before anything ran.
 
     Tune stops gracefully on SIGUSR1 as on SIGINT: the experiment state saved, running trials left to resume
     from their last checkpoint. (Tune's own time_budget_s marks running trials TERMINATED: --resume would
     skip them.) The signal repeats every 5 s until fit() returns, in case one came before Tune listened.
     """
     expired, done = threading.Event(), threading.Event()
+    progress = KeepBestAndLatest.checkpointed
+    progress.clear()
     if not seconds:
         yield expired
         return
@@ -99,6 +103,11 @@ def time_budget(seconds):
         if done.wait(seconds):
             return
         expired.set()
+        if not progress.is_set():
+            print(f"Time budget of {seconds:g} s used up before a trial saved an epoch in this session: stopping "
+                  "once one has (so that --resume moves on)", flush=True)
+        while not (done.is_set() or progress.wait(0.5)):   # the first epoch saved, or the search ended
+            pass
         while not done.is_set():
             os.kill(os.getpid(), signal.SIGUSR1)
             done.wait(5)
