@@ -21,6 +21,7 @@ import numpy as np
 import PIL
 import PIL.features
 
+from . import bars
 from .decode import DECODE, load_rgb
 from .errors import CacheError
 from .files import atomic_path, build_once
@@ -177,8 +178,11 @@ def _build(files, size, path, meta_path, key, workers):
             except Exception as e:  # corrupt, truncated or not an image at all: skip it, say which and why
                 bad.append([i, str(files[i]), f"{type(e).__name__}: {e}"])
 
+        progress = bars.bar(len(files), f"decoding {len(files)} images at {size}px (once)", "img")
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(decode, range(len(files))))
+            for _ in pool.map(decode, range(len(files))):
+                progress.update(1)
+        progress.close()
         out.flush()  # every row is on disk before the file gets its final name
     seconds = time.perf_counter() - start
     meta = {"key": key, "size": size, "count": len(files), "shape": [len(files), size, size, 3], "dtype": "uint8",

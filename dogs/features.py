@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torchvision
 
+from . import bars
 from .batches import Batches, image_preparer
 from .cache import cache_errors, new_array, open_entry
 from .files import atomic_path, build_once
@@ -86,6 +87,7 @@ def _build(model, images, prepare, device, amp, path, meta_path, key):
     batches = Batches(images.images, np.zeros(len(images.images)), np.arange(len(images.images)), BATCH,
                       device, prepare, key=images.key)
     out, row = None, 0
+    progress = bars.bar(len(images.images), f"frozen features of {len(images.images)} images (once)", "img")
     with atomic_path(path) as tmp:
         for x, _ in batches:
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -94,7 +96,9 @@ def _build(model, images, prepare, device, amp, path, meta_path, key):
                 out = new_array(tmp, (len(images.images), *f.shape[1:]), store)
             out[row:row + len(f)] = f
             row += len(f)
+            progress.update(len(f))
         out.flush()
+    progress.close()
     seconds = time.perf_counter() - start
     with atomic_path(meta_path) as tmp:
         tmp.write_text(json.dumps({"key": key, "images": images.key, "seconds": seconds, "dtype": np.dtype(store).name,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import checkpoint, data, predict
+from . import checkpoint, data, interrupt, predict
 from .cli import ArgumentParser
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
@@ -175,6 +175,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
+    interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops as Ctrl-C does
     try:
         # config: file, then --set, then --data; every value checked before anything runs
         config = load_config_file(args.config) if args.config else {}
@@ -187,7 +188,7 @@ def main(argv=None):
             device=torch.device(args.device) if args.device else None)
     except KeyboardInterrupt:
         print(f"dogs-train: interrupted; continue with: {resume_command(argv, out)}", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(interrupt.exit_status()) from None
     except UserError as err:
         print(f"dogs-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import bars, checkpoint
 from .engine import Run
 
 
@@ -55,6 +55,15 @@ def wait_for_workers(folder=None, timeout=WAIT_S):
 
 def trainable(config):
     """Ray Tune function trainable (Ray 2.60: only ray.tune.* APIs; ray.train.* inside Tune breaks trials)."""
+    from ray.experimental import tqdm_ray
+
+    # the one-off builds' progress bars: drawn on the search's console by Ray, not prefixed per line
+    with bars.drawn_by(tqdm_ray.tqdm):
+        run_trial(config)
+
+
+def run_trial(config):
+    """The trial: resumed from its checkpoint if it has one, an epoch reported (with a checkpoint) at a time."""
     import ray
     from ray import tune
     # resume: a restarted trial (node lost, search resumed, error retried) continues after its last epoch

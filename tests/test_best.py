@@ -317,6 +317,36 @@ def test_best_writes_nothing_through_a_link_planted_in_the_experiment(experiment
     assert list(elsewhere.iterdir()) == []
 
 
+def test_sigterm_during_retrain_exits_143_with_the_command_that_continues_it(experiment, tmp_path, monkeypatch):
+    """SIGTERM (Slurm, Kubernetes, kill) stops --retrain as Ctrl-C does: one line with the dogs.train command that
+    continues it, exit 143; that command finishes the retrain's epochs."""
+    import os
+    import shlex
+    import signal
+
+    from dogs import engine, train
+
+    real, calls = engine.evaluate, []
+
+    def sigterm_at_the_first_epoch(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(engine, "evaluate", sigterm_at_the_first_epoch)
+    out_dir = tmp_path / "retrain"
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--retrain", "--out", str(out_dir)])
+    assert code == 143, out[-3000:] + err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "retrain interrupted; continue it with: " in lines[0], err
+    command = shlex.split(lines[0].split("continue it with: ")[1])
+    assert command[:3] == ["python", "-m", "dogs.train"] and "--resume" in command
+    monkeypatch.undo()
+    train.main(command[3:])   # the printed command, as typed
+    assert list(pd.read_csv(out_dir / "history.csv").epoch) == [1, 2]
+
+
 # --- --predict and --export from the experiment's best trials (tests/test_predict_photos.py, test_export.py: more) ---
 
 def test_predict_with_an_ensemble_and_tta_equals_their_submission_and_lands_in_best(experiment, tmp_path):

@@ -2,15 +2,18 @@
 trials.csv and TensorBoard, tune.best submits; an interrupted search resumes without rerunning anything."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata
 
@@ -63,7 +66,8 @@ def experiment(tiny_imagefolder, tmp_path_factory):
     """One search of 6 trials x 3 epochs, shared by the tests below."""
     folder = tmp_path_factory.mktemp("search")
     argv = ["--space", str(write_space(folder, samples=6)), "--data", str(tiny_imagefolder),
-            "--storage", str(folder / "runs"), "--name", "e2e"]
+            "--storage", str(folder / "runs"), "--name", "e2e",
+            "--set", f"cache_dir={folder / 'cache'}"]   # its own: the search decodes the images (a progress bar)
     code, out, err = run_main(search, argv)
     assert code == 0, out[-3000:] + err[-3000:]
     exp_dir = folder / "runs" / "e2e"
@@ -74,6 +78,9 @@ def test_every_trial_is_in_trials_csv(experiment):
     table = experiment["table"]
     assert len(table) == 6 and table.trial_id.is_unique
     assert set(table.status) == {"TERMINATED"}
+    # one name per trial: the Optuna trial number beside the Tune id, as the study has them
+    numbers = {trial_id: t.number for trial_id, t in study_of(experiment["dir"]).items()}
+    assert list(table.columns[:2]) == ["number", "trial_id"] and dict(zip(table.trial_id, table.number)) == numbers
     assert table.lr.between(1e-6, 3e-2).all() and set(table.head_width) <= {0, 32}
     for row in table.itertuples():
         assert iterations(row.path) == list(range(1, row.epochs + 1))
@@ -153,11 +160,58 @@ def test_search_plots(experiment):
     assert f"plots        {experiment['dir'] / 'plots'}: " + ", ".join(f"{n}.png" for n in PLOTS) in experiment["out"]
 
 
+def test_history_plot_shows_pruned_trials_at_their_best_epoch():
+    """Optuna's history draws complete trials only; ASHA's stops (PRUNED) are added by trial number."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import optuna
+    import optuna.visualization.matplotlib as vis
+
+    from tune.plots import add_pruned
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for scores, state in (([0.4, 0.5], "COMPLETE"), ([0.2, 0.3, 0.25], "PRUNED"), ([0.6, 0.7], "COMPLETE")):
+        trial = study.ask()
+        for step, score in enumerate(scores, 1):
+            trial.report(score, step)
+        study.tell(trial, scores[-1] if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = vis.plot_optimization_history(study)
+    assert add_pruned(axes, study) == [(1, 0.3)]
+    drawn = [c.get_offsets().tolist() for c in axes.collections]
+    assert [[1.0, 0.3]] in drawn and "Pruned" in [t.get_text() for t in axes.get_legend().get_texts()][-1]
+
+
+RAY_LINES = ("Started a local Ray instance", "Configuration for experiment", "View detailed results here",
+             "Wrote the latest version of all result files", "Tuner.restore", "Trial status:",
+             "Checkpoint successfully created")
+
+
 def test_compact_console_progress(experiment):
-    """One progress line now and then, not Ray's table per step, config box per trial or a log line per checkpoint."""
-    out, err = experiment["out"], experiment["err"]
+    """A line per finished trial (its number and id, how it ended, its best score, its searched values) and a
+    progress line now and then (epochs done of planned and the time left from the first epoch on, so before any
+    trial ended); none of Ray's lines."""
+    out, err, table = experiment["out"], experiment["err"], experiment["table"]
     assert "] 6/6 trials: 6 done (" in out and "| best best_val_acc " in out
-    assert "Trial status:" not in out and "Checkpoint successfully created" not in out + err
+    assert not [line for line in RAY_LINES if line in out + err]
+    # the one-off decode's progress bar, drawn on the driver's console by Ray (tqdm_ray)
+    assert re.search(r"decoding \d+ images at 16px \(once\): +100%", out + err), (out + err)[-3000:]
+    lines = out.splitlines()
+    trial_lines = [line for line in lines if re.match(r"#\d+ [0-9a-f]+  ", line)]
+    numbers = {t.user_attrs["tune_trial_id"]: t.number for t in study_of(experiment["dir"]).values()}
+    expected = set()
+    for row in table.itertuples():
+        ended = f"completed {EPOCHS} epochs" if row.epochs == EPOCHS else f"stopped at epoch {row.epochs}"
+        expected.add(f"#{numbers[row.trial_id]} {row.trial_id}  {ended}  best_val_acc {row.best_val_acc:.4f}  "
+                     f"lr={row.lr:.4g} head_width={row.head_width}")
+    assert set(trial_lines) == expected and len(trial_lines) == len(table)
+    # a progress line at the first epoch, before any trial ended: the epochs run of planned and a time left
+    # (before it, on a slow start, the periodic line says 0 epochs, with no time left yet)
+    first = next(line for line in lines if re.match(r"\[ *\w+\] \d+/6 trials: .* \| epochs [1-9]", line))
+    assert lines.index(first) < lines.index(trial_lines[0])
+    assert re.search(r"\| epochs [1-9]\d*/18 \|.* \| ~\w+ left$", first), first
 
 
 def test_summary_reports_counts_overhead_and_where(experiment):
@@ -302,7 +356,10 @@ def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
     assert ran_all   # a trial of 3 epochs had 3 checkpoints to keep 2 of
 
 
-def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_resume_after_ctrl_c_or_sigterm_reruns_nothing(tiny_imagefolder, tmp_path, stop, status):
+    """Ctrl-C, and SIGTERM as Slurm, Kubernetes or `kill` send it, stop the search cleanly: "Search interrupted",
+    our one resume command (not Ray's Tuner.restore hint), the shell's status of the signal; --resume continues."""
     samples = 5
     # one trial at a time, no early stopping: a trial has finished exactly when it reached epoch 3
     space = write_space(tmp_path, samples=samples, seed=1, max_concurrent=1, grace_period=EPOCHS)
@@ -325,12 +382,19 @@ def test_resume_after_ctrl_c_reruns_nothing(tiny_imagefolder, tmp_path):
             states = []
         reached = ("COMPLETE", EPOCHS) in states and any(s == "RUNNING" and 1 <= n < EPOCHS for s, n in states)
         time.sleep(0 if reached else 0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     assert reached, f"the search never had a finished trial and a running one ({states}): " + \
         (tmp_path / "first.log").read_text()[-3000:]
-    assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    assert proc.wait(timeout=120) == status, (tmp_path / "first.log").read_text()[-3000:]
     console = (tmp_path / "first.log").read_text()   # a real console: the workers' lines reach it too
     assert "Checkpoint successfully created" not in console and "Trial status:" not in console
+    assert f"Search interrupted: {exp_dir}" in console and "Search finished" not in console, console[-3000:]
+    # the times up to the last epoch; the wait for the running trial to stop said apart
+    assert re.search(r"wall time +[\d.]+ s to the last epoch; .* s stopping", console), console[-3000:]
+    resume_lines = [line for line in console.splitlines() if "--resume" in line or "restore" in line.lower()]
+    assert resume_lines == [f"Interrupted: continue with  python -m tune.search --resume --storage {storage} "
+                            f"--name {name}"], console[-3000:]
+    assert not [line for line in RAY_LINES + ("SIGTERM received",) if line in console], console[-3000:]
     before = {p.name: (p / "result.json").read_text() for p in exp_dir.glob("trial_*")
               if (p / "result.json").exists() and (p / "result.json").read_text().strip()}
     # finished = reached its last epoch before the trial after it started (one at a time: Tune had recorded it
@@ -438,7 +502,8 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
                                                                                      by_epoch[3]})
         assert row.best_val_loss == pytest.approx(best_losses[row.trial_id])
     # 2. the summary's best trial is the one with the lowest val_loss at any epoch
-    assert f"best trial   {winner}: best_val_loss={best_losses[winner]:.4f} at epoch {best_epochs[winner]}" in out
+    assert re.search(rf"best trial   #\d+ {winner}: best_val_loss={best_losses[winner]:.4f} at epoch "
+                     rf"{best_epochs[winner]} ", out), out[-3000:]
     # 3. TPE was told each trial's best_val_loss
     study = study_of(exp_dir)
     assert set(study) == set(best_losses)
@@ -475,7 +540,7 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
                                        "--name", name, "--time-budget", "1s"])
     assert code == 0, out[-3000:] + err[-3000:]
     assert f"Time budget 1s used up: continue with  python -m tune.search --resume --storage {storage} --name {name}" in out
-    assert "Search finished" in out and "optuna study" in out
+    assert "Search stopped (Time budget 1s used up)" in out and "optuna study" in out
     first = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
     before = {row.trial_id: iterations(row.path) for row in first.itertuples()}
     assert (first.status != "TERMINATED").any() or len(first) < samples
@@ -583,7 +648,8 @@ def test_resume_with_another_space_data_or_setting_is_refused_naming_each(experi
     for flags, says in ((["--data", str(other)], f"data (saved: '{experiment['data']}', now: '{other}')"),
                         (["--space", str(wider), "--data", str(experiment["data"])], "params.lr (saved: {loguniform: "),
                         (["--set", "lr=0.1"], "params.lr (saved: {loguniform: "),
-                        (["--samples", "9"], "search.samples (saved: 6, now: 9)")):
+                        (["--grace-period", "2"], "search.grace_period (saved: 1, now: 2)"),
+                        (["--samples", "3"], "extends it (more than 6)")):
         code, _, err = run_main(search, ["--resume", "--storage", storage, "--name", name, *flags])
         assert code == 2 and says in err and "start a new search with another --name" in err, (flags, err)
         assert err.count("\n") == 1
@@ -614,3 +680,38 @@ def test_progress_line_breaks_ties_as_the_summary_and_skips_diverged_trials():
     line = progress.line([trial("b", 0.5), trial("c", float("nan")), trial("a", 0.5)], elapsed=1)
     assert "best best_val_loss 0.5000 (a)" in line   # of equal scores the first by id, as tune.experiment.best_trial
     assert "(c)" not in progress.line([trial("c", float("nan"))], elapsed=1)
+
+
+def test_resume_with_more_samples_extends_a_finished_search_on_its_study(tiny_imagefolder, tmp_path):
+    """--resume --samples N runs the trials still missing on the same Optuna study (the sampler learns from all);
+    no finished trial runs again; fewer samples and another --epochs are refused, one line each."""
+    space = write_space(tmp_path, samples=3, seed=3, max_concurrent=1, grace_period=EPOCHS)
+    storage, name = tmp_path / "runs", "extend"
+    exp_dir = storage / name
+    code, out, err = run_main(search, ["--space", str(space), "--data", str(tiny_imagefolder), "--storage",
+                                       str(storage), "--name", name])
+    assert code == 0, out[-3000:] + err[-3000:]
+    before = {p.name: (p / "result.json").read_text() for p in exp_dir.glob("trial_*")}
+    assert len(before) == 3
+
+    resume = ["--resume", "--storage", str(storage), "--name", name]
+    code, out, err = run_main(search, resume + ["--samples", "2"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "extends it (more than 3)" in err, err
+    code, out, err = run_main(search, resume + ["--samples", "5", "--epochs", "5"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "ASHA's rungs" in err and "search.epochs" in err, err
+
+    code, out, err = run_main(search, resume + ["--samples", "5"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "Extending the search by 2 trial(s) on its study (5 in all)" in out and "Search finished" in out
+    table = pd.read_csv(exp_dir / "trials.csv", dtype={"trial_id": str})
+    assert len(table) == 5 and set(table.status) == {"TERMINATED"} and sorted(table.number) == list(range(5))
+    folders = sorted(exp_dir.glob("trial_*"))
+    assert len(folders) == 5
+    for trial_name, text in before.items():
+        assert (exp_dir / trial_name / "result.json").read_text() == text, f"{trial_name} ran again"
+    for folder in folders:   # each trial started once: one first epoch in its results
+        assert iterations(folder).count(1) == 1, folder.name
+    study = study_of(exp_dir)
+    assert set(study) == set(table.trial_id) and sorted(t.number for t in study.values()) == list(range(5))
+    assert {t.state.name for t in study.values()} == {"COMPLETE"}
+    assert yaml.safe_load((exp_dir / "search_space.yaml").read_text())["search"]["samples"] == 5

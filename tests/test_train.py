@@ -1,4 +1,6 @@
 """The epoch loop end to end: it learns, keeps the best weights, checkpoints round-trip, runs resume."""
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -222,15 +224,18 @@ def test_resume_with_another_data_root_or_model_config_is_refused(tiny_config, t
 
 
 class Interrupt:
-    """engine.evaluate that raises KeyboardInterrupt (Ctrl-C) at the given call."""
+    """engine.evaluate that raises KeyboardInterrupt (Ctrl-C) at the given call, or sends this process a real
+    signal (`sig`: SIGTERM as `kill` sends it)."""
 
-    def __init__(self, at):
-        self.at, self.calls, self.real = at, 0, engine.evaluate
+    def __init__(self, at, sig=None):
+        self.at, self.calls, self.real, self.sig = at, 0, engine.evaluate, sig
 
     def __call__(self, *args):
         self.calls += 1
         if self.calls == self.at:
-            raise KeyboardInterrupt
+            if self.sig is None:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), self.sig)
         return self.real(*args)
 
 
@@ -246,16 +251,17 @@ def test_history_csv_keeps_the_epochs_before_a_ctrl_c(tiny_config, tmp_path, mon
     assert list(history.epoch) == [1, 2, 3, 4] and history.val_acc.notna().all()
 
 
-def test_ctrl_c_during_dogs_train_exits_130_with_the_command_that_resumes(tiny_imagefolder, tmp_path, monkeypatch,
-                                                                          capsys):
+@pytest.mark.parametrize("sig, status", [(None, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_dogs_train_exits_with_the_command_that_resumes(tiny_imagefolder, tmp_path,
+                                                                                 monkeypatch, capsys, sig, status):
     import shlex
-    monkeypatch.setattr(engine, "evaluate", Interrupt(at=2))
+    monkeypatch.setattr(engine, "evaluate", Interrupt(at=2, sig=sig))
     monkeypatch.chdir(tmp_path)   # no --out: the default runs/train-<time> lands here
     argv = ["--data", str(tiny_imagefolder), "--set", "model=cnn", "image_size=16", "batch_size=16", "epochs=3",
             "--device", "cpu"]
     with pytest.raises(SystemExit) as stop:
         train.main(argv)
-    assert stop.value.code == 130
+    assert stop.value.code == status
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
     command = shlex.split(err[0].split("continue with: ")[1])

@@ -10,9 +10,11 @@
 """
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
+from dogs import interrupt, ranking
 from dogs.cli import ArgumentParser
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, reevaluate, spaces, storage, use
@@ -186,7 +188,14 @@ def best(args):
         check_classes(config, ckpt["classes"])
         print(f"Retraining the {'chosen' if args.top else 'best'} config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
-        handed = run(config, out_dir, train_on_val=args.train_on_val)["checkpoint"]
+        interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the retrain as Ctrl-C does
+        try:
+            handed = run(config, out_dir, train_on_val=args.train_on_val)["checkpoint"]
+        except KeyboardInterrupt:
+            again = shlex.join(["python", "-m", "dogs.train", "--config", str(Path(out_dir, "config.json")),
+                                "--out", str(out_dir), "--resume"] + (["--train-on-val"] if args.train_on_val else []))
+            print(f"dogs-best: retrain interrupted; continue it with: {again}", file=sys.stderr)
+            return interrupt.exit_status()
         model, ckpt = dogs_checkpoint.load(handed)   # the retrained best.pt predicts, with report/
     elif args.top:   # the chosen run's checkpoint is handed over as best.pt
         out_dir.mkdir(parents=True, exist_ok=True)

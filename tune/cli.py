@@ -16,6 +16,7 @@ SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
 FLAG_NOTES = {
     "metric": f"one of {', '.join(METRICS)}; a trial's score is best_<metric> over its epochs",
     "time_budget": "With --resume: this session's budget instead of the saved one ('none': no budget)",
+    "samples": "With --resume: more than the saved samples extends the search by the missing trials, on its study",
 }
 NO_BUDGET = ("none", "null")
 FREE_TEXT = ("metric",)   # no argparse choices: the space check refuses an unknown metric, naming the known ones

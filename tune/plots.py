@@ -1,6 +1,7 @@
 """Search plots: Optuna's matplotlib visualisations of an experiment's study, as PNGs in <experiment>/plots/.
 
-    optimization_history.png   every trial's score (best_<metric>) in order, and the best so far
+    optimization_history.png   every trial's score (best_<metric>) by trial number, and the best so far; trials
+                               ASHA stopped (PRUNED) as grey crosses at their best epoch's score
     intermediate_values.png    every trial's best-so-far per epoch: ASHA's rungs are where lines stop
     param_importances.png      how much each parameter explains the score (Optuna's default, PED-ANOVA)
     parallel_coordinate.png    each complete trial as a line through its parameter values, coloured by score
@@ -47,6 +48,8 @@ def write_plots(exp_dir, out=None):
                 try:
                     plot = getattr(vis, f"plot_{name}")
                     axes = plot(study, target_name=metric) if name not in ("intermediate_values",) else plot(study)
+                    if name == "optimization_history":
+                        add_pruned(axes, study)
                 except (ValueError, RuntimeError) as err:   # Optuna's own "cannot plot this study" errors
                     why = str(err).splitlines()[0]
             if why is not None:
@@ -60,6 +63,19 @@ def write_plots(exp_dir, out=None):
             written.append(storage.join(out, f"{name}.png"))
         _copy_out(tmp, out)
     return written, skipped
+
+
+def add_pruned(axes, study):
+    """Optuna's history draws complete trials only: ASHA's stops (PRUNED) are added at their score when stopped
+    (their best intermediate value), as grey crosses by trial number. Returns [(number, value)] drawn."""
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    points = [(t.number, pick(t.intermediate_values.values())) for t in study.trials
+              if t.state.name == "PRUNED" and t.intermediate_values]
+    if points:
+        ax = axes.flat[0] if hasattr(axes, "flat") else axes
+        ax.scatter(*zip(*points), marker="x", color="grey", label="Pruned (stopped early; its best epoch)", zorder=3)
+        ax.legend(loc="best")
+    return points
 
 
 def _copy_out(local, out):

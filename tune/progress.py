@@ -1,11 +1,17 @@
-"""A compact live progress line for the console, instead of Ray's config box per trial and a log line per
-checkpoint (tune.search -v brings Ray's full output back):
+"""The console of a search, instead of Ray's config box per trial and a log line per checkpoint (tune.search -v
+brings Ray's full output back): one line per finished trial, and a progress line now and then.
 
-    [  2m05s] 14/30 trials: 9 done (5 stopped early, 0 errored), 2 running | best best_val_acc 0.8736 [0.81, 0.92] (d19fa2df) | ~3m10s left
+    #3 ef4ab16e  stopped at epoch 2  best_val_acc 0.4100  lr=0.0003 head_width=32
+    [  2m05s] 14/30 trials: 9 done (5 stopped early, 0 errored), 2 running | epochs 41/90 | running 1d2c3b4a e2 0.61, \
+ab12cd34 e1 0.33 | best best_val_acc 0.8736 [0.81, 0.92] (#6 d19fa2df) | ~3m10s left
 
-[0.81, 0.92]: the best score's 95% interval (dogs.uncertainty). Printed when a trial ends, and at most every
-`every_s` seconds otherwise. The time left is an estimate: the epochs still to run (trials not started x the mean epochs of finished trials, plus what running ones have
-left of that mean) at the rate epochs have run so far.
+[0.81, 0.92]: the best score's 95% interval (dogs.uncertainty). A trial's name is its Optuna trial number and its
+Tune id (`#3 ef4ab16e`), as in trials.csv and the summary.
+The progress line is printed at the search's first epoch, when a trial ends, and at most every `every_s` seconds
+otherwise. "epochs 41/90": epochs run / at most planned (samples x epochs; ASHA stops some trials sooner). The
+time left is an estimate, from the first epoch on: the epochs still to run (trials not started x the mean epochs
+of finished trials, or the whole epochs before any finished, plus what running ones have left of that) at the
+rate epochs have run in this session.
 """
 import time
 
@@ -22,13 +28,35 @@ def duration(seconds):
     return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-class ProgressCallback(tune.Callback):
-    """Prints one progress line now and then (see the module docstring)."""
+def short(value):
+    """A searched value, short: 4 significant digits for floats (3e-4 as 0.0003)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    def __init__(self, samples, epochs, metric, mode, every_s=30.0, out=print):
+
+def trial_numbers(exp_dir):
+    """{Tune trial id: Optuna trial number} of the experiment's study; {} when it cannot be read now."""
+    from tune.study import open_study, trial_numbers as numbers_of   # here: tune.study imports Optuna
+
+    try:
+        with open_study(exp_dir) as study:
+            return numbers_of(study)
+    except Exception:   # the console line only: a study not readable this moment leaves the number out
+        return {}
+
+
+def trial_name(trial_id, numbers):
+    """`#3 ef4ab16e`: the Optuna trial number and the Tune id (the id alone when the number is unknown)."""
+    return f"#{numbers[trial_id]} {trial_id}" if trial_id in numbers else trial_id
+
+
+class ProgressCallback(tune.Callback):
+    """Prints a line per finished trial and a progress line now and then (see the module docstring)."""
+
+    def __init__(self, samples, epochs, metric, mode, every_s=30.0, out=print, searched=(), exp_dir=None):
         self.samples, self.epochs, self.score, self.mode = samples, epochs, f"best_{metric}", mode
-        self.every_s, self.out = every_s, out
+        self.every_s, self.out, self.searched, self.exp_dir = every_s, out, list(searched), exp_dir
         self._start = self._last = None
+        self._ran = 0   # epochs reported in this session
 
     def on_step_begin(self, iteration, trials, **info):
         if self._start is None:
@@ -38,44 +66,77 @@ class ProgressCallback(tune.Callback):
         if self._start is not None and time.monotonic() - self._last >= self.every_s:
             self._print(trials)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._ran += 1
+        if self._ran == 1:   # the first epoch: epochs per second known, so the time left
+            self._print(trials, now={trial.trial_id: result})
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._print(trials, ended={trial.trial_id: "TERMINATED"})
+        self._ended(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(trials, ended={trial.trial_id: "ERROR"})
+        self._ended(trials, trial, "ERROR")
 
-    def line(self, trials, elapsed, ended=None):
-        """The progress line; `ended`: {trial id: status} of trials ending now (Tune calls back before it sets it)."""
+    def trial_line(self, trial, status, numbers):
+        """`#3 ef4ab16e  stopped at epoch 2  best_val_acc 0.4100  lr=0.0003 head_width=32`."""
+        result = trial.last_result or {}
+        epoch = result.get(STEP, 0)
+        ended = (f"errored at epoch {epoch + 1}" if status == "ERROR" else
+                 f"stopped at epoch {epoch}" if epoch < self.epochs else f"completed {epoch} epochs")
+        score = result.get(self.score)
+        values = " ".join(f"{name}={short(trial.config[name])}" for name in self.searched if name in trial.config)
+        return "  ".join(part for part in (trial_name(trial.trial_id, numbers), ended,
+                                           f"{self.score} {score:.4f}" if score is not None else "", values) if part)
+
+    def line(self, trials, elapsed, ended=None, numbers=None, now=None):
+        """The progress line; `ended`: {trial id: status} of trials ending now, `now`: {trial id: result} of a
+        result coming in now (Tune calls back before it sets them)."""
         status = {t.trial_id: (ended or {}).get(t.trial_id, t.status) for t in trials}
+        results = {t.trial_id: (now or {}).get(t.trial_id, t.last_result) or {} for t in trials}
         done = [t for t in trials if status[t.trial_id] in ("TERMINATED", "ERROR")]
         errored = sum(s == "ERROR" for s in status.values())
-        stopped = sum(status[t.trial_id] == "TERMINATED" and (t.last_result or {}).get(STEP, self.epochs) < self.epochs
+        stopped = sum(status[t.trial_id] == "TERMINATED" and results[t.trial_id].get(STEP, self.epochs) < self.epochs
                       for t in trials)
         running = [t for t in trials if status[t.trial_id] == "RUNNING"]
+        ran = sum(results[t.trial_id].get(STEP, 0) for t in trials)
         text = (f"[{duration(elapsed):>7}] {len(done)}/{self.samples} trials: {len(done)} done ({stopped} stopped "
-                f"early, {errored} errored), {len(running)} running")
+                f"early, {errored} errored), {len(running)} running | epochs {ran}/{self.samples * self.epochs}")
+        scores = [f"{t.trial_id} e{results[t.trial_id][STEP]} {results[t.trial_id][self.score]:.4f}" for t in running
+                  if results[t.trial_id].get(self.score) is not None]
+        if scores:
+            text += " | running " + ", ".join(scores)
         # of equal scores the first trial by id, as the summary and tune.best (dogs.ranking)
-        best = ranking.best(sorted(trials, key=lambda t: t.trial_id), lambda t: (t.last_result or {}).get(self.score),
+        best = ranking.best(sorted(trials, key=lambda t: t.trial_id), lambda t: results[t.trial_id].get(self.score),
                             self.mode)
         if best is not None:   # with the 95% interval of its score (dogs.uncertainty)
-            value = best.last_result[self.score]
-            bounds = uncertainty.interval(self.score.removeprefix("best_"), value, best.last_result)
+            value = results[best.trial_id][self.score]
+            bounds = uncertainty.interval(self.score.removeprefix("best_"), value, results[best.trial_id])
             text += f" | best {self.score} {value:.4f}" + (f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else "") \
-                + f" ({best.trial_id})"
-        finished = [t for t in done if t.last_result]
-        ran = sum((t.last_result or {}).get(STEP, 0) for t in trials)
-        if finished and ran and elapsed > 0:
-            mean = sum(t.last_result.get(STEP, 0) for t in finished) / len(finished)
+                + f" ({trial_name(best.trial_id, numbers or {})})"
+        if self._ran and elapsed > 0:
+            finished = [t for t in done if results[t.trial_id]]
+            mean = (sum(results[t.trial_id].get(STEP, 0) for t in finished) / len(finished) if finished
+                    else self.epochs)
             left = (max(0, self.samples - len(done) - len(running)) * mean
-                    + sum(max(0.0, mean - (t.last_result or {}).get(STEP, 0)) for t in running))
-            text += f" | ~{duration(left * elapsed / ran)} left"
+                    + sum(max(0.0, mean - results[t.trial_id].get(STEP, 0)) for t in running))
+            text += f" | ~{duration(left * elapsed / self._ran)} left"
         return text
 
-    def _print(self, trials, ended=None):
+    def _ended(self, trials, trial, status):
+        numbers = trial_numbers(self.exp_dir) if self.exp_dir else {}
+        self.out(self.trial_line(trial, status, numbers), flush=True)
+        self._print(trials, ended={trial.trial_id: status}, numbers=numbers)
+
+    def _print(self, trials, ended=None, numbers=None, now=None):
         self._last = time.monotonic()
-        self.out(self.line(trials, self._last - (self._start or self._last), ended), flush=True)
+        self.out(self.line(trials, self._last - (self._start or self._last), ended, numbers, now), flush=True)
+
+    def __setstate__(self, state):
+        # a callback pickled before the trial lines: no searched names, no experiment folder
+        self.__dict__.update({"searched": [], "exp_dir": None, **state})
 
     def __getstate__(self):
         # tuner.pkl: no clock; the printer is print
         return {"samples": self.samples, "epochs": self.epochs, "score": self.score, "mode": self.mode,
-                "every_s": self.every_s, "out": print, "_start": None, "_last": None}
+                "every_s": self.every_s, "out": print, "searched": self.searched, "exp_dir": self.exp_dir,
+                "_start": None, "_last": None, "_ran": 0}

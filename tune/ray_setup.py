@@ -1,6 +1,7 @@
 """Ray for a search: auth mode, the environment Ray and Tune read, a local Ray or a cluster joined, the resources
 a search may ask of it, and how many trials run at once (the slots)."""
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -14,11 +15,18 @@ def joins_cluster(address):
     return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
-def set_environment(address):
+def set_environment(address, verbose=False):
     """The environment variables Ray and Tune read when imported or started, each only when not set already."""
+    if not verbose:
+        # Tune's old output engine at verbose 0 prints nothing; the new one prints a "Configuration for
+        # experiment" box and "View detailed results here" whatever the verbosity (our progress line says it)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not joins_cluster(address):
         # a local Ray would listen on every interface; keep it on 127.0.0.1 (Ray reads this when imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # the trials' build progress bars (tqdm_ray, drawn by the driver) without Ray replacing builtins.print in this
+    # process: a bar left open by a trial that died would be redrawn around every later print, errors included
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     # Ray's own TensorBoard writer off (ours writes curves + HParams); JSON/CSV loggers are added explicitly
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ray's record of each trial's checkpoints (in every save of the experiment state) holds only their score:
@@ -75,6 +83,8 @@ def start_ray(address, verbose=False):
         logging.getLogger("ray.train").setLevel(logging.WARNING)
 
     runtime_env = None if verbose else {"worker_process_setup_hook": quiet_ray_train}
+    if not verbose:
+        quiet_driver()
     if address:
         # said before: Ray retries an address it cannot reach for minutes, with its own lines only
         print(f"Joining the Ray cluster at {address} ({source}; without it, the search starts a Ray of its own "
@@ -83,10 +93,32 @@ def start_ray(address, verbose=False):
         print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
     else:
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env,
+                 logging_level=logging.INFO if verbose else logging.WARNING)   # "Started a local Ray instance"
         print(f"Started a local Ray on 127.0.0.1 for this search only (RAY_AUTH_MODE={mode}, dashboard off; "
               "a running Ray cluster is joined only with --address)")
     return ray.cluster_resources()
+
+
+class _NotOurs(logging.Filter):
+    """Drops the lines of Ray's that tell what our own lines tell better: its resume hint (`Tuner.restore(...)`,
+    a Python call; the search prints its --resume command) and the list of trials not completed (the summary
+    counts them)."""
+
+    HIDDEN = ("Experiment has been interrupted", "Trials did not complete")
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.HIDDEN)
+
+
+def quiet_driver():
+    """Without -v: Ray Tune's INFO lines ("Wrote the latest version of all result files ...") and its resume hint
+    stay out of the console; its warnings and errors still show."""
+    tune_log = logging.getLogger("ray.tune")
+    tune_log.setLevel(logging.WARNING)
+    logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NotOurs) for f in logger.filters):
+        logger.addFilter(_NotOurs())
 
 
 def check_resources(s, resources, autoscaling=False):

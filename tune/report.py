@@ -12,7 +12,7 @@ from dogs.config import DEFAULTS, weights_file
 from dogs.data import VALIDATION, holdout_mask, labeled_split
 from dogs.models import hub_file
 from tune import experiment, spaces, storage
-from tune.study import abandoned_trial_ids, open_study, study_where
+from tune.study import abandoned_trial_ids, open_study, study_where, trial_numbers
 
 SMALL_VALIDATION = 30   # images per class below which an early epoch's score ranks trials poorly (issue #9)
 
@@ -100,9 +100,11 @@ def trials_table(exp_dir, space, trials=None):
     never runs it again."""
     table = experiment.trials_table(exp_dir, space, trials)
     with open_study(exp_dir) as study:
-        abandoned = abandoned_trial_ids(study)
+        abandoned, numbers = abandoned_trial_ids(study), trial_numbers(study)
     if len(table) and abandoned:
         table.loc[table.trial_id.isin(abandoned), "status"] = "ABANDONED"
+    # one name per trial: the Optuna trial number beside the Tune id (as the console and optuna-dashboard)
+    table.insert(0, "number", table.trial_id.map(numbers).astype("Int64") if len(table) else pd.Series(dtype="Int64"))
     return table
 
 
@@ -141,19 +143,35 @@ def observed_concurrency(trials, since=None):
     return (own / span if span > 0 else float(len(epochs))), most, own
 
 
-def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=None):
+def last_report(trials, since=None):
+    """When the last epoch of this session (reported at or after `since`) was reported; None when none was."""
+    ends = [r["reported_at"] for t in trials for r in t.results
+            if r.get("reported_at") is not None and (since is None or r["reported_at"] >= since)]
+    return max(ends, default=None)
+
+
+def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=None, stopped=None):
     """The lines printed at the end of a search; the best trial is tune.best's (tune.experiment.best_trial).
-    Times and concurrency are this session's (`since`: when it started; a resumed search ran some epochs before)."""
+    Times and concurrency are this session's (`since`: when it started; a resumed search ran some epochs before).
+    `stopped`: why the search stopped before its last trial (Ctrl-C, SIGTERM, the time budget); then the times
+    run to the last epoch reported, not the wait for the running trials to stop."""
     s = space["search"]
     mean, most, own_s = observed_concurrency(trials, since)
     metric, mode, score = s["metric"], s["mode"], f"best_{s['metric']}"
     scored = table[table[score].notna()]
     trial_s = own_s if trials else float(table.time_s.fillna(0).sum())
-    lines = ["", f"Search finished: {exp_dir}"]
+    stopping_s = 0.0
+    last = last_report(trials, since) if stopped and since is not None else None
+    if last is not None and since + wall_s > last:
+        stopping_s, wall_s = since + wall_s - last, last - since
+    header = {None: "Search finished", "Interrupted": "Search interrupted"}.get(stopped, f"Search stopped ({stopped})")
+    lines = ["", f"{header}: {exp_dir}"]
     if len(scored):
         best = scored.loc[ranking.best(scored.index, lambda i: scored.at[i, score], mode)]   # ties: the first row
         params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
-        lines += [f"  best trial   {best.trial_id}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
+        number = best.get("number")
+        name = best.trial_id if number is None or pd.isna(number) else f"#{number} {best.trial_id}"   # as the console
+        lines += [f"  best trial   {name}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
                   f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",
                   experiment.interval_line(scored, best, metric),
                   f"  best config  {params}",
@@ -166,9 +184,10 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
         + (f", {int((table.status == 'ABANDONED').sum())} abandoned (started by a killed driver before Ray saved "
            "them; never resumed)" if (table.status == "ABANDONED").any() else ""),
         f"  optuna study {study_states(exp_dir, space)} (ASHA's early stops are PRUNED); {study_where(exp_dir)}",
-        f"  wall time    {wall_s:.1f} s; trials' own time {trial_s:.1f} s; they ran {mean:.2f} at a time on "
+        f"  wall time    {wall_s:.1f} s{' to the last epoch' if stopping_s else ''}; trials' own time {trial_s:.1f} s; "
+        f"they ran {mean:.2f} at a time on "
         f"average, at most {most}, in {slots} slot(s); driver overhead {wall_s - trial_s / slots:.1f} s "
-        f"(wall - trial time / slots)",
+        f"(wall - trial time / slots)" + (f"; then {stopping_s:.1f} s stopping" if stopping_s else ""),
         f"  results      {storage.join(exp_dir, 'trials.csv')}; tensorboard --logdir {exp_dir}",
     ]
     return lines

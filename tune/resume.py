@@ -27,18 +27,38 @@ def resumed_experiment(args, runs):
         with study.open_study(exp_dir):
             pass
     space = saved_space(exp_dir)
+    samples = extended_samples(args, space["search"]["samples"])
     try:
         differ = resume_differences(args, exp_dir, space)
     except UserError as err:
         raise UserError(f"--resume: {err}") from None
     if differ:
         raise UserError(f"--resume continues {exp_dir} as it was searched (its search_space.yaml), but the command "
-                        f"line says otherwise: {'; '.join(differ)}. Drop those flags (--time-budget may change), or "
-                        "start a new search with another --name")
+                        f"line says otherwise: {'; '.join(differ)}. Drop those flags (--time-budget and a larger "
+                        "--samples may change), or start a new search with another --name")
     print(f"Resuming {exp_dir} with its saved space, data and settings (--time-budget may change)")
+    space["search"]["samples"] = samples
     if args.time_budget is not None:   # this session's budget (checked by the flag's type)
         space["search"]["time_budget"] = None if args.time_budget.lower() in NO_BUDGET else args.time_budget
     return exp_dir, space
+
+
+# why a setting cannot change on --resume, where the reason is not plain
+WHY_FIXED = {"epochs": "ASHA's rungs and the finished trials were set by the saved epochs; extend with a larger "
+                       "--samples, or start a new search for more epochs"}
+
+
+def extended_samples(args, saved):
+    """--resume --samples N: N trials in all (more than the saved ones: the extra ones asked of the same study);
+    the saved number without --samples."""
+    given = settings_from_args(args).get("samples")
+    if given is None or given == saved:
+        return saved
+    if given < saved:
+        raise UserError(f"--resume --samples {given}: the search has {saved} samples already; --samples on --resume "
+                        f"extends it (more than {saved}), it never removes trials; or start a new search with "
+                        "another --name")
+    return given
 
 
 def resume_differences(args, exp_dir, space):
@@ -46,6 +66,7 @@ def resume_differences(args, exp_dir, space):
     the experiment's saved space, one "name (saved: x, now: y)" each; [] when they say the same or are not given
     (the same command again with --resume is fine; another space or data set would silently be ignored)."""
     settings = {k: v for k, v in settings_from_args(args).items() if v is not None and k != "time_budget"}
+    may_change = {"time_budget"} | ({"samples"} if "samples" in settings else set())   # see extended_samples
     if not (args.space or args.data or args.set or args.smoke_test or settings):
         return []
     overrides = {**(SMOKE_SETTINGS if args.smoke_test else {}), **settings}
@@ -62,8 +83,9 @@ def resume_differences(args, exp_dir, space):
             raw = load_yaml(Path(local, experiment.SPACE_FILE).read_text())
         raw.pop("data", None)
         given = spaces.validate(raw, storage.join(exp_dir, experiment.SPACE_FILE), overrides, sets, data)
-    differ = [f"search.{key} (saved: {space['search'][key]!r}, now: {given['search'][key]!r})"
-              for key in space["search"] if key != "time_budget" and given["search"][key] != space["search"][key]]
+    differ = [f"search.{key} (saved: {space['search'][key]!r}, now: {given['search'][key]!r}"
+              + (f"; {WHY_FIXED[key]}" if key in WHY_FIXED else "") + ")"
+              for key in space["search"] if key not in may_change and given["search"][key] != space["search"][key]]
     given_params = {p["name"]: p for p in given["params"]}
     for name in sorted(set(saved_params) | set(given_params)):
         was, now = saved_params.get(name), given_params.get(name)

@@ -15,11 +15,14 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
+from dogs import interrupt
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
 from tune import cli, plots, ray_setup, settings, spaces, storage, trackers
@@ -38,7 +41,8 @@ def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
     if args.name is not None and name_problem(args.name):   # before anything: the name makes folders and URLs
         raise UserError(f"--name: {name_problem(args.name)}")
-    ray_setup.set_environment(args.address)
+    ray_setup.set_environment(args.address, args.verbose)
+    interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, spot preemption, kill) stops as Ctrl-C does
     args.log = trackers.parse_log(args.log)   # a missing package: said before anything starts
     if args.resume and (args.log or args.mlflow_uri):
         raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
@@ -63,10 +67,11 @@ def search(args):
     with ray_setup.worker_folder(args.address) as workers:
         try:
             resources = ray_setup.start_ray(args.address, args.verbose)
+            interrupt.catch_sigterm()   # again: ray.init installs its own handler (exit 1, no resume line)
         except KeyboardInterrupt:
             ray.shutdown()   # whatever part of Ray had started
             print(interrupted_at_start(args, runs, exp_dir), file=sys.stderr)
-            return 130
+            return interrupt.exit_status()
         try:
             return fit(args, space, exp_dir, runs, resources, workers)
         finally:
@@ -132,6 +137,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
     if args.resume:
         grid_tuner = tuner.restore_tuner(s, exp_dir)
+        storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
     else:
         with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
             grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
@@ -148,13 +154,24 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
+    ctrl_c = signal.getsignal(signal.SIGINT)
     tuner.StudySearcher.lost = None
     try:
         with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget, \
                 storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
-            grid = grid_tuner.fit()
+            grid, before = grid_tuner.fit(), 0
+            # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
+            table = report.trials_table(exp_dir, space) if args.resume else None
+            extra = s["samples"] - int((table.status != "ABANDONED").sum()) if args.resume else 0
+            if extra > 0 and not budget.is_set() and not (table.status == "UNFINISHED").any():
+                print(f"Extending the search by {extra} trial(s) on its study ({s['samples']} in all)")
+                before = len(table)
+                grid = tuner.make_tuner(space, runs, storage.name(exp_dir), study_storage(exp_dir), args.verbose,
+                                        slots=None if joined else slots, rung_slots=slots, extend=extra).fit()
     finally:
         tuner.StudySearcher.resumed_in = None
+        if threading.current_thread() is threading.main_thread():   # Tune leaves its Ctrl-C handler after fit:
+            signal.signal(signal.SIGINT, ctrl_c)                     # a later Ctrl-C would only set its flag
     if tuner.StudySearcher.lost:   # its database went away: Tune stopped as on Ctrl-C; what it could not write is saved
         print(f"dogs-search: error: {tuner.StudySearcher.lost}; once it answers again, continue with  "
               f"{resume_command(runs, exp_dir)}", file=sys.stderr)
@@ -162,21 +179,31 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     wall_s = time.time() - start
     trials = read_trials(exp_dir)
     table = report.trials_table(exp_dir, space, trials)
-    pending = max(0, len(grid) - len(table))   # trials Tune created that never started: no folder yet
+    pending = max(0, len(grid) - (len(table) - before))   # trials Tune created that never started: no folder yet
+    created = int((table.status != "ABANDONED").sum()) + pending
+    stopped = pending or (table.status == "UNFINISHED").any() or created < s["samples"]
+    why = (f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
-    print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start)
+    print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
                     + report.failure_hints(exp_dir, table)))
     print("\n".join(plots.report(exp_dir)))
-    if pending or (table.status == "UNFINISHED").any() or len(grid) < s["samples"]:
-        why = f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted"
+    if stopped:
         print(f"{why}: continue with  {resume_command(runs, exp_dir)}")
-        return 0 if budget.is_set() else 130
+        return 0 if budget.is_set() else interrupt.exit_status()
     if not table[f"best_{s['metric']}"].notna().any():   # every trial errored or diverged: nothing to hand over
         print(f"dogs-search: error: no trial reported a finite {s['metric']} ({int((table.status == 'ERROR').sum())} "
               f"of {len(table)} errored; see the lines above): there is no best trial", file=sys.stderr)
         return 1
     return 0
+
+
+def study_storage(exp_dir):
+    """The --optuna-storage an experiment was searched with (None: its own study.db)."""
+    from tune.study import read_state
+
+    state = read_state(exp_dir)
+    return None if state["in_experiment"] else state["study_url"]
 
 
 def resume_command(runs, exp_dir):

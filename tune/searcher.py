@@ -34,10 +34,9 @@ from dogs.errors import ExperimentError, UserError
 from dogs.files import atomic_path
 from tune import distributions, storage
 from tune.settings import SAMPLERS
-from tune.study import ABANDONED, STUDY_FILE, open_storage, shown_url, sqlite_path, study_location
+from tune.study import ABANDONED, STUDY_FILE, TRIAL_ATTR, open_storage, shown_url, sqlite_path, study_location
 
 STEP = "training_iteration"   # ASHA's time_attr: one step per epoch
-TRIAL_ATTR = "tune_trial_id"
 
 
 def startup_trials(samples):
@@ -77,7 +76,8 @@ class StudySearcher(Searcher):
     lost = None
 
     def __init__(self, params, metric, mode, *, max_t, exp_dir, optuna_storage=None, sampler="tpe", seed=0,
-                 samples=10, first_trials=()):
+                 samples=10, first_trials=(), extend=False):
+        """`extend`: more trials for the experiment's existing study (--resume --samples N), not a new study."""
         super().__init__(metric=metric, mode=mode)
         self.params, self.max_t = params, max_t
         self.study_url, self.mirror = study_location(exp_dir, optuna_storage)
@@ -87,7 +87,8 @@ class StudySearcher(Searcher):
         self.numbers = {}         # Tune trial id -> study trial number, of every trial this search handed out
         self.unwritten = []       # [call, Tune trial id, args] the database refused: replayed by restore()
         self._reset()
-        self._create(first_trials)
+        if not extend:   # else the study is loaded when first asked (the sampler learns from all its trials)
+            self._create(first_trials)
 
     def _reset(self):
         """What lives in this process only: the open study and trials."""

@@ -15,6 +15,7 @@ from tune import storage
 
 STUDY_FILE = "study.db"
 ABANDONED = "abandoned_tune_trial_ids"   # Tune trials of a killed driver that Ray's saved state never knew
+TRIAL_ATTR = "tune_trial_id"             # the Tune trial id of a study trial (one name per trial: #<number> <id>)
 
 
 class PickledSearcherState(ExperimentError):
@@ -58,6 +59,12 @@ def abandoned_trial_ids(study):
     """Tune trial ids a killed driver had started that Ray's saved state did not know: --resume never runs
     them again (their configuration went to a new trial, or their study trial is FAIL)."""
     return {trial_id for t in study.trials for trial_id in t.user_attrs.get(ABANDONED, [])}
+
+
+def trial_numbers(study):
+    """{Tune trial id: Optuna trial number}; of a trial retried after an error (a new study trial with the same
+    Tune id, user attribute retry_of) the latest."""
+    return {t.user_attrs[TRIAL_ATTR]: t.number for t in study.get_trials(deepcopy=False) if TRIAL_ATTR in t.user_attrs}
 
 
 def shown_url(url):

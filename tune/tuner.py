@@ -17,6 +17,7 @@ from tune.settings import asha_rungs
 from tune.progress import ProgressCallback
 from tune.retention import KeepBestAndLatest
 from tune.searcher import StudySearcher
+from tune.spaces import searched_names
 from tune.tensorboard import TensorBoardCallback
 
 
@@ -30,16 +31,18 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1, loggers=()):
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1, loggers=(), extend=0):
     """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard,
-    and the trackers' callbacks (`loggers`: tune.trackers)."""
-    s = space["search"]
+    and the trackers' callbacks (`loggers`: tune.trackers). `extend`: that many more trials in an existing
+    experiment folder, asked of its study (--resume --samples N)."""
+    s = dict(space["search"], samples=extend) if extend else space["search"]
     # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
     # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
     score = f"best_{s['metric']}"
     searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
                              optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
-                             samples=s["samples"], first_trials=space["first_trials"])
+                             samples=s["samples"], first_trials=() if extend else space["first_trials"],
+                             extend=bool(extend))
     time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
                               reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
@@ -60,7 +63,9 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
                        TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"]),
                        *loggers]
-                      + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"])]),
+                      + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"],
+                                                              searched=searched_names(space),
+                                                              exp_dir=storage.join(runs, name))]),
         ),
     )
 
