@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from dogs import interrupt, ranking
+from dogs import interrupt
 from dogs.cli import ArgumentParser
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, reevaluate, spaces, storage, use
