@@ -12,11 +12,15 @@ def _as_ctrl_c(signum, frame):
     signal.raise_signal(signal.SIGINT)
 
 
-def catch_sigterm():
-    """Handle SIGTERM as Ctrl-C from now on (again after ray.init, which installs its own handler)."""
+def catch_sigterm(keyboard_interrupt=False):
+    """Handle SIGTERM as Ctrl-C from now on (again after ray.init, which installs its own handler).
+    keyboard_interrupt: Ctrl-C raises KeyboardInterrupt, as a plain loop (dogs.train) expects, even where an earlier
+    Ray Tune run of this process left its own Ctrl-C handler installed."""
     _terminated.clear()   # a SIGTERM of an earlier command of this process (tests run several) is not this one's
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _as_ctrl_c)
+        if keyboard_interrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def exit_status():

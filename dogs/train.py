@@ -175,7 +175,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
-    interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops as Ctrl-C does
+    interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM (Slurm, Kubernetes, kill) stops as Ctrl-C does
     try:
         # config: file, then --set, then --data; every value checked before anything runs
         config = load_config_file(args.config) if args.config else {}

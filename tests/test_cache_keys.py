@@ -57,6 +57,7 @@ def alternatives(other, weights):
         "lr": 3e-4, "backbone_lr": 1e-5, "weight_decay": 1e-4, "label_smoothing": 0.1, "seed": 1,
         "optimizer": "sgd", "schedule": "cosine", "warmup_epochs": 1, "mixup": 0.2, "cutmix": 1.0, "ema": 0.99,
         "metric": "val_loss", "mode": "min", "precision": "bf16", "channels_last": False, "compile": True,
+        "holdout": 0.3,
     }
 
 

@@ -188,7 +188,7 @@ def best(args):
         check_classes(config, ckpt["classes"])
         print(f"Retraining the {'chosen' if args.top else 'best'} config for {config['epochs']} epochs"
               f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
-        interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the retrain as Ctrl-C does
+        interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM (Slurm, Kubernetes, kill) stops the retrain as Ctrl-C does
         try:
             handed = run(config, out_dir, train_on_val=args.train_on_val)["checkpoint"]
         except KeyboardInterrupt:
