@@ -160,10 +160,11 @@ def evaluate(model, forward, loss_fn, batches, amp):
         classes = logits.shape[1]
         if confusion is None:
             confusion = torch.zeros(classes * classes, device=batches.device, dtype=torch.long)
+        predicted = logits.argmax(1)
         total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        confusion.index_add_(0, y * classes + logits.argmax(1), torch.ones_like(y))
+        confusion.index_add_(0, y * classes + predicted, torch.ones_like(y))
         labels.append(y)
-        predictions.append(logits.argmax(1))
+        predictions.append(predicted)
         top5 += (logits.topk(min(5, classes), dim=1).indices == y[:, None]).any(1).sum()
         seen += len(y)
     confusion = confusion.view(classes, classes).cpu().numpy()
