@@ -6,12 +6,13 @@
 
 A module "passed through" is one of ours (dogs/, tune/) with at least one of its functions called in the driver
 process (sys.setprofile) while tune.best runs; Ray workers (--retrain --top's runs) are not counted. Each path runs
-in its own process with --out in a temporary folder, so the experiment is never written to.
+in its own process on a temporary copy of the experiment (--retrain --top writes its runs into it).
 """
 import argparse
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,8 +115,9 @@ def main():
     if not args.experiment:
         return
     for path, flags in PATHS.items():
-        with tempfile.TemporaryDirectory() as out:
-            argv = ["--experiment", args.experiment, "--out", out,
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = shutil.copytree(args.experiment, Path(tmp, "experiment"))
+            argv = ["--experiment", str(copy), "--out", str(Path(tmp, "out")),
                     *[flag.format(data=args.data) for flag in flags]]
             code, modules = traced(argv)
         ours = [m for m in modules if m.startswith("tune.")]
