@@ -68,8 +68,8 @@ TRACER = """
 import sys, json
 roots = {roots!r}
 seen = set()
-def profile(frame, event, arg):
-    if event == "call":
+def profile(frame, event, arg):   # a function's code (CO_NEWLOCALS), not a module or class body run on import
+    if event == "call" and frame.f_code.co_flags & 0x2:
         name = frame.f_code.co_filename
         if name.startswith(roots):
             seen.add(name)
