@@ -3,7 +3,6 @@
 Prints the notebook's epoch table, keeps the best-validation weights, and writes best.pt, last.pt,
 predictions.png and (when the data has Test/) submission.csv into --out.
 """
-import argparse
 import copy
 import json
 import logging
@@ -16,7 +15,7 @@ import pandas as pd
 import yaml
 
 from . import checkpoint, data, interrupt, predict
-from .cli import ArgumentParser
+from .cli import ArgumentParser, fail
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
@@ -126,18 +125,16 @@ def load_config_file(path):
     return values
 
 
-EPILOG = """examples:
-  python -m dogs.train --set model=cnn epochs=3            # the demo digits (32 px), an epoch in seconds on a CPU
+EXAMPLES = """  python -m dogs.train --set model=cnn epochs=3            # the demo digits (32 px), an epoch in seconds on a CPU
   python -m dogs.train --data data/ --set model=resnet18 lr=3e-4 --out runs/r18
   python -m dogs.train --config runs/NAME/best/config.yaml # the search's best config (tune.best writes it)
   python -m dogs.train --out runs/r18 --resume             # continue an interrupted run"""
 
 
 def get_args_parser():
-    p = ArgumentParser(prog="python -m dogs.train", description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    data, config, resources, output = (p.add_argument_group(name) for name in ("data", "config", "resources",
-                                                                                "output"))
+    p = ArgumentParser(prog="python -m dogs.train", description=__doc__, examples=EXAMPLES,
+                       groups=("data", "config", "resources", "output"))
+    data, config, resources, output = p.groups.values()
     data.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the config's data, "
                                      "else the digits demo (a different data in --config/--set is an error)")
     data.add_argument("--train-on-val", action="store_true", help="train on Train + Validation (final retrain)")
@@ -190,8 +187,7 @@ def main(argv=None):
         print(f"dogs-train: interrupted; continue with: {resume_command(argv, out)}", file=sys.stderr)
         raise SystemExit(interrupt.exit_status()) from None
     except UserError as err:
-        print(f"dogs-train: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail("dogs-train", err)
 
 
 if __name__ == "__main__":

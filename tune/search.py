@@ -23,10 +23,11 @@ from datetime import datetime
 from pathlib import Path
 
 from dogs import interrupt
+from dogs.cli import fail
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
 from tune import cli, plots, ray_setup, settings, spaces, storage, trackers
-from tune.experiment import default_name, name_problem, read_trials
+from tune.experiment import Experiment, default_name, name_problem, read_trials
 
 
 def main(argv=None):
@@ -34,7 +35,7 @@ def main(argv=None):
     try:
         return search(args)
     except UserError as err:   # helpers raise; the command prints once
-        cli.fail("dogs-search", err)
+        fail("dogs-search", err)
 
 
 def search(args):
@@ -177,7 +178,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
               f"{resume_command(runs, exp_dir)}", file=sys.stderr)
         return 1
     wall_s = time.time() - start
-    trials = read_trials(exp_dir)
+    trials = Experiment(exp_dir, space).trials   # read once (the ones that cannot be read: one warning)
     table = report.trials_table(exp_dir, space, trials)
     pending = max(0, len(grid) - (len(table) - before))   # trials Tune created that never started: no folder yet
     created = int((table.status != "ABANDONED").sum()) + pending
