@@ -18,6 +18,7 @@ import time
 from ray import tune
 
 from dogs import ranking, uncertainty
+from tune import old_pickles
 
 STEP = "training_iteration"
 
@@ -131,9 +132,7 @@ class ProgressCallback(tune.Callback):
         self._last = time.monotonic()
         self.out(self.line(trials, self._last - (self._start or self._last), ended, numbers, now), flush=True)
 
-    def __setstate__(self, state):
-        # a callback pickled before the trial lines: no searched names, no experiment folder
-        self.__dict__.update({"searched": [], "exp_dir": None, **state})
+    __setstate__ = old_pickles.progress_state   # a callback pickled before the trial lines (tune/old_pickles.py)
 
     def __getstate__(self):
         # tuner.pkl: no clock; the printer is print

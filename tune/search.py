@@ -226,13 +226,7 @@ def starting(exp_dir):
         raise
 
 
-def __getattr__(name):
-    """tune.search.trial_dirname, for Ray's tuner.pkl of an experiment started before tune.tuner held it (--resume
-    unpickles it); imported on use: tune.tuner imports Ray."""
-    if name == "trial_dirname":
-        from tune.tuner import trial_dirname
-        return trial_dirname
-    raise AttributeError(f"module 'tune.search' has no attribute {name!r}")
+from tune.old_pickles import search_attribute as __getattr__   # noqa: E402  the name older pickles hold
 
 
 if __name__ == "__main__":
