@@ -12,7 +12,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, examples=None, groups=(), **kwargs):
         if examples is not None:
-            kwargs.update(epilog="examples:\n" + examples.rstrip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+            kwargs.update(epilog="examples:\n" + examples.rstrip(),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
         self.groups = {name: self.add_argument_group(name) for name in groups}
 

@@ -101,7 +101,8 @@ RULES = [
      "--checkpoint FILE and --experiment name two models: give one of them"),
     ("use", lambda a: a.checkpoint and not (a.predict or a.export),
      "--checkpoint FILE is for --predict and --export (--submit and --retrain use the experiment's trials)"),
-    ("use", lambda a: (a.predict or a.export) and (a.submit or a.retrain or a.train_on_val or a.plots or reevaluates(a)),
+    ("use", lambda a: (a.predict or a.export) and (a.submit or a.retrain or a.train_on_val or a.plots
+                                                   or reevaluates(a)),
      "--predict and --export run on their own: run --submit, --retrain (--top, --seeds) or --plots separately"),
     ("use", lambda a: ensemble_problem(a.ensemble), "{ensemble_problem}"),
     ("use", lambda a: a.predict is not None and a.data,
@@ -173,7 +174,8 @@ def show(args):
     exp, members, data = best_trials(args)
     trial, _, (_, ckpt) = members[0]
     if args.out:
-        print(f"  config file  {write_config(Path(args.out), exp.full_config(ckpt, data), source(exp, trial.trial_id))}")
+        config = exp.full_config(ckpt, data)   # the best config as a file, and nothing else
+        print(f"  config file  {write_config(Path(args.out), config, source(exp, trial.trial_id))}")
     return 0
 
 
@@ -345,7 +347,7 @@ def train_again(args, config, classes, out_dir, which):
     check_classes(config, classes)
     print(f"Retraining the {which} config for {config['epochs']} epochs"
           f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
-    interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM (Slurm, Kubernetes, kill) stops the retrain as Ctrl-C does
+    interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM (Slurm, Kubernetes, kill) stops it as Ctrl-C does
     try:
         return run(config, out_dir, train_on_val=args.train_on_val)["checkpoint"]
     except KeyboardInterrupt:

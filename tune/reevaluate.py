@@ -184,8 +184,8 @@ def results_table(exp, runs, configs, seeds):
 
 
 def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(), log=print):
-    """Train the `top` best distinct configurations of the search `exp` (an Experiment) with `seeds` seeds each (or continue
-    doing so), on a local Ray or the cluster at `address`; returns a Reevaluation (see the module docstring).
+    """Train the `top` best distinct configurations of the search `exp` (an Experiment) with `seeds` seeds each (or
+    continue doing so), on a local Ray or the cluster at `address`; returns a Reevaluation (see the module docstring).
     `callbacks`: more Ray Tune callbacks for the run (a benchmark's timer, a test's stop)."""
     import ray
 
