@@ -29,6 +29,21 @@ def copy_state(state_dict):
     return {k: v.detach().clone() for k, v in state_dict.items()}
 
 
+def resumed_history(training, out_dir, train_on_val):
+    """(history, best weights) of the epochs before an interruption: history.csv up to the resumed epoch; the best
+    weights from best.pt (None when Validation is trained on, or there is none)."""
+    history_csv, best_weights = out_dir / "history.csv", None
+    history = ([row for row in pd.read_csv(history_csv).to_dict("records") if row["epoch"] <= training.epoch]
+               if history_csv.exists() else [])
+    if not train_on_val and (out_dir / "best.pt").exists():
+        best = checkpoint.read(out_dir / "best.pt")
+        if best.get("frozen") is not None:   # a checkpoint without the frozen prefix: it must be this run's
+            checkpoint.check_frozen(training.model, best["frozen"], out_dir / "best.pt")
+        best_weights = copy_state(
+            checkpoint.load_weights(copy.deepcopy(training.model), best["model"], best.get("frozen")).state_dict())
+    return history, best_weights
+
+
 def run(config, out_dir, train_on_val=False, resume=False, device=None, log=print):
     """Train one config with the shared epoch loop; returns checkpoint/submission/grid paths and the history.
 
@@ -51,16 +66,7 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     if train_on_val:
         log("training on Train + Validation: validation scores are not held out; the last epoch is kept")
     metric = training.metric
-    # the epochs before an interruption: history.csv up to the resumed epoch; the best weights from best.pt
-    history, best_weights = [], None
-    if state is not None and history_csv.exists():
-        history = [row for row in pd.read_csv(history_csv).to_dict("records") if row["epoch"] <= training.epoch]
-    if state is not None and not train_on_val and (out_dir / "best.pt").exists():
-        best = checkpoint.read(out_dir / "best.pt")
-        if best.get("frozen") is not None:   # a checkpoint without the frozen prefix: it must be this run's
-            checkpoint.check_frozen(training.model, best["frozen"], out_dir / "best.pt")
-        best_weights = copy_state(
-            checkpoint.load_weights(copy.deepcopy(training.model), best["model"], best.get("frozen")).state_dict())
+    history, best_weights = resumed_history(training, out_dir, train_on_val) if state is not None else ([], None)
     log(HEADER)
     for m in training.epochs():
         # log the epoch, checkpoint it and its history, keep a copy of the best weights
