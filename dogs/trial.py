@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import bars, checkpoint
+from . import checkpoint, progress_bars as bars
 from .engine import Run
 
 

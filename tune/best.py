@@ -216,7 +216,7 @@ def reevaluate(args):
                                   if not chosen.complete else "found no finite score: nothing to hand over"))
         return 130 if not chosen.complete else 1
     (model, ckpt), *others = reevaluation.load_runs(exp, chosen, args.ensemble)
-    print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluation.describe(chosen)}); "
+    print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluation.chosen_text(chosen)}); "
           f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluation.checkpoint_of(exp, chosen.runs[0])}")
     print(f"  scores       {reevaluation.estimates(exp, chosen.runs[0])}")
     config = exp.full_config(ckpt, data)

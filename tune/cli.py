@@ -30,7 +30,7 @@ EXAMPLES = """  python -m tune.search --space cnn_scratch.yaml --smoke-test    #
   python -m tune.best --submit                                   # then: its best trial's submission"""
 
 
-def duration(text):
+def time_budget_value(text):
     """--time-budget's value: a duration (tune.settings.parse_duration) or none; else argparse names the flag."""
     if text.strip().lower() in NO_BUDGET or not settings.duration_problem(text):
         return text.strip()
@@ -46,7 +46,7 @@ def add_setting_flags(p, groups):
         if kind is str and isinstance(spec.allowed, tuple) and key not in FREE_TEXT:
             options["choices"] = spec.allowed
         if key == "time_budget":
-            options.update(metavar="DURATION", type=duration)
+            options.update(metavar="DURATION", type=time_budget_value)
         if key in FLAG_NOTES:
             options["help"] += f"; {FLAG_NOTES[key]}"
         group = groups["resources" if key in RESOURCE_SETTINGS else "search"]

@@ -34,7 +34,7 @@ def short(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def trial_numbers(exp_dir):
+def study_numbers(exp_dir):
     """{Tune trial id: Optuna trial number} of the experiment's study; {} when it cannot be read now."""
     from tune.study import open_study, trial_numbers as numbers_of   # here: tune.study imports Optuna
 
@@ -124,7 +124,7 @@ class ProgressCallback(tune.Callback):
         return text
 
     def _ended(self, trials, trial, status):
-        numbers = trial_numbers(self.exp_dir) if self.exp_dir else {}
+        numbers = study_numbers(self.exp_dir) if self.exp_dir else {}
         self.out(self.trial_line(trial, status, numbers), flush=True)
         self._print(trials, ended={trial.trial_id: status}, numbers=numbers)
 

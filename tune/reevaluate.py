@@ -247,7 +247,7 @@ def load_runs(exp, result, count=1):
             for run in result.runs[:count]]
 
 
-def describe(result):
+def chosen_text(result):
     """The chosen row in words: mean +- sd over n seeds."""
     row = result.table.iloc[0]
     sd = "" if pd.isna(row["sd"]) else f" ± {row['sd']:.4f}"
