@@ -177,13 +177,22 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         print(f"dogs-search: error: {tuner.StudySearcher.lost}; once it answers again, continue with  "
               f"{resume_command(runs, exp_dir)}", file=sys.stderr)
         return 1
-    wall_s = time.time() - start
+    return finish(space, exp_dir, runs, slots, start, before + len(grid), budget.is_set())
+
+
+def finish(space, exp_dir, runs, slots, start, expected, budget_used):
+    """After fit: trials.csv, the summary and the plots, and the exit status (0; 130/143 interrupted; 1: no trial
+    scored). `expected`: the trial folders there would be had every trial Tune created started."""
+    from tune import report
+
+    s, wall_s = space["search"], time.time() - start
+    resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
     trials = Experiment(exp_dir, space).trials   # read once (the ones that cannot be read: one warning)
     table = report.trials_table(exp_dir, space, trials)
-    pending = max(0, len(grid) - (len(table) - before))   # trials Tune created that never started: no folder yet
-    created = int((table.status != "ABANDONED").sum()) + pending
-    stopped = pending or (table.status == "UNFINISHED").any() or created < s["samples"]
-    why = (f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
+    pending = max(0, expected - len(table))   # trials Tune created that never started: no folder yet
+    stopped = pending or (table.status == "UNFINISHED").any() or \
+        int((table.status != "ABANDONED").sum()) + pending < s["samples"]
+    why = (f"Time budget {s['time_budget']} used up" if budget_used else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
@@ -191,7 +200,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     print("\n".join(plots.report(exp_dir)))
     if stopped:
         print(f"{why}: continue with  {resume_command(runs, exp_dir)}")
-        return 0 if budget.is_set() else interrupt.exit_status()
+        return 0 if budget_used else interrupt.exit_status()
     if not table[f"best_{s['metric']}"].notna().any():   # every trial errored or diverged: nothing to hand over
         print(f"dogs-search: error: no trial reported a finite {s['metric']} ({int((table.status == 'ERROR').sum())} "
               f"of {len(table)} errored; see the lines above): there is no best trial", file=sys.stderr)
