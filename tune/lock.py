@@ -51,26 +51,35 @@ def held(exp_dir, command):
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise ExperimentBusy(f"{exp_dir} is in use by {owner_text(read_owner(path))}; one command per experiment "
-                                 f"at a time: wait for it to end (or stop it), then run this again") from None
-        stale = read_owner(path)
-        if stale:   # its holder ended without releasing it (killed): the kernel let it go
-            print(f"Note: {exp_dir} was last held by {owner_text(stale)}, which ended without releasing it "
-                  "(killed?): taken over", file=sys.stderr)
+        take(fd, exp_dir, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(owner(command)).encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)   # released cleanly: the next command finds no owner line (see `stale`)
+            os.ftruncate(fd, 0)   # released cleanly: the next command finds no owner line (see take)
         os.close(fd)
         if made and only_lock(folder):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def take(fd, exp_dir, path):
+    """flock the open lock file, or raise ExperimentBusy naming its holder; a dead holder's owner line is said."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise ExperimentBusy(f"{exp_dir} is in use by {owner_text(read_owner(path))}; one command per experiment "
+                             "at a time: wait for it to end (or stop it), then run this again") from None
+    stale = read_owner(path)
+    if stale:   # its holder ended without releasing it (killed): the kernel let it go
+        print(f"Note: {exp_dir} was last held by {owner_text(stale)}, which ended without releasing it "
+              "(killed?): taken over", file=sys.stderr)
 
 
 def owner(command):
