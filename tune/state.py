@@ -28,30 +28,34 @@ from tune.experiment import read_trials
 from tune.study import (ABANDONED, STUDY_FILE, abandoned_trial_ids, load_existing, read_state, sqlite_url,
                         trial_numbers)
 
-# Ray's own state files that Tuner.restore reads, by the pattern it finds the newest of
-RAY_STATE = ("experiment_state-*.json", "search_gen_state-*.json")
-TUNER_FILE = "tuner.pkl"
+# Ray's own state files that Tuner.restore reads: the tuner and the search generator (pickles: checked for their
+# last byte, pickle's STOP, never unpickled here), the experiment state (JSON, parsed); the newest of each (by name)
+EXPERIMENT_STATE = "experiment_state-*.json"
+PICKLES = ("tuner.pkl", "search_gen_state-*.json")
+STOP = b"."
 
 
 def problem(exp_dir):
     """Why Ray cannot restore the experiment from its saved state (missing, empty, cut: one phrase), or None."""
     with storage.local_dir(exp_dir, "*") as local:
-        folder = Path(local)
-        tuner = folder / TUNER_FILE
-        if not tuner.is_file() or tuner.stat().st_size == 0:
-            return f"Ray's {TUNER_FILE} is {'empty' if tuner.is_file() else 'missing'}"
-        for pattern in RAY_STATE:
-            files = sorted(folder.glob(pattern))   # Ray restores from the last by name
-            if not files:
-                return f"Ray saved no {pattern} (stopped before its first save?)"
-            text = files[-1].read_bytes()
-            try:
-                value = json.loads(text)   # parsed only: the pickled values inside stay text
-            except ValueError:
-                return (f"Ray's {files[-1].name} is {'empty' if not text.strip() else f'cut ({len(text)} bytes)'} "
-                        "(a full disk or a kill during Ray's write)")
-            if not isinstance(value, dict):
-                return f"Ray's {files[-1].name} is not a state Ray wrote"
+        newest = {pattern: max(Path(local).glob(pattern), default=None) for pattern in (EXPERIMENT_STATE, *PICKLES)}
+        if newest[EXPERIMENT_STATE] is None:
+            return f"Ray saved no {EXPERIMENT_STATE} (stopped before its first save?)"
+        for pattern in (EXPERIMENT_STATE, *PICKLES):
+            path = newest[pattern]
+            if path is None:
+                return f"Ray's {pattern} is missing"
+            data = path.read_bytes()
+            if pattern in PICKLES:
+                whole = data.endswith(STOP)
+            else:
+                try:
+                    whole = isinstance(json.loads(data), dict)   # parsed only: the pickled values inside stay text
+                except ValueError:
+                    whole = False
+            if not whole:
+                return (f"Ray's {path.name} is {f'cut ({len(data)} bytes)' if data.strip() else 'empty'} (a full disk "
+                        "or a kill during Ray's write)")
     return None
 
 
