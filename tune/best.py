@@ -24,7 +24,7 @@ from pathlib import Path
 from dogs import interrupt
 from dogs.cli import ArgumentParser, fail
 from dogs.errors import DataError, ExperimentError, UserError
-from tune import reevaluate as reevaluation, spaces, storage
+from tune import lock, reevaluate as reevaluation, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, Experiment, printable
 
 PROG = "dogs-best"
@@ -154,12 +154,23 @@ def action(args):
     if args.export:
         return export
     if args.top is not None:
-        return reevaluate
-    return retrain if args.retrain else submit if args.submit else show
+        return locked(reevaluate)
+    return locked(retrain) if args.retrain else submit if args.submit else show
+
+
+def locked(write):
+    """The action, holding the experiment's lock: --retrain (and --top's re-evaluation) write best/ and the
+    re-evaluation's runs, one such command at a time (tune.lock)."""
+    def action(args):
+        exp = Experiment.open(args.experiment, args.storage)
+        with lock.held(exp.location, args.command):
+            return write(args, exp)
+    return action
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    args.command = lock.command_line("python -m tune.best", sys.argv[1:] if argv is None else argv)
     try:
         check_flags(args)
         return action(args)(args)
@@ -188,10 +199,10 @@ def submit(args):
     return hand_over(args, out_dir, data, model, ckpt, None, members[1:])
 
 
-def retrain(args):
+def retrain(args, exp):
     """--retrain: the best config trained again for the search's full epoch budget (--train-on-val: on Train +
     Validation); its best.pt predicts."""
-    exp, members, data = best_trials(args)
+    exp, members, data = best_trials(args, exp)
     trial, _, (_, ckpt) = members[0]
     out_dir = output_folder(args, exp, data, ckpt)
     config = exp.full_config(ckpt, data)
@@ -202,12 +213,12 @@ def retrain(args):
     return hand_over(args, out_dir, data, *load_checkpoint(handed), handed, [])
 
 
-def reevaluate(args):
+def reevaluate(args, exp):
     """--retrain --top K --seeds N: the K best distinct configurations trained again with N seeds each on Ray; the best
     mean's best seed is handed over as best.pt (--ensemble: its K best seeds; --train-on-val: trained once more)."""
     from dogs import checkpoint as dogs_checkpoint
 
-    exp, members, data = best_trials(args)
+    exp, members, data = best_trials(args, exp)
     out_dir = output_folder(args, exp, data, members[0][2][1])
     chosen = reevaluation.reevaluate(exp, args.top, args.seeds, address=args.address, data=data)
     print(reevaluation.printed(chosen.table))
@@ -279,12 +290,12 @@ def export(args):
 
 
 # ----------------------------------------------------------------------------- their parts
-def best_trials(args):
-    """(experiment, its best trial(s) loaded and checked, --data): the experiment named, and its best trial printed
-    (its score, interval, held-out score, config, checkpoint); --plots written."""
+def best_trials(args, exp=None):
+    """(experiment, its best trial(s) loaded and checked, --data): the experiment named (or `exp`, opened already),
+    and its best trial printed (its score, interval, held-out score, config, checkpoint); --plots written."""
     from dogs import checkpoint as dogs_checkpoint
 
-    exp = Experiment.open(args.experiment, args.storage)   # from the files it parses itself, never Ray's pickles
+    exp = exp or Experiment.open(args.experiment, args.storage)   # from the files it parses, never Ray's pickles
     if storage.is_uri(exp.location) and (args.submit or args.retrain) and not args.out:
         raise ExperimentError(f"--experiment {exp.location} is a URI: give --out, a local folder for the predictions")
     members = exp.best(1 if args.top else args.ensemble)   # with --top, --ensemble counts its seeds
