@@ -25,7 +25,7 @@ from dogs import interrupt
 from dogs.cli import ArgumentParser, fail
 from dogs.errors import DataError, ExperimentError, UserError
 from tune import lock, reevaluate as reevaluation, spaces, storage
-from tune.experiment import DEFAULT_STORAGE, Experiment, printable
+from tune.experiment import DEFAULT_STORAGE, Experiment, holdout_key, printable
 
 PROG = "dogs-best"
 
@@ -306,9 +306,9 @@ def best_trials(args, exp=None):
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
           f"({exp.mode} {metric} of its {len(trial.results)} epochs run, budget {exp.search['epochs']})")
     print(interval_text(exp, trial))
-    held = exp.checkpoint_result(trial).get(reevaluation.compared_on(metric, True))
+    held = exp.checkpoint_result(trial).get(holdout_key(metric))
     if held is not None:   # search.holdout: the same epoch on the part of Validation the search never saw
-        print(f"  holdout      {reevaluation.compared_on(metric, True)} {held:.4f} at that epoch, on the held-out "
+        print(f"  holdout      {holdout_key(metric)} {held:.4f} at that epoch, on the held-out "
               f"part of Validation the search never saw: an honest estimate beside best_{metric}")
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")

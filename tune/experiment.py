@@ -178,6 +178,11 @@ def read_trial(fs, folder, names, path):
                      if name.startswith("checkpoint_") and kind == pyarrow.fs.FileType.Directory})
 
 
+def holdout_key(metric):
+    """The result key of `metric` on the held-out part of Validation (search.holdout): holdout_acc for val_acc."""
+    return f"holdout_{metric.removeprefix('val_')}"
+
+
 def damaged_warning(trials):
     """The one warning line on the trials that cannot be read (left out of the ranking), or None."""
     damaged = [t.damaged for t in trials if t.damaged]

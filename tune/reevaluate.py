@@ -149,7 +149,7 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
 def compared_on(metric, holdout):
     """The result key configurations are compared by: the search's metric, or with a held-out part of Validation
     its score there (holdout_acc for val_acc), at the run's best epoch by the metric."""
-    return f"holdout_{metric.removeprefix('val_')}" if holdout else metric
+    return experiment.holdout_key(metric) if holdout else metric
 
 
 def run_score(exp, run):
