@@ -47,6 +47,13 @@ def search(args):
     if args.resume and (args.log or args.mlflow_uri):
         raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
                         "with (they are in Ray's saved state); resume without them")
+    trackers.check_mlflow(args.log, args.mlflow_uri)   # a tracker that does not answer: one line, before Ray
+    if args.optuna_storage and not args.resume:   # the study's database opened and pinged, within seconds
+        from tune.study import storage_problem
+
+        why = storage_problem(args.optuna_storage)
+        if why:
+            raise UserError(why)
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
@@ -54,6 +61,8 @@ def search(args):
 
     # the space and the data: checked before Ray starts
     exp_dir, space = resume.resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
+    if "mlflow" in args.log:   # an experiment in a bucket needs --mlflow-uri: said before Ray starts
+        trackers.mlflow_uri(exp_dir, args.mlflow_uri)
     s = space["search"]
     if not args.resume and s["gpus_per_trial"] > 0 and not joined:
         import torch   # here: only a GPU search asks
