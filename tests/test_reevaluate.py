@@ -129,7 +129,8 @@ def test_mistakes_are_one_line_before_anything_runs(reevaluated, tmp_path):
     for argv, message in [
         (["--top", "3"], "--top and --seeds choose what --retrain trains: they need --retrain"),
         (["--retrain", "--top", "3", "--seeds", "2", "--submit", "--ensemble", "3"], "--ensemble 3 with --top"),
-        (["--retrain", "--top", "0"], "--top 0 --seeds 3: both must be >= 1"),
+        (["--retrain", "--top", "0"], "argument --top: 0 is out of range; allowed: an integer >= 1"),
+        (["--retrain", "--top", "2", "--seeds", "nan"], "argument --seeds: 'nan' is not an integer"),
         (["--retrain", "--top", "4"], "--top 4, but the search has only 3 distinct configuration(s)"),
         (["--address", "127.0.0.1:1"], "--address is where --top runs"),
     ]:

@@ -258,12 +258,12 @@ def test_the_server_listens_on_loopback_only_by_default(server):
 def test_mistakes_are_one_line_before_ray_starts(trained, tmp_path):
     cases = [
         (["--checkpoint", str(tmp_path / "nope.pt")], "no checkpoint at"),
-        (["--checkpoint", str(trained["checkpoint"]), "--gpus-per-replica", "-1"], "--gpus-per-replica -1"),
-        (["--checkpoint", str(trained["checkpoint"]), "--replicas", "0"], "--replicas 0"),
-        (["--checkpoint", str(trained["checkpoint"]), "--max-upload-mb", "0"], "--max-upload-mb 0"),
-        (["--checkpoint", str(trained["checkpoint"]), "--max-batch-size", "0"], "--max-batch-size 0"),
+        (["--checkpoint", str(trained["checkpoint"]), "--gpus-per-replica", "-1"], "argument --gpus-per-replica: -1 is out of range"),
+        (["--checkpoint", str(trained["checkpoint"]), "--replicas", "0"], "argument --replicas: 0 is out of range"),
+        (["--checkpoint", str(trained["checkpoint"]), "--max-upload-mb", "0"], "argument --max-upload-mb: 0 is out of range"),
+        (["--checkpoint", str(trained["checkpoint"]), "--max-batch-size", "0"], "argument --max-batch-size: 0 is out of range"),
         (["--checkpoint", str(trained["checkpoint"]), "--ensemble", "2"], "not with --checkpoint"),
-        (["--ensemble", "0"], "--ensemble 0"),
+        (["--ensemble", "0"], "argument --ensemble: 0 is out of range"),
         (["--experiment", "nothing-here", "--storage", str(tmp_path)], "--experiment nothing-here"),
     ]
     with socket.socket() as taken:   # a port another server listens on
