@@ -173,7 +173,7 @@ def best(args):
         if chosen.chosen is None:
             print("Re-evaluation " + ("interrupted: run the same command again to continue it (finished runs are "
                                       "kept)" if not chosen.complete else "found no finite score: nothing to hand over"))
-            return 130 if not chosen.complete else 1
+            return interrupt.exit_status() if not chosen.complete else 1   # 130 after Ctrl-C, 143 after SIGTERM
         model, ckpt, others = reevaluate.load_runs(chosen, metric, mode, args.ensemble)
         print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluate.describe(chosen)}); "
               f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluate.checkpoint_of(chosen.runs[0], metric, mode)}")
