@@ -73,3 +73,34 @@ def test_two_slots_never_read_as_three_when_time_this_iter_s_counts_the_checkpoi
         spans = report.epoch_spans(trial)
         assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))   # a trial's epochs never overlap
     assert report.observed_concurrency(trials)[1] > 2   # more than ran: why the worker reports its own started_at
+
+
+def test_a_worker_stopped_while_python_runs_a_finalizer_says_one_line_not_a_traceback(tmp_path):
+    """Ray stops a trial's worker with SIGTERM; its handler raises SystemExit in whatever runs, and inside a
+    finalizer Python can only print it, as "Exception ignored ... Traceback ... SystemExit: 1", which reached the
+    search's console beside its summary (issue #27). Each worker's set-up hook (tune.ray_setup) makes it one line;
+    other exceptions there still print in full."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text("import sys\nfrom tune.ray_setup import worker_setup_hook\n"
+                      "if sys.argv[1] == 'hook':\n    worker_setup_hook()()\n"
+                      "class Finalizer:\n    def __init__(self, error):\n        self.error = error\n"
+                      "    def __del__(self):\n        raise self.error\n"
+                      "Finalizer(SystemExit(1))\nFinalizer(ValueError('a real bug'))\n")
+
+    root = str(Path(__file__).resolve().parents[1])   # this checkout's tune, whatever is installed
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": root}).stderr
+
+    hooked, plain_ = run("hook"), run("none")
+    assert "SystemExit: 1" in plain_   # what the console showed
+    lines = hooked.splitlines()
+    assert "SystemExit" not in hooked.replace("SystemExit ignored", "")
+    assert sum("stopped by Ray while cleaning up" in line for line in lines) == 1, hooked
+    assert "ValueError: a real bug" in hooked and "Traceback" in hooked   # a real error is never hidden
