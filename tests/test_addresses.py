@@ -118,8 +118,10 @@ def test_optuna_storage_dead_port_wrong_password_silent_server_within_seconds(sc
     assert took < 30, took
 
 
-def test_optuna_storage_sqlite_that_opens_passes(tmp_path):
+def test_optuna_storage_sqlite_that_opens_passes_and_resume_refuses_another(tmp_path):
     assert study.storage_problem(f"sqlite:///{tmp_path / 'db' / 'study.db'}") is None
+    code, out, err = run_main(search, ["--resume", "--storage", str(tmp_path), "--optuna-storage", "sqlite:///x.db"])
+    one_line_before_ray(code, out, err, "--optuna-storage with --resume")   # was: silently ignored
 
 
 def test_mlflow_uri_dead_port_silent_server_bad_scheme_file_store_are_one_line(tmp_path, monkeypatch):

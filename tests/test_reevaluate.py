@@ -165,11 +165,12 @@ def test_sigterm_during_retrain_top_stops_like_ctrl_c(tiny_imagefolder, tmp_path
            "--seeds", "2", "--out", str(tmp_path / "out")]
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    try:
-        deadline = time.monotonic() + 240
-        while "Started a local Ray" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+    searched = set((tmp_path / "runs" / "t").rglob("result.json"))
+    try:   # once a run has reported an epoch (a new result.json with a line)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not any(
+                f not in searched and f.stat().st_size for f in (tmp_path / "runs" / "t").rglob("result.json")):
             time.sleep(0.2)
-        time.sleep(3)   # the runs have started
         assert proc.poll() is None, log.read_text()[-3000:]
         proc.send_signal(signal.SIGTERM)
         status = proc.wait(timeout=120)

@@ -242,6 +242,8 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
             check_resources(s, resources, autoscaling=joins_cluster(address))
             storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
             run_part(exp_dir, folder, configs, missing, s, resources, callbacks)
+        except KeyboardInterrupt:   # Ctrl-C or SIGTERM before Tune took them over: the runs saved so far are kept
+            pass
         finally:
             ray.shutdown()
 

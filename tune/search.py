@@ -47,8 +47,11 @@ def search(args):
     if args.resume and (args.log or args.mlflow_uri):
         raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
                         "with (they are in Ray's saved state); resume without them")
+    if args.resume and args.optuna_storage:
+        raise UserError("--optuna-storage with --resume: a resumed search continues its study in the database it "
+                        "was started with (its saved searcher state names it); resume without it")
     trackers.check_mlflow(args.log, args.mlflow_uri)   # a tracker that does not answer: one line, before Ray
-    if args.optuna_storage and not args.resume:   # the study's database opened and pinged, within seconds
+    if args.optuna_storage:   # the study's database opened and pinged, within seconds
         from tune.study import storage_problem
 
         why = storage_problem(args.optuna_storage)
