@@ -120,6 +120,9 @@ def test_optuna_storage_dead_port_wrong_password_silent_server_within_seconds(sc
 
 def test_optuna_storage_sqlite_that_opens_passes_and_resume_refuses_another(tmp_path):
     assert study.storage_problem(f"sqlite:///{tmp_path / 'db' / 'study.db'}") is None
+    assert not (tmp_path / "db").exists()   # checked, not created: a search refused later leaves nothing
+    (tmp_path / "file").write_text("")
+    assert "is not a folder" in study.storage_problem(f"sqlite:///{tmp_path / 'file' / 'study.db'}")
     code, out, err = run_main(search, ["--resume", "--storage", str(tmp_path), "--optuna-storage", "sqlite:///x.db"])
     one_line_before_ray(code, out, err, "--optuna-storage with --resume")   # was: silently ignored
 

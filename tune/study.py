@@ -3,6 +3,7 @@ experiment in a bucket) or an --optuna-storage database, named by the searcher s
 import contextlib
 import hashlib
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -74,8 +75,8 @@ def first_line(err):
 
 def storage_problem(url, flag="--optuna-storage"):
     """Why the database at `url` cannot hold a study, or None: the URL parsed, its driver imported, a connection
-    opened and pinged (within CONNECT_TIMEOUT_S), said before Ray starts. Nothing is created on a server; a SQLite
-    file is created where the search would create it."""
+    opened and pinged (within CONNECT_TIMEOUT_S), said before Ray starts. Nothing is created: a new SQLite file's
+    folder is only checked."""
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -91,9 +92,13 @@ def storage_problem(url, flag="--optuna-storage"):
         fix = DRIVERS.get(backend, f"install the Python driver of {parsed.drivername}")
         return f"{flag} {shown}: its database driver is not installed ({err.name or err}): {fix}"
     path = sqlite_path(url)
+    if path is not None and not path.exists():   # a new SQLite file: its folder (or the nearest that exists) writable
+        folder = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+        engine.dispose()
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            return f"{flag} {shown}: cannot create {path}: {folder} is not a folder this user can write to"
+        return None
     try:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 1"))
     except (OSError, sqlalchemy.exc.SQLAlchemyError) as err:
