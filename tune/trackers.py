@@ -51,9 +51,7 @@ def mlflow_problem(uri):
     scheme = urlparse(uri).scheme.lower()
     base = scheme.split("+")[0]
     if base in ("sqlite", *DATABASE_SCHEMES):
-        from sqlalchemy.engine import make_url   # here: a search without --mlflow-uri does without
-
-        from tune.study import sqlite_path, storage_problem
+        from tune.study import sqlite_path, storage_problem   # here: it imports Optuna and SQLAlchemy
 
         path = sqlite_path(uri)
         if base == "sqlite" and path is None:
@@ -61,8 +59,7 @@ def mlflow_problem(uri):
         if path is not None:
             return None if path.parent.is_dir() else (f"--mlflow-uri {uri}: the folder {path.parent} does not "
                                                       "exist; create it, or name a file in a folder that does")
-        why = storage_problem(str(make_url(uri)), "--mlflow-uri") if base != "mssql" else None
-        return why
+        return storage_problem(uri, "--mlflow-uri") if base != "mssql" else None   # mssql: MLflow's own driver
     if scheme in ("", "file") or len(scheme) == 1:   # a path (C:\ included): MLflow 3's file store
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
             return None
