@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from dogs import interrupt
-from dogs.cli import ArgumentParser, fail
+from dogs.cli import ArgumentParser, fail, number
 from dogs.errors import DataError, ExperimentError, UserError
 from tune import lock, reevaluate as reevaluation, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, Experiment, holdout_key, printable
@@ -42,11 +42,11 @@ def get_args_parser():
     retrain.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                          help="--retrain: train the best config again for its full epoch budget; "
                               "--no-retrain (default): predict from the best checkpoint")
-    retrain.add_argument("--top", type=int, nargs="?", const=reevaluation.TOP, metavar="K",
+    retrain.add_argument("--top", type=number(int, 1), nargs="?", const=reevaluation.TOP, metavar="K",
                          help=f"with --retrain: re-evaluate the K best distinct configurations (K={reevaluation.TOP} "
                               "when given without a number), each trained again with --seeds seeds in parallel on "
                               "Ray, and hand over the one with the best mean score (its best seed's checkpoint)")
-    retrain.add_argument("--seeds", type=int, nargs="?", const=reevaluation.SEEDS, metavar="N",
+    retrain.add_argument("--seeds", type=number(int, 1), nargs="?", const=reevaluation.SEEDS, metavar="N",
                          help=f"with --retrain: seeds per configuration for --top (N={reevaluation.SEEDS} when given "
                               "without a number, or when only --top is)")
     retrain.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a "
@@ -59,7 +59,7 @@ def get_args_parser():
                                      "whose Validation/ gives the card's per-class accuracy")
     output.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over "
                                                            "the image and its horizontal mirror")
-    output.add_argument("--ensemble", type=int, default=1, metavar="K",
+    output.add_argument("--ensemble", type=number(int, 1), default=1, metavar="K",
                         help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
                              "(default 1); with --top: of the chosen configuration's K best seeds")
     output.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with "
@@ -67,7 +67,7 @@ def get_args_parser():
     use.add_argument("--predict", nargs="+", metavar="PATH",
                      help="photos (files, folders searched at any depth, or globs) to classify: a table of each one's "
                           "top-k classes, and predictions.csv in --out (no Train/ needed: the classes are the model's)")
-    use.add_argument("--top-k", type=int, default=5, metavar="K", help="with --predict: classes shown per photo "
+    use.add_argument("--top-k", type=number(int, 1), default=5, metavar="K", help="with --predict: classes shown per photo "
                                                                        "(default 5)")
     use.add_argument("--export", metavar="DIR", help="write the model to DIR for use without this project: ONNX, "
                                                      "torch.export (.pt2), safetensors, model_card.json, MODEL_CARD.md")
@@ -81,11 +81,6 @@ def get_args_parser():
 
 
 # ----------------------------------------------------------------------------- which flags go together
-def ensemble_problem(k):
-    """--ensemble K's one rule (tune.best and tune.serve)."""
-    return f"--ensemble {k}: the number of best trials to average must be >= 1" if k < 1 else None
-
-
 def reevaluates(a):
     return a.top is not None or a.seeds is not None
 
@@ -104,7 +99,6 @@ RULES = [
     ("use", lambda a: (a.predict or a.export) and (a.submit or a.retrain or a.train_on_val or a.plots
                                                    or reevaluates(a)),
      "--predict and --export run on their own: run --submit, --retrain (--top, --seeds) or --plots separately"),
-    ("use", lambda a: ensemble_problem(a.ensemble), "{ensemble_problem}"),
     ("use", lambda a: a.predict is not None and a.data,
      "--data is not read by --predict: the photos are the PATHs after --predict, and the classes are the model's"),
     ("use", lambda a: a.checkpoint and a.ensemble != 1,
@@ -113,16 +107,12 @@ RULES = [
      "--export writes one model: --tta and --ensemble are for --predict and --submit"),
     ("use", lambda a: a.export and a.predict, "--predict and --export: run them one at a time"),
     ("use", lambda a: a.export and a.out, "--out is where --predict writes; --export DIR is the export's folder"),
-    ("use", lambda a: a.predict is not None and a.top_k < 1,
-     "--top-k {top_k}: the number of classes to show per photo must be >= 1"),
     ("best", lambda a: a.train_on_val and not a.retrain,
      "--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)"),
     ("best", lambda a: (a.tta or a.ensemble != 1) and not a.submit,
      "--tta and --ensemble shape the submission: they need --submit"),
-    ("best", lambda a: ensemble_problem(a.ensemble), "{ensemble_problem}"),
     ("best", lambda a: reevaluates(a) and not a.retrain, "--top and --seeds choose what --retrain trains: they need "
                                                          "--retrain"),
-    ("best", lambda a: reevaluates(a) and (a.top < 1 or a.seeds < 1), "--top {top} --seeds {seeds}: both must be >= 1"),
     ("best", lambda a: reevaluates(a) and a.ensemble > a.seeds,
      "--ensemble {ensemble} with --top: averages the chosen configuration's seeds, and there are {seeds} (--seeds)"),
     ("best", lambda a: reevaluates(a) and a.ensemble > 1 and a.train_on_val,
@@ -144,7 +134,7 @@ def check_flags(args):
     scope = "use" if uses(args) else "best"
     for about, wrong, message in RULES:
         if about == scope and wrong(args):
-            raise ExperimentError(message.format(**vars(args), ensemble_problem=ensemble_problem(args.ensemble)))
+            raise ExperimentError(message.format(**vars(args)))
 
 
 def action(args):
@@ -225,7 +215,7 @@ def reevaluate(args, exp):
     if chosen.chosen is None:
         print("Re-evaluation " + ("interrupted: run the same command again to continue it (finished runs are kept)"
                                   if not chosen.complete else "found no finite score: nothing to hand over"))
-        return 130 if not chosen.complete else 1
+        return interrupt.exit_status() if not chosen.complete else 1   # 130 after Ctrl-C, 143 after SIGTERM
     (model, ckpt), *others = reevaluation.load_runs(exp, chosen, args.ensemble)
     print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluation.chosen_text(chosen)}); "
           f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluation.checkpoint_of(exp, chosen.runs[0])}")

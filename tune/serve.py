@@ -18,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from dogs.cli import ArgumentParser, fail
+from dogs.cli import ArgumentParser, fail, number
 from dogs.errors import UserError
-from tune.best import ensemble_problem
 from tune.experiment import DEFAULT_STORAGE
 from tune.ray_setup import start_ray
 
 PROG = "dogs-serve"
+MAX_BATCH_WAIT_MS = 60_000   # a batch that waits longer than a minute for company only delays every answer
 
 
 def get_args_parser():
@@ -40,7 +40,7 @@ def get_args_parser():
                                                        "model.safetensors) instead of an experiment's best trial")
     server.add_argument("--tta", action="store_true", help="average each prediction over the image and its horizontal "
                                                        "mirror, as tune.best --predict --tta (twice the compute)")
-    server.add_argument("--ensemble", type=int, default=1, metavar="K",
+    server.add_argument("--ensemble", type=number(int, 1), default=1, metavar="K",
                    help="average the softmax of the experiment's K best trials, as tune.best --predict --ensemble "
                         "(default 1)")
     which.add_argument("--storage", default=DEFAULT_STORAGE,
@@ -48,21 +48,22 @@ def get_args_parser():
     server.add_argument("--host", default="127.0.0.1",
                    help="address the HTTP server listens on (default 127.0.0.1: this machine only; 0.0.0.0: every "
                         "network this machine is on, with a warning)")
-    server.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    server.add_argument("--port", type=number(int, 1, 65535), default=8000, help="HTTP port (default 8000)")
     resources.add_argument("--address", help="join the Ray cluster at this address (auto: the one started on this machine "
                                      "by `ray start`); default: start a Ray of its own on 127.0.0.1")
-    resources.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G",
+    resources.add_argument("--gpus-per-replica", type=number(float, 0), default=0.0, metavar="G",
                    help="share of a GPU each replica gets (0.25: four replicas per GPU); default 0: on CPUs")
-    resources.add_argument("--replicas", type=int,
+    resources.add_argument("--replicas", type=number(int, 1),
                    help="number of copies of the model (default: as many as the cluster's GPUs allow with "
                         "--gpus-per-replica, else 1)")
-    resources.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C", help="CPUs each replica reserves "
+    resources.add_argument("--cpus-per-replica", type=number(float, 0), default=1.0, metavar="C", help="CPUs each replica reserves "
                                                                                     "(default 1)")
-    server.add_argument("--max-batch-size", type=int, default=16,
+    server.add_argument("--max-batch-size", type=number(int, 1), default=16,
                    help="requests predicted together at most (serve.batch; default 16; 1: each alone, no batching)")
-    server.add_argument("--batch-wait-ms", type=float, default=10.0,
-                   help="how long a batch waits for more requests before it runs (default 10 ms)")
-    server.add_argument("--max-upload-mb", type=float, default=20.0,
+    server.add_argument("--batch-wait-ms", type=number(float, 0, MAX_BATCH_WAIT_MS), default=10.0,
+                        help="how long a batch waits for more requests before it runs (default 10 ms, at most "
+                             f"{MAX_BATCH_WAIT_MS})")
+    server.add_argument("--max-upload-mb", type=number(float, 0, low_open=True), default=20.0,
                    help="larger uploads are refused with HTTP 413 (default 20 MB)")
     return p
 
@@ -76,27 +77,12 @@ def main(argv=None):
 
 
 def check_args(args):
-    """Refuse values Serve would take and misbehave with: one line each."""
-    if not 0 <= args.gpus_per_replica:
-        raise UserError(f"--gpus-per-replica {args.gpus_per_replica}: give a share of a GPU, >= 0 (0: on CPUs)")
+    """Refuse combinations Serve would take and misbehave with: one line each (each flag's own range is its
+    argparse type, dogs.cli.number)."""
     if args.gpus_per_replica > 1 and args.gpus_per_replica != int(args.gpus_per_replica):
         raise UserError(f"--gpus-per-replica {args.gpus_per_replica}: above 1, give a whole number of GPUs")
-    if ensemble_problem(args.ensemble):
-        raise UserError(ensemble_problem(args.ensemble))
     if args.ensemble > 1 and (args.checkpoint or args.export):
         raise UserError("--ensemble K averages the K best trials of an experiment: not with --checkpoint or --export")
-    if args.replicas is not None and args.replicas < 1:
-        raise UserError(f"--replicas {args.replicas}: give 1 or more")
-    if args.cpus_per_replica < 0:
-        raise UserError(f"--cpus-per-replica {args.cpus_per_replica}: give 0 or more")
-    if args.max_batch_size < 1:
-        raise UserError(f"--max-batch-size {args.max_batch_size}: give 1 or more (1: no batching)")
-    if args.batch_wait_ms < 0:
-        raise UserError(f"--batch-wait-ms {args.batch_wait_ms}: give 0 or more")
-    if not args.max_upload_mb > 0:
-        raise UserError(f"--max-upload-mb {args.max_upload_mb}: give a size above 0")
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port {args.port}: give a port from 1 to 65535")
 
 
 def host_warning(host):
