@@ -356,6 +356,7 @@ def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
     assert ran_all   # a trial of 3 epochs had 3 checkpoints to keep 2 of
 
 
+@pytest.mark.timeout(1200)   # waits up to 480 s for the moment to interrupt, then the resume
 @pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_resume_after_ctrl_c_or_sigterm_reruns_nothing(tiny_imagefolder, tmp_path, stop, status):
     """Ctrl-C, and SIGTERM as Slurm, Kubernetes or `kill` send it, stop the search cleanly: "Search interrupted",
