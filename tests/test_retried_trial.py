@@ -22,9 +22,9 @@ from tune.experiment import best_checkpoint_result, read_trials
 from tune.trial_logs import CSVLogger, JsonLogger
 from conftest import run_main
 
-EPOCHS = 200   # ~0.1-0.3 s each: the trial outlasts Ray's first copy of its files (20 s)
+EPOCHS = 150   # 0.1-0.5 s each on a loaded 2-core machine: the trial outlasts Ray's first copy of its files
 SPACE = f"""
-search: {{samples: 1, epochs: {EPOCHS}, scheduler: fifo, max_failures: 2, seed: 0}}
+search: {{samples: 1, epochs: {EPOCHS}, scheduler: fifo, max_failures: 2, seed: 0, metric: val_loss}}
 params:
   model: cnn
   image_size: 16
@@ -35,8 +35,9 @@ params:
 
 def kill_worker_after_a_copy(exp_dir, stop, ahead=3, window=1.5):
     """Kill the trial's worker (SIGKILL, as the OOM killer or a lost node does) right after Ray copied its
-    result.json to the experiment folder, once it has saved `ahead` epochs more than that copy holds.
-    Returns (pid, lines in the copy, checkpoints saved) at the kill."""
+    result.json to the experiment folder, once it has saved `ahead` epochs more than that copy holds; on a machine
+    so fast that no such moment came before 80% of the epochs, there and then (the retry is then checked, the stale
+    copy perhaps not). Returns (pid, lines in the copy, checkpoints saved) at the kill."""
     seen, copied_at, lines = None, None, 0
     while not stop.is_set():
         copy = next(Path(exp_dir).glob("trial_*/result.json"), None)
@@ -47,7 +48,8 @@ def kill_worker_after_a_copy(exp_dir, stop, ahead=3, window=1.5):
                  if (m := re.fullmatch(r"checkpoint_(\d+)", p.name))]
         workers = os.environ.get(WORKERS_ENV)
         pids = [int(p.name.split("-")[1]) for p in Path(workers).glob("worker-*")] if workers else []
-        if copied_at and time.monotonic() - copied_at < window and pids and lines and max(saved) >= lines + ahead:
+        after_a_copy = copied_at and time.monotonic() - copied_at < window and lines and max(saved) >= lines + ahead
+        if pids and saved and (after_a_copy or max(saved) >= 0.8 * EPOCHS):
             os.kill(pids[0], signal.SIGKILL)
             return pids[0], lines, max(saved)
         time.sleep(0.01)
@@ -101,10 +103,10 @@ def test_a_retried_trial_continues_its_own_log_and_a_resumed_search_starts_from_
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_killed_and_retried_trial_keeps_every_epoch_and_its_best_checkpoint(tiny_imagefolder, tmp_path, monkeypatch):
-    # Ray saves its experiment state (and copies the trials' logs to the experiment folder) every 20 s, as in a
+    # Ray saves its experiment state (and copies the trials' logs to the experiment folder) every 15 s, as in a
     # long search, and the worker dies within 1.5 s after a copy, a few epochs after it: the retried trial starts
     # (a new worker process: 5-10 s on a loaded machine) before the next copy, from the copy that misses them
-    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "20")
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "15")
     (tmp_path / "space.yaml").write_text(SPACE)
     exp_dir = tmp_path / "runs" / "killed"
     stop, killed = threading.Event(), []
@@ -131,10 +133,12 @@ def test_a_killed_and_retried_trial_keeps_every_epoch_and_its_best_checkpoint(ti
     progress = pd.read_csv(Path(trial.path) / "progress.csv")
     assert sorted(set(progress.epoch)) == epochs
     # the kept "best" is the best epoch of the whole history (of equal ones the later, as retention and tune.best)
-    best = ranking.best(trial.results, lambda r: r["val_acc"], "max", ties="last")
-    kept = best_checkpoint_result(trial, "val_acc", "max")
+    # (val_loss: it moves every epoch, where val_acc on these easy shapes is 1.0 from the first and the best the last)
+    best = ranking.best(trial.results, lambda r: r["val_loss"], "min", ties="last")
+    kept = best_checkpoint_result(trial, "val_loss", "min")
     assert kept is not None and kept["epoch"] == best["epoch"], (kept, best)
     assert (Path(trial.path) / best["checkpoint_dir_name"]).is_dir()
+    print(f"best epoch {best['epoch']} of {EPOCHS}, kept {sorted(trial.checkpoints)}")
     # the worker really died: the trial's epochs ran in the killed worker, then in another
     pids = [r["pid"] for r in trial.results]
     assert pids[0] == killed[0][0] and pids[-1] != killed[0][0], pids
