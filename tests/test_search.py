@@ -439,7 +439,8 @@ def test_gpu_request_on_a_gpu_less_machine_fails_fast(tiny_imagefolder, tmp_path
                                        str(tiny_imagefolder), "--storage", str(tmp_path), "--gpus-per-trial", "1"])
     assert code == 2
     assert "--gpus-per-trial 1 asks for a GPU" in err and "PENDING forever" in err and "GPU=0" in err
-    assert time.time() - start < 30 and not ray.is_initialized()
+    # the proof is that Ray never started; the bound only catches a wait (generous: a loaded 2-core machine)
+    assert time.time() - start < 120 and not ray.is_initialized()
 
 
 def test_bad_space_or_data_fails_before_ray(tiny_imagefolder, tmp_path):
