@@ -78,9 +78,13 @@ def run_trial(config):
     run = Run(config, device=trial_device(), resume=resume, log_fn=lambda msg: None)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
     # epoch loop: report metrics with a checkpoint of this epoch
+    started = time.time()
     for metrics in run.epochs():
         with tempfile.TemporaryDirectory() as folder:
             checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
-            # reported_at: when the epoch ended (Ray's own timestamp is whole seconds), for the real concurrency
-            tune.report({**metrics, **where, "reported_at": time.time()},
+            # started_at / reported_at: when the epoch began and ended on this worker (Ray's timestamp is whole
+            # seconds, and its time_this_iter_s also counts the previous report's checkpoint upload), for the real
+            # concurrency (tune.report.observed_concurrency)
+            tune.report({**metrics, **where, "started_at": started, "reported_at": time.time()},
                         checkpoint=tune.Checkpoint.from_directory(folder))
+        started = time.time()
