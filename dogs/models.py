@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .backbones import BACKBONES, FLATTEN
+from .backbones import AVGPOOL, BACKBONES, FLATTEN
 from .config import weights_file
 from .errors import WeightsError
 
@@ -139,8 +139,14 @@ def load_pretrained(net, name, weights):
     return net
 
 
+def module(net, path):
+    """The module of a registry path: a submodule of `net`, or a new one for the FLATTEN / AVGPOOL markers."""
+    markers = {FLATTEN: nn.Flatten, AVGPOOL: lambda: nn.AdaptiveAvgPool2d(1)}
+    return markers[path]() if path in markers else net.get_submodule(path)
+
+
 def _modules(net, paths):
-    return [nn.Flatten() if path == FLATTEN else net.get_submodule(path) for path in paths]
+    return [module(net, path) for path in paths]
 
 
 def _stage(net, paths):

@@ -152,13 +152,13 @@ def test_unfreeze_moves_stages_into_the_tail():
 
 import copy
 
-from dogs.backbones import BACKBONES, FLATTEN, STAGES
+from dogs.backbones import AVGPOOL, BACKBONES, FLATTEN, STAGES
 
 PRETRAINED = [name for name, entry in BACKBONES.items() if entry.builder is not None]
 
 
 def params_of(net, paths):
-    return {id(p) for path in paths if path != FLATTEN for p in net.get_submodule(path).parameters()}
+    return {id(p) for path in paths if path not in (FLATTEN, AVGPOOL) for p in net.get_submodule(path).parameters()}
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
@@ -177,11 +177,14 @@ def test_registry_entry_builds_splits_and_freezes_for_every_unfreeze(name):
                 x = net.get_submodule(p)(x)
             sizes.append(x.shape[-1])
         for p in entry.pool:
-            x = torch.flatten(x, 1) if p == FLATTEN else net.get_submodule(p)(x)
+            x = models.module(net, p)(x)
         assert x.shape == (1, entry.features)  # the registry's feature width is the pooled width
         for p in entry.logits:
             x = net.get_submodule(p)(x)
         assert x.shape == (1, 1000)
+        image = torch.randn(2, 3, 64, 64)   # stem + stages + pool + logits = torchvision's own forward
+        assert torch.allclose(torch.nn.Sequential(*[models.module(net, p) for p in (*entry.stem, *sum(entry.stages, ()),
+                                                    *entry.pool, *entry.logits)])(image), net(image), atol=1e-5)
     assert sizes == sorted(set(sizes), reverse=True) and len(sizes) == STAGES[name]
     for unfreeze in range(STAGES[name] + 1):
         config = resolve({"model": name, "weights": "none", "unfreeze": unfreeze, "head_width": 8})
