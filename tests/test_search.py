@@ -356,6 +356,7 @@ def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
     assert ran_all   # a trial of 3 epochs had 3 checkpoints to keep 2 of
 
 
+@pytest.mark.timeout(1200)   # waits up to 480 s for the moment to interrupt, then the resume
 @pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_resume_after_ctrl_c_or_sigterm_reruns_nothing(tiny_imagefolder, tmp_path, stop, status):
     """Ctrl-C, and SIGTERM as Slurm, Kubernetes or `kill` send it, stop the search cleanly: "Search interrupted",
@@ -438,7 +439,8 @@ def test_gpu_request_on_a_gpu_less_machine_fails_fast(tiny_imagefolder, tmp_path
                                        str(tiny_imagefolder), "--storage", str(tmp_path), "--gpus-per-trial", "1"])
     assert code == 2
     assert "--gpus-per-trial 1 asks for a GPU" in err and "PENDING forever" in err and "GPU=0" in err
-    assert time.time() - start < 30 and not ray.is_initialized()
+    # the proof is that Ray never started; the bound only catches a wait (generous: a loaded 2-core machine)
+    assert time.time() - start < 120 and not ray.is_initialized()
 
 
 def test_bad_space_or_data_fails_before_ray(tiny_imagefolder, tmp_path):
@@ -663,7 +665,8 @@ def test_every_trial_errored_exits_nonzero_saying_there_is_no_best(tiny_imagefol
                                        str(tiny_imagefolder), "--storage", str(tmp_path / "runs"), "--max-failures",
                                        "0", "--set", f"cache_dir={blocked}/cache"])
     assert code == 1, out[-3000:] + err[-3000:]
-    assert "2 errored" in out and "no trial reported a finite val_acc (2 of 2 errored" in err
+    # a CacheError before the first epoch: each trial fails once, in one line, and the search says so (issue #24)
+    assert "2 errored" in out and "2 trial(s) ran, each failed before its first epoch (not retried; CacheError" in err
     assert "Study instance does not contain trials" not in out + err   # no intermediate-values plot of nothing
 
 

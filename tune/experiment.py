@@ -22,7 +22,7 @@ import pyarrow.fs
 
 from dogs import ranking, uncertainty
 from dogs.config import METRICS, SCHEMA, value_type
-from dogs.errors import ExperimentError, UserError
+from dogs.errors import USER_ERROR_KEY, ExperimentError, UserError
 from tune import spaces, storage
 
 DEFAULT_STORAGE = "runs"
@@ -55,6 +55,8 @@ class Trial:
         DAMAGED (a file of it cannot be read: it is never ranked)."""
         if self.damaged:
             return "DAMAGED"
+        if self.last.get(USER_ERROR_KEY):   # failed before its first epoch, in one line (dogs.trial): not retried
+            return "ERROR"
         if self.last.get("done") or (self.results and self.last.get("epoch", 0) >= self.config.get("epochs", 1e9)):
             return "TERMINATED"
         return "ERROR" if self.errored else "UNFINISHED"

@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from dogs.errors import UserError
@@ -125,7 +126,8 @@ class _NotOurs(logging.Filter):
     a Python call; the search prints its --resume command) and the list of trials not completed (the summary
     counts them)."""
 
-    HIDDEN = ("Experiment has been interrupted", "Trials did not complete")
+    HIDDEN = ("Experiment has been interrupted", "Trials did not complete",
+              "Failed to fetch metrics for")   # a trial stopped before its first result (the summary counts it)
 
     def filter(self, record):
         return not str(record.msg).startswith(self.HIDDEN)
@@ -136,9 +138,12 @@ def quiet_driver():
     stay out of the console; its warnings and errors still show."""
     tune_log = logging.getLogger("ray.tune")
     tune_log.setLevel(logging.WARNING)
-    logger = logging.getLogger("ray.tune.tune")
-    if not any(isinstance(f, _NotOurs) for f in logger.filters):
-        logger.addFilter(_NotOurs())
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NotOurs) for f in logger.filters):
+            logger.addFilter(_NotOurs())
+    # ASHA's rung percentile over trials that reported no score (NaN: diverged, or failed before an epoch)
+    warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
 
 
 def check_resources(s, resources, autoscaling=False):
