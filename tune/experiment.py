@@ -379,7 +379,7 @@ class Experiment:
                 "trial_id": trial.trial_id,
                 "status": status,
                 "stopped_early": status == "TERMINATED" and len(trial.results) < self.search["epochs"],
-                "epochs": len(trial.results),
+                "epochs": 0 if last.get(USER_ERROR_KEY) else len(trial.results),
                 **{name: last.get(name) for name in METRICS},   # scores of the last epoch run
                 f"best_{metric}": best,
                 **dict(zip(interval_columns(metric), self.interval(trial) or (None, None))),
