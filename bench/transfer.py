@@ -15,8 +15,9 @@ own decoding and feature pass), each scored on the held-out Test/ photos against
                  `python -m tune.best --submit` -> submission.csv
   (d) scratch    the same with cnn_scratch.yaml (the notebook's CNN from scratch)
 and the seconds of one trial-epoch (train + validation) of one frozen config with the feature cache (the
-backbone's output computed once: row (b)'s cache) against feature_cache false (the backbone on every photo of
-every epoch). Test accuracy comes with its 95% Wilson interval (dogs/uncertainty.py: n = the Test photos).
+backbone's output computed once, before the timed epochs) against feature_cache false (the backbone on every
+photo of every epoch), on 50 Train + 10 Validation photos per class (an uncached epoch of all of them would
+take as long as a whole feature pass again). Test accuracy comes with its 95% Wilson interval (dogs/uncertainty.py: n = the Test photos).
 Needs the mobilenet_v2 weights in $TORCH_HOME/hub/checkpoints (python -m dogs.weights install ...).
 """
 # ----------------------------------------------------------------------------- setup
@@ -136,9 +137,11 @@ def search_and_submit(space, root, runs, name, budget, cache, log, extra=()):
 def epoch_seconds(config, epochs):
     """Wall seconds of each trial-epoch (train + validation) of dogs.engine.Run; the first is left out when
     there are more (kernel warm-up), and the one-off set-up (decode, feature pass) is never in them."""
+    import torch
+
     from dogs import engine
     from dogs.config import resolve
-    run = engine.Run(resolve({**config, "epochs": epochs}), device="cpu", log_fn=lambda m: None)
+    run = engine.Run(resolve({**config, "epochs": epochs}), device=torch.device("cpu"), log_fn=lambda m: None)
     times, start = [], time.perf_counter()
     for _ in run.epochs():
         times.append(time.perf_counter() - start)
@@ -155,6 +158,8 @@ def main():
     p.add_argument("--small", action="store_true", help="20 + 10 photos per class, 100 Test, small images, 45 s")
     p.add_argument("--budget", help="each search's --time-budget (default 10m, --small 45s)")
     p.add_argument("--rows", default="a,b,c,d,speed", help="which rows to run (comma list)")
+    p.add_argument("--speed-photos", type=int, help="Train photos per class of the epoch-speed row (default 50, "
+                                                    "--small 5; Validation: a fifth)")
     p.add_argument("--out", type=Path, help="keep logs and experiments here (default: a temporary folder)")
     args = p.parse_args()
     rows_wanted = set(args.rows.split(","))
@@ -191,13 +196,12 @@ def main():
     # (b) dogs.train, frozen mobilenet_v2 + linear head
     cache_b = tmp / "cache-b"
     config_b = {**FROZEN, "image_size": size, "epochs": 10, "data": str(root), "cache_dir": str(cache_b), "seed": 0}
-    if "b" in rows_wanted or "speed" in rows_wanted:
+    if "b" in rows_wanted:
         sets = [f"{k}={v}" for k, v in config_b.items() if k not in ("data",)]
         code, seconds = sh([sys.executable, "-m", "dogs.train", "--data", root, "--device", "cpu", "--out",
                             tmp / "train-b", "--set", *sets], log, timeout=3600)
-        if "b" in rows_wanted:
-            row("(b) dogs.train", "frozen mobilenet_v2 + linear head, 10 epochs", seconds,
-                score_csv(labels, tmp / "train-b" / "submission.csv"), "" if code == 0 else f"exit {code}")
+        row("(b) dogs.train", "frozen mobilenet_v2 + linear head, 10 epochs", seconds,
+            score_csv(labels, tmp / "train-b" / "submission.csv"), "" if code == 0 else f"exit {code}")
 
     # (c) the transfer space, (d) the scratch CNN: each a search with the same budget, then its hand-over
     for key, space, extra in (("c", "transfer.yaml", sized),
@@ -211,19 +215,28 @@ def main():
             time.perf_counter() - start, score_csv(labels, submission), f"{trials} trials, {epochs} trial-epochs")
         shutil.rmtree(cache, ignore_errors=True)
 
-    # seconds per trial-epoch of one frozen config: the cached features (row b's cache) vs the backbone every epoch
+    # seconds per trial-epoch of one frozen config, cached features vs the backbone every epoch, on a per-class
+    # subset of the photos (an uncached epoch of all of them takes as long as a whole feature pass)
     if "speed" in rows_wanted:
-        cached, on = epoch_seconds(config_b, 4)
-        plain, off = epoch_seconds({**config_b, "feature_cache": False}, 1)
-        print(f"  trial-epoch, frozen mobilenet_v2 at {size} px, {n_train} Train photos: feature cache "
-              f"{cached:.2f} s (cached: {on}), backbone every epoch {plain:.1f} s (cached: {off}): "
-              f"{plain / cached:.0f}x", flush=True)
+        per_class = args.speed_photos or (5 if args.small else 50)
+        sub, _ = subset(root, labels, tmp / "speed-photos", train=per_class, val=max(per_class // 5, 2), test=0)
+        n_sub = sum(1 for _ in (sub / "Train").rglob("*.jpg"))
+        n_val = sum(1 for _ in (sub / "Validation").rglob("*.jpg"))
+        config = {**FROZEN, "image_size": size, "data": str(sub), "cache_dir": str(tmp / "cache-speed"), "seed": 0}
+        cached, on = epoch_seconds(config, 4)
+        plain, off = epoch_seconds({**config, "feature_cache": False}, 1)
+        note = (f"{n_sub} Train + {n_val} Validation photos: feature cache {cached:.2f} s (cached: {on}), backbone "
+                f"every epoch {plain:.1f} s (cached: {off}): {plain / cached:.0f}x")
+        print(f"  trial-epoch, frozen mobilenet_v2 at {size} px, {note}", flush=True)
         rows.append({"row": "epoch speed", "what": f"one frozen trial-epoch (train + validation), {size} px",
-                     "test acc": "", "95% interval": "", "n test": "", "wall s": "",
-                     "note": f"feature cache {cached:.2f} s, backbone every epoch {plain:.1f} s: {plain / cached:.0f}x"})
+                     "test acc": "", "95% interval": "", "n test": "", "wall s": "", "note": note})
 
     print()
-    print(pd.DataFrame(rows).to_markdown(index=False))
+    table = pd.DataFrame(rows)
+    try:
+        print(table.to_markdown(index=False))
+    except ImportError:   # tabulate: pip install -e '.[bench]'
+        print(table.to_string(index=False))
     print(f"\n# {time.strftime('%H:%M')}, load average {os.getloadavg()[0]:.1f} at the end; kept in {tmp}"
           if args.out else "")
     if not args.out:
