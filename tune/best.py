@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from dogs import interrupt
-from dogs.cli import ArgumentParser
+from dogs.cli import ArgumentParser, quiet_when_reader_leaves
 from dogs.errors import ExperimentError, UserError
+from dogs.files import refuse_others
 from tune import experiment, reevaluate, spaces, storage, use
 from tune.handover import best_trials, check_data, experiment_dir, refuse_link
 from tune.cli import fail
@@ -86,6 +87,7 @@ def interval_text(trial, metric, mode):
             "score anywhere in it")
 
 
+@quiet_when_reader_leaves
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
@@ -122,6 +124,8 @@ def best(args):
                               "alone: use one of the two (or --top: its seeds averaged)")
     if args.address and args.top is None:
         raise ExperimentError("--address is where --top runs its re-evaluation: it needs --retrain --top")
+    if args.out:   # a file there, or a user's file under a name we write: one line before anything runs
+        refuse_others(args.out, writes(args), "--out")
 
     # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
     exp_dir = experiment_dir(args.experiment, args.storage)
@@ -164,6 +168,7 @@ def best(args):
     out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
     if not args.out:
         refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
+        refuse_others(out_dir, writes(args), "--out")
     if data is None:
         check_data(ckpt["config"]["data"], moved=True)
     others, handed = [pair for _, _, pair in rest], None
@@ -218,6 +223,15 @@ def best(args):
 
         print(f"  (no submission.csv: {no_test_images(resolve_root(data or ckpt['config']['data'])[0])})")
     return 0
+
+
+def writes(args):
+    """The names tune.best writes into its output folder for these flags (each replaced only when ours)."""
+    from dogs import predict, train
+
+    if not args.submit and not args.retrain:
+        return ["config.yaml"]
+    return ["config.yaml", "best.pt", *predict.WRITES, "report", *(train.WRITES if args.retrain else ())]
 
 
 def best_config(ckpt, space, data=None):
