@@ -162,9 +162,9 @@ def refuse_others(folder, names, flag):
     """Raise one OutputError line when `folder` holds, under a name in `names` we are about to write, anything we
     did not write (a user's file, a folder, a link); an earlier run's files (is_ours) may be replaced."""
     folder = output_folder(folder, flag)
-    theirs = [folder / name for name in names if os.path.lexists(folder / name) and not is_ours(folder / name)]
+    theirs = [name for name in names if os.path.lexists(folder / name) and not is_ours(folder / name)]
     if theirs:
-        raise OutputError(f"{flag} {folder}: {', '.join(map(str, theirs))} would be replaced, and "
+        raise OutputError(f"{flag} {folder}: its {', '.join(theirs)} would be replaced, and "
                           f"{'it is' if len(theirs) == 1 else 'they are'} not what this project writes there: "
                           "move them away, or give another folder")
     return folder
