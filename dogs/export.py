@@ -60,9 +60,9 @@ def check_target(folder):
         raise ExportError(f"--export needs {', '.join(missing)}: pip install -e '.[export]' (or pip install "
                           f"{' '.join(missing)})")
     given, folder = folder, Path(os.path.abspath(folder))   # '.', 'model/..': the folder they name
-    here = Path.cwd()
-    if folder == here or folder in here.parents:
-        raise ExportError(f"--export {given}: that is the current folder{' or one above it' if folder != here else ''},"
+    here, real = Path.cwd().resolve(), folder.resolve()   # through links too
+    if real == here or real in here.parents:
+        raise ExportError(f"--export {given}: that is the current folder{' or one above it' if real != here else ''},"
                           " which an export replaces whole: give a folder to create, e.g. --export model/")
     if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
         raise ExportError(f"--export {given}: not a folder (a file or a link): give a new or empty folder")
@@ -150,6 +150,9 @@ def replace(tmp, folder):
     old = None
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        if folder.is_dir() and not_exported(folder):   # what appeared there while the model was exported
+            raise ExportError(f"--export {folder}: {', '.join(not_exported(folder)[:5])} appeared in the folder during "
+                              "the export: nothing written; move them away, or give another folder")
         if folder.is_dir():
             old = folder.with_name(f".{folder.name}.old{os.getpid()}-{secrets.token_hex(4)}")
             folder.rename(old)

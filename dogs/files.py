@@ -139,9 +139,12 @@ OURS = {
 def is_ours(path):
     """Whether `path` is a file (or report folder) that this project writes under that name, e.g. an earlier run's."""
     path = Path(path)
-    if path.name == "report" and path.is_dir() and not path.is_symlink():
-        return all(p.name in REPORT and is_plain_file(p) for p in path.iterdir())
-    return path.name in OURS and is_plain_file(path) and OURS[path.name](path)
+    try:
+        if path.name == "report" and path.is_dir() and not path.is_symlink():
+            return all(p.name in REPORT and is_plain_file(p) for p in path.iterdir())
+        return path.name in OURS and is_plain_file(path) and OURS[path.name](path)
+    except OSError:   # unreadable: not known to be ours
+        return False
 
 
 def is_special(path):

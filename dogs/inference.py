@@ -173,7 +173,6 @@ def photo_files(paths):
     return files, missing
 
 
-
 def check_top_k(k, classes):
     """`k` checked (>= 1) and capped by the number of classes; (k, note or None)."""
     if k < 1:
