@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 
 from . import bars, checkpoint
+from .config import DEFAULTS
 from .engine import Run
+from .errors import USER_ERROR_KEY, UserError
 
 
 def trial_device():
@@ -75,12 +77,27 @@ def run_trial(config):
     if saved is not None:
         with saved.as_directory() as folder:
             resume = checkpoint.read(Path(folder))
-    run = Run(config, device=trial_device(), resume=resume, log_fn=lambda msg: None)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
-    # epoch loop: report metrics with a checkpoint of this epoch
-    for metrics in run.epochs():
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
-            # reported_at: when the epoch ended (Ray's own timestamp is whole seconds), for the real concurrency
-            tune.report({**metrics, **where, "reported_at": time.time()},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+    reported = False
+    try:
+        run = Run(config, device=trial_device(), resume=resume, log_fn=lambda msg: None)
+        # epoch loop: report metrics with a checkpoint of this epoch
+        started = time.time()
+        for metrics in run.epochs():
+            with tempfile.TemporaryDirectory() as folder:
+                checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
+                # started_at / reported_at: when the epoch began and ended on this worker (Ray's timestamp is whole
+                # seconds, and its time_this_iter_s also counts the previous report's checkpoint upload), for the real
+                # concurrency (tune.report.observed_concurrency)
+                tune.report({**metrics, **where, "started_at": started, "reported_at": time.time()},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+            reported = True
+            started = time.time()
+    except UserError as err:
+        if reported or resume is not None:   # after an epoch: Ray's retry from the checkpoint, as for any error
+            raise
+        # missing weights, a config that cannot build: every retry would fail the same way (Ray's FailureConfig
+        # retries any exception), so the trial ends with one result saying it: no score, its one line
+        nan, metric = float("nan"), config.get("metric", DEFAULTS["metric"])
+        tune.report({metric: nan, f"best_{metric}": nan, "epoch": 0, **where,
+                     USER_ERROR_KEY: f"{type(err).__name__}: {err}", "reported_at": time.time()})

@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from dogs.errors import UserError
@@ -62,6 +63,32 @@ def worker_folder(address):
         os.environ.pop(WORKERS_ENV, None)
 
 
+def worker_setup_hook():
+    """Each Ray worker's set-up without -v (ray.init's worker_process_setup_hook). A nested function, so that Ray
+    ships it by value: it needs nothing of this project on the node."""
+    def quiet_worker():
+        """Ray Train's INFO lines (a "Checkpoint successfully created" per trial-epoch) stay out of the console
+        (warnings and errors still show); and a worker that Ray stops with SIGTERM while Python runs a finalizer
+        (Ray's handler raises SystemExit there, which Python can only print as "Exception ignored ... Traceback")
+        says so in one line instead of a traceback among the search's summary."""
+        import logging
+        import os
+        import sys
+
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+        default = sys.unraisablehook
+
+        def one_line(unraisable):
+            if isinstance(unraisable.exc_value, SystemExit):   # the worker is being stopped: nothing went wrong
+                print(f"(worker pid {os.getpid()} stopped by Ray while cleaning up: SystemExit ignored)", file=sys.stderr)
+            else:
+                default(unraisable)
+
+        sys.unraisablehook = one_line
+
+    return quiet_worker
+
+
 def start_ray(address, verbose=False):
     """Start a new Ray here (dashboard off, loopback only), or join the cluster at `address`.
 
@@ -74,15 +101,7 @@ def start_ray(address, verbose=False):
     address = address or os.environ.get("RAY_ADDRESS")
 
     mode = set_auth_mode(address)
-    def quiet_ray_train():
-        """Each worker's set-up without -v: Ray Train's INFO lines (a "Checkpoint successfully created" per
-        trial-epoch) stay out of the console; warnings and errors still show. Defined here so that Ray ships
-        it by value: it needs nothing of this project on the node."""
-        import logging
-
-        logging.getLogger("ray.train").setLevel(logging.WARNING)
-
-    runtime_env = None if verbose else {"worker_process_setup_hook": quiet_ray_train}
+    runtime_env = None if verbose else {"worker_process_setup_hook": worker_setup_hook()}
     if not verbose:
         quiet_driver()
     if address:
@@ -105,7 +124,8 @@ class _NotOurs(logging.Filter):
     a Python call; the search prints its --resume command) and the list of trials not completed (the summary
     counts them)."""
 
-    HIDDEN = ("Experiment has been interrupted", "Trials did not complete")
+    HIDDEN = ("Experiment has been interrupted", "Trials did not complete",
+              "Failed to fetch metrics for")   # a trial stopped before its first result (the summary counts it)
 
     def filter(self, record):
         return not str(record.msg).startswith(self.HIDDEN)
@@ -116,9 +136,12 @@ def quiet_driver():
     stay out of the console; its warnings and errors still show."""
     tune_log = logging.getLogger("ray.tune")
     tune_log.setLevel(logging.WARNING)
-    logger = logging.getLogger("ray.tune.tune")
-    if not any(isinstance(f, _NotOurs) for f in logger.filters):
-        logger.addFilter(_NotOurs())
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NotOurs) for f in logger.filters):
+            logger.addFilter(_NotOurs())
+    # ASHA's rung percentile over trials that reported no score (NaN: diverged, or failed before an epoch)
+    warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
 
 
 def check_resources(s, resources, autoscaling=False):

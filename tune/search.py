@@ -27,13 +27,14 @@ from dogs.cli import quiet_when_reader_leaves
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
 from dogs.files import CSV
-from tune import cli, plots, ray_setup, settings, spaces, storage, trackers
+from tune import cli, lock, plots, ray_setup, settings, spaces, state, storage, trackers
 from tune.experiment import default_name, name_problem, read_trials
 
 
 @quiet_when_reader_leaves
 def main(argv=None):
     args = cli.get_args_parser().parse_args(argv)
+    args.command = lock.command_line("python -m tune.search", sys.argv[1:] if argv is None else argv)
     try:
         return search(args)
     except UserError as err:   # helpers raise; the command prints once
@@ -50,13 +51,33 @@ def search(args):
     if args.resume and (args.log or args.mlflow_uri):
         raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
                         "with (they are in Ray's saved state); resume without them")
+    if args.resume and args.optuna_storage:
+        raise UserError("--optuna-storage with --resume: a resumed search continues its study in the database it "
+                        "was started with (its saved searcher state names it); resume without it")
+    trackers.check_mlflow(args.log, args.mlflow_uri)   # a tracker that does not answer: one line, before Ray
+    if args.optuna_storage:   # the study's database opened and pinged, within seconds
+        from tune.study import storage_problem
+
+        why = storage_problem(args.optuna_storage)
+        if why:
+            raise UserError(why)
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
-    joined = ray_setup.joins_cluster(args.address)
 
     # the space and the data: checked before Ray starts
     exp_dir, space = resume.resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
+    if "mlflow" in args.log:   # an experiment in a bucket needs --mlflow-uri: said before Ray starts
+        trackers.mlflow_uri(exp_dir, args.mlflow_uri)
+    with lock.held(exp_dir, args.command):   # one command per experiment at a time: a second one is one line
+        if not args.resume:   # again, under the lock: another search may have started it meanwhile
+            refuse_existing(exp_dir)
+        return search_experiment(args, runs, exp_dir, space)
+
+
+def search_experiment(args, runs, exp_dir, space):
+    """The search of a checked experiment, holding its lock: start Ray (local or a cluster), then fit."""
+    joined = ray_setup.joins_cluster(args.address)
     s = space["search"]
     if not args.resume and s["gpus_per_trial"] > 0 and not joined:
         import torch   # here: only a GPU search asks
@@ -99,15 +120,22 @@ def new_experiment(args, runs):
     except DataError as err:
         raise UserError(f"search.holdout: {err}") from None
     check_metric(space["search"]["metric"], labeled_split(data_root, TRAIN)[0], data_root)   # val_top5, <= 5 classes
-    for warning in (report.small_validation_warning(data_root, space["search"]),
-                    None if ray_setup.joins_cluster(args.address) else report.missing_weights_warning(space)):
-        if warning:
-            print(warning)
+    if not ray_setup.joins_cluster(args.address):   # a cluster's nodes have their own hub caches (docs/cluster.md)
+        report.check_weights(space)
+    warning = report.small_validation_warning(data_root, space["search"])
+    if warning:
+        print(warning)
     name = args.name or default_name(Path(space["file"]).stem, f"{datetime.now():%Y%m%d-%H%M%S}")
     exp_dir = storage.join(runs, name)
-    if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
-        raise UserError(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
+    refuse_existing(exp_dir)
     return exp_dir, space
+
+
+def refuse_existing(exp_dir):
+    """A new search never writes into an experiment that exists."""
+    if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
+        name = storage.name(exp_dir)
+        raise UserError(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
 
 
 def interrupted_at_start(args, runs, exp_dir):
@@ -138,8 +166,16 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
+    before, cut = 0, None
     if args.resume:
-        grid_tuner = tuner.restore_tuner(s, exp_dir)
+        cut = state.problem(exp_dir)   # Ray's state cut or missing: found before Ray reads it (tune.state)
+        if cut:
+            need, before, optuna_storage = state.rebuild(exp_dir, space, cut)
+            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), optuna_storage, args.verbose,
+                                          slots=None if joined else slots, rung_slots=slots,
+                                          extend=need) if need else None
+        else:
+            grid_tuner = tuner.restore_tuner(s, exp_dir)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
     else:
         with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
@@ -162,7 +198,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     try:
         with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget, \
                 storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
-            grid, before = grid_tuner.fit(), 0
+            grid = grid_tuner.fit() if grid_tuner else []   # a rebuilt run with every trial finished: none
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
             table = report.trials_table(exp_dir, space) if args.resume else None
             extra = s["samples"] - int((table.status != "ABANDONED").sum()) if args.resume else 0
@@ -185,12 +221,19 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     pending = max(0, len(grid) - (len(table) - before))   # trials Tune created that never started: no folder yet
     created = int((table.status != "ABANDONED").sum()) + pending
     stopped = pending or (table.status == "UNFINISHED").any() or created < s["samples"]
-    why = (f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
+    failed = report.user_errors(trials)   # {one line: trial ids}: trials that failed before an epoch, not retried
+    all_failed = bool(failed) and sum(map(len, failed.values())) == int((table.status != "ABANDONED").sum())
+    why = ("every trial failed before its first epoch" if all_failed and not budget.is_set() else
+           f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(**CSV))
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
-                    + report.failure_hints(exp_dir, table)))
+                    + report.failure_hints(exp_dir, table) + report.user_error_lines(failed)))
     print("\n".join(plots.report(exp_dir)))
+    if all_failed:   # tune.tuner.UserErrorStop ended it: the same error would end every further trial
+        print(f"dogs-search: error: {sum(map(len, failed.values()))} trial(s) ran, each failed before its first epoch "
+              f"(not retried; {' | '.join(failed)}): fix that and run the search again", file=sys.stderr)
+        return 1
     if stopped:
         print(f"{why}: continue with  {resume_command(runs, exp_dir)}")
         return 0 if budget.is_set() else interrupt.exit_status()
@@ -217,7 +260,7 @@ def resume_command(runs, exp_dir):
 def starting(exp_dir):
     """A failed write while a new experiment starts (its folder, study.db, search_space.yaml) is one line, and the
     folder this command made is removed (nothing ran): the same command runs again once there is space."""
-    made = not storage.is_uri(exp_dir) and not Path(exp_dir).exists()
+    made = not storage.is_uri(exp_dir) and (not Path(exp_dir).exists() or lock.only_lock(exp_dir))
     again = "free space, then rerun the same command"
     try:
         with storage.writing("a new experiment", exp_dir, again):
