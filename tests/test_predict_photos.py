@@ -99,7 +99,7 @@ def test_unreadable_files_are_rows_with_their_reason_and_folders_skip_what_is_no
 def test_mistakes_are_one_line_and_write_nothing(trained, tmp_path):
     ckpt = str(trained["checkpoint"])
     for argv, message in (
-            (["--checkpoint", ckpt, "--predict", str(trained["data"] / "Test"), "--top-k", "0"], "--top-k 0: "),
+            (["--checkpoint", ckpt, "--predict", str(trained["data"] / "Test"), "--top-k", "0"], "--top-k: 0 is out of range"),
             (["--checkpoint", ckpt, "--predict", str(tmp_path / "none")], "no image files there"),
             (["--checkpoint", ckpt, "--submit"], "--checkpoint FILE is for --predict and --export"),
             (["--checkpoint", ckpt, "--predict", ckpt, "--ensemble", "2"], "not with --checkpoint"),
