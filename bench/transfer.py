@@ -168,6 +168,8 @@ def main():
     threads = min(2, os.cpu_count())
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a local Ray for the searches, no token
     print(f"# bench/transfer.py {' '.join(sys.argv[1:])}\n# {time.strftime('%Y-%m-%d %H:%M')}  {hardware()}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="transfer-", dir=args.out))
     log = tmp / "log.txt"
     root, labels = args.data, args.labels
