@@ -1,10 +1,13 @@
 """The command kit every command uses (dogs.train, tune.search, tune.best, tune.serve): one parser class (argparse's,
 with groups, examples, 'did you mean' for a mistyped flag, which Python 3.11's argparse does not say, and a mistake
-said in one line), `number`, the type of every numeric flag (finite, in its range), and one `fail` that prints a
-user error as `prog: error: message`."""
+said in one line), `number`, the type of every numeric flag (finite, in its range), one `fail` that prints a user
+error as `prog: error: message`, and the quiet end of a command whose reader left (`| head`)."""
 import argparse
 import difflib
+import functools
 import math
+import os
+import signal
 import sys
 
 from dogs.config import Range
@@ -69,3 +72,22 @@ def fail(prog, message):
     """Exit with `prog: error: message` and no traceback (each command's main, once)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def quiet_when_reader_leaves(main):
+    """`main`, ending quietly when whatever reads its output closed it (`... | head`): no BrokenPipeError traceback,
+    exit status 141 (128 + SIGPIPE), as `yes | head` ends."""
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            try:
+                return main(argv)
+            finally:
+                sys.stdout.flush()   # what is still buffered fails here, not in Python's own flush at exit
+        except BrokenPipeError:
+            try:   # nothing more reaches the closed pipe: Python's flush at exit would print the error again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):   # stdout is no file (a test's StringIO)
+                pass
+            return 128 + signal.SIGPIPE
+    return wrapped

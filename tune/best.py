@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 
 from dogs import interrupt
-from dogs.cli import ArgumentParser, fail, number
+from dogs.cli import ArgumentParser, fail, number, quiet_when_reader_leaves
 from dogs.errors import DataError, ExperimentError, UserError
+from dogs.files import output_folder as checked_folder, refuse_others
 from tune import lock, reevaluate as reevaluation, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, Experiment, holdout_key, printable
 
@@ -158,11 +159,14 @@ def locked(write):
     return action
 
 
+@quiet_when_reader_leaves
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     args.command = lock.command_line("python -m tune.best", sys.argv[1:] if argv is None else argv)
     try:
         check_flags(args)
+        if args.out and not uses(args):   # a file there, or a user's file under a name we write: one line first
+            refuse_others(args.out, writes(args), "--out")
         return action(args)(args)
     except UserError as err:
         fail(PROG, err)
@@ -238,14 +242,14 @@ def predict(args):
     from tqdm import tqdm
 
     from dogs.data import IMAGE_EXTENSIONS
-    from dogs.files import atomic_path
+    from dogs.files import write_csv
     from dogs.inference import check_top_k, format_table, photo_files, predictions_frame
 
     files, missing = photo_files(args.predict)
     if not files:
         raise DataError(f"--predict {' '.join(args.predict)}: no image files there (image extensions: "
                         f"{' '.join(sorted(IMAGE_EXTENSIONS))})")
-    out_dir = predictions_folder(args)
+    out_dir = refuse_others(predictions_folder(args), ["predictions.csv"], "--out")   # an earlier one is replaced
     chosen, _ = predictor(args.experiment, args.storage, args.checkpoint, args.ensemble, args.tta)
     k, note = check_top_k(args.top_k, chosen.classes)
     # decoded and predicted in batches; a path that named nothing is a row too
@@ -254,8 +258,7 @@ def predict(args):
     results += [(None, "no such file or folder, and no glob match")] * len(missing)
     table = predictions_frame([*files, *missing], results, k)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "predictions.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, out_dir / "predictions.csv")
     print("\n".join(format_table(table, k)))
     if note:
         print(f"  note         {note}")
@@ -273,7 +276,12 @@ def export(args):
     target = check_target(args.export)
     data_root = check_data(args.data)   # where Validation is, for the card's per-class accuracy
     [(model, ckpt)], where = load_members(args.experiment, args.storage, args.checkpoint)
-    written = export_model(model, ckpt, target, source=where, data_root=data_root, log_fn=print)
+    interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM as Ctrl-C: the export's temporary folder is removed
+    try:
+        written = export_model(model, ckpt, target, source=where, data_root=data_root, log_fn=print)
+    except KeyboardInterrupt:
+        print(f"{PROG}: export interrupted: nothing written, {args.export} as it was", file=sys.stderr)
+        return interrupt.exit_status()
     for name, path in written.items():
         print(f"  {name:<18} {path}")
     return 0
@@ -326,6 +334,15 @@ def interval_text(exp, trial):
             "score anywhere in it")
 
 
+def writes(args):
+    """The names tune.best writes into its output folder for these flags (each replaced only when ours)."""
+    from dogs import predict, train
+
+    if not args.submit and not args.retrain:
+        return ["config.yaml"]
+    return ["config.yaml", "best.pt", *predict.WRITES, "report", *(train.WRITES if args.retrain else ())]
+
+
 def source(exp, trial_id):
     return f"trial {trial_id} of {exp.location}"
 
@@ -336,6 +353,7 @@ def output_folder(args, exp, data, ckpt):
     out_dir = Path(args.out) if args.out else Path(exp.location, "best")
     if not args.out:
         refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
+        refuse_others(out_dir, writes(args), "--out")
     if data is None and ckpt is not None:
         check_data(ckpt["config"]["data"], moved=True)
     return out_dir
@@ -390,7 +408,7 @@ def predictions_folder(args):
     """--predict's folder: --out; else the experiment's best/ (beside --submit's files), or the current folder with
     --checkpoint."""
     if args.out:
-        return Path(args.out)
+        return checked_folder(args.out, "--out")
     if args.checkpoint:
         return Path.cwd()
     exp = Experiment.open(args.experiment, args.storage)
