@@ -39,6 +39,7 @@ def main(argv=None):
 
 def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
+    began = time.time()   # a time budget counts from here: the whole command ends within it (and an epoch)
     if args.name is not None and name_problem(args.name):   # before anything: the name makes folders and URLs
         raise UserError(f"--name: {name_problem(args.name)}")
     ray_setup.set_environment(args.address, args.verbose)
@@ -61,12 +62,16 @@ def search(args):
         if not torch.cuda.is_available():
             ray_setup.check_resources(s, {"CPU": os.cpu_count(), "GPU": 0})
 
-    # Ray: local or a cluster, and requests it can meet
+    # Ray: local or a cluster, and requests it can meet; a time budget's deadline for the trials (dogs.trial)
     import ray
+    from dogs.trial import DEADLINE_ENV
 
+    budget = settings.parse_duration(s["time_budget"]) if s["time_budget"] else None
+    args.deadline = began + budget if budget else None
     with ray_setup.worker_folder(args.address) as workers:
         try:
-            resources = ray_setup.start_ray(args.address, args.verbose)
+            resources = ray_setup.start_ray(args.address, args.verbose,
+                                            env={DEADLINE_ENV: repr(args.deadline)} if budget else None)
             interrupt.catch_sigterm()   # again: ray.init installs its own handler (exit 1, no resume line)
         except KeyboardInterrupt:
             ray.shutdown()   # whatever part of Ray had started
@@ -157,7 +162,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     ctrl_c = signal.getsignal(signal.SIGINT)
     tuner.StudySearcher.lost = None
     try:
-        with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget, \
+        with tuner.time_budget(args.deadline) as budget, \
                 storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
             grid, before = grid_tuner.fit(), 0
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
