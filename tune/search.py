@@ -124,7 +124,7 @@ def interrupted_at_start(args, runs, exp_dir):
 
 def fit(args, space, exp_dir, runs, resources, workers=None):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
-    from tune import report, tuner
+    from tune import estimate, report, tuner
 
     s = space["search"]
     joined = ray_setup.joins_cluster(args.address)
@@ -150,7 +150,9 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
                                           loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
                                                                      args.mlflow_uri))
             storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
-    print(f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}")
+    # what it runs and about how long (at this machine's measured seconds per epoch, if any)
+    print(estimate.plan_line(space, slots, exp_dir,
+                             settings.parse_duration(s["time_budget"]) if s["time_budget"] else None))
     if s["scheduler"] == "asha" and s["fidelity"] == "time" and not args.resume:
         _, grace, max_t = settings.asha_rungs(s, slots)
         rungs = [grace * s["reduction_factor"] ** k for k in range(64)]
@@ -190,6 +192,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     why = (f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
+    estimate.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
                     + report.failure_hints(exp_dir, table)))
     print("\n".join(plots.report(exp_dir)))
