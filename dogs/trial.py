@@ -33,9 +33,10 @@ DEADLINE_ENV = "DOGS_TUNE_DEADLINE"
 IDLE_S = 3600.0   # how long a trial out of budget waits for the search to stop it (it stops within an epoch)
 
 
-def next_epoch_fits(now, longest_epoch_s, deadline):
-    """Whether an epoch as long as the longest so far, started now, ends by the deadline (None: no budget)."""
-    return deadline is None or now + longest_epoch_s <= deadline
+def out_of_budget(epoch, epochs, now, longest_epoch_s, deadline):
+    """Whether a trial stops for the time budget after `epoch` of `epochs`: it has epochs left, and one as long as
+    its longest so far, started now, would end after the deadline (None: no budget)."""
+    return deadline is not None and epoch < epochs and now + longest_epoch_s > deadline
 
 
 def budget_deadline():
@@ -99,7 +100,7 @@ def run_trial(config):
             # the time budget: the next epoch is not started when it would end after the deadline (budget_spent)
             now = time.time()
             longest = max(longest, now - began)   # an epoch: training, evaluation and its checkpoint
-            spent = not next_epoch_fits(now, longest, deadline)
+            spent = out_of_budget(run.epoch, run.config["epochs"], now, longest, deadline)
             # reported_at: when the epoch ended (Ray's own timestamp is whole seconds), for the real concurrency
             tune.report({**metrics, **where, "reported_at": now, "budget_spent": spent},
                         checkpoint=tune.Checkpoint.from_directory(folder))

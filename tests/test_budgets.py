@@ -123,11 +123,16 @@ def test_the_time_left_is_the_work_left_at_most_the_budget_left(work_s, budget_l
         assert left == work_s or left == max(0.0, budget_left_s)
 
 
-@given(st.floats(0, 1e9), SECONDS, st.one_of(st.none(), st.floats(0, 2e9)))
-def test_an_epoch_starts_only_when_its_length_ends_by_the_deadline(now, longest_s, deadline):
-    from dogs.trial import next_epoch_fits
+@given(st.integers(1, 50), st.integers(1, 50), st.floats(0, 1e9), SECONDS, st.one_of(st.none(), st.floats(0, 2e9)))
+def test_a_trial_stops_for_the_budget_only_before_an_epoch_that_would_end_after_it(epoch, epochs, now, longest_s,
+                                                                                    deadline):
+    from dogs.trial import out_of_budget
 
-    assert next_epoch_fits(now, longest_s, deadline) == (deadline is None or now + longest_s <= deadline)
+    stops = out_of_budget(epoch, epochs, now, longest_s, deadline)
+    if deadline is None or epoch >= epochs:   # no budget, or its last epoch done: it ends as complete, never waits
+        assert not stops
+    else:
+        assert stops == (now + longest_s > deadline)
 
 
 @given(st.integers(1, 500), st.integers(1, 500), st.integers(1, 64), st.floats(0.01, 1e4),
