@@ -123,6 +123,20 @@ def test_the_time_left_is_the_work_left_at_most_the_budget_left(work_s, budget_l
         assert left == work_s or left == max(0.0, budget_left_s)
 
 
+def test_the_progress_line_says_no_more_time_left_than_the_budget_has(monkeypatch):
+    """20 trials x 40 epochs at 1 epoch per 10 s is hours of work; with 5 minutes of budget left the line says 5m."""
+    from tune import progress
+
+    class Running:   # what the progress line reads of a Tune trial
+        trial_id, status, last_result = "a1", "RUNNING", {"training_iteration": 1, "best_val_acc": 0.5}
+
+    callback = progress.ProgressCallback(20, 40, "val_acc", "max")
+    callback._ran = 1
+    assert callback.line([Running()], 10.0).endswith("| ~2h13m left")   # 799 epochs x 10 s / 1 slot
+    monkeypatch.setattr(progress.ProgressCallback, "deadline", time.time() + 300)
+    assert re.search(r"\| ~(4m5\ds|5m00s) left$", callback.line([Running()], 10.0))
+
+
 @given(st.integers(1, 50), st.integers(1, 50), st.floats(0, 1e9), SECONDS, st.one_of(st.none(), st.floats(0, 2e9)))
 def test_a_trial_stops_for_the_budget_only_before_an_epoch_that_would_end_after_it(epoch, epochs, now, longest_s,
                                                                                     deadline):
