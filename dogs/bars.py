@@ -11,7 +11,7 @@ make = None   # a tqdm-like class (update, close) instead of tqdm's own (drawn_b
 
 @contextlib.contextmanager
 def drawn_by(bar_class):
-    """Bars made by `bar_class` within (dogs.trial: Ray's tqdm_ray.tqdm, for the length of a trial)."""
+    """Bars made by `bar_class` within (dogs.trial: Lines, for the length of a trial)."""
     global make
     previous, make = make, bar_class
     try:

@@ -24,8 +24,8 @@ def set_environment(address, verbose=False):
     if not joins_cluster(address):
         # a local Ray would listen on every interface; keep it on 127.0.0.1 (Ray reads this when imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # the trials' build progress bars (tqdm_ray, drawn by the driver) without Ray replacing builtins.print in this
-    # process: a bar left open by a trial that died would be redrawn around every later print, errors included
+    # should anything in a trial draw Ray's tqdm_ray bars (ours are lines, dogs.bars), Ray does not replace
+    # builtins.print in this process: a bar left open by a trial that died would be redrawn around every later print
     os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     # the trials' lines (their build progress, dogs.bars.Lines) without Ray's coloured `(pid=...)` prefix
     os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
