@@ -9,6 +9,7 @@
     python -m tune.best --export model/                   # ONNX + torch.export + safetensors + model card
 """
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from dogs import interrupt
 from dogs.cli import ArgumentParser
 from dogs.errors import ExperimentError, UserError
-from tune import experiment, reevaluate, spaces, storage, use
+from tune import experiment, lock, reevaluate, spaces, storage, use
 from tune.handover import best_trials, check_data, experiment_dir, refuse_link
 from tune.cli import fail
 from tune.experiment import DEFAULT_STORAGE
@@ -88,6 +89,7 @@ def interval_text(trial, metric, mode):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    args.command = lock.command_line("python -m tune.best", sys.argv[1:] if argv is None else argv)
     try:
         return best(args)
     except UserError as err:
@@ -126,6 +128,13 @@ def best(args):
     # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
     exp_dir = experiment_dir(args.experiment, args.storage)
     experiment.check(exp_dir)
+    # --retrain (and --top's re-evaluation) writes best/ and reevaluation/: one such command at a time (tune.lock)
+    with lock.held(exp_dir, args.command) if args.retrain else contextlib.nullcontext():
+        return hand_over(args, exp_dir)
+
+
+def hand_over(args, exp_dir):
+    """The best trial printed; with --submit or --retrain, its (or the chosen, or the retrained) predictions."""
     if storage.is_uri(exp_dir) and (args.submit or args.retrain) and not args.out:
         raise ExperimentError(f"--experiment {exp_dir} is a URI: give --out, a local folder for the predictions")
     space = experiment.saved_space(exp_dir)

@@ -25,12 +25,13 @@ from pathlib import Path
 from dogs import interrupt
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
-from tune import cli, plots, ray_setup, settings, spaces, storage, trackers
+from tune import cli, lock, plots, ray_setup, settings, spaces, state, storage, trackers
 from tune.experiment import default_name, name_problem, read_trials
 
 
 def main(argv=None):
     args = cli.get_args_parser().parse_args(argv)
+    args.command = lock.command_line("python -m tune.search", sys.argv[1:] if argv is None else argv)
     try:
         return search(args)
     except UserError as err:   # helpers raise; the command prints once
@@ -51,10 +52,20 @@ def search(args):
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
-    joined = ray_setup.joins_cluster(args.address)
 
     # the space and the data: checked before Ray starts
     exp_dir, space = resume.resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
+    budget = space["search"]["time_budget"]
+    args.deadline = began + settings.parse_duration(budget) if budget else None   # for the trials and the driver
+    with lock.held(exp_dir, args.command):   # one command per experiment at a time: a second one is one line
+        if not args.resume:   # again, under the lock: another search may have started it meanwhile
+            refuse_existing(exp_dir)
+        return search_experiment(args, runs, exp_dir, space)
+
+
+def search_experiment(args, runs, exp_dir, space):
+    """The search of a checked experiment, holding its lock: start Ray (local or a cluster), then fit."""
+    joined = ray_setup.joins_cluster(args.address)
     s = space["search"]
     if not args.resume and s["gpus_per_trial"] > 0 and not joined:
         import torch   # here: only a GPU search asks
@@ -66,12 +77,10 @@ def search(args):
     import ray
     from dogs.trial import DEADLINE_ENV
 
-    budget = settings.parse_duration(s["time_budget"]) if s["time_budget"] else None
-    args.deadline = began + budget if budget else None
     with ray_setup.worker_folder(args.address) as workers:
         try:
             resources = ray_setup.start_ray(args.address, args.verbose,
-                                            env={DEADLINE_ENV: repr(args.deadline)} if budget else None)
+                                            env={DEADLINE_ENV: repr(args.deadline)} if args.deadline else None)
             interrupt.catch_sigterm()   # again: ray.init installs its own handler (exit 1, no resume line)
         except KeyboardInterrupt:
             ray.shutdown()   # whatever part of Ray had started
@@ -107,9 +116,15 @@ def new_experiment(args, runs):
             print(warning)
     name = args.name or default_name(Path(space["file"]).stem, f"{datetime.now():%Y%m%d-%H%M%S}")
     exp_dir = storage.join(runs, name)
-    if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
-        raise UserError(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
+    refuse_existing(exp_dir)
     return exp_dir, space
+
+
+def refuse_existing(exp_dir):
+    """A new search never writes into an experiment that exists."""
+    if storage.is_file(storage.join(exp_dir, "search_space.yaml")):
+        name = storage.name(exp_dir)
+        raise UserError(f"{exp_dir} exists; pick another --name, or continue it with --resume --name {name}")
 
 
 def interrupted_at_start(args, runs, exp_dir):
@@ -140,8 +155,16 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
+    before, cut = 0, None
     if args.resume:
-        grid_tuner = tuner.restore_tuner(s, exp_dir)
+        cut = state.problem(exp_dir)   # Ray's state cut or missing: found before Ray reads it (tune.state)
+        if cut:
+            need, before, optuna_storage = state.rebuild(exp_dir, space, cut)
+            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), optuna_storage, args.verbose,
+                                          slots=None if joined else slots, rung_slots=slots,
+                                          extend=need) if need else None
+        else:
+            grid_tuner = tuner.restore_tuner(s, exp_dir)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
     else:
         with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
@@ -166,7 +189,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     try:
         with tuner.time_budget(args.deadline) as budget, \
                 storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
-            grid, before = grid_tuner.fit(), 0
+            grid = grid_tuner.fit() if grid_tuner else []   # a rebuilt run with every trial finished: none
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
             table = report.trials_table(exp_dir, space) if args.resume else None
             extra = s["samples"] - int((table.status != "ABANDONED").sum()) if args.resume else 0
@@ -222,7 +245,7 @@ def resume_command(runs, exp_dir):
 def starting(exp_dir):
     """A failed write while a new experiment starts (its folder, study.db, search_space.yaml) is one line, and the
     folder this command made is removed (nothing ran): the same command runs again once there is space."""
-    made = not storage.is_uri(exp_dir) and not Path(exp_dir).exists()
+    made = not storage.is_uri(exp_dir) and (not Path(exp_dir).exists() or lock.only_lock(exp_dir))
     again = "free space, then rerun the same command"
     try:
         with storage.writing("a new experiment", exp_dir, again):

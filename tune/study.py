@@ -57,8 +57,10 @@ def open_storage(url):
 
 def abandoned_trial_ids(study):
     """Tune trial ids a killed driver had started that Ray's saved state did not know: --resume never runs
-    them again (their configuration went to a new trial, or their study trial is FAIL)."""
-    return {trial_id for t in study.trials for trial_id in t.user_attrs.get(ABANDONED, [])}
+    them again (their configuration went to a new trial, or their study trial is FAIL); and, in the study's own
+    attribute, the unfinished trials of a run rebuilt after its Ray state was cut (tune.state)."""
+    return ({trial_id for t in study.trials for trial_id in t.user_attrs.get(ABANDONED, [])}
+            | set(study.user_attrs.get(ABANDONED, [])))
 
 
 def trial_numbers(study):
