@@ -1,7 +1,35 @@
 """The argparse parser every command uses: argparse's own, plus 'did you mean' for a mistyped flag
-(Python 3.11's argparse says only 'unrecognized arguments')."""
+(Python 3.11's argparse says only 'unrecognized arguments'), a mistake said in one line, and `number`, the type
+of every numeric flag (finite, in its range)."""
 import argparse
 import difflib
+import math
+import sys
+
+from dogs.config import Range
+
+
+def number(kind=float, low=-math.inf, high=math.inf, low_open=False):
+    """An argparse type: a finite int or float in low..high (low_open: above low). nan, inf, a value out of the
+    range or not a number is argparse's one line, `argument --flag: 'inf' is not a finite number; allowed: ...`."""
+    span = Range(low, high, low_open)
+    words = f"{'an integer' if kind is int else 'a number'}{'' if span == Range() else f' {span}'}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}; "
+                                             f"allowed: {words}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; allowed: {words}")
+        if value not in span:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {words}")
+        return value
+
+    parse.__name__ = kind.__name__   # argparse's own messages name the type
+    parse.kind, parse.span = kind, span
+    return parse
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -12,6 +40,11 @@ class ArgumentParser(argparse.ArgumentParser):
         if unknown:
             self.error(f"unrecognized arguments: {' '.join(unknown)}{self.suggestion(unknown)}")
         return args
+
+    def error(self, message):
+        """`prog: error: message`, one line, exit 2 (argparse also prints the usage: --help has it)."""
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
     def suggestion(self, unknown):
         """' (did you mean --epochs?)' for the first unknown flag close to a known one, else ''."""

@@ -1,6 +1,7 @@
 """ImageFolder layout: find the images of Train/ Validation/ [Test/], build the digits demo."""
 import errno
 import logging
+import math
 import os
 import re
 import stat
@@ -224,21 +225,27 @@ HOLDOUT_SEED = 0   # the held-out part of Validation is the same for every run o
 
 def holdout_mask(labels, fraction, classes=None):
     """Which validation images are held out: per class, round(fraction x its images) of them (at least 1), drawn
-    with a fixed seed (stratified: every class keeps images on both sides). DataError for a class too small to
-    split (fewer than 2 images)."""
+    with a fixed seed (stratified: every class keeps images on both sides). DataError naming every class that cannot
+    keep that (fewer than 2 images, or so few that the fraction would leave none for the search: 0.9 of 2 images),
+    with the largest fraction that fits: never silently a smaller one."""
     labels = np.asarray(labels)
     held = np.zeros(len(labels), dtype=bool)
     if not fraction:
         return held
+    rows_of = {label: np.flatnonzero(labels == label) for label in np.unique(labels)}
+    counts = {label: max(1, round(fraction * len(rows))) for label, rows in rows_of.items()}
+    short = [label for label, rows in rows_of.items() if counts[label] > len(rows) - 1]
+    if short:
+        named = ", ".join(f"Validation/{classes[label] if classes is not None else label} has "
+                          f"{len(rows_of[label])} image(s)" for label in short)
+        smallest = min(len(rows) for rows in rows_of.values())
+        fix = (f"use holdout at most {math.floor((smallest - 1) / smallest * 100) / 100:g}, holdout 0"
+               if smallest >= 2 else "each class needs at least 2 validation images; use holdout 0")
+        raise DataError(f"holdout {fraction}: {named}, too few to hold out {fraction:g} of each class and keep an "
+                        f"image of it for the search; {fix}, or a larger validation split")
     rng = np.random.default_rng(HOLDOUT_SEED)
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        count = min(len(rows) - 1, max(1, round(fraction * len(rows))))
-        if count < 1:
-            name = classes[label] if classes is not None else label
-            raise DataError(f"holdout {fraction}: Validation/{name} has {len(rows)} image(s), too few to hold part of "
-                            "it out (each class needs at least 2); use holdout 0 or a larger validation split")
-        held[rng.permutation(rows)[:count]] = True
+    for label, rows in rows_of.items():
+        held[rng.permutation(rows)[:counts[label]]] = True
     return held
 
 

@@ -92,22 +92,25 @@ def run_trial(config):
             resume = checkpoint.read(Path(folder))
     run = Run(config, device=trial_device(), resume=resume, log_fn=lambda msg: None)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
-    deadline, longest, began = budget_deadline(), 0.0, time.time()
+    deadline, longest = budget_deadline(), 0.0
     # epoch loop: report metrics with a checkpoint of this epoch
+    started = time.time()
     for metrics in run.epochs():
         with tempfile.TemporaryDirectory() as folder:
             checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
             # the time budget: the next epoch is not started when it would end after the deadline (budget_spent)
             now = time.time()
-            longest = max(longest, now - began)   # an epoch: training, evaluation and its checkpoint
+            longest = max(longest, now - started)   # an epoch: training, evaluation and its checkpoint
             spent = out_of_budget(run.epoch, run.config["epochs"], now, longest, deadline)
-            # reported_at: when the epoch ended (Ray's own timestamp is whole seconds), for the real concurrency
-            tune.report({**metrics, **where, "reported_at": now, "budget_spent": spent},
+            # started_at / reported_at: when the epoch began and ended on this worker (Ray's timestamp is whole
+            # seconds, and its time_this_iter_s also counts the previous report's checkpoint upload), for the real
+            # concurrency (tune.report.observed_concurrency)
+            tune.report({**metrics, **where, "started_at": started, "reported_at": now, "budget_spent": spent},
                         checkpoint=tune.Checkpoint.from_directory(folder))
         if spent:   # out of budget: this epoch's checkpoint is the last; the search stops the trial (tune.tuner)
             wait_to_be_stopped(deadline)
             return
-        began = time.time()
+        started = time.time()
 
 
 def wait_to_be_stopped(deadline):

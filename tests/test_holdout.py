@@ -1,6 +1,7 @@
 """search.holdout: a stratified, seeded part of Validation that ranking never sees."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from dogs.data import holdout_mask
 from dogs.errors import DataError
@@ -10,21 +11,36 @@ from tune.experiment import Trial
 from conftest import make_imagefolder, run_main
 
 
-def test_holdout_mask_is_stratified_seeded_and_keeps_every_class_on_both_sides():
-    rng = np.random.default_rng(1)
-    for _ in range(200):
-        counts = rng.integers(2, 60, rng.integers(1, 8))
-        labels = rng.permutation(np.repeat(np.arange(len(counts)), counts))
-        fraction = float(rng.uniform(0.01, 0.9))
-        held = holdout_mask(labels, fraction)
-        assert np.array_equal(held, holdout_mask(labels, fraction))   # the same part every time
-        for label, count in enumerate(counts):
-            part = held[labels == label].sum()
-            assert 1 <= part <= count - 1
-            assert part == min(count - 1, max(1, round(fraction * count)))
+@settings(max_examples=200)
+@given(counts=st.lists(st.integers(1, 60), min_size=1, max_size=7), fraction=st.floats(0.01, 0.9), seed=st.integers(0, 9))
+def test_holdout_mask_is_stratified_seeded_and_keeps_every_class_on_both_sides_or_refuses(counts, fraction, seed):
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+    names = [f"c{label}" for label in range(len(counts))]
+    wanted = [max(1, round(fraction * count)) for count in counts]
+    short = [label for label, count in enumerate(counts) if wanted[label] > count - 1]
+    if short:   # was: silently fewer (0.9 of 2 images became 0.5): refused, naming each class and its count
+        with pytest.raises(DataError) as refused:
+            holdout_mask(labels, fraction, classes=names)
+        message = str(refused.value)
+        assert all(f"Validation/c{label} has {counts[label]} image(s)" in message for label in short), message
+        assert not any(f"Validation/c{label} " in message for label in set(range(len(counts))) - set(short))
+        if min(counts) >= 2:   # the largest fraction it names does fit
+            most = float(message.split("use holdout at most ")[1].split(",")[0])
+            assert holdout_mask(labels, most).any()
+        return
+    held = holdout_mask(labels, fraction, classes=names)
+    assert np.array_equal(held, holdout_mask(labels, fraction))   # the same part every time
+    for label, count in enumerate(counts):
+        assert held[labels == label].sum() == wanted[label]   # exactly what was asked, rounded
     assert not holdout_mask([0, 0, 1], 0).any()
+
+
+def test_a_holdout_that_cannot_be_kept_is_refused_naming_the_classes():
     with pytest.raises(DataError, match="Validation/b has 1 image"):
         holdout_mask([0, 0, 1], 0.3, classes=["a", "b"])
+    with pytest.raises(DataError, match=r"holdout 0.9: Validation/a has 2 image\(s\), Validation/b has 2 image\(s\), "
+                                        r"too few .* use holdout at most 0.5, holdout 0"):
+        holdout_mask([0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2], 0.9, classes=["a", "b", "c"])
 
 
 def test_a_run_reports_the_rest_as_val_and_the_part_as_holdout(tiny_config, tmp_path):
@@ -55,8 +71,16 @@ def test_holdout_settings_are_checked_before_anything_runs(tmp_path):
     code, out, err = run_main(search, ["--space", str(tmp_path / "ok.yaml"), "--data", str(small),
                                        "--storage", str(tmp_path / "runs")])
     assert code == 2 and err.startswith("dogs-search: error: search.holdout: holdout 0.3: Validation/circle has 1 "
-                                        "image(s), too few"), err
+                                        "image(s), Validation/square has 1 image(s)"), err
+    assert "each class needs at least 2 validation images" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    # --holdout 0.9 with 2 validation images per class (was: silently 0.5): refused before anything runs
+    two = make_imagefolder(tmp_path / "two", n_train=4, n_val=2, n_test=0, awkward=False)
+    code, out, err = run_main(search, ["--space", str(tmp_path / "ok.yaml"), "--data", str(two), "--holdout", "0.9",
+                                       "--storage", str(tmp_path / "runs")])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists(), err
+    assert all(f"Validation/{name} has 2 image(s)" in err for name in ("circle", "square", "triangle")), err
+    assert "use holdout at most 0.5" in err
 
 
 def test_reevaluation_compares_configurations_on_the_held_out_part():

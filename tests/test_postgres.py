@@ -1,4 +1,4 @@
-"""The study on a real PostgreSQL server (--optuna-storage postgresql://...), as on a cluster: a search runs
+"""The study on a real PostgreSQL server (--optuna-storage postgresql://..., psycopg 3 as documented), as on a cluster: a search runs
 against it; the database stops mid-search: the search says so in one line and stops; --resume, once the
 database is back, finishes it with no trial lost or duplicated in the study.
 
@@ -45,7 +45,7 @@ class Server:
         if self.as_user:
             shutil.chown(self.folder, "postgres")
         self.run(postgres_bin("initdb"), "-D", str(self.data), "--auth=trust", "-U", "dogs", "-E", "UTF8")
-        self.url = f"postgresql+psycopg2://dogs@127.0.0.1:{self.port}/postgres"
+        self.url = f"postgresql://dogs@127.0.0.1:{self.port}/postgres"
 
     def run(self, *command):
         done = subprocess.run([*self.as_user, *command], capture_output=True, text=True, timeout=120)

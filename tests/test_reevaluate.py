@@ -129,7 +129,8 @@ def test_mistakes_are_one_line_before_anything_runs(reevaluated, tmp_path):
     for argv, message in [
         (["--top", "3"], "--top and --seeds choose what --retrain trains: they need --retrain"),
         (["--retrain", "--top", "3", "--seeds", "2", "--submit", "--ensemble", "3"], "--ensemble 3 with --top"),
-        (["--retrain", "--top", "0"], "--top 0 --seeds 3: both must be >= 1"),
+        (["--retrain", "--top", "0"], "argument --top: 0 is out of range; allowed: an integer >= 1"),
+        (["--retrain", "--top", "2", "--seeds", "nan"], "argument --seeds: 'nan' is not an integer"),
         (["--retrain", "--top", "4"], "--top 4, but the search has only 3 distinct configuration(s)"),
         (["--address", "127.0.0.1:1"], "--address is where --top runs"),
     ]:
@@ -145,3 +146,38 @@ def test_mistakes_are_one_line_before_anything_runs(reevaluated, tmp_path):
         assert code == 2 and "move that folder away" in err, err
     finally:
         plan.write_text(saved)
+
+
+def test_sigterm_during_retrain_top_stops_like_ctrl_c(tiny_imagefolder, tmp_path):
+    """SIGTERM (Slurm, Kubernetes, kill) while the re-evaluation's runs train: the command's own "run the same
+    command again" line and exit 143, as tune.search (was: Ray's abort dump, exit 134)."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "space.yaml").write_text(SPACE.replace("samples: 3", "samples: 2").replace("image_size: 16",
+                                                                                             "image_size: 64"))
+    code, out, err = run_main(search, ["--space", str(tmp_path / "space.yaml"), "--data", str(tiny_imagefolder),
+                                       "--storage", str(tmp_path / "runs"), "--name", "t"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    log = tmp_path / "best.log"
+    cmd = [sys.executable, "-m", "tune.best", "--experiment", str(tmp_path / "runs" / "t"), "--retrain", "--top", "2",
+           "--seeds", "2", "--out", str(tmp_path / "out")]
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    searched = set((tmp_path / "runs" / "t").rglob("result.json"))
+    try:   # once a run has reported an epoch (a new result.json with a line)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not any(
+                f not in searched and f.stat().st_size for f in (tmp_path / "runs" / "t").rglob("result.json")):
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    console = log.read_text()
+    assert status == 143, console[-3000:]
+    assert "Re-evaluation interrupted: run the same command again to continue it" in console, console[-3000:]
+    assert "Aborted" not in console and "SIGTERM received" not in console and "Traceback" not in console, console[-3000:]

@@ -5,6 +5,7 @@ import contextlib
 import http.client
 import io
 import json
+import logging
 import os
 import queue
 import shutil
@@ -110,7 +111,7 @@ def server(trained):
             pytest.fail(f"tune.serve did not print 'Serving ...' within {START_TIMEOUT_S} s:\n{''.join(seen)[-3000:]}")
         if proc.poll() is not None and lines.empty():
             pytest.fail(f"tune.serve exited with {proc.returncode}:\n{''.join(seen)[-3000:]}")
-    yield {"url": f"http://127.0.0.1:{port}", "port": port, "output": seen}
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "output": seen, "lines": lines}
     # SIGTERM (a service manager's stop): it ends as Ctrl-C does, with its Ray, leaving no process behind
     proc.send_signal(signal.SIGTERM)
     try:
@@ -215,6 +216,27 @@ def test_an_upload_over_the_limit_is_refused_with_413(server):
 
 
 @pytest.mark.slow
+def test_a_client_that_disconnects_mid_upload_is_one_line_in_the_console(server, photos):
+    """(was: two 30-line tracebacks in tune.serve's console) and the server keeps answering."""
+    while not server["lines"].empty():   # what the server said before
+        server["lines"].get_nowait()
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=10) as gone:
+        gone.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + bytes(1000))
+        time.sleep(1)   # the upload has begun
+    said, deadline = [], time.monotonic() + 20
+    while time.monotonic() < deadline and not any("disconnected" in line for line in said):
+        with contextlib.suppress(queue.Empty):
+            said.append(server["lines"].get(timeout=0.5))
+    time.sleep(2)   # anything Serve says after our line
+    while not server["lines"].empty():
+        said.append(server["lines"].get_nowait())
+    assert [line for line in said if "disconnected" in line and "upload" in line], "".join(said)
+    assert not any("Traceback" in line for line in said), "".join(said)
+    status, answer = post(f"{server['url']}/predict", photos["files"][0].read_bytes())
+    assert status == 200, answer
+
+
+@pytest.mark.slow
 def test_concurrent_requests_are_all_answered_and_batched(server, photos, trained):
     files = photos["files"] * 3
     start, answers = threading.Barrier(len(files)), [None] * len(files)
@@ -258,12 +280,12 @@ def test_the_server_listens_on_loopback_only_by_default(server):
 def test_mistakes_are_one_line_before_ray_starts(trained, tmp_path):
     cases = [
         (["--checkpoint", str(tmp_path / "nope.pt")], "no checkpoint at"),
-        (["--checkpoint", str(trained["checkpoint"]), "--gpus-per-replica", "-1"], "--gpus-per-replica -1"),
-        (["--checkpoint", str(trained["checkpoint"]), "--replicas", "0"], "--replicas 0"),
-        (["--checkpoint", str(trained["checkpoint"]), "--max-upload-mb", "0"], "--max-upload-mb 0"),
-        (["--checkpoint", str(trained["checkpoint"]), "--max-batch-size", "0"], "--max-batch-size 0"),
+        (["--checkpoint", str(trained["checkpoint"]), "--gpus-per-replica", "-1"], "argument --gpus-per-replica: -1 is out of range"),
+        (["--checkpoint", str(trained["checkpoint"]), "--replicas", "0"], "argument --replicas: 0 is out of range"),
+        (["--checkpoint", str(trained["checkpoint"]), "--max-upload-mb", "0"], "argument --max-upload-mb: 0 is out of range"),
+        (["--checkpoint", str(trained["checkpoint"]), "--max-batch-size", "0"], "argument --max-batch-size: 0 is out of range"),
         (["--checkpoint", str(trained["checkpoint"]), "--ensemble", "2"], "not with --checkpoint"),
-        (["--ensemble", "0"], "--ensemble 0"),
+        (["--ensemble", "0"], "argument --ensemble: 0 is out of range"),
         (["--experiment", "nothing-here", "--storage", str(tmp_path)], "--experiment nothing-here"),
     ]
     with socket.socket() as taken:   # a port another server listens on
@@ -454,6 +476,36 @@ def ask(classifier, body, query=""):
 
     response = asyncio.run(call())
     return response.status_code, json.loads(response.body)
+
+
+def test_a_client_gone_mid_upload_is_one_log_line_and_no_exception(tiny_config):
+    from starlette.requests import Request
+
+    from dogs.config import resolve
+    from dogs.models import build_model
+    from tune.serve_app import CLIENT_GONE, Classifier
+
+    config = resolve({**tiny_config, "weights": "none"})
+    classifier = Classifier.func_or_class([(build_model(config, 3).state_dict(), config)], ["a", "b", "c"], {}, 1,
+                                          0.01, 1 << 20, False)
+    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"",
+             "headers": [(b"content-length", b"100000")]}
+    messages = iter([{"type": "http.request", "body": bytes(1000), "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    import asyncio
+
+    said, handler = [], logging.Handler(logging.WARNING)   # Ray's logger does not propagate: listen on it
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("ray.serve").addHandler(handler)
+    try:
+        response = asyncio.run(classifier(Request(scope, receive)))
+    finally:
+        logging.getLogger("ray.serve").removeHandler(handler)
+    assert response.status_code == CLIENT_GONE
+    assert said == ["POST /predict: the client disconnected after 1000 byte(s) of its upload; nothing to answer"]
 
 
 def test_tta_serves_the_mirror_averaged_predictions_of_predict_tta(trained, photos):

@@ -42,3 +42,65 @@ def test_the_most_trials_at_once_counts_epochs_that_ran_at_once_not_whole_trial_
     b, c = trial("b", {}, [0.2, 0.3], start=102, epoch_s=2), trial("c", {}, [0.2, 0.3], start=102, epoch_s=2)
     mean, most, own = report.observed_concurrency([a, b, c])
     assert most == 2 and own == 12.0 and mean == 12.0 / 202
+
+
+def test_two_slots_never_read_as_three_when_time_this_iter_s_counts_the_checkpoint_upload():
+    """Two workers, each running trials one after another. Ray's time_this_iter_s of an epoch runs from Tune's call
+    for it to the result, after the checkpoint's upload: a slow upload (here a trial's first, 3 s) makes
+    end - time_this_iter_s begin the epoch before the worker's previous trial ended, and the two workers read as 3
+    at once (issue #27). Each epoch's own started_at gives the true 2."""
+    uploads = [3.0, 0.2, 0.2]
+
+    def worker_trials(names, t):
+        trials = []
+        for name in names:
+            t += 1.0   # the trial's actor starts
+            results = []
+            for i, upload in enumerate(uploads):
+                called, began = t, t + (0.5 if i == 0 else 0.0)   # the first epoch builds the model first
+                end = began + 2.0
+                results.append({"epoch": i + 1, "started_at": called, "reported_at": end,
+                                "time_this_iter_s": end + upload - called})
+                t = end + upload + 0.1   # Tune's next call
+            trials.append(experiment.Trial(trial_id=name, path=f"/x/trial_{name}", config={}, results=results))
+        return trials
+
+    trials = worker_trials("abc", 100.0) + worker_trials("def", 101.3)
+    assert report.observed_concurrency(trials)[1] == 2
+    for trial in trials:   # an experiment from before started_at: Ray's time_this_iter_s only
+        for result in trial.results:
+            del result["started_at"]
+        spans = report.epoch_spans(trial)
+        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))   # a trial's epochs never overlap
+    assert report.observed_concurrency(trials)[1] > 2   # more than ran: why the worker reports its own started_at
+
+
+def test_a_worker_stopped_while_python_runs_a_finalizer_says_one_line_not_a_traceback(tmp_path):
+    """Ray stops a trial's worker with SIGTERM; its handler raises SystemExit in whatever runs, and inside a
+    finalizer Python can only print it, as "Exception ignored ... Traceback ... SystemExit: 1", which reached the
+    search's console beside its summary (issue #27). Each worker's set-up hook (tune.ray_setup) makes it one line;
+    other exceptions there still print in full."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text("import sys\nfrom tune.ray_setup import worker_setup_hook\n"
+                      "if sys.argv[1] == 'hook':\n    worker_setup_hook()()\n"
+                      "class Finalizer:\n    def __init__(self, error):\n        self.error = error\n"
+                      "    def __del__(self):\n        raise self.error\n"
+                      "Finalizer(SystemExit(1))\nFinalizer(ValueError('a real bug'))\n")
+
+    root = str(Path(__file__).resolve().parents[1])   # this checkout's tune, whatever is installed
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": root}).stderr
+
+    hooked, plain_ = run("hook"), run("none")
+    assert "SystemExit: 1" in plain_   # what the console showed
+    lines = hooked.splitlines()
+    assert "SystemExit" not in hooked.replace("SystemExit ignored", "")
+    assert sum("stopped by Ray while cleaning up" in line for line in lines) == 1, hooked
+    assert "ValueError: a real bug" in hooked and "Traceback" in hooked   # a real error is never hidden

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from dogs import interrupt
-from dogs.cli import ArgumentParser
+from dogs.cli import ArgumentParser, number
 from dogs.errors import ExperimentError, UserError
 from tune import experiment, lock, reevaluate, spaces, storage, use
 from tune.handover import best_trials, check_data, experiment_dir, refuse_link
@@ -38,11 +38,11 @@ def get_args_parser():
     retrain.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
                    help="--retrain: train the best config again for its full epoch budget; "
                         "--no-retrain (default): predict from the best checkpoint")
-    retrain.add_argument("--top", type=int, nargs="?", const=reevaluate.TOP, metavar="K",
+    retrain.add_argument("--top", type=number(int, 1), nargs="?", const=reevaluate.TOP, metavar="K",
                    help=f"with --retrain: re-evaluate the K best distinct configurations (K={reevaluate.TOP} when "
                         "given without a number), each trained again with --seeds seeds in parallel on Ray, and hand "
                         "over the one with the best mean score (its best seed's checkpoint)")
-    retrain.add_argument("--seeds", type=int, nargs="?", const=reevaluate.SEEDS, metavar="N",
+    retrain.add_argument("--seeds", type=number(int, 1), nargs="?", const=reevaluate.SEEDS, metavar="N",
                    help=f"with --retrain: seeds per configuration for --top (N={reevaluate.SEEDS} when given "
                         "without a number, or when only --top is)")
     retrain.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
@@ -53,7 +53,7 @@ def get_args_parser():
                                   "whose Validation/ gives the card's per-class accuracy")
     output.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the "
                                                        "image and its horizontal mirror")
-    output.add_argument("--ensemble", type=int, default=1, metavar="K",
+    output.add_argument("--ensemble", type=number(int, 1), default=1, metavar="K",
                    help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
                         "(default 1); with --top: of the chosen configuration's K best seeds")
     output.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with --checkpoint; "
@@ -61,7 +61,7 @@ def get_args_parser():
     use_.add_argument("--predict", nargs="+", metavar="PATH",
                    help="photos (files, folders searched at any depth, or globs) to classify: a table of each one's "
                         "top-k classes, and predictions.csv in --out (no Train/ needed: the classes are the model's)")
-    use_.add_argument("--top-k", type=int, default=5, metavar="K", help="with --predict: classes shown per photo "
+    use_.add_argument("--top-k", type=number(int, 1), default=5, metavar="K", help="with --predict: classes shown per photo "
                                                                      "(default 5)")
     use_.add_argument("--export", metavar="DIR", help="write the model to DIR for use without this project: ONNX, "
                                                    "torch.export (.pt2), safetensors, model_card.json, MODEL_CARD.md")
@@ -182,7 +182,7 @@ def hand_over(args, exp_dir):
         if chosen.chosen is None:
             print("Re-evaluation " + ("interrupted: run the same command again to continue it (finished runs are "
                                       "kept)" if not chosen.complete else "found no finite score: nothing to hand over"))
-            return 130 if not chosen.complete else 1
+            return interrupt.exit_status() if not chosen.complete else 1   # 130 after Ctrl-C, 143 after SIGTERM
         model, ckpt, others = reevaluate.load_runs(chosen, metric, mode, args.ensemble)
         print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluate.describe(chosen)}); "
               f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluate.checkpoint_of(chosen.runs[0], metric, mode)}")

@@ -64,6 +64,32 @@ def worker_folder(address):
         os.environ.pop(WORKERS_ENV, None)
 
 
+def worker_setup_hook():
+    """Each Ray worker's set-up without -v (ray.init's worker_process_setup_hook). A nested function, so that Ray
+    ships it by value: it needs nothing of this project on the node."""
+    def quiet_worker():
+        """Ray Train's INFO lines (a "Checkpoint successfully created" per trial-epoch) stay out of the console
+        (warnings and errors still show); and a worker that Ray stops with SIGTERM while Python runs a finalizer
+        (Ray's handler raises SystemExit there, which Python can only print as "Exception ignored ... Traceback")
+        says so in one line instead of a traceback among the search's summary."""
+        import logging
+        import os
+        import sys
+
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+        default = sys.unraisablehook
+
+        def one_line(unraisable):
+            if isinstance(unraisable.exc_value, SystemExit):   # the worker is being stopped: nothing went wrong
+                print(f"(worker pid {os.getpid()} stopped by Ray while cleaning up: SystemExit ignored)", file=sys.stderr)
+            else:
+                default(unraisable)
+
+        sys.unraisablehook = one_line
+
+    return quiet_worker
+
+
 def start_ray(address, verbose=False, env=None):
     """Start a new Ray here (dashboard off, loopback only), or join the cluster at `address`; `env`: variables set
     in every worker.
@@ -77,16 +103,8 @@ def start_ray(address, verbose=False, env=None):
     address = address or os.environ.get("RAY_ADDRESS")
 
     mode = set_auth_mode(address)
-    def quiet_ray_train():
-        """Each worker's set-up without -v: Ray Train's INFO lines (a "Checkpoint successfully created" per
-        trial-epoch) stay out of the console; warnings and errors still show. Defined here so that Ray ships
-        it by value: it needs nothing of this project on the node."""
-        import logging
-
-        logging.getLogger("ray.train").setLevel(logging.WARNING)
-
     # every worker's environment (`env`: e.g. the time budget's deadline, dogs.trial), on every node
-    runtime_env = {**({} if verbose else {"worker_process_setup_hook": quiet_ray_train}),
+    runtime_env = {**({} if verbose else {"worker_process_setup_hook": worker_setup_hook()}),
                    **({"env_vars": env} if env else {})} or None
     if not verbose:
         quiet_driver()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dogs import ranking
+from dogs import interrupt, ranking
 from dogs.errors import ExperimentError
 from tune import experiment, spaces, storage
 
@@ -230,11 +230,20 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
     if resumed:
         log(f"{len(pairs) - len(missing)} of {len(pairs)} runs finished before: {len(missing)} to run")
     if missing:
-        resources = start_ray(address)
+        interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the runs as Ctrl-C does: Tune saves them
+        try:
+            resources = start_ray(address)
+            interrupt.catch_sigterm()   # again: ray.init installs its own handler (Ray's abort dump, exit 134)
+        except KeyboardInterrupt:   # while Ray starts: nothing ran; the same command starts again
+            ray.shutdown()
+            missing, resources = [], None
+    if missing:
         try:
             check_resources(s, resources, autoscaling=joins_cluster(address))
             storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
             run_part(exp_dir, folder, configs, missing, s, resources, callbacks)
+        except KeyboardInterrupt:   # Ctrl-C or SIGTERM before Tune took them over: the runs saved so far are kept
+            pass
         finally:
             ray.shutdown()
 

@@ -119,18 +119,32 @@ def study_states(exp_dir, space=None):
         return pd.Series([t.state.name for t in study.trials], dtype=object).value_counts().to_dict()
 
 
+def epoch_spans(trial, since=None):
+    """(start, end) of each epoch a trial reported at or after `since` (all when None). The end is its reported_at;
+    the start its started_at (the worker's clock), else (an older trial) the end minus Ray's time_this_iter_s,
+    which also counts the previous report's checkpoint upload: never before the trial's previous epoch ended."""
+    spans, previous_end = [], None
+    for result in sorted(trial.results, key=lambda r: r.get("reported_at", r.get("timestamp")) or 0):
+        end = result.get("reported_at", result.get("timestamp"))   # reported_at: float; Ray's timestamp: whole s
+        start = result.get("started_at")
+        if start is None and result.get("time_this_iter_s") is not None and end is not None:
+            start = end - result["time_this_iter_s"]
+        if start is None or end is None:
+            continue
+        if previous_end is not None and previous_end <= end:
+            start = max(start, previous_end)
+        previous_end = end
+        if since is None or end >= since:
+            spans.append((min(start, end), end))
+    return spans
+
+
 def observed_concurrency(trials, since=None):
     """(mean, most, seconds) of this session's trial work, from the epochs reported at or after `since` (all when
-    None): an epoch runs from its report minus its time_this_iter_s to its report. `most` is the most epochs that
-    ran at the same moment (never more than ran at once: a trial's gaps, a retry later or a wait, count as not
-    running); `seconds` is the trials' own time and the mean is that over the span from the first start to the
-    last end."""
-    epochs = []
-    for trial in trials:
-        for result in trial.results:
-            end = result.get("reported_at", result.get("timestamp"))   # reported_at: float; Ray's timestamp: whole s
-            if end is not None and result.get("time_this_iter_s") is not None and (since is None or end >= since):
-                epochs.append((end - result["time_this_iter_s"], end))
+    None), each from its start to its report (epoch_spans). `most` is the most epochs that ran at the same moment
+    (never more than ran at once: a trial's gaps, a retry later or a wait, count as not running); `seconds` is the
+    trials' own time and the mean is that over the span from the first start to the last end."""
+    epochs = [span for trial in trials for span in epoch_spans(trial, since)]
     if not epochs:
         return 0.0, 0, 0.0
     own = sum(end - start for start, end in epochs)

@@ -49,6 +49,16 @@ def search(args):
     if args.resume and (args.log or args.mlflow_uri):
         raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
                         "with (they are in Ray's saved state); resume without them")
+    if args.resume and args.optuna_storage:
+        raise UserError("--optuna-storage with --resume: a resumed search continues its study in the database it "
+                        "was started with (its saved searcher state names it); resume without it")
+    trackers.check_mlflow(args.log, args.mlflow_uri)   # a tracker that does not answer: one line, before Ray
+    if args.optuna_storage:   # the study's database opened and pinged, within seconds
+        from tune.study import storage_problem
+
+        why = storage_problem(args.optuna_storage)
+        if why:
+            raise UserError(why)
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
     runs = storage.resolve(args.storage)
@@ -57,6 +67,8 @@ def search(args):
     exp_dir, space = resume.resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
     budget = space["search"]["time_budget"]
     args.deadline = began + settings.parse_duration(budget) if budget else None   # for the trials and the driver
+    if "mlflow" in args.log:   # an experiment in a bucket needs --mlflow-uri: said before Ray starts
+        trackers.mlflow_uri(exp_dir, args.mlflow_uri)
     with lock.held(exp_dir, args.command):   # one command per experiment at a time: a second one is one line
         if not args.resume:   # again, under the lock: another search may have started it meanwhile
             refuse_existing(exp_dir)

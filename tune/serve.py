@@ -9,7 +9,6 @@
 The request body is the image's bytes (not a form); the answer is JSON (tune/serve_app.py). The model is
 sent to each replica whole (its frozen backbone included), so replicas on other nodes need no file of it.
 """
-import argparse
 import ipaddress
 import json
 import os
@@ -19,14 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+from dogs.cli import ArgumentParser, number
 from dogs.errors import UserError
 from tune.experiment import DEFAULT_STORAGE
 
 PROG = "dogs-serve"
+MAX_BATCH_WAIT_MS = 60_000   # a batch that waits longer than a minute for company only delays every answer
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     model = p.add_mutually_exclusive_group()
     model.add_argument("--experiment", help="experiment folder or URI, or its name in --storage: its best trial, as "
                                             "tune.best picks it (default: the latest experiment in --storage)")
@@ -36,7 +37,7 @@ def get_args_parser():
                                                        "model.safetensors) instead of an experiment's best trial")
     p.add_argument("--tta", action="store_true", help="average each prediction over the image and its horizontal "
                                                        "mirror, as tune.best --predict --tta (twice the compute)")
-    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+    p.add_argument("--ensemble", type=number(int, 1), default=1, metavar="K",
                    help="average the softmax of the experiment's K best trials, as tune.best --predict --ensemble "
                         "(default 1)")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
@@ -44,21 +45,21 @@ def get_args_parser():
     p.add_argument("--host", default="127.0.0.1",
                    help="address the HTTP server listens on (default 127.0.0.1: this machine only; 0.0.0.0: every "
                         "network this machine is on, with a warning)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--port", type=number(int, 1, 65535), default=8000, help="HTTP port (default 8000)")
     p.add_argument("--address", help="join the Ray cluster at this address (auto: the one started on this machine "
                                      "by `ray start`); default: start a Ray of its own on 127.0.0.1")
-    p.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G",
+    p.add_argument("--gpus-per-replica", type=number(float, 0), default=0.0, metavar="G",
                    help="share of a GPU each replica gets (0.25: four replicas per GPU); default 0: on CPUs")
-    p.add_argument("--replicas", type=int,
+    p.add_argument("--replicas", type=number(int, 1),
                    help="number of copies of the model (default: as many as the cluster's GPUs allow with "
                         "--gpus-per-replica, else 1)")
-    p.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C", help="CPUs each replica reserves "
+    p.add_argument("--cpus-per-replica", type=number(float, 0), default=1.0, metavar="C", help="CPUs each replica reserves "
                                                                                     "(default 1)")
-    p.add_argument("--max-batch-size", type=int, default=16,
+    p.add_argument("--max-batch-size", type=number(int, 1), default=16,
                    help="requests predicted together at most (serve.batch; default 16; 1: each alone, no batching)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0,
-                   help="how long a batch waits for more requests before it runs (default 10 ms)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0,
+    p.add_argument("--batch-wait-ms", type=number(float, 0, MAX_BATCH_WAIT_MS), default=10.0,
+                   help=f"how long a batch waits for more requests before it runs (default 10 ms, at most {MAX_BATCH_WAIT_MS})")
+    p.add_argument("--max-upload-mb", type=number(float, 0, low_open=True), default=20.0,
                    help="larger uploads are refused with HTTP 413 (default 20 MB)")
     return p
 
@@ -77,27 +78,12 @@ def main(argv=None):
 
 
 def check_args(args):
-    """Refuse values Serve would take and misbehave with: one line each."""
-    if not 0 <= args.gpus_per_replica:
-        raise UserError(f"--gpus-per-replica {args.gpus_per_replica}: give a share of a GPU, >= 0 (0: on CPUs)")
+    """Refuse combinations Serve would take and misbehave with: one line each (each flag's own range is its
+    argparse type, dogs.cli.number)."""
     if args.gpus_per_replica > 1 and args.gpus_per_replica != int(args.gpus_per_replica):
         raise UserError(f"--gpus-per-replica {args.gpus_per_replica}: above 1, give a whole number of GPUs")
-    if args.ensemble < 1:
-        raise UserError(f"--ensemble {args.ensemble}: the number of best trials to average must be >= 1")
     if args.ensemble > 1 and (args.checkpoint or args.export):
         raise UserError("--ensemble K averages the K best trials of an experiment: not with --checkpoint or --export")
-    if args.replicas is not None and args.replicas < 1:
-        raise UserError(f"--replicas {args.replicas}: give 1 or more")
-    if args.cpus_per_replica < 0:
-        raise UserError(f"--cpus-per-replica {args.cpus_per_replica}: give 0 or more")
-    if args.max_batch_size < 1:
-        raise UserError(f"--max-batch-size {args.max_batch_size}: give 1 or more (1: no batching)")
-    if args.batch_wait_ms < 0:
-        raise UserError(f"--batch-wait-ms {args.batch_wait_ms}: give 0 or more")
-    if not args.max_upload_mb > 0:
-        raise UserError(f"--max-upload-mb {args.max_upload_mb}: give a size above 0")
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port {args.port}: give a port from 1 to 65535")
 
 
 def host_warning(host):

@@ -8,12 +8,15 @@
 An image is decoded and predicted by dogs.inference.Predictor, as tune.best --predict does: load_rgb, the
 function that decoded the training images, then predict_probs, the function that scores Validation and makes
 the submission. Concurrent requests are predicted together (serve.batch; "batch" says with how many). A body
-that is not an image is a 400, one over the upload limit a 413, each with {"error": one line}.
+that is not an image is a 400, one over the upload limit a 413, each with {"error": one line}; a client that
+disconnects mid-upload is one line in the log.
 """
+import logging
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from ray import serve
+from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse
 
 from dogs.inference import Predictor
@@ -21,6 +24,8 @@ from dogs.models import build_model
 
 PAGE = Path(__file__).with_name("serve_page.html")
 PAGE_TOP_K = 5   # the page, and /predict without ?top_k, show this many classes (or all, when there are fewer)
+CLIENT_GONE = 499   # nginx's "client closed request": the status of an answer nobody is left to read
+log = logging.getLogger("ray.serve")   # the replica's log, which tune.serve's console shows
 
 
 class HTTPError(Exception):
@@ -115,10 +120,15 @@ class Classifier:
         if length is not None and length.isdigit() and int(length) > limit:
             raise too_big
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_big
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_big
+        except ClientDisconnect:   # one line in the console, not Serve's two tracebacks: nobody waits for an answer
+            log.warning("POST /predict: the client disconnected after %d byte(s) of its upload; nothing to answer",
+                        len(body))
+            raise HTTPError(CLIENT_GONE, "the client disconnected mid-upload") from None
         if not body:
             raise HTTPError(400, "the request body is empty: send the image's bytes (curl --data-binary @photo.jpg)")
         return bytes(body)

@@ -3,6 +3,7 @@ experiment in a bucket) or an --optuna-storage database, named by the searcher s
 import contextlib
 import hashlib
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from dogs.errors import ExperimentError
 from tune import storage
 
 STUDY_FILE = "study.db"
+CONNECT_TIMEOUT_S = 10   # a database server that does not answer: one line after this long, never a hang
+DRIVERS = {"postgresql": "pip install 'dogs-tune[postgres]' (psycopg 3: postgresql:// or postgresql+psycopg://)",
+           "mysql": "pip install pymysql (mysql+pymysql://)"}   # what brings each server's driver
 ABANDONED = "abandoned_tune_trial_ids"   # Tune trials of a killed driver that Ray's saved state never knew
 TRIAL_ATTR = "tune_trial_id"             # the Tune trial id of a study trial (one name per trial: #<number> <id>)
 
@@ -46,13 +50,64 @@ def sqlite_path(url):
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
+def engine_kwargs(url):
+    """SQLAlchemy engine options for the study's database: a database server gets a bounded connect (a dead host
+    is an error after CONNECT_TIMEOUT_S, not the system's minutes) and each pooled connection is pinged first."""
+    if sqlalchemy.engine.make_url(url).get_backend_name() in ("postgresql", "mysql"):
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+    return {}
+
+
 def open_storage(url):
     """An Optuna RDB storage (SQLite: the file's folder is created)."""
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # no line per trial from Optuna: the search prints
-    return optuna.storages.RDBStorage(url)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+
+
+def first_line(err):
+    """An exception's message as one line (the driver's own words, without SQLAlchemy's background link)."""
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+def storage_problem(url, flag="--optuna-storage"):
+    """Why the database at `url` cannot hold a study, or None: the URL parsed, its driver imported, a connection
+    opened and pinged (within CONNECT_TIMEOUT_S), said before Ray starts. Nothing is created: a new SQLite file's
+    folder is only checked."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return (f"{flag} {url!r} is not a database URL; allowed: sqlite:///path/study.db, "
+                "postgresql://user@host:port/db (psycopg 3), postgresql+psycopg2://..., mysql+pymysql://...")
+    shown, backend = shown_url(url), parsed.get_backend_name()
+    try:
+        engine = sqlalchemy.create_engine(parsed, **engine_kwargs(url))
+    except sqlalchemy.exc.NoSuchModuleError:
+        return (f"{flag} {shown}: unknown database scheme {parsed.drivername!r}; allowed: sqlite, postgresql "
+                "(postgresql+psycopg, postgresql+psycopg2), mysql (mysql+pymysql)")
+    except ImportError as err:
+        fix = DRIVERS.get(backend, f"install the Python driver of {parsed.drivername}")
+        return f"{flag} {shown}: its database driver is not installed ({err.name or err}): {fix}"
+    path = sqlite_path(url)
+    if path is not None and not path.exists():   # a new SQLite file: its folder (or the nearest that exists) writable
+        folder = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+        engine.dispose()
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            return f"{flag} {shown}: cannot create {path}: {folder} is not a folder this user can write to"
+        return None
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    except (OSError, sqlalchemy.exc.SQLAlchemyError) as err:
+        return (f"{flag} {shown}: cannot open the database ({first_line(err)}); check the host, port, user, "
+                f"password (PostgreSQL reads ~/.pgpass and PGPASSWORD) and that the server runs "
+                f"(connect timeout {CONNECT_TIMEOUT_S} s)")
+    finally:
+        engine.dispose()
+    return None
 
 
 def abandoned_trial_ids(study):
@@ -111,7 +166,7 @@ def load_existing(url, name, where):
         raise ExperimentError(f"{where}: the search's Optuna study is missing (no {path})")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        rdb = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True)
         return rdb, optuna.load_study(study_name=name, storage=rdb)
     except (KeyError, RuntimeError, ValueError, ImportError, optuna.exceptions.OptunaError,
             sqlalchemy.exc.SQLAlchemyError) as err:
