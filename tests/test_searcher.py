@@ -176,23 +176,35 @@ def test_small_validation_split_warns_when_asha_ranks_by_early_epochs(tmp_path):
     assert report.small_validation_warning(data, {**settings, "grace_period": 4}) is None   # ASHA stops nothing
 
 
-def test_weights_missing_from_the_hub_cache_are_named_before_the_search_starts(tmp_path, monkeypatch):
-    # offline, every trial asking for them errored only after a network timeout (86 s for 4 trials): say it first
+def test_weights_missing_from_the_hub_cache_are_one_error_before_the_search_starts(tmp_path, monkeypatch):
+    # was a warning, then every trial raised WeightsError and was retried (~1,270 traceback lines, issue #24)
+    import torch
+
+    from dogs.errors import WeightsError
     from tune import report
 
+    def offline(url, dst, *args, **kwargs):
+        tried.append(url)
+        raise OSError("network unreachable")
+    tried = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     space = spaces.load(spaces.find_space_file("resnet_frozen.yaml"))   # model: resnet18 | resnet34 | resnet50
-    warning = report.missing_weights_warning(space)
-    assert "3 ImageNet weights file(s)" in warning and str(hub / "resnet18-f37072fd.pth") in warning
-    hub.mkdir(parents=True)
-    (hub / "resnet18-f37072fd.pth").touch()
-    warning = report.missing_weights_warning(space)
-    assert "2 ImageNet weights file(s)" in warning and "resnet18" not in warning and "resnet34" in warning
+    with pytest.raises(WeightsError) as err:
+        report.check_weights(space)
+    message = str(err.value)
+    assert f"missing from {hub} and their download failed (OSError: network unreachable)" in message
+    assert "resnet18-f37072fd.pth for resnet18 weights=DEFAULT; resnet34-b627a593.pth" in message
+    assert "python -m dogs.weights install MODEL --from FILE" in message and "\n" not in message
+    assert len(tried) == 3   # each file tried once, by the driver (with internet the trials find them there)
+    (hub / "resnet18-f37072fd.pth").write_bytes(b"not torchvision's file")   # present, but not the right file
+    with pytest.raises(WeightsError, match="resnet18-f37072fd.pth is not the file torchvision publishes"):
+        report.check_weights(space)
     for weights in ("none", str(tmp_path / "mine.pth")):   # random init, or a file of one's own: no hub file needed
         space = spaces.load(spaces.find_space_file("resnet_frozen.yaml"), sets={"weights": weights})
-        assert report.missing_weights_warning(space) is None
-    assert report.missing_weights_warning(spaces.load(spaces.find_space_file("cnn_scratch.yaml"))) is None
+        assert report.check_weights(space) is None
+    assert report.check_weights(spaces.load(spaces.find_space_file("cnn_scratch.yaml"))) is None
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "qmc", "gp"])

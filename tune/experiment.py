@@ -21,7 +21,7 @@ import pyarrow.fs
 
 from dogs import ranking, uncertainty
 from dogs.config import METRICS, SCHEMA, value_type
-from dogs.errors import ExperimentError, UserError
+from dogs.errors import USER_ERROR_KEY, ExperimentError, UserError
 from tune import spaces, storage
 
 DEFAULT_STORAGE = "runs"
@@ -54,6 +54,8 @@ class Trial:
         DAMAGED (a file of it cannot be read: it is never ranked)."""
         if self.damaged:
             return "DAMAGED"
+        if self.last.get(USER_ERROR_KEY):   # failed before its first epoch, in one line (dogs.trial): not retried
+            return "ERROR"
         if self.last.get("done") or (self.results and self.last.get("epoch", 0) >= self.config.get("epochs", 1e9)):
             return "TERMINATED"
         return "ERROR" if self.errored else "UNFINISHED"
@@ -269,7 +271,7 @@ def trials_table(exp_dir, space, trials=None):
             "trial_id": trial.trial_id,
             "status": status,
             "stopped_early": status == "TERMINATED" and len(trial.results) < s["epochs"],
-            "epochs": len(trial.results),
+            "epochs": 0 if last.get(USER_ERROR_KEY) else len(trial.results),
             **{name: last.get(name) for name in METRICS},   # scores of the last epoch run
             f"best_{metric}": best,
             **dict(zip(interval_columns(metric), bounds)),

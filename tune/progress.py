@@ -18,6 +18,7 @@ import time
 from ray import tune
 
 from dogs import ranking, uncertainty
+from dogs.errors import USER_ERROR_KEY
 
 STEP = "training_iteration"
 
@@ -79,7 +80,7 @@ class ProgressCallback(tune.Callback):
             self._print(trials, now={trial.trial_id: result})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended(trials, trial, "TERMINATED")
+        self._ended(trials, trial, "ERROR" if USER_ERROR_KEY in (trial.last_result or {}) else "TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trials, trial, "ERROR")
@@ -88,6 +89,8 @@ class ProgressCallback(tune.Callback):
         """`#3 ef4ab16e  stopped at epoch 2  best_val_acc 0.4100  lr=0.0003 head_width=32`."""
         result = trial.last_result or {}
         epoch = result.get(STEP, 0)
+        if USER_ERROR_KEY in result:   # its one line, once (dogs.trial: not retried)
+            return f"{trial_name(trial.trial_id, numbers)}  failed, not retried: {result[USER_ERROR_KEY]}"
         ended = (f"errored at epoch {epoch + 1}" if status == "ERROR" else
                  f"stopped at epoch {epoch}" if epoch < self.epochs else f"completed {epoch} epochs")
         score = result.get(self.score)
@@ -98,14 +101,15 @@ class ProgressCallback(tune.Callback):
     def line(self, trials, elapsed, ended=None, numbers=None, now=None):
         """The progress line; `ended`: {trial id: status} of trials ending now, `now`: {trial id: result} of a
         result coming in now (Tune calls back before it sets them)."""
-        status = {t.trial_id: (ended or {}).get(t.trial_id, t.status) for t in trials}
         results = {t.trial_id: (now or {}).get(t.trial_id, t.last_result) or {} for t in trials}
+        status = {t.trial_id: (ended or {}).get(t.trial_id, "ERROR" if USER_ERROR_KEY in results[t.trial_id]
+                                                else t.status) for t in trials}
         done = [t for t in trials if status[t.trial_id] in ("TERMINATED", "ERROR")]
         errored = sum(s == "ERROR" for s in status.values())
         stopped = sum(status[t.trial_id] == "TERMINATED" and results[t.trial_id].get(STEP, self.epochs) < self.epochs
                       for t in trials)
         running = [t for t in trials if status[t.trial_id] == "RUNNING"]
-        ran = sum(results[t.trial_id].get(STEP, 0) for t in trials)
+        ran = sum(results[t.trial_id].get(STEP, 0) for t in trials if USER_ERROR_KEY not in results[t.trial_id])
         text = (f"[{duration(elapsed):>7}] {len(done)}/{self.samples} trials: {len(done)} done ({stopped} stopped "
                 f"early, {errored} errored), {len(running)} running | epochs {ran}/{self.samples * self.epochs}")
         scores = [f"{t.trial_id} e{results[t.trial_id][STEP]} {results[t.trial_id][self.score]:.4f}" for t in running

@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from dogs.errors import UserError
@@ -128,7 +129,8 @@ class _NotOurs(logging.Filter):
     a Python call; the search prints its --resume command), the list of trials not completed (the summary
     counts them) and its "Stop signal received" (a time budget's stop, or Ctrl-C: the summary says which)."""
 
-    HIDDEN = ("Experiment has been interrupted", "Trials did not complete", "Stop signal received")
+    HIDDEN = ("Experiment has been interrupted", "Trials did not complete", "Stop signal received",
+              "Failed to fetch metrics for")   # a trial stopped before its first result (the summary counts it)
 
     def filter(self, record):
         return not str(record.msg).startswith(self.HIDDEN)
@@ -139,9 +141,12 @@ def quiet_driver():
     stay out of the console; its warnings and errors still show."""
     tune_log = logging.getLogger("ray.tune")
     tune_log.setLevel(logging.WARNING)
-    logger = logging.getLogger("ray.tune.tune")
-    if not any(isinstance(f, _NotOurs) for f in logger.filters):
-        logger.addFilter(_NotOurs())
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NotOurs) for f in logger.filters):
+            logger.addFilter(_NotOurs())
+    # ASHA's rung percentile over trials that reported no score (NaN: diverged, or failed before an epoch)
+    warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
 
 
 def check_resources(s, resources, autoscaling=False):

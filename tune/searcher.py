@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from dogs.errors import ExperimentError, UserError
+from dogs.errors import USER_ERROR_KEY, ExperimentError, UserError
 from dogs.files import atomic_path
 from tune import distributions, storage
 from tune.settings import SAMPLERS
@@ -196,7 +196,7 @@ class StudySearcher(Searcher):
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if trial_id in self.numbers:
-            if result and result.get(self.metric) is not None:   # Tune gives the last epoch here only
+            if result and result.get(self.metric) is not None and USER_ERROR_KEY not in result:   # the last epoch
                 self._guarded(self._report, trial_id, result[STEP], result[self.metric])
             value = (result or {}).get(self.metric)
             state = ("FAIL" if error or value is None or not math.isfinite(value)

@@ -12,7 +12,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from dogs import trainable
-from dogs.errors import UserError
+from dogs.errors import USER_ERROR_KEY, UserError
 from tune import storage
 from tune.settings import asha_rungs
 from tune.progress import ProgressCallback
@@ -20,6 +20,24 @@ from tune.retention import KeepBestAndLatest
 from tune.searcher import StudySearcher
 from tune.spaces import searched_names
 from tune.tensorboard import TensorBoardCallback
+
+
+class UserErrorStop(tune.Stopper):
+    """Ends the search once its first `first` trials all failed with a user error before their first epoch (each
+    reports it as its one result: dogs.trial) and no trial ran an epoch: every further trial would fail too."""
+
+    def __init__(self, first):
+        self.first, self.failed, self.ran = first, set(), False
+
+    def __call__(self, trial_id, result):   # True: that trial stops now (ASHA never ranks its NaN), completed
+        if USER_ERROR_KEY in result:
+            self.failed.add(trial_id)
+            return True
+        self.ran = True
+        return False
+
+    def stop_all(self):
+        return not self.ran and len(self.failed) >= self.first
 
 
 def make_trainable(s):
@@ -56,6 +74,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=runs, verbose=1 if verbose else 0,   # 0: our progress line only
+            stop=UserErrorStop(min(s["samples"], max(2, slots or rung_slots))),
             # Ray deletes no checkpoint (num_to_keep would save the whole experiment state after every
             # checkpoint: O(N) per checkpoint); KeepBestAndLatest keeps each trial's best and latest
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=s["metric"],
