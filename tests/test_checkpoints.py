@@ -2,12 +2,23 @@
 best checkpoint, and every checkpoint from its latest one at the previous save of the experiment state on
 (the state --resume reads names it); after the last save, its best and its latest only."""
 import math
+import os
 import pickle
+import time
 from types import SimpleNamespace
 
 from ray import tune
 
 from tune.retention import KeepBestAndLatest
+
+
+def save(keep, root, copied=True):
+    """A save of the experiment state as Tune makes it: the callback's get_state, then (unless the copy fails: a
+    full disk) Ray's copy of the state file reaching the experiment folder. Returns get_state's state."""
+    state = keep.get_state()
+    if copied:
+        (root / "experiment_state-2026.json").write_text("{}")
+    return state
 
 
 def folder_names(trial_dir):
@@ -39,16 +50,16 @@ def test_a_trial_keeps_its_best_and_what_the_last_saved_state_names(tmp_path):
     trial = Trial(tmp_path, "a", keep)
     for score in (0.9, 0.1):
         trial.epoch(score)
-    keep.get_state()                 # save 1: names checkpoint 1 (the latest); nothing saved before it
+    save(keep, tmp_path)                 # save 1: names checkpoint 1 (the latest); nothing saved before it
     assert trial.kept() == [0, 1]
     for score in (0.2, 0.3):
         trial.epoch(score)
-    keep.get_state()                 # save 2: the copy of save 1 may be all --resume has: 1 stays
+    save(keep, tmp_path)                 # save 2: the copy of save 1 may be all --resume has: 1 stays
     assert trial.kept() == [0, 1, 2, 3]
-    keep.get_state()                 # save 3: save 2 named 3; 0 is the best
+    save(keep, tmp_path)                 # save 3: save 2 named 3; 0 is the best
     assert trial.kept() == [0, 3]
     trial.epoch(0.95)
-    keep.get_state()
+    save(keep, tmp_path)
     keep.on_experiment_end(trials=[])   # after the final save: the best and the latest
     assert trial.kept() == [4]
 
@@ -62,8 +73,8 @@ def test_best_is_tune_best_s_equal_scores_the_later_min_mode_nan_worst(tmp_path)
         trial = Trial(tmp_path, name, keep)
         for score in scores:
             trial.epoch(score, metric)
-        keep.get_state()
-        keep.get_state()
+        save(keep, tmp_path)
+        save(keep, tmp_path)
         keep.on_experiment_end(trials=[])
         assert trial.kept() == {"t": [2, 3], "l": [1, 3], "n": [0, 3]}[name]
 
@@ -87,7 +98,7 @@ def test_never_deletes_what_it_cannot_vouch_for(tmp_path):
     trial.epoch(0.3)
     trial.epoch(0.4)
     for _ in range(3):
-        keep.get_state()
+        save(keep, tmp_path)
     keep.on_experiment_end(trials=[])
     assert folder_names(trial.dir) == ["best_weights", "checkpoint_000001", "checkpoint_000004"]
     assert other.is_dir()
@@ -98,16 +109,16 @@ def test_a_resumed_search_prunes_from_the_saved_state(tmp_path):
     trial = Trial(tmp_path, "a", first)
     for score in (0.5, 0.9, 0.1, 0.2):
         trial.epoch(score)
-    saved = pickle.loads(pickle.dumps(first.get_state()))   # the state --resume reads: names checkpoint 3
+    saved = pickle.loads(pickle.dumps(save(first, tmp_path)))   # the state --resume reads: names checkpoint 3
     trial.epoch(0.3)                 # then the driver is killed: checkpoint 4 is unknown to that state
     # Tune restores the callback from tuner.pkl and sets its state from the saved one
     second = pickle.loads(pickle.dumps(first))
     second.set_state(saved)
-    second.get_state()               # before any checkpoint of this driver: nothing deleted
+    save(second, tmp_path)               # before any checkpoint of this driver: nothing deleted
     assert trial.kept() == [0, 1, 2, 3, 4]
     trial.callback, trial.epochs = second, 4
     trial.epoch(0.15)                # the trial goes on from checkpoint 3: epoch 4 again
-    second.get_state()               # against the state it resumed from (3): 0 and 2 go
+    save(second, tmp_path)               # against the state it resumed from (3): 0 and 2 go
     assert trial.kept() == [1, 3, 4]
     second.on_experiment_end(trials=[])
     assert trial.kept() == [1, 4]
@@ -122,3 +133,27 @@ def test_an_experiment_started_before_the_renames_still_unpickles():
 
     old = b"(ctune.checkpoints\nKeepBestAndLatest\nctune.search\ntrial_dirname\nt."   # two globals, as a tuple
     assert pickle.loads(old) == (retention.KeepBestAndLatest, tuner.trial_dirname)
+
+
+def test_a_save_whose_copy_failed_prunes_nothing_the_older_copy_names(tmp_path):
+    """A full disk (or a lost storage) fails Ray's copy of a save: the experiment folder's state still names the
+    checkpoints of the save before, which --resume continues from once there is space; they stay."""
+    keep = KeepBestAndLatest("val_acc", "max")
+    trial = Trial(tmp_path, "a", keep)
+    for score in (0.9, 0.1):
+        trial.epoch(score)
+    save(keep, tmp_path)                        # save 1, copied: names checkpoint 1
+    for score in (0.2, 0.3):
+        trial.epoch(score)
+    save(keep, tmp_path, copied=False)          # save 2 (names 3): its copy fails, the folder's state is older
+    state_file = tmp_path / "experiment_state-2026.json"
+    os.utime(state_file, (time.time() - 60, time.time() - 60))
+    trial.epoch(0.4)
+    save(keep, tmp_path, copied=False)          # save 3: save 2 never reached the folder: 1 stays
+    assert trial.kept() == [0, 1, 2, 3, 4]
+    keep.on_experiment_end(trials=[])           # the final copy failed too: what save 1 names stays
+    assert 1 in trial.kept() and 0 in trial.kept()
+    save(keep, tmp_path)                        # space again: a copy reaches the folder
+    save(keep, tmp_path)
+    keep.on_experiment_end(trials=[])
+    assert trial.kept() == [0, 4]

@@ -21,7 +21,7 @@ import pytest
 
 from ray_cluster import LocalCluster, is_loopback
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]   # a cluster of two nodes; searches of up to 300 s each
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 8

@@ -357,6 +357,7 @@ def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
     assert ran_all   # a trial of 3 epochs had 3 checkpoints to keep 2 of
 
 
+@pytest.mark.timeout(1200)   # waits up to 480 s for the moment to interrupt, then the resume
 @pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_resume_after_ctrl_c_or_sigterm_reruns_nothing(tiny_imagefolder, tmp_path, stop, status):
     """Ctrl-C, and SIGTERM as Slurm, Kubernetes or `kill` send it, stop the search cleanly: "Search interrupted",
@@ -439,7 +440,8 @@ def test_gpu_request_on_a_gpu_less_machine_fails_fast(tiny_imagefolder, tmp_path
                                        str(tiny_imagefolder), "--storage", str(tmp_path), "--gpus-per-trial", "1"])
     assert code == 2
     assert "--gpus-per-trial 1 asks for a GPU" in err and "PENDING forever" in err and "GPU=0" in err
-    assert time.time() - start < 30 and not ray.is_initialized()
+    # the proof is that Ray never started; the bound only catches a wait (generous: a loaded 2-core machine)
+    assert time.time() - start < 120 and not ray.is_initialized()
 
 
 def test_bad_space_or_data_fails_before_ray(tiny_imagefolder, tmp_path):

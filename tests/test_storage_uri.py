@@ -133,7 +133,10 @@ def test_checkpoints_are_pruned_in_the_bucket(s3):
             trial_id="a", last_result={"val_acc": score, "checkpoint_dir_name": name}),
             checkpoint=tune.Checkpoint(path=f"{trial_dir}/{name}", filesystem=fs))
     keep.get_state()
+    with fs.open_output_stream("dogs/prune/exp/experiment_state-x.json") as f:   # Ray's copy of the save lands
+        f.write(b"{}")
     keep.on_experiment_end(trials=[])
     files = fs.get_file_info(pyarrow.fs.FileSelector("dogs/prune", recursive=True))
     assert sorted(i.path for i in files if i.type == pyarrow.fs.FileType.File) == [
+        "dogs/prune/exp/experiment_state-x.json",
         f"{trial_dir}/checkpoint_000000/checkpoint.pt", f"{trial_dir}/checkpoint_000003/checkpoint.pt"]

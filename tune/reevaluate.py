@@ -136,12 +136,12 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
     experiment `exp_dir`). A new part, never Ray's restore: tune.best reads no pickled state of an experiment;
     a run an interruption cut short starts again."""
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
     from tune.progress import ProgressCallback
     from tune.ray_setup import concurrency
     from tune.retention import KeepBestAndLatest
+    from tune.trial_logs import JsonLogger
 
     metric, mode = search["metric"], search["mode"]
     name = f"part-{max(map(part_number, storage.subfolders_with(folder, PART_FILE)), default=0) + 1}"
@@ -159,7 +159,7 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
             name=name, storage_path=folder, verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            callbacks=[JsonLoggerCallback(), KeepBestAndLatest(metric, mode),
+            callbacks=[JsonLogger(), KeepBestAndLatest(metric, mode),   # whole across retries (tune.trial_logs)
                        ProgressCallback(len(pairs), search["epochs"], metric, mode), *callbacks]))
     return tuner.fit()
 

@@ -14,6 +14,10 @@ max(10 s, 19 x what a save takes)), and this callback deletes what a trial no lo
   that save, at least 10 s ago), and this save's names nothing older.
 - At the end of `fit()` (`on_experiment_end`) Tune has just saved the final state and waited for its copy:
   every trial keeps its best checkpoint and its latest (a trial that ran 1 epoch: one folder).
+- A copy can fail (a full disk, a lost connection to the storage: Ray logs it and goes on), and then the
+  experiment folder's state still names the checkpoints of an older save. So a save counts only once the
+  experiment folder's `experiment_state-*.json` is at least as new as it; until then pruning stays at the last
+  save that did (a full disk freed: `--resume` continues from checkpoints that are still there).
 
 Best = the checkpoint whose epoch has the best `metric` by `mode`, of equal ones the later: what
 tune.experiment.best_checkpoint (tune.best) picks among the kept folders. Only folders this callback saw
@@ -24,13 +28,18 @@ dicts, so a resumed search keeps pruning where it stopped.
 import re
 import sys
 import threading
+import time
 from pathlib import PurePosixPath
+
+import pyarrow.fs
 
 from ray import tune
 
 from dogs import ranking
 
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
+STATE_FILE = re.compile(r"experiment_state-.*\.json")
+CLOCK_SLACK_S = 1.0   # a file's time may lag the clock by the file system's tick; saves are >= 10 s apart
 
 
 def number(name):
@@ -46,7 +55,8 @@ class KeepBestAndLatest(tune.Callback):
     def __init__(self, metric, mode):
         self.metric, self.mode = metric, mode
         self.scores = {}    # trial id -> {checkpoint folder name: its epoch's metric} of the folders kept so far
-        self.saved = {}     # trial id -> its latest checkpoint at the last save of the experiment state
+        self.saved = {}     # trial id -> its latest checkpoint at the last save whose copy reached the experiment
+        self.pending = None  # (time, {trial id: latest checkpoint}) of the last save, until its copy is seen there
         self._fs = self._root = None   # the experiment's filesystem and folder, from Tune's checkpoints
 
     # ---- Tune's calls ----
@@ -65,18 +75,36 @@ class KeepBestAndLatest(tune.Callback):
         self.scores.setdefault(trial.trial_id, {})[path.name] = result.get(self.metric)
 
     def get_state(self):
-        """Called inside each save of the experiment state: prune against the previous save, then remember
-        this one's latest checkpoints."""
+        """Called inside each save of the experiment state: prune against the last save whose copy reached the
+        experiment folder, then remember this one's latest checkpoints until its copy is seen there too."""
+        self.confirm()
         self.prune(self.saved)
-        self.saved = {trial_id: max(names, key=number) for trial_id, names in self.scores.items() if names}
-        return {"scores": self.scores, "saved": self.saved}
+        latest = {trial_id: max(names, key=number) for trial_id, names in self.scores.items() if names}
+        self.pending = (time.time(), latest)
+        # what a --resume from this save's copy starts from (read back only if the copy reached the folder)
+        return {"scores": self.scores, "saved": latest}
 
     def set_state(self, state):
         self.scores, self.saved = state["scores"], state["saved"]
 
     def on_experiment_end(self, trials, **info):
-        """After the final save (written and copied): every trial keeps its best and its latest."""
+        """After the final save (written, and its copy waited for): every trial keeps its best and its latest,
+        unless that copy failed."""
+        self.confirm()
         self.prune(self.saved)
+
+    def confirm(self):
+        """The pending save counts once the experiment folder holds a state file written at or after it."""
+        if self.pending is None or self._fs is None:
+            return
+        try:
+            infos = self._fs.get_file_info(pyarrow.fs.FileSelector(self._root))
+        except OSError:   # the storage cannot be listed now: nothing confirmed
+            return
+        newest = max((info.mtime.timestamp() for info in infos
+                      if STATE_FILE.fullmatch(info.base_name) and info.mtime is not None), default=None)
+        if newest is not None and newest >= self.pending[0] - CLOCK_SLACK_S:
+            self.saved, self.pending = self.pending[1], None
 
     # ---- pruning ----
     def keep(self, trial_id, since):
@@ -106,4 +134,7 @@ class KeepBestAndLatest(tune.Callback):
 
     def __getstate__(self):
         # tuner.pkl: no filesystem handle
-        return {**self.__dict__, "_fs": None, "_root": None}
+        return {**self.__dict__, "_fs": None, "_root": None, "pending": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update({"pending": None, **state})   # a tuner.pkl from before `pending`

@@ -8,7 +8,6 @@ import threading
 import time
 
 from ray import tune
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from dogs import trainable
@@ -20,6 +19,7 @@ from tune.retention import KeepBestAndLatest
 from tune.searcher import StudySearcher
 from tune.spaces import searched_names
 from tune.tensorboard import TensorBoardCallback
+from tune.trial_logs import CSVLogger, JsonLogger
 
 
 class UserErrorStop(tune.Stopper):
@@ -80,7 +80,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=s["metric"],
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), BudgetWatch(),
+            callbacks=[JsonLogger(), CSVLogger(), BudgetWatch(),   # whole across a trial's retries (tune.trial_logs)
                        TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"]),
                        *loggers]
                       + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"],
