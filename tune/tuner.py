@@ -80,8 +80,8 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=s["metric"],
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
-            callbacks=[JsonLogger(), CSVLogger(), BudgetWatch(),   # whole across a trial's retries (tune.trial_logs)
-                       TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"]),
+            callbacks=[JsonLogger(), CSVLogger(),   # whole across a trial's retries (tune.trial_logs)
+                       BudgetWatch(), TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"]),
                        *loggers]
                       + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"],
                                                               searched=searched_names(space),
