@@ -1,9 +1,12 @@
 """The argparse parser every command uses: argparse's own, plus 'did you mean' for a mistyped flag
-(Python 3.11's argparse says only 'unrecognized arguments'), a mistake said in one line, and `number`, the type
-of every numeric flag (finite, in its range)."""
+(Python 3.11's argparse says only 'unrecognized arguments'), a mistake said in one line, `number`, the type
+of every numeric flag (finite, in its range), and the quiet end of a command whose reader left (`| head`)."""
 import argparse
 import difflib
+import functools
 import math
+import os
+import signal
 import sys
 
 from dogs.config import Range
@@ -55,3 +58,22 @@ class ArgumentParser(argparse.ArgumentParser):
                 if close:
                     return f" (did you mean {close[0]}?)"
         return ""
+
+
+def quiet_when_reader_leaves(main):
+    """`main`, ending quietly when whatever reads its output closed it (`... | head`): no BrokenPipeError traceback,
+    exit status 141 (128 + SIGPIPE), as `yes | head` ends."""
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            try:
+                return main(argv)
+            finally:
+                sys.stdout.flush()   # what is still buffered fails here, not in Python's own flush at exit
+        except BrokenPipeError:
+            try:   # nothing more reaches the closed pipe: Python's flush at exit would print the error again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):   # stdout is no file (a test's StringIO)
+                pass
+            return 128 + signal.SIGPIPE
+    return wrapped

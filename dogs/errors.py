@@ -46,3 +46,8 @@ class StorageError(UserError, OSError):
 
 class ExportError(UserError, ValueError):
     """A model that cannot be exported: its folder holds other files, a package is missing, or a file does not check."""
+
+
+class OutputError(UserError, OSError):
+    """An output path we cannot write without destroying something: a file where a folder is needed, the current
+    folder, or a file or folder we did not write under a name we write; names it and how to go on."""

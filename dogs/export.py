@@ -18,6 +18,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import nn
 
 from . import data, decode, models
 from .errors import CheckpointError, ExportError, UserError
+from .files import is_plain_file
 
 FORMAT = "dogs-tune export"
 CARD = "model_card.json"
@@ -51,26 +53,57 @@ class Exported(nn.Module):
 
 
 def check_target(folder):
-    """`folder` as an export's destination: new, empty, or a previous export (replaced); else one ExportError line.
-    The packages the export needs must be installed."""
+    """`folder` as an export's destination: new, empty, or an earlier export (replaced); else one ExportError line
+    naming what is in the way. The packages the export needs must be installed."""
     missing = [name for name in ("onnx", "onnxscript", "onnxruntime", "safetensors") if not find_spec(name)]
     if missing:
         raise ExportError(f"--export needs {', '.join(missing)}: pip install -e '.[export]' (or pip install "
                           f"{' '.join(missing)})")
-    folder = Path(folder)
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise ExportError(f"--export {folder}: not a folder (a file or a link): give a new or empty folder")
-    if folder.is_dir() and any(folder.iterdir()) and not is_export(folder):
-        raise ExportError(f"--export {folder}: the folder holds other files and no previous export ({CARD} of "
-                          f"{FORMAT}): give a new or empty folder")
+    given, folder = folder, Path(os.path.abspath(folder))   # '.', 'model/..': the folder they name
+    here, real = Path.cwd().resolve(), folder.resolve()   # through links too
+    if real == here or real in here.parents:
+        raise ExportError(f"--export {given}: that is the current folder{' or one above it' if real != here else ''},"
+                          " which an export replaces whole: give a folder to create, e.g. --export model/")
+    if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+        raise ExportError(f"--export {given}: not a folder (a file or a link): give a new or empty folder")
+    if folder.is_dir():
+        others = not_exported(folder)
+        if others:
+            raise ExportError(f"--export {given}: the folder holds {', '.join(others[:5])}"
+                              f"{f' and {len(others) - 5} more' if len(others) > 5 else ''}, which no earlier export "
+                              f"({CARD} of {FORMAT}, its files) wrote: give a new or empty folder, or move them away")
     return folder
 
 
+FILES = ("model.onnx", "model.pt2", "model.safetensors", "preprocess.py", CARD, "MODEL_CARD.md")   # what we write
+
+
+def not_exported(folder):
+    """The entries of `folder` that an earlier export did not write (sorted names; [] for an export or an empty
+    folder). An export's files are those its card lists (and the card) among FILES, each a plain file, and the
+    __pycache__ that importing its preprocess.py leaves."""
+    entries = sorted(p.name for p in Path(folder).iterdir())
+    try:
+        card = json.loads((Path(folder) / CARD).read_text())
+        listed = set(card["files"]) | {CARD} if card.get("format") == FORMAT else set()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        listed = set()
+    ours = listed & set(FILES)
+    return [name for name in entries if not (name in ours and is_plain_file(Path(folder, name))
+                                             or name == "__pycache__" and is_preprocess_cache(Path(folder, name)))]
+
+
 def is_export(folder):
+    """Whether `folder`'s card says an export of ours wrote it (tune.serve --export reads such a folder)."""
     try:
         return json.loads((Path(folder) / CARD).read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def is_preprocess_cache(path):
+    return (path.is_dir() and not path.is_symlink()
+            and all(p.name.startswith("preprocess.") and p.suffix == ".pyc" and is_plain_file(p) for p in path.iterdir()))
 
 
 def export_model(model, ckpt, folder, source=None, data_root=None, log_fn=print):
@@ -108,19 +141,34 @@ def export_model(model, ckpt, folder, source=None, data_root=None, log_fn=print)
         replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {name: folder / name for name in ("model.onnx", "model.pt2", "model.safetensors", "preprocess.py", CARD,
-                                             "MODEL_CARD.md")}
+    return {name: folder / name for name in FILES}
 
 
 def replace(tmp, folder):
-    """Give `tmp` the name `folder`; a previous export there is moved aside first, then deleted."""
+    """Give `tmp` the name `folder`; an earlier export there is moved aside first, then its files deleted one by one
+    (a file that appeared meanwhile is kept, and said). Ctrl-C and SIGTERM wait for the two renames."""
     old = None
-    if folder.is_dir():
-        old = folder.with_name(f".{folder.name}.old{os.getpid()}-{secrets.token_hex(4)}")
-        folder.rename(old)
-    tmp.rename(folder)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if folder.is_dir() and not_exported(folder):   # what appeared there while the model was exported
+            raise ExportError(f"--export {folder}: {', '.join(not_exported(folder)[:5])} appeared in the folder during "
+                              "the export: nothing written; move them away, or give another folder")
+        if folder.is_dir():
+            old = folder.with_name(f".{folder.name}.old{os.getpid()}-{secrets.token_hex(4)}")
+            folder.rename(old)
+        tmp.rename(folder)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if old is not None:
-        shutil.rmtree(old)
+        for name in FILES:
+            Path(old, name).unlink(missing_ok=True)
+        if Path(old, "__pycache__").is_dir() and is_preprocess_cache(Path(old, "__pycache__")):
+            shutil.rmtree(old / "__pycache__")
+        try:
+            old.rmdir()
+        except OSError:
+            raise ExportError(f"exported to {folder}; the earlier export's folder, moved to {old}, holds files that "
+                              f"appeared during the export: {sorted(p.name for p in old.iterdir())[:5]}") from None
 
 
 def save_weights(net, ckpt, path):
@@ -215,7 +263,8 @@ def model_card(ckpt, source, validated, onnx_info):
         "format": FORMAT, "format_version": 1,
         "files": {"model.onnx": "ONNX, dynamic batch", "model.pt2": "torch.export program (torch.export.load)",
                   "model.safetensors": "weights of dogs.models.Net (needs this project's model code to load)",
-                  "preprocess.py": "load_rgb(path, size): the decode used in training", "MODEL_CARD.md": "this card"},
+                  "preprocess.py": "load_rgb(path, size): the decode used in training", "MODEL_CARD.md": "this card",
+                  CARD: "this card, for programs (an export replaces a folder holding these files only)"},
         "classes": list(ckpt["classes"]),
         "input": {"name": "image", "dtype": "uint8", "shape": ["batch", size, size, 3], "layout": "NHWC",
                   "color": "RGB", "size": size},

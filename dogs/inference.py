@@ -21,7 +21,8 @@ import pandas as pd
 from . import checkpoint, data
 from .cache import CachedImages, cpu_count
 from .decode import load_rgb
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, DataError, UserError
+from .files import is_special
 
 BATCH = 256   # images decoded and predicted at a time: memory stays flat for any number of photos
 
@@ -151,17 +152,24 @@ def photo_files(paths):
         if os.path.isfile(given):
             add(given)
             continue
+        if is_special(given):   # opening a FIFO waits for a writer, /dev/zero never ends: refused, as in folders
+            raise DataError(f"--predict {given}: it is {data.what_it_is(given)}, not an image file or a folder: "
+                            "name photos, folders of photos or globs")
         matches = [given] if os.path.isdir(given) else sorted(glob.glob(os.path.expanduser(given), recursive=True))
         if not matches:
             missing.append(given)
+        specials = []
         for match in matches:
             if os.path.isdir(match):
                 others = []
                 for f in data.image_files(match, [os.path.realpath(match)], others=others):
                     add(f)
                 data.warn_not_images(match, others)
+            elif data.is_image_name(Path(match)) and is_special(match):
+                specials.append(Path(match))   # a glob's FIFO named x.jpg: skipped with a warning, as in a folder
             elif data.is_image_name(Path(match)):
                 add(match)
+        data.warn_not_images(given, specials)
     return files, missing
 
 

@@ -21,7 +21,7 @@ from . import cache, data, models
 from .batches import Batches, image_preparer
 from .device import amp_dtype, default_device
 from .errors import CheckpointError
-from .files import atomic_path
+from .files import atomic_path, write_csv
 from .splits import load_split
 
 log = logging.getLogger("dogs")
@@ -81,8 +81,7 @@ def write_submission(model, config, root, path, device, fallback_class=0, tta=Fa
         log.warning("%d Test file(s) unreadable (%s); their rows in submission.csv say class %d, a guess: fix or "
                     "replace them", (~ok).sum(), ", ".join(f.name for f, good in zip(files, ok) if not good)[:300],
                     fallback_class)
-    with atomic_path(path) as tmp:
-        pd.DataFrame({"Id": [f.name for f in files], "Class": predicted}).to_csv(tmp, index=False)
+    write_csv(pd.DataFrame({"Id": [f.name for f in files], "Class": predicted}), path)   # any name: one row
     return Path(path)
 
 
@@ -167,6 +166,7 @@ def write_report(members, classes, root, folder, device, tta=False, log_fn=print
     return folder
 
 
+WRITES = ("submission.csv", "predictions.png")   # what submit() writes into its folder (and report/ with report=True)
 MATRIX_CLASSES = 30   # above this many classes a matrix is unreadable: confusion.png draws the most-confused pairs
 TOP_PAIRS = 20
 

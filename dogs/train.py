@@ -16,12 +16,13 @@ import pandas as pd
 import yaml
 
 from . import checkpoint, data, interrupt, predict
-from .cli import ArgumentParser
+from .cli import ArgumentParser, quiet_when_reader_leaves
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
-from .files import atomic_path
+from .files import atomic_path, is_special, refuse_others
 
+WRITES = ("config.json", "last.pt", "best.pt", "history.csv", *predict.WRITES)   # what run() writes into its folder
 HEADER = f"{'epoch':>5} | {'train loss':>10} | {'train acc':>9} | {'valid loss':>10} | {'valid acc':>9} | {'time':>6} | {'img/s':>8}"
 
 
@@ -36,7 +37,7 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     best.pt is the best epoch by the config's metric and mode (the last epoch when Validation is trained on).
     history.csv is written every epoch; a resumed run keeps the rows of the epochs before the interruption.
     """
-    out_dir = Path(out_dir)
+    out_dir = refuse_others(out_dir, WRITES, "--out")   # an earlier run's files may be replaced, nobody else's
     last, history_csv = out_dir / "last.pt", out_dir / "history.csv"
     state = checkpoint.read(last) if resume and last.exists() else None
     if resume and state is None:
@@ -108,6 +109,8 @@ def demo_test_accuracy(root, submission):
 
 def load_config_file(path):
     """A YAML or JSON file of fixed config values (flat keys of dogs.config), each checked."""
+    if is_special(path):   # a FIFO would wait for a writer forever, /dev/zero never ends
+        raise ConfigError(f"--config {path}: it is {data.what_it_is(path)}, not a file: give a YAML or JSON file")
     try:
         values = load_yaml(Path(path).read_text()) or {}
     except OSError as err:
@@ -170,6 +173,7 @@ def resume_command(argv, out):
     return shlex.join(["python", "-m", "dogs.train", *argv])
 
 
+@quiet_when_reader_leaves
 def main(argv=None):
     import torch
     args = get_args_parser().parse_args(argv)
@@ -195,4 +199,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

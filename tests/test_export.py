@@ -6,6 +6,11 @@ import json
 import os
 import re
 import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,19 +142,72 @@ def test_the_readme_snippet_predicts_a_photo_as_the_checkpoint_does(exported, tm
     assert [float(p) for _, p in printed] == pytest.approx([p for _, _, p in top], abs=2e-3)   # printed to 3 places
 
 
-def test_a_folder_with_other_files_is_refused_and_a_previous_export_is_replaced(exported, tmp_path):
+def snapshot(folder):
+    """{relative path: bytes or 'folder'} of everything under `folder`: what must not change."""
+    return {str(p.relative_to(folder)): "folder" if p.is_dir() else p.read_bytes() for p in Path(folder).rglob("*")}
+
+
+def test_only_an_earlier_exports_own_files_are_replaced_and_anything_beside_them_is_refused(exported, tmp_path):
     path, folder = exported["cnn"]
+    card = json.loads((folder / "model_card.json").read_text())
+    assert set(card["files"]) == {p.name for p in folder.iterdir()}   # the card lists every file of the export
+    # a user's folder; an earlier export with the user's app and notes put beside it; a card listing the user's src/
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    code, _, err = run_main(best, ["--checkpoint", str(path), "--export", str(tmp_path / "mine")])
-    assert code == 2 and err.count("\n") == 1 and "holds other files and no previous export" in err
-    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    shutil.copytree(folder, tmp_path / "beside")
+    (tmp_path / "beside" / "src").mkdir()
+    (tmp_path / "beside" / "src" / "app.py").write_text("keep me")
+    (tmp_path / "beside" / "notes.txt").write_text("keep me")
+    (tmp_path / "forged").mkdir()
+    (tmp_path / "forged" / "model_card.json").write_text(json.dumps({**card, "files": {"src": "", **card["files"]}}))
+    (tmp_path / "forged" / "src").mkdir()
+    (tmp_path / "forged" / "src" / "app.py").write_text("keep me")
+    for name, named in (("mine", "notes.txt"), ("beside", "notes.txt, src"), ("forged", "src")):
+        before = snapshot(tmp_path / name)
+        code, _, err = run_main(best, ["--checkpoint", str(path), "--export", str(tmp_path / name)])
+        assert code == 2 and err.count("\n") == 1 and f"the folder holds {named}, which no earlier export" in err, err
+        assert snapshot(tmp_path / name) == before
+    # an earlier export, with the __pycache__ that `from preprocess import load_rgb` leaves in it, is replaced
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "preprocess.cpython-311.pyc").write_bytes(b"")
     before = (folder / "model_card.json").stat().st_mtime_ns
     code, _, err = run_main(best, ["--checkpoint", str(path), "--export", str(folder)])
     assert code == 0, err
     assert (folder / "model_card.json").stat().st_mtime_ns != before and (folder / "model.onnx").is_file()
+    assert {p.name for p in folder.iterdir()} == set(card["files"])
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []   # no temporary folder left
     for argv, message in ((["--export", str(tmp_path / "x"), "--tta"], "--export writes one model"),
                           (["--export", str(tmp_path / "x"), "--submit"], "run on their own")):
         code, _, err = run_main(best, ["--checkpoint", str(path), *argv])
         assert code == 2 and message in err, err
+
+
+def test_the_current_folder_or_one_above_it_is_never_an_exports_target(exported, tmp_path, monkeypatch):
+    path, folder = exported["cnn"]
+    shutil.copytree(folder, tmp_path / "model")   # an earlier export, where the user's shell is
+    before = snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path / "model")
+    for given in (".", "./", "../model/.", str(tmp_path / "model"), "..", "/"):
+        code, _, err = run_main(best, ["--checkpoint", str(path), "--export", given])
+        assert code == 2 and err.count("\n") == 1 and f"--export {given}: that is the current folder" in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_sigterm_during_an_export_leaves_no_temporary_folder(exported, tmp_path):
+    path, _ = exported["resnet18_frozen"]   # seconds of torch.export and ONNX: time to be stopped in the middle
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "tune.best", "--checkpoint", str(path), "--export", "model"],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "PYTHONPATH": str(README.parent)})
+        try:
+            deadline = time.monotonic() + 240
+            while not any(p.name.startswith(".model.tmp") for p in tmp_path.iterdir()):   # the export has begun
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    lines = (tmp_path / "err").read_text()
+    assert code == 143 and "dogs-best: export interrupted: nothing written" in lines and "Traceback" not in lines, lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["err"]

@@ -1,5 +1,10 @@
 """tune.best --predict: photos by class name from a checkpoint, decoded and predicted as the submission path does."""
+import csv
 import io
+import logging
+import os
+import shutil
+import threading
 
 import numpy as np
 import pandas as pd
@@ -94,7 +99,7 @@ def test_unreadable_files_are_rows_with_their_reason_and_folders_skip_what_is_no
 def test_mistakes_are_one_line_and_write_nothing(trained, tmp_path):
     ckpt = str(trained["checkpoint"])
     for argv, message in (
-            (["--checkpoint", ckpt, "--predict", str(trained["data"] / "Test"), "--top-k", "0"], "--top-k 0: "),
+            (["--checkpoint", ckpt, "--predict", str(trained["data"] / "Test"), "--top-k", "0"], "--top-k: 0 is out of range"),
             (["--checkpoint", ckpt, "--predict", str(tmp_path / "none")], "no image files there"),
             (["--checkpoint", ckpt, "--submit"], "--checkpoint FILE is for --predict and --export"),
             (["--checkpoint", ckpt, "--predict", ckpt, "--ensemble", "2"], "not with --checkpoint"),
@@ -104,6 +109,84 @@ def test_mistakes_are_one_line_and_write_nothing(trained, tmp_path):
         code, out, err = run_main(best, [*argv, "--out", str(tmp_path / "out")])
         assert code == 2 and err.startswith("dogs-best: error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def within(seconds, call):
+    """call()'s result, failing (not hanging) when it has not returned within `seconds` (a FIFO opened for reading
+    waits for a writer forever: the thread is left behind, a daemon)."""
+    done = []
+    thread = threading.Thread(target=lambda: done.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert done, f"still running after {seconds} s: blocked"
+    return done[0]
+
+
+def test_a_fifo_or_a_device_named_on_the_command_line_is_refused_and_never_blocks(trained, tmp_path, caplog):
+    ckpt, photos = str(trained["checkpoint"]), str(trained["data"] / "Test")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    for given, what in ((tmp_path / "pipe.jpg", "a FIFO (named pipe)"), ("/dev/zero", "a character device")):
+        code, _, err = within(120, lambda: run_main(best, ["--checkpoint", ckpt, "--predict", photos, str(given),
+                                                           "--out", str(tmp_path / "out")]))
+        assert code == 2 and err.count("\n") == 1 and f"--predict {given}: it is {what}, not an image" in err, err
+    assert not (tmp_path / "out").exists()
+    # a glob that matches the FIFO: skipped with a warning, as in a folder; the photos beside it are predicted
+    draw("circle", np.random.default_rng(2)).save(tmp_path / "a.png")
+    with caplog.at_level(logging.WARNING, logger="dogs"):
+        code, _, err = within(120, lambda: run_main(best, ["--checkpoint", ckpt, "--predict", str(tmp_path / "*.*"),
+                                                           "--out", str(tmp_path / "out")]))
+    assert code == 0, err
+    assert list(predicted(tmp_path / "out").file) == [str(tmp_path / "a.png")]
+    assert f"{tmp_path / 'pipe.jpg'} is a FIFO (named pipe)" in caplog.text
+
+
+def test_predictions_csv_replaces_only_an_earlier_one_and_out_must_be_a_folder(trained, tmp_path):
+    ckpt, photos = str(trained["checkpoint"]), str(trained["data"] / "Test")
+    for _ in range(2):   # the second run replaces the first one's predictions.csv
+        code, _, err = run_main(best, ["--checkpoint", ckpt, "--predict", photos, "--out", str(tmp_path / "ours")])
+        assert code == 0, err
+    first = (tmp_path / "ours" / "predictions.csv").read_bytes()
+    code, _, err = run_main(best, ["--checkpoint", ckpt, "--predict", photos + "/0.png", "--out", str(tmp_path / "ours")])
+    one = (tmp_path / "ours" / "predictions.csv").read_bytes()
+    assert code == 0 and len(predicted(tmp_path / "ours")) == 1 and one != first
+    # the user's predictions.csv, a folder or a link of that name: refused, kept as they are
+    for name, make in (("file", lambda p: p.write_text("id,label\n1,cat\n")), ("folder", lambda p: p.mkdir()),
+                       ("link", lambda p: p.symlink_to(tmp_path / "ours" / "predictions.csv"))):
+        (tmp_path / name).mkdir()
+        make(tmp_path / name / "predictions.csv")
+        code, _, err = run_main(best, ["--checkpoint", ckpt, "--predict", photos, "--out", str(tmp_path / name)])
+        assert code == 2 and err.count("\n") == 1 and "predictions.csv would be replaced, and it is not what" in err, err
+    assert (tmp_path / "file" / "predictions.csv").read_text() == "id,label\n1,cat\n"
+    assert (tmp_path / "folder" / "predictions.csv").is_dir() and (tmp_path / "link" / "predictions.csv").is_symlink()
+    assert (tmp_path / "ours" / "predictions.csv").read_bytes() == one   # the link's target was not written either
+    # --out naming a file
+    code, _, err = run_main(best, ["--checkpoint", ckpt, "--predict", photos, "--out", str(tmp_path / "file" /
+                                                                                          "predictions.csv")])
+    assert code == 2 and err.count("\n") == 1 and "it is a file, not a folder" in err, err
+
+
+NAMES = ["cr\r.png", "lf\n.png", "crlf\r\n.png", "tab\t.png", "quote\".png", "comma,.png", " space .png",
+         "\r.png", "v\x0btab.png", "sep\x1c.png", "line\u2028.png"]   # 11 names a CSV row could break on
+
+
+def test_names_with_control_characters_are_one_row_each_in_predictions_and_submission_csv(trained, tmp_path):
+    data_copy = tmp_path / "data"
+    shutil.copytree(trained["data"], data_copy, ignore=shutil.ignore_patterns("Test"))
+    (data_copy / "Test").mkdir()
+    rng = np.random.default_rng(5)
+    for name in NAMES:
+        draw("square", rng).save(data_copy / "Test" / name, format="PNG")
+    code, _, err = run_main(best, ["--checkpoint", str(trained["checkpoint"]), "--predict", str(data_copy / "Test"),
+                                   "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    model, ckpt = checkpoint.load(trained["checkpoint"])
+    submission = predict.submit(model, ckpt, tmp_path / "out", data_root=data_copy, device=CPU)["submission"]
+    for path, column, expected in ((tmp_path / "out" / "predictions.csv", "file",
+                                    [str(data_copy / "Test" / n) for n in NAMES]), (submission, "Id", NAMES)):
+        read = pd.read_csv(path, dtype=str, keep_default_na=False)[column]
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert sorted(read) == sorted(expected) and sorted(r[column] for r in rows) == sorted(expected)
 
 
 def test_batches_bytes_and_paths_give_the_same_predictions(trained, monkeypatch):

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from dogs import interrupt
-from dogs.cli import ArgumentParser, number
+from dogs.cli import ArgumentParser, number, quiet_when_reader_leaves
 from dogs.errors import ExperimentError, UserError
+from dogs.files import refuse_others
 from tune import experiment, lock, reevaluate, spaces, storage, use
 from tune.handover import best_trials, check_data, experiment_dir, refuse_link
 from tune.cli import fail
@@ -87,6 +88,7 @@ def interval_text(trial, metric, mode):
             "score anywhere in it")
 
 
+@quiet_when_reader_leaves
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     args.command = lock.command_line("python -m tune.best", sys.argv[1:] if argv is None else argv)
@@ -124,6 +126,8 @@ def best(args):
                               "alone: use one of the two (or --top: its seeds averaged)")
     if args.address and args.top is None:
         raise ExperimentError("--address is where --top runs its re-evaluation: it needs --retrain --top")
+    if args.out:   # a file there, or a user's file under a name we write: one line before anything runs
+        refuse_others(args.out, writes(args), "--out")
 
     # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
     exp_dir = experiment_dir(args.experiment, args.storage)
@@ -173,6 +177,7 @@ def hand_over(args, exp_dir):
     out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
     if not args.out:
         refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
+        refuse_others(out_dir, writes(args), "--out")
     if data is None:
         check_data(ckpt["config"]["data"], moved=True)
     others, handed = [pair for _, _, pair in rest], None
@@ -227,6 +232,15 @@ def hand_over(args, exp_dir):
 
         print(f"  (no submission.csv: {no_test_images(resolve_root(data or ckpt['config']['data'])[0])})")
     return 0
+
+
+def writes(args):
+    """The names tune.best writes into its output folder for these flags (each replaced only when ours)."""
+    from dogs import predict, train
+
+    if not args.submit and not args.retrain:
+        return ["config.yaml"]
+    return ["config.yaml", "best.pt", *predict.WRITES, "report", *(train.WRITES if args.retrain else ())]
 
 
 def best_config(ckpt, space, data=None):

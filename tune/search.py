@@ -23,12 +23,15 @@ from datetime import datetime
 from pathlib import Path
 
 from dogs import interrupt
+from dogs.cli import quiet_when_reader_leaves
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
+from dogs.files import CSV
 from tune import cli, lock, plots, ray_setup, settings, spaces, state, storage, trackers
 from tune.experiment import default_name, name_problem, read_trials
 
 
+@quiet_when_reader_leaves
 def main(argv=None):
     args = cli.get_args_parser().parse_args(argv)
     args.command = lock.command_line("python -m tune.search", sys.argv[1:] if argv is None else argv)
@@ -230,7 +233,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     why = ("every trial failed before its first epoch" if all_failed and not budget.is_set() else
            f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
-        storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(index=False))
+        storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(**CSV))
     estimate.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
                     + report.failure_hints(exp_dir, table) + report.user_error_lines(failed)))

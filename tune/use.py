@@ -11,7 +11,9 @@ tune.serve: predictor(...) is the dogs.inference.Predictor a server keeps.
 import sys
 from pathlib import Path
 
+from dogs import interrupt
 from dogs.errors import DataError, ExperimentError
+from dogs.files import output_folder
 from tune import experiment, handover, storage
 
 
@@ -90,14 +92,14 @@ def predict(args):
     from tqdm import tqdm
 
     from dogs.data import IMAGE_EXTENSIONS
-    from dogs.files import atomic_path
+    from dogs.files import refuse_others, write_csv
     from dogs.inference import check_top_k, format_table, photo_files, predictions_frame
 
     files, missing = photo_files(args.predict)
     if not files:
         raise DataError(f"--predict {' '.join(args.predict)}: no image files there (image extensions: "
                         f"{' '.join(sorted(IMAGE_EXTENSIONS))})")
-    out_dir = out_folder(args)
+    out_dir = refuse_others(out_folder(args), ["predictions.csv"], "--out")   # an earlier predictions.csv is replaced
     chosen, _ = predictor(args.experiment, args.storage, args.checkpoint, args.ensemble, args.tta)
     k, note = check_top_k(args.top_k, chosen.classes)
     # decoded and predicted in batches; a path that named nothing is a row too
@@ -106,8 +108,7 @@ def predict(args):
     results += [(None, "no such file or folder, and no glob match")] * len(missing)
     table = predictions_frame([*files, *missing], results, k)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "predictions.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, out_dir / "predictions.csv")
     print("\n".join(format_table(table, k)))
     if note:
         print(f"  note         {note}")
@@ -121,7 +122,7 @@ def predict(args):
 def out_folder(args):
     """--out; else the experiment's best/ (beside --submit's files), or the current folder with --checkpoint."""
     if args.out:
-        return Path(args.out)
+        return output_folder(args.out, "--out")
     if args.checkpoint:
         return Path.cwd()
     exp_dir = handover.experiment_dir(args.experiment, args.storage)
@@ -138,7 +139,12 @@ def export(args):
     target = check_target(args.export)
     data_root = handover.check_data(args.data)   # where Validation is, for the card's per-class accuracy
     [(model, ckpt)], source = load_members(args.experiment, args.storage, args.checkpoint)
-    written = export_model(model, ckpt, target, source=source, data_root=data_root, log_fn=print)
+    interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM as Ctrl-C: the export's temporary folder is removed
+    try:
+        written = export_model(model, ckpt, target, source=source, data_root=data_root, log_fn=print)
+    except KeyboardInterrupt:
+        print(f"dogs-best: export interrupted: nothing written, {args.export} as it was", file=sys.stderr)
+        return interrupt.exit_status()
     for name, path in written.items():
         print(f"  {name:<18} {path}")
     return 0
