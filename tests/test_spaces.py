@@ -414,3 +414,19 @@ def test_combination_keys_are_every_key_the_rules_read():
             assert keys and all(key in why for key in keys), found
             named |= set(keys)
     assert read == set(COMBINATION_KEYS) and named <= read
+
+
+def test_transfer_space_spends_a_cpu_on_one_feature_pass_and_a_gpu_on_unfreezing_too():
+    """transfer.yaml (issue 24): its first trials are frozen at 224 px (one feature pass serves them all, a 2-core
+    CPU's 10 minutes), TPE may then unfreeze with backbone_lr and augment only when stages train; the README's
+    CPU flags keep every trial on that cache."""
+    path = spaces.SPACES_DIR / "transfer.yaml"
+    space = spaces.load(path)
+    assert len(space["first_trials"]) >= 4
+    assert all(t["unfreeze"] == 0 and t["image_size"] == 224 for t in space["first_trials"])
+    configs = sample(space, 40)
+    assert {c["model"] for c in configs} == {"mobilenet_v2"} and {c["weights"] for c in configs} == {"IMAGENET1K_V1"}
+    assert any(c["unfreeze"] > 0 for c in configs)
+    assert all(("backbone_lr" in c) == ("augment" in c) == (c["unfreeze"] > 0) for c in configs)
+    pinned = spaces.load(path, sets={"unfreeze": 0, "image_size": 224})
+    assert all(c["unfreeze"] == 0 and c["image_size"] == 224 and "augment" not in c for c in sample(pinned, 20))
