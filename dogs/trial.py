@@ -29,6 +29,23 @@ WORKERS_ENV = "DOGS_TUNE_WORKERS"
 WAIT_S = 60.0
 _arrived = False
 
+# Set by tune.search under a time budget (in the job's runtime_env, so on every node): the wall-clock time (Unix
+# seconds) at which the budget ends. A trial starts no epoch that its longest epoch so far says would end after it.
+DEADLINE_ENV = "DOGS_TUNE_DEADLINE"
+IDLE_S = 3600.0   # how long a trial out of budget waits for the search to stop it (it stops within an epoch)
+
+
+def out_of_budget(epoch, epochs, now, longest_epoch_s, deadline):
+    """Whether a trial stops for the time budget after `epoch` of `epochs`: it has epochs left, and one as long as
+    its longest so far, started now, would end after the deadline (None: no budget)."""
+    return deadline is not None and epoch < epochs and now + longest_epoch_s > deadline
+
+
+def budget_deadline():
+    """The search's deadline from the environment (DEADLINE_ENV), or None."""
+    value = os.environ.get(DEADLINE_ENV)
+    return float(value) if value else None
+
 
 def wait_for_workers(folder=None, timeout=WAIT_S):
     """The first trial of a worker process waits until a worker is up for every slot (at most `timeout` s).
@@ -57,10 +74,8 @@ def wait_for_workers(folder=None, timeout=WAIT_S):
 
 def trainable(config):
     """Ray Tune function trainable (Ray 2.60: only ray.tune.* APIs; ray.train.* inside Tune breaks trials)."""
-    from ray.experimental import tqdm_ray
-
-    # the one-off builds' progress bars: drawn on the search's console by Ray, not prefixed per line
-    with bars.drawn_by(tqdm_ray.tqdm):
+    # the one-off builds' progress bars: whole lines, which Ray forwards to the search's console
+    with bars.drawn_by(bars.Lines):
         run_trial(config)
 
 
@@ -78,7 +93,7 @@ def run_trial(config):
         with saved.as_directory() as folder:
             resume = checkpoint.read(Path(folder))
     where = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
-    reported = False
+    reported, deadline, longest = False, budget_deadline(), 0.0
     try:
         run = Run(config, device=trial_device(), resume=resume, log_fn=lambda msg: None)
         # epoch loop: report metrics with a checkpoint of this epoch
@@ -86,12 +101,19 @@ def run_trial(config):
         for metrics in run.epochs():
             with tempfile.TemporaryDirectory() as folder:
                 checkpoint.save(run.state(), Path(folder) / checkpoint.FILENAME)
+                # the time budget: the next epoch is not started when it would end after the deadline (budget_spent)
+                now = time.time()
+                longest = max(longest, now - started)   # an epoch: training, evaluation and its checkpoint
+                spent = out_of_budget(run.epoch, run.config["epochs"], now, longest, deadline)
                 # started_at / reported_at: when the epoch began and ended on this worker (Ray's timestamp is whole
                 # seconds, and its time_this_iter_s also counts the previous report's checkpoint upload), for the real
                 # concurrency (tune.report.observed_concurrency)
-                tune.report({**metrics, **where, "started_at": started, "reported_at": time.time()},
+                tune.report({**metrics, **where, "started_at": started, "reported_at": now, "budget_spent": spent},
                             checkpoint=tune.Checkpoint.from_directory(folder))
             reported = True
+            if spent:   # out of budget: this epoch's checkpoint is the last; the search stops the trial (tune.tuner)
+                wait_to_be_stopped(deadline)
+                return
             started = time.time()
     except UserError as err:
         if reported or resume is not None:   # after an epoch: Ray's retry from the checkpoint, as for any error
@@ -101,3 +123,10 @@ def run_trial(config):
         nan, metric = float("nan"), config.get("metric", DEFAULTS["metric"])
         tune.report({metric: nan, f"best_{metric}": nan, "epoch": 0, **where,
                      USER_ERROR_KEY: f"{type(err).__name__}: {err}", "reported_at": time.time()})
+
+
+def wait_to_be_stopped(deadline):
+    """Idle until the search stops this trial (at most IDLE_S past the deadline): returning would end the trial as
+    complete, and a --resume would not continue it."""
+    while time.time() < deadline + IDLE_S:
+        time.sleep(1.0)

@@ -1,5 +1,9 @@
 """The one-off builds (the decoded-image cache, the frozen features) report their progress to a bar: tqdm's on
-dogs.train's terminal, Ray's tqdm_ray in a search's trial (its console: tests/test_search.py)."""
+dogs.train's terminal, whole lines (bars.Lines) in a search's trial (its console: tests/test_search.py, in a log
+file: tests/test_budgets.py)."""
+import io
+import re
+
 import pytest
 import torch
 
@@ -50,3 +54,16 @@ def test_image_decode_and_feature_cache_builds_report_every_image_once(tmp_path,
     _, _, train, _ = load_splits(config, log_fn=lambda m: None)
     make_batches(train, model, config, torch.device("cpu"), None, train=False)
     assert recorded == []
+
+
+@pytest.mark.parametrize("every_s", [0.0, 3600.0])
+def test_a_bar_in_a_trial_is_whole_lines_its_progress_at_most_every_few_seconds_and_its_end(every_s):
+    out = io.StringIO()
+    bar = bars.Lines(5, "decoding 5 images at 16px (once)", "img", every_s=every_s, out=out)
+    for _ in range(5):
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
+    assert lines[:-1] == ([f"decoding 5 images at 16px (once): {n}/5 img" for n in range(1, 5)] if every_s == 0 else [])
+    assert re.fullmatch(r"decoding 5 images at 16px \(once\): 5/5 img in [\d.]+ s", lines[-1]), lines

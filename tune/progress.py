@@ -11,7 +11,7 @@ The progress line is printed at the search's first epoch, when a trial ends, and
 otherwise. "epochs 41/90": epochs run / at most planned (samples x epochs; ASHA stops some trials sooner). The
 time left is an estimate, from the first epoch on: the epochs still to run (trials not started x the mean epochs
 of finished trials, or the whole epochs before any finished, plus what running ones have left of that) at the
-rate epochs have run in this session.
+rate epochs have run in this session, and never more than the time budget has left (time_left).
 """
 import time
 
@@ -35,6 +35,11 @@ def short(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def time_left(work_s, budget_left_s=None):
+    """Seconds a search has left: the work left at the measured rate, at most the budget left (None: no budget)."""
+    return work_s if budget_left_s is None else max(0.0, min(work_s, budget_left_s))
+
+
 def study_numbers(exp_dir):
     """{Tune trial id: Optuna trial number} of the experiment's study; {} when it cannot be read now."""
     from tune.study import open_study, trial_numbers as numbers_of   # here: tune.study imports Optuna
@@ -53,6 +58,8 @@ def trial_name(trial_id, numbers):
 
 class ProgressCallback(tune.Callback):
     """Prints a line per finished trial and a progress line now and then (see the module docstring)."""
+
+    deadline = None   # the time budget's end (Unix seconds) in this session: set by tune.tuner.time_budget
 
     def __init__(self, samples, epochs, metric, mode, every_s=30.0, out=print, searched=(), exp_dir=None):
         self.samples, self.epochs, self.score, self.mode = samples, epochs, f"best_{metric}", mode
@@ -124,7 +131,8 @@ class ProgressCallback(tune.Callback):
                     else self.epochs)
             left = (max(0, self.samples - len(done) - len(running)) * mean
                     + sum(max(0.0, mean - results[t.trial_id].get(STEP, 0)) for t in running))
-            text += f" | ~{duration(left * elapsed / self._ran)} left"
+            budget_left = self.deadline - time.time() if self.deadline else None
+            text += f" | ~{duration(time_left(left * elapsed / self._ran, budget_left))} left"
         return text
 
     def _ended(self, trials, trial, status):

@@ -25,9 +25,11 @@ def set_environment(address, verbose=False):
     if not joins_cluster(address):
         # a local Ray would listen on every interface; keep it on 127.0.0.1 (Ray reads this when imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # the trials' build progress bars (tqdm_ray, drawn by the driver) without Ray replacing builtins.print in this
-    # process: a bar left open by a trial that died would be redrawn around every later print, errors included
+    # should anything in a trial draw Ray's tqdm_ray bars (ours are lines, dogs.bars), Ray does not replace
+    # builtins.print in this process: a bar left open by a trial that died would be redrawn around every later print
     os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
+    # the trials' lines (their build progress, dogs.bars.Lines) without Ray's coloured `(pid=...)` prefix
+    os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
     # Ray's own TensorBoard writer off (ours writes curves + HParams); JSON/CSV loggers are added explicitly
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ray's record of each trial's checkpoints (in every save of the experiment state) holds only their score:
@@ -89,10 +91,10 @@ def worker_setup_hook():
     return quiet_worker
 
 
-def start_ray(address, verbose=False, who="search"):
+def start_ray(address, verbose=False, env=None, who="search"):
     """Start a new Ray here (dashboard off, loopback only), or join the cluster at `address`; its resources. Every
     command starts Ray this way (`who`: the search, its re-evaluation, the server: named in the line it prints;
-    `verbose`: Ray's own INFO lines too).
+    `verbose`: Ray's own INFO lines too; `env`: variables set in every worker).
 
     Never Ray's default `ray.init()`: that joins a Ray left running on this machine by `ray start` (or, after
     one died without `ray stop`, retries its dead address for minutes); address="local" always starts a new one.
@@ -103,7 +105,9 @@ def start_ray(address, verbose=False, who="search"):
     address = address or os.environ.get("RAY_ADDRESS")
 
     mode = set_auth_mode(address)
-    runtime_env = None if verbose else {"worker_process_setup_hook": worker_setup_hook()}
+    # every worker's environment (`env`: e.g. the time budget's deadline, dogs.trial), on every node
+    runtime_env = {**({} if verbose else {"worker_process_setup_hook": worker_setup_hook()}),
+                   **({"env_vars": env} if env else {})} or None
     if not verbose:
         quiet_driver()
     if address:
@@ -123,10 +127,10 @@ def start_ray(address, verbose=False, who="search"):
 
 class _NotOurs(logging.Filter):
     """Drops the lines of Ray's that tell what our own lines tell better: its resume hint (`Tuner.restore(...)`,
-    a Python call; the search prints its --resume command) and the list of trials not completed (the summary
-    counts them)."""
+    a Python call; the search prints its --resume command), the list of trials not completed (the summary
+    counts them) and its "Stop signal received" (a time budget's stop, or Ctrl-C: the summary says which)."""
 
-    HIDDEN = ("Experiment has been interrupted", "Trials did not complete",
+    HIDDEN = ("Experiment has been interrupted", "Trials did not complete", "Stop signal received",
               "Failed to fetch metrics for")   # a trial stopped before its first result (the summary counts it)
 
     def filter(self, record):

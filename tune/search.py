@@ -43,6 +43,7 @@ def main(argv=None):
 
 def search(args):
     """The whole command: check the space and the data, start Ray, run the search, print the summary."""
+    began = time.time()   # a time budget counts from here: the whole command ends within it (and an epoch)
     if args.name is not None and name_problem(args.name):   # before anything: the name makes folders and URLs
         raise UserError(f"--name: {name_problem(args.name)}")
     ray_setup.set_environment(args.address, args.verbose)
@@ -67,6 +68,8 @@ def search(args):
 
     # the space and the data: checked before Ray starts
     exp_dir, space = resume.resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
+    budget = space["search"]["time_budget"]
+    args.deadline = began + settings.parse_duration(budget) if budget else None   # for the trials and the driver
     if "mlflow" in args.log:   # an experiment in a bucket needs --mlflow-uri: said before Ray starts
         trackers.mlflow_uri(exp_dir, args.mlflow_uri)
     with lock.held(exp_dir, args.command):   # one command per experiment at a time: a second one is one line
@@ -85,12 +88,14 @@ def search_experiment(args, runs, exp_dir, space):
         if not torch.cuda.is_available():
             ray_setup.check_resources(s, {"CPU": os.cpu_count(), "GPU": 0})
 
-    # Ray: local or a cluster, and requests it can meet
+    # Ray: local or a cluster, and requests it can meet; a time budget's deadline for the trials (dogs.trial)
     import ray
+    from dogs.trial import DEADLINE_ENV
 
     with ray_setup.worker_folder(args.address) as workers:
         try:
-            resources = ray_setup.start_ray(args.address, args.verbose)
+            resources = ray_setup.start_ray(args.address, args.verbose,
+                                            env={DEADLINE_ENV: repr(args.deadline)} if args.deadline else None)
             interrupt.catch_sigterm()   # again: ray.init installs its own handler (exit 1, no resume line)
         except KeyboardInterrupt:
             ray.shutdown()   # whatever part of Ray had started
@@ -177,7 +182,7 @@ def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined):
 
 def fit(args, space, exp_dir, runs, resources, workers=None):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
-    from tune import report, tuner
+    from tune import estimate, report, tuner
 
     s = space["search"]
     joined = ray_setup.joins_cluster(args.address)
@@ -194,7 +199,9 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
     grid_tuner, before = make_or_restore_tuner(args, space, exp_dir, runs, slots, joined)
-    print(f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}")
+    # what it runs and about how long (at this machine's measured seconds per epoch, if any)
+    print(estimate.plan_line(space, slots, exp_dir,
+                             settings.parse_duration(s["time_budget"]) if s["time_budget"] else None))
     if s["scheduler"] == "asha" and s["fidelity"] == "time" and not args.resume:
         _, grace, max_t = settings.asha_rungs(s, slots)
         rungs = [grace * s["reduction_factor"] ** k for k in range(64)]
@@ -206,7 +213,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     ctrl_c = signal.getsignal(signal.SIGINT)
     tuner.StudySearcher.lost = None
     try:
-        with tuner.time_budget(settings.parse_duration(s["time_budget"]) if s["time_budget"] else None) as budget, \
+        with tuner.time_budget(args.deadline) as budget, \
                 storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
             grid = grid_tuner.fit() if grid_tuner else []   # a rebuilt run with every trial finished: none
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
@@ -246,6 +253,7 @@ def finish(space, exp_dir, runs, slots, start, expected, budget_used):
            f"Time budget {s['time_budget']} used up" if budget_used else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(**CSV))
+    estimate.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
                     + report.failure_hints(exp_dir, table) + report.user_error_lines(failed)))
     print("\n".join(plots.report(exp_dir)))

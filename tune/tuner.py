@@ -5,6 +5,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -80,7 +81,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             callbacks=[JsonLogger(), CSVLogger(),   # whole across a trial's retries (tune.trial_logs)
-                       TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"]),
+                       BudgetWatch(), TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"]),
                        *loggers]
                       + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"],
                                                               searched=searched_names(space),
@@ -98,20 +99,62 @@ def restore_tuner(s, exp_dir):
     return tune.Tuner.restore(exp_dir, trainable=make_trainable(s), resume_errored=True)
 
 
+class BudgetWatch(tune.Callback):
+    """Which running trials are out of budget (their last result's budget_spent, dogs.trial: they start no more
+    epochs) and the longest epoch seen; class-level, so that a restored tuner's copy feeds the same table."""
+
+    lock = threading.Lock()
+    running = {}   # {trial id: budget spent}
+    longest_s = 0.0
+
+    @classmethod
+    def reset(cls):
+        with cls.lock:
+            cls.running, cls.longest_s = {}, 0.0
+
+    @classmethod
+    def all_spent(cls, none_running=True):
+        """Whether no running trial will start another epoch (`none_running` when no trial runs)."""
+        with cls.lock:
+            return all(cls.running.values()) if cls.running else none_running
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        with self.lock:
+            self.running[trial.trial_id] = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        with self.lock:
+            self.running[trial.trial_id] = bool(result.get("budget_spent"))
+            BudgetWatch.longest_s = max(self.longest_s, result.get("time_this_iter_s") or 0.0)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        with self.lock:
+            self.running.pop(trial.trial_id, None)
+
+    on_trial_error = on_trial_complete
+
+
 @contextlib.contextmanager
-def time_budget(seconds):
-    """An Event set when `seconds` of wall time are used up; then the search stops as on Ctrl-C, once this session
-    has saved at least one epoch (a trial's checkpoint): a budget shorter than a trial's start-up still moves each
-    --resume forward instead of stopping every session before anything ran.
+def time_budget(deadline):
+    """An Event set when the budget's `deadline` (Unix seconds; None: no budget) has passed; the search then stops
+    as on Ctrl-C, once every running trial is at an epoch boundary it will not pass (dogs.trial starts no epoch
+    that would end after the deadline, and says so in its result), so no epoch in flight is thrown away; and once
+    this session has saved at least one epoch (a trial's checkpoint): a budget shorter than a trial's start-up
+    still moves each --resume forward instead of stopping every session before anything ran. When every running
+    trial is out of budget before the deadline, it stops then. A trial whose first epoch is still running is
+    waited for at most 1.5 x the longest epoch seen + 30 s.
 
     Tune stops gracefully on SIGUSR1 as on SIGINT: the experiment state saved, running trials left to resume
     from their last checkpoint. (Tune's own time_budget_s marks running trials TERMINATED: --resume would
-    skip them.) The signal repeats every 5 s until fit() returns, in case one came before Tune listened.
+    skip them, and it throws away the epochs in flight.) The signal repeats every 5 s until fit() returns, in case
+    one came before Tune listened; Ray's "Stop signal received" line is left out (tune.ray_setup.quiet_driver).
     """
     expired, done = threading.Event(), threading.Event()
     progress = KeepBestAndLatest.checkpointed
     progress.clear()
-    if not seconds:
+    BudgetWatch.reset()
+    ProgressCallback.deadline = deadline
+    if not deadline:
         yield expired
         return
     if threading.current_thread() is not threading.main_thread():
@@ -119,13 +162,22 @@ def time_budget(seconds):
     previous = signal.signal(signal.SIGUSR1, lambda *_: None)   # never the default action (exit)
 
     def stop():
-        if done.wait(seconds):
+        # until the deadline, or until every running trial has stopped for the budget
+        while not done.wait(1.0) and time.time() < deadline \
+                and not (progress.is_set() and BudgetWatch.all_spent(none_running=False)):
+            pass
+        if done.is_set():
             return
         expired.set()
         if not progress.is_set():
-            print(f"Time budget of {seconds:g} s used up before a trial saved an epoch in this session: stopping "
-                  "once one has (so that --resume moves on)", flush=True)
+            print(f"Time budget used up before a trial saved an epoch in this session: stopping once one has (so "
+                  "that --resume moves on)", flush=True)
         while not (done.is_set() or progress.wait(0.5)):   # the first epoch saved, or the search ended
+            pass
+        # the epochs in flight: each trial reports its last one (at most 1.5 x the longest epoch + 30 s)
+        waited = time.time()
+        while not (done.wait(0.5) or BudgetWatch.all_spent()
+                   or time.time() - waited > 1.5 * BudgetWatch.longest_s + 30):
             pass
         while not done.is_set():
             os.kill(os.getpid(), signal.SIGUSR1)
@@ -139,3 +191,4 @@ def time_budget(seconds):
         done.set()
         timer.join()
         signal.signal(signal.SIGUSR1, previous)
+        ProgressCallback.deadline = None
