@@ -238,7 +238,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 def finish(space, exp_dir, runs, slots, start, expected, budget_used):
     """After fit: trials.csv, the summary and the plots, and the exit status (0; 130/143 interrupted; 1: no trial
     scored). `expected`: the trial folders there would be had every trial Tune created started."""
-    from tune import report
+    from tune import estimate, report
 
     s, wall_s = space["search"], time.time() - start
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
