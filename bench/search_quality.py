@@ -294,6 +294,7 @@ def holdout_arm(task_name, seed, args, out, task, scored, accuracy):
     """--holdout F: a search of --trials trials with search.holdout F, then tune.best's re-evaluation itself
     (tune.reevaluate, K_max x N_max runs on a local Ray, compared on the held-out part of Validation); the
     held-out test accuracy of the chosen configuration's best seed."""
+    from tune.experiment import Experiment
     from tune.reevaluate import checkpoint_of, reevaluate
 
     setting, base = SELECT_TASKS[task_name], out / task_name
@@ -306,9 +307,10 @@ def holdout_arm(task_name, seed, args, out, task, scored, accuracy):
         print(f"  {task_name} {name}: {wall:.0f} s", flush=True)
     k_max, n_max = max(k for k, _ in args.select_grid), max(n for _, n in args.select_grid)
     start = time.time()
-    result = reevaluate(runs / name, top=k_max, seeds=n_max, log=lambda *_: None)
+    exp = Experiment.open(str(runs / name))
+    result = reevaluate(exp, top=k_max, seeds=n_max, log=lambda *_: None)
     print(f"  {task_name} {name}: tune.reevaluate {k_max} x {n_max}, {time.time() - start:.0f} s", flush=True)
-    return accuracy(*scored(str(checkpoint_of(result.runs[0], "val_acc", "max"))))
+    return accuracy(*scored(str(checkpoint_of(exp, result.runs[0]))))
 
 
 def select_main(args, out):

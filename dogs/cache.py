@@ -21,7 +21,7 @@ import numpy as np
 import PIL
 import PIL.features
 
-from . import bars
+from . import progress_bars as bars
 from .decode import DECODE, load_rgb
 from .errors import CacheError
 from .files import atomic_path, build_once

@@ -1,6 +1,7 @@
-"""The argparse parser every command uses: argparse's own, plus 'did you mean' for a mistyped flag
-(Python 3.11's argparse says only 'unrecognized arguments'), a mistake said in one line, `number`, the type
-of every numeric flag (finite, in its range), and the quiet end of a command whose reader left (`| head`)."""
+"""The command kit every command uses (dogs.train, tune.search, tune.best, tune.serve): one parser class (argparse's,
+with groups, examples, 'did you mean' for a mistyped flag, which Python 3.11's argparse does not say, and a mistake
+said in one line), `number`, the type of every numeric flag (finite, in its range), one `fail` that prints a user
+error as `prog: error: message`, and the quiet end of a command whose reader left (`| head`)."""
 import argparse
 import difflib
 import functools
@@ -36,7 +37,15 @@ def number(kind=float, low=-math.inf, high=math.inf, low_open=False):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse.ArgumentParser whose unrecognized-flag error names the closest known flag."""
+    """argparse.ArgumentParser with --help's `groups` (name -> argparse group, in `.groups`), an `examples` epilog
+    printed as written, and an unrecognized-flag error that names the closest known flag."""
+
+    def __init__(self, *args, examples=None, groups=(), **kwargs):
+        if examples is not None:
+            kwargs.update(epilog="examples:\n" + examples.rstrip(),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.groups = {name: self.add_argument_group(name) for name in groups}
 
     def parse_args(self, args=None, namespace=None):
         args, unknown = self.parse_known_args(args, namespace)
@@ -46,8 +55,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         """`prog: error: message`, one line, exit 2 (argparse also prints the usage: --help has it)."""
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        fail(self.prog, message)
 
     def suggestion(self, unknown):
         """' (did you mean --epochs?)' for the first unknown flag close to a known one, else ''."""
@@ -58,6 +66,12 @@ class ArgumentParser(argparse.ArgumentParser):
                 if close:
                     return f" (did you mean {close[0]}?)"
         return ""
+
+
+def fail(prog, message):
+    """Exit with `prog: error: message` and no traceback (each command's main, once)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def quiet_when_reader_leaves(main):

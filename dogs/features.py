@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torchvision
 
-from . import bars
+from . import progress_bars as bars
 from .batches import Batches, image_preparer
 from .cache import cache_errors, new_array, open_entry
 from .files import atomic_path, build_once

@@ -3,7 +3,6 @@
 Prints the notebook's epoch table, keeps the best-validation weights, and writes best.pt, last.pt,
 predictions.png and (when the data has Test/) submission.csv into --out.
 """
-import argparse
 import copy
 import json
 import logging
@@ -16,7 +15,7 @@ import pandas as pd
 import yaml
 
 from . import checkpoint, data, interrupt, predict
-from .cli import ArgumentParser, quiet_when_reader_leaves
+from .cli import ArgumentParser, fail, quiet_when_reader_leaves
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
@@ -29,6 +28,21 @@ HEADER = f"{'epoch':>5} | {'train loss':>10} | {'train acc':>9} | {'valid loss':
 def copy_state(state_dict):
     """A real copy of the weights (the notebook kept a reference, so its 'best' weights were the last)."""
     return {k: v.detach().clone() for k, v in state_dict.items()}
+
+
+def resumed_history(training, out_dir, train_on_val):
+    """(history, best weights) of the epochs before an interruption: history.csv up to the resumed epoch; the best
+    weights from best.pt (None when Validation is trained on, or there is none)."""
+    history_csv, best_weights = out_dir / "history.csv", None
+    history = ([row for row in pd.read_csv(history_csv).to_dict("records") if row["epoch"] <= training.epoch]
+               if history_csv.exists() else [])
+    if not train_on_val and (out_dir / "best.pt").exists():
+        best = checkpoint.read(out_dir / "best.pt")
+        if best.get("frozen") is not None:   # a checkpoint without the frozen prefix: it must be this run's
+            checkpoint.check_frozen(training.model, best["frozen"], out_dir / "best.pt")
+        best_weights = copy_state(
+            checkpoint.load_weights(copy.deepcopy(training.model), best["model"], best.get("frozen")).state_dict())
+    return history, best_weights
 
 
 def run(config, out_dir, train_on_val=False, resume=False, device=None, log=print):
@@ -53,16 +67,7 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
     if train_on_val:
         log("training on Train + Validation: validation scores are not held out; the last epoch is kept")
     metric = training.metric
-    # the epochs before an interruption: history.csv up to the resumed epoch; the best weights from best.pt
-    history, best_weights = [], None
-    if state is not None and history_csv.exists():
-        history = [row for row in pd.read_csv(history_csv).to_dict("records") if row["epoch"] <= training.epoch]
-    if state is not None and not train_on_val and (out_dir / "best.pt").exists():
-        best = checkpoint.read(out_dir / "best.pt")
-        if best.get("frozen") is not None:   # a checkpoint without the frozen prefix: it must be this run's
-            checkpoint.check_frozen(training.model, best["frozen"], out_dir / "best.pt")
-        best_weights = copy_state(
-            checkpoint.load_weights(copy.deepcopy(training.model), best["model"], best.get("frozen")).state_dict())
+    history, best_weights = resumed_history(training, out_dir, train_on_val) if state is not None else ([], None)
     log(HEADER)
     for m in training.epochs():
         # log the epoch, checkpoint it and its history, keep a copy of the best weights
@@ -129,18 +134,16 @@ def load_config_file(path):
     return values
 
 
-EPILOG = """examples:
-  python -m dogs.train --set model=cnn epochs=3            # the demo digits (32 px), an epoch in seconds on a CPU
+EXAMPLES = """  python -m dogs.train --set model=cnn epochs=3            # the demo digits (32 px), an epoch in seconds on a CPU
   python -m dogs.train --data data/ --set model=resnet18 lr=3e-4 --out runs/r18
   python -m dogs.train --config runs/NAME/best/config.yaml # the search's best config (tune.best writes it)
   python -m dogs.train --out runs/r18 --resume             # continue an interrupted run"""
 
 
 def get_args_parser():
-    p = ArgumentParser(prog="python -m dogs.train", description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    data, config, resources, output = (p.add_argument_group(name) for name in ("data", "config", "resources",
-                                                                                "output"))
+    p = ArgumentParser(prog="python -m dogs.train", description=__doc__, examples=EXAMPLES,
+                       groups=("data", "config", "resources", "output"))
+    data, config, resources, output = p.groups.values()
     data.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the config's data, "
                                      "else the digits demo (a different data in --config/--set is an error)")
     data.add_argument("--train-on-val", action="store_true", help="train on Train + Validation (final retrain)")
@@ -194,8 +197,7 @@ def main(argv=None):
         print(f"dogs-train: interrupted; continue with: {resume_command(argv, out)}", file=sys.stderr)
         raise SystemExit(interrupt.exit_status()) from None
     except UserError as err:
-        print(f"dogs-train: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail("dogs-train", err)
 
 
 if __name__ == "__main__":

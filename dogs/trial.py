@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import bars, checkpoint
+from . import checkpoint, progress_bars as bars
 from .config import DEFAULTS
 from .engine import Run
 from .errors import USER_ERROR_KEY, UserError

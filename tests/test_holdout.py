@@ -7,7 +7,7 @@ from dogs.data import holdout_mask
 from dogs.errors import DataError
 from dogs.train import run
 from tune import reevaluate, search, spaces
-from tune.experiment import Trial
+from tune.experiment import Experiment, Trial
 from conftest import make_imagefolder, run_main
 
 
@@ -90,6 +90,9 @@ def test_reevaluation_compares_configurations_on_the_held_out_part():
                               {"epoch": 2, "val_acc": val[1], "holdout_acc": held[1], "done": True}])
 
     run = finished((0.9, 0.8), (0.5, 0.7))
-    assert reevaluate.run_score(run, "val_acc", "max", holdout=0) == 0.9
-    assert reevaluate.run_score(run, "val_acc", "max", holdout=0.3) == 0.5   # at the best epoch by val_acc
+    def searched(holdout):
+        return Experiment("x", {"search": {"metric": "val_acc", "mode": "max", "holdout": holdout}}, [])
+
+    assert reevaluate.run_score(searched(0), run) == 0.9
+    assert reevaluate.run_score(searched(0.3), run) == 0.5   # at the best epoch by val_acc
     assert reevaluate.compared_on("val_macro_f1", 0.3) == "holdout_macro_f1"

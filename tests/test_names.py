@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy
 from hypothesis import given, strategies as st
 
-from tune import handover, search, storage, study
+from tune import experiment, search, storage, study
 from tune.experiment import MAX_NAME, default_name, name_problem
 from conftest import run_main
 
@@ -71,13 +71,13 @@ def test_best_experiment_name_resolves_in_storage_and_an_ambiguity_is_one_line(t
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "S"
     in_storage = make_experiment(runs / "e2")
-    assert Path(handover.experiment_dir("e2", str(runs))) == in_storage           # only in the storage
+    assert Path(experiment.locate("e2", str(runs))) == in_storage           # only in the storage
     here = make_experiment(tmp_path / "e2")                                  # and a folder ./e2 here
     with pytest.raises(Exception) as caught:
-        handover.experiment_dir("e2", str(runs))
+        experiment.locate("e2", str(runs))
     assert str(in_storage) in str(caught.value) and str(here) in str(caught.value)
     assert "\n" not in str(caught.value)
-    assert Path(handover.experiment_dir("./e2", str(runs))) == here               # a path is a path
-    assert Path(handover.experiment_dir(str(in_storage), str(runs))) == in_storage
+    assert Path(experiment.locate("./e2", str(runs))) == here               # a path is a path
+    assert Path(experiment.locate(str(in_storage), str(runs))) == in_storage
     only_here = make_experiment(tmp_path / "e3")
-    assert Path(handover.experiment_dir("e3", str(runs))) == only_here           # not in the storage: the folder
+    assert Path(experiment.locate("e3", str(runs))) == only_here           # not in the storage: the folder

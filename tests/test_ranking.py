@@ -87,14 +87,15 @@ def test_tune_picks_the_best_trial_and_epoch_by_the_rule(epochs_of, mode):
     trials = [experiment.Trial(trial_id=f"{i:05d}", path=f"t{i}", config={},
                                results=[{"epoch": e + 1, "val_acc": v} for e, v in enumerate(pair)])
               for i, pair in enumerate(epochs_of)]
-    score = {t.trial_id: experiment.score(t, "val_acc", mode) for t in trials}
+    ranked = experiment.Experiment("x", {"search": {"metric": "val_acc", "mode": mode}}, trials)
+    score = {t.trial_id: ranked.score(t) for t in trials}
     for t in trials:
         values = [r["val_acc"] for r in t.results]
         epoch = reference(values, mode, "last")
         assert score[t.trial_id] == ((None, None) if epoch is None else (values[epoch], epoch + 1))
     ids = [t.trial_id for t in trials]
     best = reference([score[i][0] for i in ids], mode, "first")
-    picked = experiment.best_trial(trials, "val_acc", mode)
+    picked = ranked.best_trial()
     assert (picked and picked.trial_id) == (None if best is None else ids[best])
 
     class Reported:   # what the progress line reads of a Tune trial

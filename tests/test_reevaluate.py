@@ -10,7 +10,7 @@ from ray import tune as ray_tune
 
 from dogs import checkpoint
 from tune import best, reevaluate, report, search
-from tune.experiment import read_trials
+from tune.experiment import Experiment, read_trials
 from conftest import run_main
 
 pytestmark = pytest.mark.slow   # multi-process Ray: a search, then 9 runs on a local Ray
@@ -55,7 +55,7 @@ def reevaluated(tiny_imagefolder, tmp_path_factory):
     assert code == 0, out[-3000:] + err[-3000:]
     exp_dir = folder / "runs" / "r"
     # interrupted: Tune stops after the third run finished
-    first = reevaluate.reevaluate(str(exp_dir), 3, 3, callbacks=[StopOnce(3, folder / "stopped")], log=lambda _: None)
+    first = reevaluate.reevaluate(Experiment.open(str(exp_dir)), 3, 3, callbacks=[StopOnce(3, folder / "stopped")], log=lambda _: None)
     before = finished_runs(first.folder)
     # continued by the command: only what did not finish runs
     code, out, err = run_main(best, ["--experiment", str(exp_dir), "--retrain", "--top", "3", "--seeds", "3",

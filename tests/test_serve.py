@@ -536,7 +536,7 @@ def test_ensemble_serves_the_k_best_trials_as_predict_ensemble(photos, tmp_path)
     from conftest import TWO_TRIAL_SPACE
     from tune import search
     from tune.serve_app import Classifier
-    from tune.use import predictor
+    from tune.best import predictor
 
     (tmp_path / "space.yaml").write_text(TWO_TRIAL_SPACE)
     runs = str(tmp_path / "runs")

@@ -26,7 +26,7 @@ def test_an_integer_parameter_stays_an_integer_in_trials_csv_and_the_best_config
     trials = [trial("a", {"model": "resnet18", "unfreeze": 0, "lr": 1e-3}, [0.5, 0.9]),
               trial("b", {"model": "cnn", "lr": 1e-3}, [0.4, 0.5]),
               trial("c", {"model": "resnet18", "unfreeze": 3.0, "lr": 1e-3}, [0.3, 0.4])]   # as a float sampler gave it
-    table = experiment.trials_table("/x", space, trials)
+    table = experiment.Experiment("/x", space, trials).table()
     csv = pd.read_csv(io.StringIO(table.to_csv(index=False)), dtype=str, keep_default_na=False)
     assert list(csv.unfreeze) == ["0", "", "3"]
     best = table.iloc[0]

@@ -1,91 +1,162 @@
-"""The best trial of a search, and a Kaggle submission from it.
+"""The best trial of a search, and what to hand over from it: a Kaggle submission, a retrained model, predictions for
+photos, a model to use anywhere.
 
     python -m tune.best                                   # the latest experiment in runs/: print its best trial
     python -m tune.best --experiment runs/X --submit      # + submission.csv and predictions.png from its checkpoint
     python -m tune.best --submit --retrain --train-on-val # train the best config again (Train + Validation) first
     python -m tune.best --experiment s3://bucket/runs/X --submit --out best/     # an experiment on S3
     python -m tune.best --submit --tta --ensemble 3       # mirror TTA, softmax of the 3 best trials averaged
+    python -m tune.best --retrain --top 3 --seeds 3 --submit   # the 3 best configurations, 3 seeds each: the best mean
     python -m tune.best --predict photos/ new.jpg         # each photo's top-5 classes by name, predictions.csv
+    python -m tune.best --checkpoint out/best.pt --predict photos/   # any checkpoint, one of dogs.train's too
     python -m tune.best --export model/                   # ONNX + torch.export + safetensors + model card
+
+One function per action (show, submit, retrain, reevaluate, predict, export), chosen from the flags by `action`;
+which flags go together is the table RULES. load_members / predictor resolve the checkpoints once, for --predict,
+--export and tune.serve.
 """
 import argparse
-import contextlib
 import json
 import shlex
 import sys
 from pathlib import Path
 
 from dogs import interrupt
-from dogs.cli import ArgumentParser, number, quiet_when_reader_leaves
-from dogs.errors import ExperimentError, UserError
-from dogs.files import refuse_others
-from tune import experiment, lock, reevaluate, spaces, storage, use
-from tune.handover import best_trials, check_data, experiment_dir, refuse_link
-from tune.cli import fail
-from tune.experiment import DEFAULT_STORAGE
+from dogs.cli import ArgumentParser, fail, number, quiet_when_reader_leaves
+from dogs.errors import DataError, ExperimentError, UserError
+from dogs.files import output_folder as checked_folder, refuse_others
+from tune import lock, reevaluate as reevaluation, spaces, storage
+from tune.experiment import DEFAULT_STORAGE, Experiment, holdout_key, printable
+
+PROG = "dogs-best"
 
 
 def get_args_parser():
-    p = ArgumentParser(prog="dogs-best", description=__doc__.split("\n\n")[0],
-                       epilog="examples:\n" + __doc__.split("\n\n", 1)[1].rstrip(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    search, data, retrain, use_, output = (p.add_argument_group(name) for name in (
-        "experiment", "data", "retrain", "predict and export", "output"))
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], examples=__doc__.split("\n\n")[1],
+                       groups=("experiment", "data", "retrain", "predict and export", "output"))
+    search, data, retrain, use, output = p.groups.values()
     search.add_argument("--experiment", help="experiment folder or URI, or its name in --storage (tune.search --name) "
-                                        f"(default: the latest one in --storage)")
-    search.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help=f"where experiments are, as tune.search --storage (folder or URI; default {DEFAULT_STORAGE})")
+                                             "(default: the latest one in --storage)")
+    search.add_argument("--storage", default=DEFAULT_STORAGE, help="where experiments are, as tune.search --storage "
+                                                                   f"(folder or URI; default {DEFAULT_STORAGE})")
     output.add_argument("--submit", action="store_true", help="write submission.csv (Id,Class) and predictions.png")
     retrain.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
-                   help="--retrain: train the best config again for its full epoch budget; "
-                        "--no-retrain (default): predict from the best checkpoint")
-    retrain.add_argument("--top", type=number(int, 1), nargs="?", const=reevaluate.TOP, metavar="K",
-                   help=f"with --retrain: re-evaluate the K best distinct configurations (K={reevaluate.TOP} when "
-                        "given without a number), each trained again with --seeds seeds in parallel on Ray, and hand "
-                        "over the one with the best mean score (its best seed's checkpoint)")
-    retrain.add_argument("--seeds", type=number(int, 1), nargs="?", const=reevaluate.SEEDS, metavar="N",
-                   help=f"with --retrain: seeds per configuration for --top (N={reevaluate.SEEDS} when given "
-                        "without a number, or when only --top is)")
-    retrain.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
+                         help="--retrain: train the best config again for its full epoch budget; "
+                              "--no-retrain (default): predict from the best checkpoint")
+    retrain.add_argument("--top", type=number(int, 1), nargs="?", const=reevaluation.TOP, metavar="K",
+                         help=f"with --retrain: re-evaluate the K best distinct configurations (K={reevaluation.TOP} "
+                              "when given without a number), each trained again with --seeds seeds in parallel on "
+                              "Ray, and hand over the one with the best mean score (its best seed's checkpoint)")
+    retrain.add_argument("--seeds", type=number(int, 1), nargs="?", const=reevaluation.SEEDS, metavar="N",
+                         help=f"with --retrain: seeds per configuration for --top (N={reevaluation.SEEDS} when given "
+                              "without a number, or when only --top is)")
+    retrain.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a "
+                                            "local Ray)")
     retrain.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation "
-                                                                "(with --top: the chosen configuration, after the choice)")
+                                                                     "(with --top: the chosen configuration, after "
+                                                                     "the choice)")
     data.add_argument("--data", help="the data folder to predict for (and retrain on), when it is not where the "
-                                  "search read it (the experiment comes from another machine); with --export, "
-                                  "whose Validation/ gives the card's per-class accuracy")
-    output.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over the "
-                                                       "image and its horizontal mirror")
+                                     "search read it (the experiment comes from another machine); with --export, "
+                                     "whose Validation/ gives the card's per-class accuracy")
+    output.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over "
+                                                           "the image and its horizontal mirror")
     output.add_argument("--ensemble", type=number(int, 1), default=1, metavar="K",
-                   help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
-                        "(default 1); with --top: of the chosen configuration's K best seeds")
-    output.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with --checkpoint; "
-                                 "required for a URI)")
-    use_.add_argument("--predict", nargs="+", metavar="PATH",
-                   help="photos (files, folders searched at any depth, or globs) to classify: a table of each one's "
-                        "top-k classes, and predictions.csv in --out (no Train/ needed: the classes are the model's)")
-    use_.add_argument("--top-k", type=number(int, 1), default=5, metavar="K", help="with --predict: classes shown per photo "
-                                                                     "(default 5)")
-    use_.add_argument("--export", metavar="DIR", help="write the model to DIR for use without this project: ONNX, "
-                                                   "torch.export (.pt2), safetensors, model_card.json, MODEL_CARD.md")
-    use_.add_argument("--checkpoint", metavar="FILE",
-                   help="with --predict or --export: this checkpoint (a trial's checkpoint.pt, dogs.train's best.pt) "
-                        "instead of the best trial's")
+                        help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
+                             "(default 1); with --top: of the chosen configuration's K best seeds")
+    output.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with "
+                                      "--checkpoint; required for a URI)")
+    use.add_argument("--predict", nargs="+", metavar="PATH",
+                     help="photos (files, folders searched at any depth, or globs) to classify: a table of each one's "
+                          "top-k classes, and predictions.csv in --out (no Train/ needed: the classes are the model's)")
+    use.add_argument("--top-k", type=number(int, 1), default=5, metavar="K", help="with --predict: classes shown per photo "
+                                                                       "(default 5)")
+    use.add_argument("--export", metavar="DIR", help="write the model to DIR for use without this project: ONNX, "
+                                                     "torch.export (.pt2), safetensors, model_card.json, MODEL_CARD.md")
+    use.add_argument("--checkpoint", metavar="FILE",
+                     help="with --predict or --export: this checkpoint (a trial's checkpoint.pt, dogs.train's "
+                          "best.pt) instead of the best trial's")
     output.add_argument("--plots", action="store_true",
-                   help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
-                        "parallel coordinates) into <experiment>/plots/")
+                        help="write the search plots (Optuna's: history, intermediate values, parameter importances, "
+                             "parallel coordinates) into <experiment>/plots/")
     return p
 
 
-def interval_text(trial, metric, mode):
-    """How sure the best checkpoint's score is: its 95% interval (dogs.uncertainty), or why there is none."""
-    from dogs import uncertainty
+# ----------------------------------------------------------------------------- which flags go together
+def reevaluates(a):
+    return a.top is not None or a.seeds is not None
 
-    result = experiment.best_checkpoint_result(trial, metric, mode)
-    bounds = uncertainty.interval(metric, result[metric], result)
-    if bounds is None:
-        why = "a loss gets none" if not uncertainty.has_interval(metric) else "the trial reported no validation set size"
-        return f"  interval     none ({why})"
-    return (f"  interval     95% [{bounds[0]:.4f}, {bounds[1]:.4f}]: another validation set of this size could "
-            "score anywhere in it")
+
+def uses(a):
+    return a.predict is not None or bool(a.export) or bool(a.checkpoint)
+
+
+# (the flags it is about, when they are wrong, the line that says so), in the order they are checked: the first
+# wrong one is said. "use": --predict, --export, --checkpoint (and nothing of the rest is read); "best": the others.
+RULES = [
+    ("use", lambda a: a.checkpoint and a.experiment,
+     "--checkpoint FILE and --experiment name two models: give one of them"),
+    ("use", lambda a: a.checkpoint and not (a.predict or a.export),
+     "--checkpoint FILE is for --predict and --export (--submit and --retrain use the experiment's trials)"),
+    ("use", lambda a: (a.predict or a.export) and (a.submit or a.retrain or a.train_on_val or a.plots
+                                                   or reevaluates(a)),
+     "--predict and --export run on their own: run --submit, --retrain (--top, --seeds) or --plots separately"),
+    ("use", lambda a: a.predict is not None and a.data,
+     "--data is not read by --predict: the photos are the PATHs after --predict, and the classes are the model's"),
+    ("use", lambda a: a.checkpoint and a.ensemble != 1,
+     "--ensemble K averages the K best trials of an experiment: not with --checkpoint"),
+    ("use", lambda a: a.export and (a.tta or a.ensemble != 1),
+     "--export writes one model: --tta and --ensemble are for --predict and --submit"),
+    ("use", lambda a: a.export and a.predict, "--predict and --export: run them one at a time"),
+    ("use", lambda a: a.export and a.out, "--out is where --predict writes; --export DIR is the export's folder"),
+    ("best", lambda a: a.train_on_val and not a.retrain,
+     "--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)"),
+    ("best", lambda a: (a.tta or a.ensemble != 1) and not a.submit,
+     "--tta and --ensemble shape the submission: they need --submit"),
+    ("best", lambda a: reevaluates(a) and not a.retrain, "--top and --seeds choose what --retrain trains: they need "
+                                                         "--retrain"),
+    ("best", lambda a: reevaluates(a) and a.ensemble > a.seeds,
+     "--ensemble {ensemble} with --top: averages the chosen configuration's seeds, and there are {seeds} (--seeds)"),
+    ("best", lambda a: reevaluates(a) and a.ensemble > 1 and a.train_on_val,
+     "--ensemble averages the chosen configuration's seeds; --train-on-val trains it once more on Train + "
+     "Validation: use one of the two"),
+    ("best", lambda a: not reevaluates(a) and a.ensemble > 1 and a.retrain,
+     "--ensemble averages the best trials' checkpoints; --retrain trains the best config alone: use one of the two "
+     "(or --top: its seeds averaged)"),
+    ("best", lambda a: a.address and a.top is None, "--address is where --top runs its re-evaluation: it needs "
+                                                    "--retrain --top"),
+]
+
+
+def check_flags(args):
+    """The flags against each other (RULES), before anything is read; --top or --seeds alone: the other's default."""
+    if reevaluates(args) and args.retrain:   # a re-evaluation: each default when only the other is given
+        args.top = reevaluation.TOP if args.top is None else args.top
+        args.seeds = reevaluation.SEEDS if args.seeds is None else args.seeds
+    scope = "use" if uses(args) else "best"
+    for about, wrong, message in RULES:
+        if about == scope and wrong(args):
+            raise ExperimentError(message.format(**vars(args)))
+
+
+def action(args):
+    """The one action the flags ask for."""
+    if args.predict is not None:
+        return predict
+    if args.export:
+        return export
+    if args.top is not None:
+        return locked(reevaluate)
+    return locked(retrain) if args.retrain else submit if args.submit else show
+
+
+def locked(write):
+    """The action, holding the experiment's lock: --retrain (and --top's re-evaluation) write best/ and the
+    re-evaluation's runs, one such command at a time (tune.lock)."""
+    def action(args):
+        exp = Experiment.open(args.experiment, args.storage)
+        with lock.held(exp.location, args.command):
+            return write(args, exp)
+    return action
 
 
 @quiet_when_reader_leaves
@@ -93,145 +164,174 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     args.command = lock.command_line("python -m tune.best", sys.argv[1:] if argv is None else argv)
     try:
-        return best(args)
+        check_flags(args)
+        if args.out and not uses(args):   # a file there, or a user's file under a name we write: one line first
+            refuse_others(args.out, writes(args), "--out")
+        return action(args)(args)
     except UserError as err:
-        fail("dogs-best", err)
+        fail(PROG, err)
 
 
-def best(args):
-    """Print the best trial; with --submit or --retrain, write its predictions; --predict and --export: tune.use."""
-    if args.predict is not None or args.export or args.checkpoint:
-        return use.run(args)
-    if args.train_on_val and not args.retrain:
-        raise ExperimentError("--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)")
-    if (args.tta or args.ensemble != 1) and not args.submit:
-        raise ExperimentError("--tta and --ensemble shape the submission: they need --submit")
-    if args.ensemble < 1:
-        raise ExperimentError(f"--ensemble {args.ensemble}: the number of best trials to average must be >= 1")
-    if (args.top is not None or args.seeds is not None) and not args.retrain:
-        raise ExperimentError("--top and --seeds choose what --retrain trains: they need --retrain")
-    if args.top is not None or args.seeds is not None:   # a re-evaluation: each default when only the other is given
-        args.top = reevaluate.TOP if args.top is None else args.top
-        args.seeds = reevaluate.SEEDS if args.seeds is None else args.seeds
-        if args.top < 1 or args.seeds < 1:
-            raise ExperimentError(f"--top {args.top} --seeds {args.seeds}: both must be >= 1")
-        if args.ensemble > args.seeds:
-            raise ExperimentError(f"--ensemble {args.ensemble} with --top: averages the chosen configuration's "
-                                  f"seeds, and there are {args.seeds} (--seeds)")
-        if args.ensemble > 1 and args.train_on_val:
-            raise ExperimentError("--ensemble averages the chosen configuration's seeds; --train-on-val trains it "
-                                  "once more on Train + Validation: use one of the two")
-    elif args.ensemble > 1 and args.retrain:
-        raise ExperimentError("--ensemble averages the best trials' checkpoints; --retrain trains the best config "
-                              "alone: use one of the two (or --top: its seeds averaged)")
-    if args.address and args.top is None:
-        raise ExperimentError("--address is where --top runs its re-evaluation: it needs --retrain --top")
-    if args.out:   # a file there, or a user's file under a name we write: one line before anything runs
-        refuse_others(args.out, writes(args), "--out")
-
-    # the experiment and its best trial, from the files it parses itself (never Ray's pickled state)
-    exp_dir = experiment_dir(args.experiment, args.storage)
-    experiment.check(exp_dir)
-    # --retrain (and --top's re-evaluation) writes best/ and reevaluation/: one such command at a time (tune.lock)
-    with lock.held(exp_dir, args.command) if args.retrain else contextlib.nullcontext():
-        return hand_over(args, exp_dir)
+# ----------------------------------------------------------------------------- the actions
+def show(args):
+    """The best trial: its score, interval, config and checkpoint (--plots: the search's plots; --out: its config file
+    and nothing else)."""
+    exp, members, data = best_trials(args)
+    trial, _, (_, ckpt) = members[0]
+    if args.out:
+        config = exp.full_config(ckpt, data)   # the best config as a file, and nothing else
+        print(f"  config file  {write_config(Path(args.out), config, source(exp, trial.trial_id))}")
+    return 0
 
 
-def hand_over(args, exp_dir):
-    """The best trial printed; with --submit or --retrain, its (or the chosen, or the retrained) predictions."""
-    if storage.is_uri(exp_dir) and (args.submit or args.retrain) and not args.out:
-        raise ExperimentError(f"--experiment {exp_dir} is a URI: give --out, a local folder for the predictions")
-    space = experiment.saved_space(exp_dir)
-    metric, mode = space["search"]["metric"], space["search"]["mode"]
-    ranked = best_trials(exp_dir, space, 1 if args.top else args.ensemble)   # with --top, --ensemble: its seeds
-    (trial, checkpoint, (model, ckpt)), rest = ranked[0], ranked[1:]
-    data = check_data(args.data) if args.data else None
+def submit(args):
+    """--submit: submission.csv, the predictions grid and report/ of the best checkpoint (--ensemble: of the K best)."""
+    exp, members, data = best_trials(args)
+    trial, _, (model, ckpt) = members[0]
+    out_dir = output_folder(args, exp, data, ckpt)
+    print(f"  config file  {write_config(out_dir, exp.full_config(ckpt, data), source(exp, trial.trial_id))}")
+    return hand_over(args, out_dir, data, model, ckpt, None, members[1:])
 
+
+def retrain(args, exp):
+    """--retrain: the best config trained again for the search's full epoch budget (--train-on-val: on Train +
+    Validation); its best.pt predicts."""
+    exp, members, data = best_trials(args, exp)
+    trial, _, (_, ckpt) = members[0]
+    out_dir = output_folder(args, exp, data, ckpt)
+    config = exp.full_config(ckpt, data)
+    print(f"  config file  {write_config(out_dir, config, source(exp, trial.trial_id))}")
+    handed = train_again(args, config, ckpt["classes"], out_dir, "best")
+    if isinstance(handed, int):   # interrupted: the exit status
+        return handed
+    return hand_over(args, out_dir, data, *load_checkpoint(handed), handed, [])
+
+
+def reevaluate(args, exp):
+    """--retrain --top K --seeds N: the K best distinct configurations trained again with N seeds each on Ray; the best
+    mean's best seed is handed over as best.pt (--ensemble: its K best seeds; --train-on-val: trained once more)."""
     from dogs import checkpoint as dogs_checkpoint
 
-    searched = {k: trial.config[k] for k in spaces.searched_names(space) if k in trial.config}
-    print(f"Best trial of {exp_dir}: {trial.trial_id}")
+    exp, members, data = best_trials(args, exp)
+    out_dir = output_folder(args, exp, data, members[0][2][1])
+    chosen = reevaluation.reevaluate(exp, args.top, args.seeds, address=args.address, data=data)
+    print(reevaluation.printed(chosen.table))
+    if chosen.chosen is None:
+        print("Re-evaluation " + ("interrupted: run the same command again to continue it (finished runs are kept)"
+                                  if not chosen.complete else "found no finite score: nothing to hand over"))
+        return interrupt.exit_status() if not chosen.complete else 1   # 130 after Ctrl-C, 143 after SIGTERM
+    (model, ckpt), *others = reevaluation.load_runs(exp, chosen, args.ensemble)
+    print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluation.chosen_text(chosen)}); "
+          f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluation.checkpoint_of(exp, chosen.runs[0])}")
+    print(f"  scores       {reevaluation.estimates(exp, chosen.runs[0])}")
+    config = exp.full_config(ckpt, data)
+    print(f"  config file  {write_config(out_dir, config, source(exp, chosen.chosen))}")
+    if args.train_on_val:
+        handed = train_again(args, config, ckpt["classes"], out_dir, "chosen")
+        if isinstance(handed, int):
+            return handed
+        return hand_over(args, out_dir, data, *load_checkpoint(handed), handed, [])
+    out_dir.mkdir(parents=True, exist_ok=True)   # the chosen run's checkpoint is handed over as best.pt
+    dogs_checkpoint.save(ckpt, out_dir / "best.pt")
+    return hand_over(args, out_dir, data, model, ckpt, out_dir / "best.pt", [(None, None, pair) for pair in others])
+
+
+def predict(args):
+    """--predict: the table of each photo's top-k classes, and predictions.csv in --out (default: the experiment's
+    best/, or the current folder with --checkpoint)."""
+    from tqdm import tqdm
+
+    from dogs.data import IMAGE_EXTENSIONS
+    from dogs.files import write_csv
+    from dogs.inference import check_top_k, format_table, photo_files, predictions_frame
+
+    files, missing = photo_files(args.predict)
+    if not files:
+        raise DataError(f"--predict {' '.join(args.predict)}: no image files there (image extensions: "
+                        f"{' '.join(sorted(IMAGE_EXTENSIONS))})")
+    out_dir = refuse_others(predictions_folder(args), ["predictions.csv"], "--out")   # an earlier one is replaced
+    chosen, _ = predictor(args.experiment, args.storage, args.checkpoint, args.ensemble, args.tta)
+    k, note = check_top_k(args.top_k, chosen.classes)
+    # decoded and predicted in batches; a path that named nothing is a row too
+    with tqdm(total=len(files), unit="photo", desc="predict", disable=None, file=sys.stderr) as bar:
+        results = chosen.predict(files, k, progress=bar.update)
+    results += [(None, "no such file or folder, and no glob match")] * len(missing)
+    table = predictions_frame([*files, *missing], results, k)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(table, out_dir / "predictions.csv")
+    print("\n".join(format_table(table, k)))
+    if note:
+        print(f"  note         {note}")
+    bad = table.error.notna().sum()
+    print(f"  predictions  {out_dir / 'predictions.csv'} ({len(table) - bad} photo(s) predicted"
+          f"{f', {bad} unreadable' if bad else ''}{', mirror TTA' if args.tta else ''}"
+          f"{f', ensemble of {args.ensemble}' if args.ensemble > 1 else ''})")
+    return 0
+
+
+def export(args):
+    """--export: the model of the best trial (or --checkpoint) as a self-contained folder (dogs.export)."""
+    from dogs.export import check_target, export_model
+
+    target = check_target(args.export)
+    data_root = check_data(args.data)   # where Validation is, for the card's per-class accuracy
+    [(model, ckpt)], where = load_members(args.experiment, args.storage, args.checkpoint)
+    interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM as Ctrl-C: the export's temporary folder is removed
+    try:
+        written = export_model(model, ckpt, target, source=where, data_root=data_root, log_fn=print)
+    except KeyboardInterrupt:
+        print(f"{PROG}: export interrupted: nothing written, {args.export} as it was", file=sys.stderr)
+        return interrupt.exit_status()
+    for name, path in written.items():
+        print(f"  {name:<18} {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- their parts
+def best_trials(args, exp=None):
+    """(experiment, its best trial(s) loaded and checked, --data): the experiment named (or `exp`, opened already),
+    and its best trial printed (its score, interval, held-out score, config, checkpoint); --plots written."""
+    from dogs import checkpoint as dogs_checkpoint
+
+    exp = exp or Experiment.open(args.experiment, args.storage)   # from the files it parses, never Ray's pickles
+    if storage.is_uri(exp.location) and (args.submit or args.retrain) and not args.out:
+        raise ExperimentError(f"--experiment {exp.location} is a URI: give --out, a local folder for the predictions")
+    members = exp.best(1 if args.top else args.ensemble)   # with --top, --ensemble counts its seeds
+    data = check_data(args.data) if args.data else None
+    (trial, checkpoint, (_, ckpt)), metric = members[0], exp.metric
+    searched = {k: trial.config[k] for k in spaces.searched_names(exp.space) if k in trial.config}
+    print(f"Best trial of {exp.location}: {trial.trial_id}")
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
-          f"({mode} {metric} of its {len(trial.results)} epochs run, budget {space['search']['epochs']})")
-    print(interval_text(trial, metric, mode))
-    held = experiment.best_checkpoint_result(trial, metric, mode).get(reevaluate.compared_on(metric, True))
+          f"({exp.mode} {metric} of its {len(trial.results)} epochs run, budget {exp.search['epochs']})")
+    print(interval_text(exp, trial))
+    held = exp.checkpoint_result(trial).get(holdout_key(metric))
     if held is not None:   # search.holdout: the same epoch on the part of Validation the search never saw
-        print(f"  holdout      {reevaluate.compared_on(metric, True)} {held:.4f} at that epoch, on the held-out part "
-              f"of Validation the search never saw: an honest estimate beside best_{metric}")
+        print(f"  holdout      {holdout_key(metric)} {held:.4f} at that epoch, on the held-out "
+              f"part of Validation the search never saw: an honest estimate beside best_{metric}")
     print(f"  searched     {json.dumps(searched)}")
     print(f"  config       {json.dumps(ckpt['config'])}")
-    print(f"  checkpoint   {experiment.printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
+    print(f"  checkpoint   {printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
     if args.plots:
         from tune import plots
 
-        if not storage.is_uri(exp_dir):
-            refuse_link(Path(exp_dir, "plots"), "the plots go into the experiment folder only")
-        print("\n".join(plots.report(exp_dir)))
-    if not args.submit and not args.retrain:
-        if args.out:   # the best config as a file, and nothing else
-            source = f"trial {trial.trial_id} of {exp_dir}"
-            print(f"  config file  {write_config(Path(args.out), best_config(ckpt, space, data), source)}")
-        return 0
+        if not storage.is_uri(exp.location):
+            refuse_link(Path(exp.location, "plots"), "the plots go into the experiment folder only")
+        print("\n".join(plots.report(exp.location)))
+    return exp, members, data
 
-    # predictions: from the best checkpoint, or from the best config trained again (best.pt by the same metric)
-    out_dir = Path(args.out) if args.out else Path(exp_dir, "best")
-    if not args.out:
-        refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
-        refuse_others(out_dir, writes(args), "--out")
-    if data is None:
-        check_data(ckpt["config"]["data"], moved=True)
-    others, handed = [pair for _, _, pair in rest], None
-    if args.top:   # the choice: the best mean over seeds of the top configurations; its best seed's checkpoint
-        chosen = reevaluate.reevaluate(exp_dir, args.top, args.seeds, address=args.address, data=data)
-        print(reevaluate.printed(chosen.table))
-        if chosen.chosen is None:
-            print("Re-evaluation " + ("interrupted: run the same command again to continue it (finished runs are "
-                                      "kept)" if not chosen.complete else "found no finite score: nothing to hand over"))
-            return interrupt.exit_status() if not chosen.complete else 1   # 130 after Ctrl-C, 143 after SIGTERM
-        model, ckpt, others = reevaluate.load_runs(chosen, metric, mode, args.ensemble)
-        print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluate.describe(chosen)}); "
-              f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluate.checkpoint_of(chosen.runs[0], metric, mode)}")
-        print(f"  scores       {reevaluate.estimates(chosen.runs[0], metric, mode)}")
-    # the best (or chosen) config as a file that dogs.train --config runs as is
-    config = best_config(ckpt, space, data)
-    source = f"trial {chosen.chosen if args.top else trial.trial_id} of {exp_dir}"
-    print(f"  config file  {write_config(out_dir, config, source)}")
-    if args.retrain and (not args.top or args.train_on_val):
-        from dogs.train import run
 
-        check_classes(config, ckpt["classes"])
-        print(f"Retraining the {'chosen' if args.top else 'best'} config for {config['epochs']} epochs"
-              f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
-        interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM (Slurm, Kubernetes, kill) stops the retrain as Ctrl-C does
-        try:
-            handed = run(config, out_dir, train_on_val=args.train_on_val)["checkpoint"]
-        except KeyboardInterrupt:
-            again = shlex.join(["python", "-m", "dogs.train", "--config", str(Path(out_dir, "config.json")),
-                                "--out", str(out_dir), "--resume"] + (["--train-on-val"] if args.train_on_val else []))
-            print(f"dogs-best: retrain interrupted; continue it with: {again}", file=sys.stderr)
-            return interrupt.exit_status()
-        model, ckpt = dogs_checkpoint.load(handed)   # the retrained best.pt predicts, with report/
-    elif args.top:   # the chosen run's checkpoint is handed over as best.pt
-        out_dir.mkdir(parents=True, exist_ok=True)
-        handed = out_dir / "best.pt"
-        dogs_checkpoint.save(ckpt, handed)
-    # predictions and report/: of the best checkpoint (and the ensemble), the chosen run, or the retrained best.pt
-    from dogs.predict import submit
+def interval_text(exp, trial):
+    """How sure the best checkpoint's score is: its 95% interval (dogs.uncertainty), or why there is none."""
+    from dogs import uncertainty
 
-    for other, location, _ in rest:
-        print(f"  ensemble     + trial {other.trial_id}: {experiment.printable(location)}")
-    if args.train_on_val:
-        print("  (trained on Validation too: the validation accuracies below are not held out)")
-    written = {"checkpoint": handed,
-               **submit(model, ckpt, out_dir, data_root=data, tta=args.tta, others=others, report=True)}
-    for name in ("checkpoint", "submission", "grid", "report"):
-        if written.get(name):
-            print(f"  {name:<12} {written[name]}")
-    if written.get("submission") is None:
-        from dogs.data import no_test_images, resolve_root
-
-        print(f"  (no submission.csv: {no_test_images(resolve_root(data or ckpt['config']['data'])[0])})")
-    return 0
+    result = exp.checkpoint_result(trial)
+    bounds = uncertainty.interval(exp.metric, result[exp.metric], result)
+    if bounds is None:
+        why = ("a loss gets none" if not uncertainty.has_interval(exp.metric)
+               else "the trial reported no validation set size")
+        return f"  interval     none ({why})"
+    return (f"  interval     95% [{bounds[0]:.4f}, {bounds[1]:.4f}]: another validation set of this size could "
+            "score anywhere in it")
 
 
 def writes(args):
@@ -243,16 +343,134 @@ def writes(args):
     return ["config.yaml", "best.pt", *predict.WRITES, "report", *(train.WRITES if args.retrain else ())]
 
 
-def best_config(ckpt, space, data=None):
-    """A checkpoint's config for the search's full epoch budget, ranked as the search ranked (and --data's folder)."""
-    s = space["search"]
-    config = {**ckpt["config"], "epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]}
-    return config if data is None else {**config, "data": str(data)}
+def source(exp, trial_id):
+    return f"trial {trial_id} of {exp.location}"
+
+
+def output_folder(args, exp, data, ckpt):
+    """--out, else <experiment>/best (never through a link); the data to predict for checked (--data, else the
+    search's, when `ckpt` names it)."""
+    out_dir = Path(args.out) if args.out else Path(exp.location, "best")
+    if not args.out:
+        refuse_link(out_dir, "tune.best writes into the experiment folder only; give --out")
+        refuse_others(out_dir, writes(args), "--out")
+    if data is None and ckpt is not None:
+        check_data(ckpt["config"]["data"], moved=True)
+    return out_dir
+
+
+def train_again(args, config, classes, out_dir, which):
+    """best.pt of `config` trained again into out_dir (dogs.train), or the exit status when SIGTERM/Ctrl-C cut it."""
+    from dogs.train import run
+
+    check_classes(config, classes)
+    print(f"Retraining the {which} config for {config['epochs']} epochs"
+          f"{' on Train + Validation' if args.train_on_val else ''} -> {out_dir}")
+    interrupt.catch_sigterm(keyboard_interrupt=True)   # SIGTERM (Slurm, Kubernetes, kill) stops it as Ctrl-C does
+    try:
+        return run(config, out_dir, train_on_val=args.train_on_val)["checkpoint"]
+    except KeyboardInterrupt:
+        again = shlex.join(["python", "-m", "dogs.train", "--config", str(Path(out_dir, "config.json")),
+                            "--out", str(out_dir), "--resume"] + (["--train-on-val"] if args.train_on_val else []))
+        print(f"{PROG}: retrain interrupted; continue it with: {again}", file=sys.stderr)
+        return interrupt.exit_status()
+
+
+def load_checkpoint(path):
+    from dogs import checkpoint as dogs_checkpoint
+
+    return dogs_checkpoint.load(path)
+
+
+def hand_over(args, out_dir, data, model, ckpt, handed, rest):
+    """Predictions and report/ of `model` (and the ensemble `rest`: [(trial, location, (model, ckpt))]) into
+    out_dir, each file written printed."""
+    from dogs.predict import submit as write_submission
+
+    for other, location, _ in rest:
+        if other is not None:
+            print(f"  ensemble     + trial {other.trial_id}: {printable(location)}")
+    if args.train_on_val:
+        print("  (trained on Validation too: the validation accuracies below are not held out)")
+    written = {"checkpoint": handed, **write_submission(model, ckpt, out_dir, data_root=data, tta=args.tta,
+                                                        others=[pair for _, _, pair in rest], report=True)}
+    for name in ("checkpoint", "submission", "grid", "report"):
+        if written.get(name):
+            print(f"  {name:<12} {written[name]}")
+    if written.get("submission") is None:
+        from dogs.data import no_test_images, resolve_root
+
+        print(f"  (no submission.csv: {no_test_images(resolve_root(data or ckpt['config']['data'])[0])})")
+    return 0
+
+
+def predictions_folder(args):
+    """--predict's folder: --out; else the experiment's best/ (beside --submit's files), or the current folder with
+    --checkpoint."""
+    if args.out:
+        return checked_folder(args.out, "--out")
+    if args.checkpoint:
+        return Path.cwd()
+    exp = Experiment.open(args.experiment, args.storage)
+    if storage.is_uri(exp.location):
+        raise ExperimentError(f"--experiment {exp.location} is a URI: give --out, a local folder for predictions.csv")
+    refuse_link(Path(exp.location, "best"), "tune.best writes into the experiment folder only; give --out")
+    return Path(exp.location, "best")
+
+
+def load_members(experiment_arg=None, runs=None, checkpoint_file=None, ensemble=1, log_fn=print):
+    """([(model, ckpt)], source): the best trial's checkpoint and the next ensemble-1 best (each checked against its
+    trial's files, as --submit does), or `checkpoint_file`. `source` says where they came from (for a model card)."""
+    from dogs import checkpoint as dogs_checkpoint
+
+    if checkpoint_file is not None:
+        model, ckpt = dogs_checkpoint.load(checkpoint_file)
+        log_fn(f"Checkpoint {checkpoint_file}: epoch {ckpt['epoch']}, {len(ckpt['classes'])} classes")
+        return [(model, ckpt)], {"checkpoint": str(Path(checkpoint_file).resolve())}
+    exp = Experiment.open(experiment_arg, runs or DEFAULT_STORAGE)
+    members, trials = [], []
+    for trial, location, (model, ckpt) in exp.best(ensemble):   # loaded and checked
+        members.append((model, ckpt))
+        log_fn(f"{'Best trial' if not trials else '  + trial'} of {exp.location}: {trial.trial_id} ({exp.metric} "
+               f"{ckpt['metrics'].get(exp.metric):.4f} at epoch {ckpt['epoch']})")
+        trials.append({"trial": trial.trial_id, "checkpoint": f"{printable(location)}/{dogs_checkpoint.FILENAME}"})
+    return members, {"experiment": str(printable(exp.location)), "metric": exp.metric, "mode": exp.mode,
+                     **trials[0], "ensemble": trials[1:]}
+
+
+def predictor(experiment_arg=None, runs=None, checkpoint_file=None, ensemble=1, tta=False, device=None,
+              log_fn=print):
+    """(dogs.inference.Predictor, source) of load_members' checkpoints."""
+    from dogs.inference import Predictor
+
+    members, where = load_members(experiment_arg, runs, checkpoint_file, ensemble, log_fn)
+    return Predictor(members, tta=tta, device=device), where
+
+
+def refuse_link(path, why):
+    """A folder of the experiment that is a link: a planted one would have us write (as this user) elsewhere."""
+    if path.is_symlink():
+        raise ExperimentError(f"{path} is a link (to {path.resolve()}): {why}")
+
+
+def check_data(folder, moved=False):
+    """The data folder to predict for, checked; the demo (None) is built where it is missing."""
+    from dogs.data import resolve_root
+
+    if folder is None:
+        return None
+    try:
+        resolve_root(folder)
+    except DataError as err:
+        hint = " (the experiment was made elsewhere? give --data DIR, the folder on this machine)" if moved else ""
+        raise DataError(f"{'' if moved else '--data: '}{err}{hint}") from None
+    return str(Path(folder).expanduser().resolve())
 
 
 def write_config(out_dir, config, source):
     """out_dir/config.yaml: every key of `config`, for dogs.train --config; returns the line that says so."""
     import yaml
+
     from dogs.files import atomic_path
 
     path = Path(out_dir, "config.yaml")

@@ -1,7 +1,6 @@
-"""The command line of tune.search: its parser (the search-setting flags made from tune.settings.SETTINGS), the
-space it asks for, and the one `fail` every tune command exits through."""
+"""The command line of tune.search: its parser (the search-setting flags made from tune.settings.SETTINGS) and the
+space it asks for."""
 import argparse
-import sys
 
 from dogs.cli import ArgumentParser
 from dogs.config import METRICS, parse_sets, value_type
@@ -22,23 +21,16 @@ NO_BUDGET = ("none", "null")
 FREE_TEXT = ("metric",)   # no argparse choices: the space check refuses an unknown metric, naming the known ones
 
 
-def fail(prog, message):
-    """Exit with `prog: error: message` and no traceback (each command's main, once)."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 RESOURCE_SETTINGS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")   # --help's resources group
 
-EPILOG = """examples:
-  python -m tune.search --space cnn_scratch.yaml --smoke-test    # the demo data, 4 tiny trials
+EXAMPLES = """  python -m tune.search --space cnn_scratch.yaml --smoke-test    # the demo data, 4 tiny trials
   python -m tune.search --space cnn_scratch.yaml --data data/ --samples 20 --epochs 8
   python -m tune.search --space resnet_frozen.yaml --data data/ --log mlflow --time-budget 2h
   python -m tune.search --resume                                 # the latest experiment in runs/
   python -m tune.best --submit                                   # then: its best trial's submission"""
 
 
-def duration(text):
+def time_budget_value(text):
     """--time-budget's value: a duration (tune.settings.parse_duration) or none; else argparse names the flag."""
     if text.strip().lower() in NO_BUDGET or not settings.duration_problem(text):
         return text.strip()
@@ -54,7 +46,7 @@ def add_setting_flags(p, groups):
         if kind is str and isinstance(spec.allowed, tuple) and key not in FREE_TEXT:
             options["choices"] = spec.allowed
         if key == "time_budget":
-            options.update(metavar="DURATION", type=duration)
+            options.update(metavar="DURATION", type=time_budget_value)
         if key in FLAG_NOTES:
             options["help"] += f"; {FLAG_NOTES[key]}"
         group = groups["resources" if key in RESOURCE_SETTINGS else "search"]
@@ -62,13 +54,12 @@ def add_setting_flags(p, groups):
 
 
 def get_args_parser():
-    p = ArgumentParser(prog="dogs-search", description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = {name: p.add_argument_group(name) for name in ("data", "search", "resources", "output")}
-    data, search, resources, output = groups.values()
+    p = ArgumentParser(prog="dogs-search", description=DESCRIPTION, examples=EXAMPLES,
+                       groups=("data", "search", "resources", "output"))
+    data, search, resources, output = p.groups.values()
     search.add_argument("--space", help="search-space YAML: a file name in search_spaces/ or a path")
     data.add_argument("--data", help="ImageFolder root with Train/ Validation/ [Test/]; default: the demo data set")
-    add_setting_flags(p, groups)
+    add_setting_flags(p, p.groups)
     data.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="fix config values for every trial, e.g. --set model=cnn lr=3e-4 (repeatable; "
                         "the data folder is --data)")

@@ -1,5 +1,6 @@
-"""Reading an experiment folder of dogs-search: its trials, their per-epoch results, the best trial and its
-best checkpoint, and the space it searched. Used by the search's summary and trials.csv and by tune.best.
+"""An experiment folder of dogs-search: which one a command means (locate), and `Experiment`, the one home of it:
+its space, metric and mode, its trials and their per-epoch results, the ranking, the best trials with their checked
+checkpoints, trials.csv's table. Used by the search's summary and trials.csv, tune.best and tune.serve.
 
 Only files this module parses itself are read: search_space.yaml (safe YAML), each trial's params.json and
 result.json (JSON lines, one per epoch), the presence of its error.txt and checkpoint_* folders; checkpoints
@@ -142,12 +143,12 @@ def read_trials(exp_dir):
     """Every trial of the experiment (a folder with params.json, or error.txt only), from its own files.
 
     A trial whose params.json or result.json cannot be read (empty after a full disk, cut, edited) is DAMAGED:
-    kept with no config and no results, so it is never ranked, and named in one warning; the other trials stay
+    kept with no config and no results, so it is never ranked (damaged_warning names them); the other trials stay
     usable."""
     fs, root = storage.filesystem(exp_dir)
     folders = [info for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
                if info.type == pyarrow.fs.FileType.Directory]
-    trials, damaged = [], []
+    trials = []
     for folder in sorted(folders, key=lambda info: info.base_name):
         names = {info.base_name: info.type for info in fs.get_file_info(pyarrow.fs.FileSelector(folder.path))}
         if names.get("params.json") != pyarrow.fs.FileType.File and "error.txt" not in names:
@@ -156,11 +157,8 @@ def read_trials(exp_dir):
         try:
             trials.append(read_trial(fs, folder, names, path))
         except ExperimentError as err:
-            damaged.append(str(err))
             trials.append(Trial(trial_id=folder.base_name.removeprefix("trial_"), path=path, config={},
-                                errored="error.txt" in names, damaged=damaged[-1]))
-    warn_once(f"Warning: {len(damaged)} trial(s) cannot be read and are left out of the ranking: "
-              f"{'; '.join(damaged)}" if damaged else None)
+                                errored="error.txt" in names, damaged=str(err)))
     return trials
 
 
@@ -182,112 +180,222 @@ def read_trial(fs, folder, names, path):
                      if name.startswith("checkpoint_") and kind == pyarrow.fs.FileType.Directory})
 
 
-_WARNED = set()   # warnings this process printed already (the trials are read several times per command)
+def holdout_key(metric):
+    """The result key of `metric` on the held-out part of Validation (search.holdout): holdout_acc for val_acc."""
+    return f"holdout_{metric.removeprefix('val_')}"
 
 
-def warn_once(message):
-    """Print a warning line on stderr, once per process; None prints nothing."""
-    if message and message not in _WARNED:
-        _WARNED.add(message)
-        print(message, file=sys.stderr)
+def damaged_warning(trials):
+    """The one warning line on the trials that cannot be read (left out of the ranking), or None."""
+    damaged = [t.damaged for t in trials if t.damaged]
+    return (f"Warning: {len(damaged)} trial(s) cannot be read and are left out of the ranking: {'; '.join(damaged)}"
+            if damaged else None)
 
 
-def score(trial, metric, mode):
-    """(best_<metric>, epoch it was reached at) of a trial, over the epochs it ran; (None, None) before any
-    epoch with a finite value (a trial that diverged from its first epoch has no score: it never wins).
-
-    The later of equal epochs, as the trainable and Ray's checkpoint keeping do (dogs.ranking).
-    """
-    best = best_result(trial, metric, mode)
-    return (None, None) if best is None else (best[metric], best.get("epoch"))
-
-
-def best_result(trial, metric, mode):
-    """The result (epoch) that is the trial's score (see score), or None."""
-    return ranking.best(trial.results, lambda r: r.get(metric), mode, ties="last")
-
-
-def score_interval(trial, metric, mode):
-    """The 95% interval (low, high) of the trial's score (dogs.uncertainty), or None (a loss, no score)."""
-    best = best_result(trial, metric, mode)
-    return None if best is None else uncertainty.interval(metric, best[metric], best)
-
-
-def best_trial(trials, metric, mode):
-    """The trial with the best best_<metric> of all that reported one (finished or not); None if none did.
-    Of equal ones the first by trial id, as the summary, trials.csv's order and the progress line."""
-    return ranking.best(sorted(trials, key=lambda t: t.trial_id), lambda t: score(t, metric, mode)[0], mode)
+def locate(given, runs, flag="--experiment", here=True):
+    """The one rule for which experiment a command means (tune.best and tune.serve --experiment, tune.search --resume
+    --name): none given, the latest one in `runs` (--storage); a URI as it is; a plain name, the experiment of that
+    name in `runs` (as tune.search's --name), else (`here`) a folder here, and a name that is both is refused.
+    tune.search --resume passes here=False: its --name is a name in --storage only."""
+    if not given:
+        return latest_experiment(runs)
+    if storage.is_uri(given):
+        return given
+    local = Path(given).resolve()
+    named = storage.join(storage.resolve(runs), given)
+    if not name_problem(given):   # a plain name: the storage's first
+        if storage.is_file(storage.join(named, SPACE_FILE)):
+            if here and local.exists() and (storage.is_uri(named) or local != Path(named)):
+                raise ExperimentError(f"{flag} {given} names both {named} (in --storage) and the folder {local} "
+                                      f"(here); say which: {flag} {named} or {flag} ./{given}")
+            return named
+        if not here:
+            return named   # check() says it is not an experiment
+    if here and local.exists():
+        return str(local)
+    raise ExperimentError(f"{flag} {given}: no such folder here, and no experiment {named} in --storage")
 
 
-def best_checkpoint(trial, metric, mode):
-    """Location of the trial's best kept checkpoint folder (by metric and mode; one of an epoch with a finite
-    metric), or None if it kept none."""
-    result = best_checkpoint_result(trial, metric, mode)
-    return None if result is None else storage.join(trial.path, result["checkpoint_dir_name"])
+class Experiment:
+    """An experiment of dogs-search as its folder (or URI) holds it: its space, the metric and mode that rank its
+    trials (bound once), its trials (read once, on first use), and the questions every command asks of it.
 
+    "Best" has one meaning: a trial's score is best_<metric> over its epochs (dogs.ranking: NaN never best, of equal
+    epochs the later); of equal scores the first trial by id. A re-evaluation's runs are ranked by the same rule."""
 
-def best_checkpoint_result(trial, metric, mode):
-    """The result (epoch) of the trial's best kept checkpoint folder, or None."""
-    kept = [r for r in trial.results if r.get("checkpoint_dir_name") in trial.checkpoints]
-    return ranking.best(kept, lambda r: r.get(metric), mode, ties="last")
+    def __init__(self, location, space, trials=None):
+        self.location, self.space = location, space
+        self.search = space["search"]
+        self.metric, self.mode = self.search["metric"], self.search["mode"]
+        self._trials = trials
 
+    @classmethod
+    def open(cls, given=None, runs=DEFAULT_STORAGE):
+        """The experiment the user named (locate's rule), checked to be one, with its saved space."""
+        location = locate(given, runs)
+        check(location)
+        return cls(location, saved_space(location))
 
-def check_checkpoint(trial, location, ckpt, metric, mode):
-    """Refuse a checkpoint that is not the one the trial's own files say it is: its epoch and metric must be
-    those result.json reports for that folder, its config the trial's params.json (a checkpoint folder copied
-    from another trial, run or data set would predict with another model than the one ranked)."""
-    from dogs.config import resolve
+    @property
+    def trials(self):
+        """Every trial, by trial id (read once; the ones that cannot be read named in one warning)."""
+        if self._trials is None:
+            self._trials = sorted(read_trials(self.location), key=lambda t: t.trial_id)
+            warning = damaged_warning(self._trials)
+            if warning:
+                print(warning, file=sys.stderr)
+        return self._trials
 
-    result = best_checkpoint_result(trial, metric, mode)
-    problems = []
-    if ckpt["epoch"] != result.get("epoch") or ckpt["metrics"].get(metric) != result.get(metric):
-        problems.append(f"it is of epoch {ckpt['epoch']} with {metric}={ckpt['metrics'].get(metric)}, but "
-                        f"result.json reports epoch {result.get('epoch')} with {metric}={result.get(metric)} for it")
-    try:
-        params = resolve(trial.config)
-    except UserError as err:
-        raise ExperimentError(f"{trial.path}/params.json: {err}") from None
-    differ = [f"{name} (checkpoint: {ckpt['config'].get(name)!r}, params.json: {params[name]!r})"
-              for name in sorted(trial.config) if ckpt["config"].get(name) != params[name]]
-    if differ:
-        problems.append(f"its config differs from the trial's params.json: {'; '.join(differ)}")
-    if problems:
-        raise ExperimentError(f"{location} is not the checkpoint of trial {trial.trial_id}: {'. '.join(problems)}; "
-                              "the experiment folder was changed or mixed with another one")
+    # ------------------------------------------------------------------ one trial (or a re-evaluation's run)
+    def best_result(self, trial):
+        """The result (epoch) that is the trial's score, or None before any epoch with a finite metric."""
+        return ranking.best(trial.results, lambda r: r.get(self.metric), self.mode, ties="last")
 
+    def score(self, trial):
+        """(best_<metric>, the epoch it was reached at) of a trial, (None, None) before any finite one: a trial that
+        diverged from its first epoch never wins."""
+        best = self.best_result(trial)
+        return (None, None) if best is None else (best[self.metric], best.get("epoch"))
 
-def trials_table(exp_dir, space, trials=None):
-    """One row per trial: status, stopped early, epochs, last epoch's scores, best_<metric> and its epoch,
-    time, searched parameters, best checkpoint, folder."""
-    s = space["search"]
-    metric, mode = s["metric"], s["mode"]
-    rows = []
-    for trial in read_trials(exp_dir) if trials is None else trials:
-        last, status = trial.last, trial.status
-        best, best_epoch = score(trial, metric, mode)
-        bounds = score_interval(trial, metric, mode) or (None, None)
-        checkpoint = best_checkpoint(trial, metric, mode)
-        rows.append({
-            "trial_id": trial.trial_id,
-            "status": status,
-            "stopped_early": status == "TERMINATED" and len(trial.results) < s["epochs"],
-            "epochs": 0 if last.get(USER_ERROR_KEY) else len(trial.results),
-            **{name: last.get(name) for name in METRICS},   # scores of the last epoch run
-            f"best_{metric}": best,
-            **dict(zip(interval_columns(metric), bounds)),
-            "best_epoch": best_epoch,
-            "time_s": last.get("time_total_s"),
-            **{name: trial.config.get(name) for name in spaces.searched_names(space)},
-            "checkpoint": printable(checkpoint),
-            "path": printable(trial.path),
-        })
-    table = pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
-                                                          *METRICS, f"best_{metric}", *interval_columns(metric),
-                                                          "best_epoch", "time_s"])
-    for name in spaces.searched_names(space):   # an integer key stays one where some trials lack it (not 0.0)
-        if name in table and name in SCHEMA and value_type(SCHEMA[name]) is int:
-            table[name] = table[name].astype("Int64")
-    return table
+    def interval(self, trial):
+        """The 95% interval (low, high) of the trial's score (dogs.uncertainty), or None (a loss, no score)."""
+        best = self.best_result(trial)
+        return None if best is None else uncertainty.interval(self.metric, best[self.metric], best)
+
+    def checkpoint_result(self, trial):
+        """The result (epoch) of the trial's best kept checkpoint folder, or None."""
+        kept = [r for r in trial.results if r.get("checkpoint_dir_name") in trial.checkpoints]
+        return ranking.best(kept, lambda r: r.get(self.metric), self.mode, ties="last")
+
+    def checkpoint(self, trial):
+        """Location of the trial's best kept checkpoint folder (one of an epoch with a finite metric), or None."""
+        result = self.checkpoint_result(trial)
+        return None if result is None else storage.join(trial.path, result["checkpoint_dir_name"])
+
+    def check_checkpoint(self, trial, location, ckpt, config=None):
+        """Refuse a checkpoint that is not the one the trial's own files say it is: its epoch and metric must be
+        those result.json reports for that folder, its config the trial's params.json (or `config`, what a
+        re-evaluation gave its run): a checkpoint folder copied from another trial, run or data set would predict
+        with another model than the one ranked."""
+        from dogs.config import resolve
+
+        result, metric, problems = self.checkpoint_result(trial), self.metric, []
+        if ckpt["epoch"] != result.get("epoch") or ckpt["metrics"].get(metric) != result.get(metric):
+            problems.append(f"it is of epoch {ckpt['epoch']} with {metric}={ckpt['metrics'].get(metric)}, but "
+                            f"result.json reports epoch {result.get('epoch')} with {metric}={result.get(metric)} "
+                            "for it")
+        if config is None:
+            try:
+                params = resolve(trial.config)
+            except UserError as err:
+                raise ExperimentError(f"{trial.path}/params.json: {err}") from None
+            differ = [f"{name} (checkpoint: {ckpt['config'].get(name)!r}, params.json: {params[name]!r})"
+                      for name in sorted(trial.config) if ckpt["config"].get(name) != params[name]]
+        else:
+            differ = [name for name, value in config.items() if ckpt["config"].get(name) != value]
+        what = f"trial {trial.trial_id}" if config is None else f"run {storage.name(trial.path)}"
+        if differ:
+            problems.append(f"its config differs from the {'trial' if config is None else 'run'}'s "
+                            f"{'params.json' if config is None else 'plan'}: {'; '.join(differ)}")
+        if problems:
+            raise ExperimentError(f"{location} is not the checkpoint of {what}: {'. '.join(problems)}; the experiment "
+                                  "folder was changed or mixed with another one")
+
+    def load(self, trial, location, config=None):
+        """(model, ckpt) of a trial's checkpoint folder (a remote one through a temporary copy), checked."""
+        from dogs import checkpoint as dogs_checkpoint
+
+        with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
+            pair = dogs_checkpoint.load(local)
+        self.check_checkpoint(trial, location, pair[1], config)
+        return pair
+
+    def full_config(self, ckpt, data=None):
+        """A trial's full config (its checkpoint's) for the search's whole epoch budget, ranked as the search ranked,
+        and on `data` (a folder on this machine) when given."""
+        config = {**ckpt["config"], "epochs": self.search["epochs"], "metric": self.metric, "mode": self.mode}
+        return config if data is None else {**config, "data": str(data)}
+
+    # ------------------------------------------------------------------ the trials, ranked
+    def best_trial(self, trials=None):
+        """The trial with the best score of all that reported one (finished or not; of equal ones the first by id),
+        or None: the summary's, trials.csv's order and the progress line's best."""
+        trials = self.trials if trials is None else trials
+        return ranking.best(sorted(trials, key=lambda t: t.trial_id), lambda t: self.score(t)[0], self.mode)
+
+    def ranked(self, distinct=False, trials=None):
+        """[(trial, its best checkpoint's location)] of the trials that kept one, best first; `distinct`: only the
+        best of each configuration (the seed aside)."""
+        trials = sorted(self.trials if trials is None else trials, key=lambda t: t.trial_id)
+        out, seen = [], set()
+        for trial in ranking.ranked(trials, lambda t: self.score(t)[0], self.mode):
+            location = self.checkpoint(trial)
+            config = json.dumps({k: v for k, v in trial.config.items() if k != "seed"}, sort_keys=True, default=str)
+            if location is not None and not (distinct and config in seen):
+                seen.add(config)
+                out.append((trial, location))
+        return out
+
+    def best(self, count=1):
+        """The `count` best trials whose best checkpoint loads, best first: [(trial, location, (model, ckpt))].
+
+        A checkpoint that cannot be read (empty, cut) makes its trial unusable, named in one warning, and the next
+        one is taken; a checkpoint that is not its trial's (check_checkpoint) is refused: the folder was tampered with.
+        """
+        from dogs.errors import CheckpointError
+
+        loaded, unreadable = [], []
+        for trial, location in self.ranked():
+            if len(loaded) == count:
+                break
+            try:
+                loaded.append((trial, location, self.load(trial, location)))
+            except CheckpointError as err:
+                unreadable.append(f"trial {trial.trial_id}: {err}")
+        if not loaded and any(ranking.finite(self.score(t)[0]) for t in self.trials):
+            raise ExperimentError(f"{self.location}: no trial kept a checkpoint that can be loaded"
+                                  + (f": {'; '.join(unreadable)}" if unreadable else ""))
+        if not loaded:
+            diverged = any(r.get(self.metric) is not None for t in self.trials for r in t.results)
+            raise ExperimentError(f"{self.location}: no trial has reported a finite {self.metric}"
+                                  + (": every value is NaN or Infinity (the trials diverged)" if diverged else " yet"))
+        if unreadable:
+            print(f"Warning: {len(unreadable)} trial(s) left out, their best checkpoint cannot be loaded: "
+                  f"{'; '.join(unreadable)}", file=sys.stderr)
+        if len(loaded) < count:
+            raise ExperimentError(f"{self.location}: --ensemble {count}, but only {len(loaded)} trial(s) kept a "
+                                  "checkpoint")
+        return loaded
+
+    def table(self, trials=None):
+        """trials.csv: one row per trial: status, stopped early, epochs, last epoch's scores, best_<metric>, its
+        interval and epoch, time, searched parameters, best checkpoint, folder."""
+        metric, searched = self.metric, spaces.searched_names(self.space)
+        rows = []
+        for trial in self.trials if trials is None else trials:
+            last, status = trial.last, trial.status
+            best, best_epoch = self.score(trial)
+            rows.append({
+                "trial_id": trial.trial_id,
+                "status": status,
+                "stopped_early": status == "TERMINATED" and len(trial.results) < self.search["epochs"],
+                "epochs": 0 if last.get(USER_ERROR_KEY) else len(trial.results),
+                **{name: last.get(name) for name in METRICS},   # scores of the last epoch run
+                f"best_{metric}": best,
+                **dict(zip(interval_columns(metric), self.interval(trial) or (None, None))),
+                "best_epoch": best_epoch,
+                "time_s": last.get("time_total_s"),
+                **{name: trial.config.get(name) for name in searched},
+                "checkpoint": printable(self.checkpoint(trial)),
+                "path": printable(trial.path),
+            })
+        table = pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "stopped_early", "epochs",
+                                                              *METRICS, f"best_{metric}", *interval_columns(metric),
+                                                              "best_epoch", "time_s"])
+        for name in searched:   # an integer key stays one where some trials lack it (not 0.0)
+            if name in table and name in SCHEMA and value_type(SCHEMA[name]) is int:
+                table[name] = table[name].astype("Int64")
+        return table
 
 
 def interval_columns(metric):

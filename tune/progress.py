@@ -19,6 +19,7 @@ from ray import tune
 
 from dogs import ranking, uncertainty
 from dogs.errors import USER_ERROR_KEY
+from tune import old_pickles
 
 STEP = "training_iteration"
 
@@ -39,7 +40,7 @@ def time_left(work_s, budget_left_s=None):
     return work_s if budget_left_s is None else max(0.0, min(work_s, budget_left_s))
 
 
-def trial_numbers(exp_dir):
+def study_numbers(exp_dir):
     """{Tune trial id: Optuna trial number} of the experiment's study; {} when it cannot be read now."""
     from tune.study import open_study, trial_numbers as numbers_of   # here: tune.study imports Optuna
 
@@ -135,7 +136,7 @@ class ProgressCallback(tune.Callback):
         return text
 
     def _ended(self, trials, trial, status):
-        numbers = trial_numbers(self.exp_dir) if self.exp_dir else {}
+        numbers = study_numbers(self.exp_dir) if self.exp_dir else {}
         self.out(self.trial_line(trial, status, numbers), flush=True)
         self._print(trials, ended={trial.trial_id: status}, numbers=numbers)
 
@@ -143,9 +144,7 @@ class ProgressCallback(tune.Callback):
         self._last = time.monotonic()
         self.out(self.line(trials, self._last - (self._start or self._last), ended, numbers, now), flush=True)
 
-    def __setstate__(self, state):
-        # a callback pickled before the trial lines: no searched names, no experiment folder
-        self.__dict__.update({"searched": [], "exp_dir": None, **state})
+    __setstate__ = old_pickles.progress_state   # a callback pickled before the trial lines (tune/old_pickles.py)
 
     def __getstate__(self):
         # tuner.pkl: no clock; the printer is print

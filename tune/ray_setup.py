@@ -91,9 +91,10 @@ def worker_setup_hook():
     return quiet_worker
 
 
-def start_ray(address, verbose=False, env=None):
-    """Start a new Ray here (dashboard off, loopback only), or join the cluster at `address`; `env`: variables set
-    in every worker.
+def start_ray(address, verbose=False, env=None, who="search"):
+    """Start a new Ray here (dashboard off, loopback only), or join the cluster at `address`; its resources. Every
+    command starts Ray this way (`who`: the search, its re-evaluation, the server: named in the line it prints;
+    `verbose`: Ray's own INFO lines too; `env`: variables set in every worker).
 
     Never Ray's default `ray.init()`: that joins a Ray left running on this machine by `ray start` (or, after
     one died without `ray stop`, retries its dead address for minutes); address="local" always starts a new one.
@@ -111,7 +112,7 @@ def start_ray(address, verbose=False, env=None):
         quiet_driver()
     if address:
         # said before: Ray retries an address it cannot reach for minutes, with its own lines only
-        print(f"Joining the Ray cluster at {address} ({source}; without it, the search starts a Ray of its own "
+        print(f"Joining the Ray cluster at {address} ({source}; without it, the {who} starts a Ray of its own "
               "on 127.0.0.1) ...", flush=True)
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
@@ -119,7 +120,7 @@ def start_ray(address, verbose=False, env=None):
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", runtime_env=runtime_env,
                  logging_level=logging.INFO if verbose else logging.WARNING)   # "Started a local Ray instance"
-        print(f"Started a local Ray on 127.0.0.1 for this search only (RAY_AUTH_MODE={mode}, dashboard off; "
+        print(f"Started a local Ray on 127.0.0.1 for this {who} only (RAY_AUTH_MODE={mode}, dashboard off; "
               "a running Ray cluster is joined only with --address)")
     return ray.cluster_resources()
 

@@ -51,38 +51,20 @@ def folder_of(exp_dir, top, seeds):
     return storage.join(exp_dir, f"reevaluate-top{top}-seeds{seeds}")
 
 
-def distinct_best(trials, metric, mode, count):
-    """The `count` best trials by score (tune.experiment's ranking) whose configurations differ (the seed aside),
-    best first, each with its best checkpoint's location; fewer when the search has fewer."""
-    ranked = ranking.ranked(sorted(trials, key=lambda t: t.trial_id), lambda t: experiment.score(t, metric, mode)[0],
-                            mode)
-    chosen, seen = [], set()
-    for trial in ranked:
-        config = json.dumps({k: v for k, v in trial.config.items() if k != "seed"}, sort_keys=True, default=str)
-        location = experiment.best_checkpoint(trial, metric, mode)
-        if config not in seen and location is not None:
-            seen.add(config)
-            chosen.append((trial, location))
-    return chosen[:count]
-
-
-def candidate_configs(exp_dir, space, top, data=None):
+def candidate_configs(exp, top, data=None):
     """{search trial id: the full config to train again} of the `top` best distinct configurations, in order."""
     from dogs import checkpoint as dogs_checkpoint
 
-    s = space["search"]
-    metric, mode = s["metric"], s["mode"]
-    candidates = distinct_best(experiment.read_trials(exp_dir), metric, mode, top)
+    candidates = exp.ranked(distinct=True)[:top]
     if len(candidates) < top:
-        raise ExperimentError(f"{exp_dir}: --top {top}, but the search has only {len(candidates)} distinct "
+        raise ExperimentError(f"{exp.location}: --top {top}, but the search has only {len(candidates)} distinct "
                               "configuration(s) with a checkpoint; give a smaller --top")
     configs = {}
     for trial, location in candidates:
         with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
             ckpt = dogs_checkpoint.read(Path(local))
-        experiment.check_checkpoint(trial, location, ckpt, metric, mode)
-        config = {**ckpt["config"], "epochs": s["epochs"], "metric": metric, "mode": mode}
-        configs[trial.trial_id] = {**config, "data": data} if data is not None else config
+        exp.check_checkpoint(trial, location, ckpt)
+        configs[trial.trial_id] = exp.full_config(ckpt, data)
     return configs
 
 
@@ -167,29 +149,28 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
 def compared_on(metric, holdout):
     """The result key configurations are compared by: the search's metric, or with a held-out part of Validation
     its score there (holdout_acc for val_acc), at the run's best epoch by the metric."""
-    return f"holdout_{metric.removeprefix('val_')}" if holdout else metric
+    return experiment.holdout_key(metric) if holdout else metric
 
 
-def run_score(run, metric, mode, holdout):
-    """A finished run's score: at its best epoch by `metric`, that epoch's `metric`, or its held-out score."""
-    best = experiment.best_result(run, metric, mode) if run is not None and run.status == "TERMINATED" else None
-    return None if best is None else best.get(compared_on(metric, holdout))
+def run_score(exp, run):
+    """A finished run's score: at its best epoch by the metric, that epoch's metric, or its held-out score."""
+    best = exp.best_result(run) if run is not None and run.status == "TERMINATED" else None
+    return None if best is None else best.get(compared_on(exp.metric, exp.search["holdout"]))
 
 
-def results_table(runs, configs, seeds, space, trials):
+def results_table(exp, runs, configs, seeds):
     """One row per configuration, best first: the mean of its finished runs' scores by the search's ranking
     (dogs.ranking; of equal means the better-ranked in the search), sd, and each seed's score."""
-    s = space["search"]
-    metric, mode, score, holdout = s["metric"], s["mode"], f"best_{s['metric']}", s["holdout"]
-    by_id = {t.trial_id: t for t in trials}
+    metric, mode, holdout = exp.metric, exp.mode, exp.search["holdout"]
+    by_id = {t.trial_id: t for t in exp.trials}
     rows = []
     for rank, trial_id in enumerate(configs, 1):
-        scores = {seed: run_score(runs.get((trial_id, seed)), metric, mode, holdout) for seed in seeds}
+        scores = {seed: run_score(exp, runs.get((trial_id, seed))) for seed in seeds}
         done = [v for v in scores.values() if ranking.finite(v)]
         rows.append({
             "search_rank": rank, "trial": trial_id,
-            **{name: by_id[trial_id].config.get(name) for name in spaces.searched_names(space)},
-            f"search_{score}": experiment.score(by_id[trial_id], metric, mode)[0],
+            **{name: by_id[trial_id].config.get(name) for name in spaces.searched_names(exp.space)},
+            f"search_best_{metric}": exp.score(by_id[trial_id])[0],
             f"mean {compared_on(metric, holdout)}": statistics.fmean(done) if done else math.nan,
             "sd": statistics.stdev(done) if len(done) > 1 else math.nan,
             "runs": f"{len(done)}/{len(seeds)}",
@@ -202,9 +183,9 @@ def results_table(runs, configs, seeds, space, trials):
     return table.iloc[order].reset_index(drop=True)
 
 
-def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(), log=print):
-    """Train the `top` best distinct configurations of the search in `exp_dir` with `seeds` seeds each (or continue
-    doing so), on a local Ray or the cluster at `address`; returns a Reevaluation (see the module docstring).
+def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(), log=print):
+    """Train the `top` best distinct configurations of the search `exp` (an Experiment) with `seeds` seeds each (or
+    continue doing so), on a local Ray or the cluster at `address`; returns a Reevaluation (see the module docstring).
     `callbacks`: more Ray Tune callbacks for the run (a benchmark's timer, a test's stop)."""
     import ray
 
@@ -212,9 +193,8 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
 
     if top < 1 or seeds < 1:
         raise ExperimentError(f"--top {top} --seeds {seeds}: both must be >= 1")
-    space = experiment.saved_space(exp_dir)
-    s = space["search"]
-    configs = candidate_configs(exp_dir, space, top, data)
+    s, exp_dir = exp.search, exp.location
+    configs = candidate_configs(exp, top, data)
     seed_list = list(range(1, seeds + 1))
     folder = folder_of(exp_dir, top, seeds)
     plan = {"trials": list(configs), "seeds": seed_list}
@@ -249,7 +229,7 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
 
     # the runs, from their own files; the table; the best configuration and its runs, best first
     runs = read_runs(folder)
-    table = results_table(runs, configs, seed_list, space, experiment.read_trials(exp_dir))
+    table = results_table(exp, runs, configs, seed_list)
     complete = all(runs.get((t, seed)) is not None and runs[t, seed].status == "TERMINATED"
                    for t in configs for seed in seed_list)
     result = Reevaluation(folder, table, complete, configs=configs, compared=compared_on(s["metric"], s["holdout"]))
@@ -257,49 +237,36 @@ def reevaluate(exp_dir, top=TOP, seeds=SEEDS, address=None, data=None, callbacks
         return result
     result.chosen = table.trial.iloc[0]
     finished = [runs[result.chosen, seed] for seed in seed_list if runs[result.chosen, seed].status == "TERMINATED"]
-    result.runs = ranking.ranked(finished, lambda t: run_score(t, s["metric"], s["mode"], s["holdout"]), s["mode"])
+    result.runs = ranking.ranked(finished, lambda run: run_score(exp, run), s["mode"])
     return result
 
 
-def checkpoint_of(run, metric, mode):
+def checkpoint_of(exp, run):
     """Location of a run's best checkpoint folder (ExperimentError when it kept none)."""
-    location = experiment.best_checkpoint(run, metric, mode)
+    location = exp.checkpoint(run)
     if location is None:
         raise ExperimentError(f"{run.path} kept no checkpoint")
     return location
 
 
-def load_runs(result, metric, mode, count=1):
-    """(model, ckpt, [(model, ckpt) of the next count-1 runs]) of the chosen configuration's best runs, each
-    checked: the epoch and score its result.json reports, the config the re-evaluation gave it."""
-    from dogs import checkpoint as dogs_checkpoint
-
-    loaded = []
-    for run in result.runs[:count]:
-        location = checkpoint_of(run, metric, mode)
-        with storage.local_dir(location, dogs_checkpoint.FILENAME) as local:
-            model, ckpt = dogs_checkpoint.load(local)
-        reported = experiment.best_checkpoint_result(run, metric, mode)
-        expected = {**result.configs[result.chosen], "seed": run.config["run"][1]}
-        if (ckpt["epoch"], ckpt["metrics"].get(metric)) != (reported["epoch"], reported[metric]) \
-                or any(ckpt["config"].get(k) != v for k, v in expected.items()):
-            raise ExperimentError(f"{location} is not the checkpoint of run {storage.name(run.path)} (its epoch, "
-                                  f"{metric} or config differ from the run's own files): the folder was changed")
-        loaded.append((model, ckpt))
-    return loaded[0][0], loaded[0][1], loaded[1:]
+def load_runs(exp, result, count=1):
+    """[(model, ckpt)] of the chosen configuration's `count` best runs, each checked: the epoch and score its
+    result.json reports, the config the re-evaluation gave it."""
+    return [exp.load(run, checkpoint_of(exp, run), {**result.configs[result.chosen], "seed": run.config["run"][1]})
+            for run in result.runs[:count]]
 
 
-def describe(result):
+def chosen_text(result):
     """The chosen row in words: mean +- sd over n seeds."""
     row = result.table.iloc[0]
     sd = "" if pd.isna(row["sd"]) else f" ± {row['sd']:.4f}"
     return f"mean {result.compared} {row[f'mean {result.compared}']:.4f}{sd} over {row['runs']} seeds"
 
 
-def estimates(run, metric, mode):
+def estimates(exp, run):
     """The handed-over run's scores at its best epoch: the optimistic one (the metric the choice maximised) and,
     with a held-out part, the honest one beside it."""
-    best = experiment.best_result(run, metric, mode)
+    best, metric = exp.best_result(run), exp.metric
     text = f"{metric} {best[metric]:.4f} at epoch {best['epoch']}"
     held = compared_on(metric, True)
     if held in best:

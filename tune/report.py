@@ -144,8 +144,9 @@ def user_error_lines(failed):
 def trials_table(exp_dir, space, trials=None):
     """One row per trial (tune.experiment reads them from the trials' own files); the folder of a trial that a
     killed driver had started and Ray's saved state never knew is ABANDONED (the study says which): --resume
-    never runs it again."""
-    table = experiment.trials_table(exp_dir, space, trials)
+    never runs it again. Without `trials`, the folder's trials now (quietly: the summary's read warns)."""
+    trials = experiment.read_trials(exp_dir) if trials is None else trials
+    table = experiment.Experiment(exp_dir, space, trials).table()
     with open_study(exp_dir) as study:
         abandoned, numbers = abandoned_trial_ids(study), trial_numbers(study)
     if len(table) and abandoned:
@@ -212,7 +213,7 @@ def last_report(trials, since=None):
 
 
 def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=None, stopped=None):
-    """The lines printed at the end of a search; the best trial is tune.best's (tune.experiment.best_trial).
+    """The lines printed at the end of a search; the best trial is tune.best's (experiment.Experiment.best_trial).
     Times and concurrency are this session's (`since`: when it started; a resumed search ran some epochs before).
     `stopped`: why the search stopped before its last trial (Ctrl-C, SIGTERM, the time budget); then the times
     run to the last epoch reported, not the wait for the running trials to stop."""

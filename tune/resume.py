@@ -11,9 +11,10 @@ from tune.experiment import saved_space
 
 
 def resumed_experiment(args, runs):
-    """(experiment folder, its saved space) to continue: --name in --storage, else the latest one."""
+    """(experiment folder, its saved space) to continue: --name in --storage, else the latest one (the rule every
+    command names an experiment by: tune.experiment.locate)."""
     try:
-        exp_dir = storage.join(runs, args.name) if args.name else experiment.latest_experiment(runs)
+        exp_dir = experiment.locate(args.name, runs, flag="--name", here=False)
         experiment.check(exp_dir)
     except ExperimentError as err:
         raise UserError(f"--resume: {err}") from None

@@ -23,12 +23,12 @@ from datetime import datetime
 from pathlib import Path
 
 from dogs import interrupt
-from dogs.cli import quiet_when_reader_leaves
+from dogs.cli import fail, quiet_when_reader_leaves
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
 from dogs.files import CSV
 from tune import cli, lock, plots, ray_setup, settings, spaces, state, storage, trackers
-from tune.experiment import default_name, name_problem, read_trials
+from tune.experiment import Experiment, default_name, name_problem, read_trials
 
 
 @quiet_when_reader_leaves
@@ -38,7 +38,7 @@ def main(argv=None):
     try:
         return search(args)
     except UserError as err:   # helpers raise; the command prints once
-        cli.fail("dogs-search", err)
+        fail("dogs-search", err)
 
 
 def search(args):
@@ -153,6 +153,33 @@ def interrupted_at_start(args, runs, exp_dir):
     return f"dogs-search: interrupted while starting Ray; nothing ran yet: {again}"
 
 
+def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined):
+    """(the tuner, the trial folders there before it runs): a new search's; --resume: Ray's restored, or one rebuilt
+    from the trial folders when Ray's state is cut or missing (None: every trial finished)."""
+    from tune import tuner
+
+    s = space["search"]
+    before = 0
+    if args.resume:
+        cut = state.problem(exp_dir)   # Ray's state cut or missing: found before Ray reads it (tune.state)
+        if cut:
+            need, before, optuna_storage = state.rebuild(exp_dir, space, cut)
+            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), optuna_storage, args.verbose,
+                                          slots=None if joined else slots, rung_slots=slots,
+                                          extend=need) if need else None
+        else:
+            grid_tuner = tuner.restore_tuner(s, exp_dir)
+        storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
+    else:
+        with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
+            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
+                                          slots=None if joined else slots, rung_slots=slots,
+                                          loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
+                                                                     args.mlflow_uri))
+            storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
+    return grid_tuner, before
+
+
 def fit(args, space, exp_dir, runs, resources, workers=None):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
     from tune import estimate, report, tuner
@@ -171,24 +198,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
-    before, cut = 0, None
-    if args.resume:
-        cut = state.problem(exp_dir)   # Ray's state cut or missing: found before Ray reads it (tune.state)
-        if cut:
-            need, before, optuna_storage = state.rebuild(exp_dir, space, cut)
-            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), optuna_storage, args.verbose,
-                                          slots=None if joined else slots, rung_slots=slots,
-                                          extend=need) if need else None
-        else:
-            grid_tuner = tuner.restore_tuner(s, exp_dir)
-        storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
-    else:
-        with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
-            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
-                                          slots=None if joined else slots, rung_slots=slots,
-                                          loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
-                                                                     args.mlflow_uri))
-            storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
+    grid_tuner, before = make_or_restore_tuner(args, space, exp_dir, runs, slots, joined)
     # what it runs and about how long (at this machine's measured seconds per epoch, if any)
     print(estimate.plan_line(space, slots, exp_dir,
                              settings.parse_duration(s["time_budget"]) if s["time_budget"] else None))
@@ -222,16 +232,25 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         print(f"dogs-search: error: {tuner.StudySearcher.lost}; once it answers again, continue with  "
               f"{resume_command(runs, exp_dir)}", file=sys.stderr)
         return 1
-    wall_s = time.time() - start
-    trials = read_trials(exp_dir)
+    return finish(space, exp_dir, runs, slots, start, before + len(grid), budget.is_set())
+
+
+def finish(space, exp_dir, runs, slots, start, expected, budget_used):
+    """After fit: trials.csv, the summary and the plots, and the exit status (0; 130/143 interrupted; 1: no trial
+    scored). `expected`: the trial folders there would be had every trial Tune created started."""
+    from tune import estimate, report
+
+    s, wall_s = space["search"], time.time() - start
+    resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
+    trials = Experiment(exp_dir, space).trials   # read once (the ones that cannot be read: one warning)
     table = report.trials_table(exp_dir, space, trials)
-    pending = max(0, len(grid) - (len(table) - before))   # trials Tune created that never started: no folder yet
+    pending = max(0, expected - len(table))   # trials Tune created that never started: no folder yet
     created = int((table.status != "ABANDONED").sum()) + pending
     stopped = pending or (table.status == "UNFINISHED").any() or created < s["samples"]
     failed = report.user_errors(trials)   # {one line: trial ids}: trials that failed before an epoch, not retried
     all_failed = bool(failed) and sum(map(len, failed.values())) == int((table.status != "ABANDONED").sum())
-    why = ("every trial failed before its first epoch" if all_failed and not budget.is_set() else
-           f"Time budget {s['time_budget']} used up" if budget.is_set() else "Interrupted") if stopped else None
+    why = ("every trial failed before its first epoch" if all_failed and not budget_used else
+           f"Time budget {s['time_budget']} used up" if budget_used else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(**CSV))
     estimate.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
@@ -244,7 +263,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         return 1
     if stopped:
         print(f"{why}: continue with  {resume_command(runs, exp_dir)}")
-        return 0 if budget.is_set() else interrupt.exit_status()
+        return 0 if budget_used else interrupt.exit_status()
     if not table[f"best_{s['metric']}"].notna().any():   # every trial errored or diverged: nothing to hand over
         print(f"dogs-search: error: no trial reported a finite {s['metric']} ({int((table.status == 'ERROR').sum())} "
               f"of {len(table)} errored; see the lines above): there is no best trial", file=sys.stderr)
@@ -279,13 +298,7 @@ def starting(exp_dir):
         raise
 
 
-def __getattr__(name):
-    """tune.search.trial_dirname, for Ray's tuner.pkl of an experiment started before tune.tuner held it (--resume
-    unpickles it); imported on use: tune.tuner imports Ray."""
-    if name == "trial_dirname":
-        from tune.tuner import trial_dirname
-        return trial_dirname
-    raise AttributeError(f"module 'tune.search' has no attribute {name!r}")
+from tune.old_pickles import search_attribute as __getattr__   # noqa: E402  the name older pickles hold
 
 
 if __name__ == "__main__":

@@ -18,55 +18,54 @@ import sys
 import time
 from pathlib import Path
 
-from dogs.cli import ArgumentParser, number
+from dogs.cli import ArgumentParser, fail, number
 from dogs.errors import UserError
 from tune.experiment import DEFAULT_STORAGE
+from tune.ray_setup import start_ray
 
 PROG = "dogs-serve"
 MAX_BATCH_WAIT_MS = 60_000   # a batch that waits longer than a minute for company only delays every answer
 
 
 def get_args_parser():
-    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    model = p.add_mutually_exclusive_group()
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], examples=__doc__.split("\n\n")[1],
+                       groups=("model", "server", "resources"))
+    which, server, resources = p.groups.values()
+    model = which.add_mutually_exclusive_group()
     model.add_argument("--experiment", help="experiment folder or URI, or its name in --storage: its best trial, as "
                                             "tune.best picks it (default: the latest experiment in --storage)")
     model.add_argument("--checkpoint", help="a checkpoint file (best.pt of dogs.train, checkpoint.pt of a trial) "
                                             "instead of an experiment's best trial")
     model.add_argument("--export", metavar="DIR", help="a folder written by tune.best --export (its "
                                                        "model.safetensors) instead of an experiment's best trial")
-    p.add_argument("--tta", action="store_true", help="average each prediction over the image and its horizontal "
+    server.add_argument("--tta", action="store_true", help="average each prediction over the image and its horizontal "
                                                        "mirror, as tune.best --predict --tta (twice the compute)")
-    p.add_argument("--ensemble", type=number(int, 1), default=1, metavar="K",
+    server.add_argument("--ensemble", type=number(int, 1), default=1, metavar="K",
                    help="average the softmax of the experiment's K best trials, as tune.best --predict --ensemble "
                         "(default 1)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
+    which.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"where experiments are, as tune.search --storage (default {DEFAULT_STORAGE})")
-    p.add_argument("--host", default="127.0.0.1",
+    server.add_argument("--host", default="127.0.0.1",
                    help="address the HTTP server listens on (default 127.0.0.1: this machine only; 0.0.0.0: every "
                         "network this machine is on, with a warning)")
-    p.add_argument("--port", type=number(int, 1, 65535), default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--address", help="join the Ray cluster at this address (auto: the one started on this machine "
+    server.add_argument("--port", type=number(int, 1, 65535), default=8000, help="HTTP port (default 8000)")
+    resources.add_argument("--address", help="join the Ray cluster at this address (auto: the one started on this machine "
                                      "by `ray start`); default: start a Ray of its own on 127.0.0.1")
-    p.add_argument("--gpus-per-replica", type=number(float, 0), default=0.0, metavar="G",
+    resources.add_argument("--gpus-per-replica", type=number(float, 0), default=0.0, metavar="G",
                    help="share of a GPU each replica gets (0.25: four replicas per GPU); default 0: on CPUs")
-    p.add_argument("--replicas", type=number(int, 1),
+    resources.add_argument("--replicas", type=number(int, 1),
                    help="number of copies of the model (default: as many as the cluster's GPUs allow with "
                         "--gpus-per-replica, else 1)")
-    p.add_argument("--cpus-per-replica", type=number(float, 0), default=1.0, metavar="C", help="CPUs each replica reserves "
+    resources.add_argument("--cpus-per-replica", type=number(float, 0), default=1.0, metavar="C", help="CPUs each replica reserves "
                                                                                     "(default 1)")
-    p.add_argument("--max-batch-size", type=number(int, 1), default=16,
+    server.add_argument("--max-batch-size", type=number(int, 1), default=16,
                    help="requests predicted together at most (serve.batch; default 16; 1: each alone, no batching)")
-    p.add_argument("--batch-wait-ms", type=number(float, 0, MAX_BATCH_WAIT_MS), default=10.0,
-                   help=f"how long a batch waits for more requests before it runs (default 10 ms, at most {MAX_BATCH_WAIT_MS})")
-    p.add_argument("--max-upload-mb", type=number(float, 0, low_open=True), default=20.0,
+    server.add_argument("--batch-wait-ms", type=number(float, 0, MAX_BATCH_WAIT_MS), default=10.0,
+                        help="how long a batch waits for more requests before it runs (default 10 ms, at most "
+                             f"{MAX_BATCH_WAIT_MS})")
+    server.add_argument("--max-upload-mb", type=number(float, 0, low_open=True), default=20.0,
                    help="larger uploads are refused with HTTP 413 (default 20 MB)")
     return p
-
-
-def fail(message):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def main(argv=None):
@@ -74,7 +73,7 @@ def main(argv=None):
     try:
         return serve(args)
     except UserError as err:
-        fail(err)
+        fail(PROG, err)
 
 
 def check_args(args):
@@ -100,8 +99,8 @@ def host_warning(host):
 
 def load_model(args):
     """([(model, checkpoint dict)], source): --export, --checkpoint, or the best trial of the experiment (and the
-    next --ensemble - 1), as tune.best picks and checks them (tune.use.load_members); `source` says which."""
-    from tune.use import load_members
+    next --ensemble - 1), as tune.best picks and checks them (tune.best.load_members); `source` says which."""
+    from tune.best import load_members
 
     if args.export:
         model, ckpt, source = load_export(args.export)
@@ -181,23 +180,6 @@ def stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def start_ray(address):
-    """Start a Ray of its own here (dashboard off, loopback only), or join the cluster at `address`; its resources."""
-    import ray
-
-    from tune.ray_setup import set_auth_mode
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    mode = set_auth_mode(address)
-    if address:
-        ray.init(address=address)
-        print(f"Joined the Ray cluster at {address} (RAY_AUTH_MODE={mode})")
-    else:
-        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
-        print(f"Started a local Ray on 127.0.0.1 for this server only (RAY_AUTH_MODE={mode}, dashboard off)")
-    return ray.cluster_resources()
-
-
 def serve(args):
     """Load the model, start Ray and Serve, deploy, and serve until Ctrl-C (on a cluster joined: until
     `serve shutdown`)."""
@@ -217,7 +199,7 @@ def serve(args):
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
     if local:
         check_port(args.host, args.port)
-    resources = start_ray(args.address)
+    resources = start_ray(args.address, verbose=True, who="server")   # Ray's own lines, as a server's log
     replicas = replica_count(args, resources, fixed=local)
 
     # Serve's HTTP proxy on --host:--port of the head node (a GPU worker's may come and go), the replicas behind it

@@ -74,6 +74,21 @@ def load(path, overrides=None, sets=None, data=_MISSING):
     return validate(raw, path, overrides, sets, data)
 
 
+def _search_settings(search_raw, overrides, where):
+    """The search settings: file values, then command-line overrides, then checks."""
+    if not isinstance(search_raw, dict):
+        raise SpaceError(f"{where}: search: must be a mapping of settings; allowed keys: {sorted(SETTINGS)}")
+    search = {}
+    for key, value in {**search_raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}.items():
+        if key not in SETTINGS:
+            raise SpaceError(f"{where}: search.{key}: unknown setting{did_you_mean(key, SETTINGS)}; "
+                             f"allowed: {sorted(SETTINGS)}")
+        search[key] = value
+    search = {key: search.get(key, spec.default) for key, spec in SETTINGS.items()}
+    check_settings(search, where)
+    return search
+
+
 def validate(raw, path="<space>", overrides=None, sets=None, data=_MISSING):
     """The checked, normalised space of a parsed YAML document (see load)."""
     where = str(path)
@@ -85,18 +100,7 @@ def validate(raw, path="<space>", overrides=None, sets=None, data=_MISSING):
     if unknown:
         raise SpaceError(f"{where}: unknown top-level key(s) {unknown}; allowed: {list(SECTIONS)}")
 
-    # search settings: file values, then command-line overrides, then checks
-    search_raw = raw.get("search") or {}
-    if not isinstance(search_raw, dict):
-        raise SpaceError(f"{where}: search: must be a mapping of settings; allowed keys: {sorted(SETTINGS)}")
-    search = {}
-    for key, value in {**search_raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}.items():
-        if key not in SETTINGS:
-            raise SpaceError(f"{where}: search.{key}: unknown setting{did_you_mean(key, SETTINGS)}; "
-                             f"allowed: {sorted(SETTINGS)}")
-        search[key] = value
-    search = {key: search.get(key, spec.default) for key, spec in SETTINGS.items()}
-    check_settings(search, where)
+    search = _search_settings(raw.get("search") or {}, overrides, where)
 
     # params: file entries in order, command-line --set values replace them as fixed values
     params_raw = raw.get("params") or {}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_imagefolder
-from dogs import bars, data, models
+from dogs import data, models, progress_bars as bars
 from dogs.config import resolve
 from dogs.engine import make_batches
 from dogs.splits import load_splits
