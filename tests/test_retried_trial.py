@@ -18,7 +18,7 @@ import pytest
 from dogs import ranking
 from dogs.trial import WORKERS_ENV
 from tune import search
-from tune.experiment import best_checkpoint_result, read_trials
+from tune.experiment import Experiment, read_trials
 from tune.trial_logs import CSVLogger, JsonLogger
 from conftest import run_main
 
@@ -135,7 +135,7 @@ def test_a_killed_and_retried_trial_keeps_every_epoch_and_its_best_checkpoint(ti
     # the kept "best" is the best epoch of the whole history (of equal ones the later, as retention and tune.best)
     # (val_loss: it moves every epoch, where val_acc on these easy shapes is 1.0 from the first and the best the last)
     best = ranking.best(trial.results, lambda r: r["val_loss"], "min", ties="last")
-    kept = best_checkpoint_result(trial, "val_loss", "min")
+    kept = Experiment(exp_dir, {"search": {"metric": "val_loss", "mode": "min"}}).checkpoint_result(trial)
     assert kept is not None and kept["epoch"] == best["epoch"], (kept, best)
     assert (Path(trial.path) / best["checkpoint_dir_name"]).is_dir()
     print(f"best epoch {best['epoch']} of {EPOCHS}, kept {sorted(trial.checkpoints)}")
