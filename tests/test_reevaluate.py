@@ -155,8 +155,10 @@ def test_sigterm_during_retrain_top_stops_like_ctrl_c(tiny_imagefolder, tmp_path
     import sys
     import time
 
-    (tmp_path / "space.yaml").write_text(SPACE.replace("samples: 3", "samples: 2").replace("image_size: 16",
-                                                                                             "image_size: 64"))
+    # 20 epochs a run: the re-evaluation trains for tens of seconds, so the signal lands while runs train (with 2
+    # epochs it could end before Ray first copied a run's result.json into the experiment folder)
+    (tmp_path / "space.yaml").write_text(SPACE.replace("samples: 3", "samples: 2").replace("image_size: 16", "image_size: 64")
+                                         .replace("epochs: 2, grace_period: 2", "epochs: 20, grace_period: 20"))
     code, out, err = run_main(search, ["--space", str(tmp_path / "space.yaml"), "--data", str(tiny_imagefolder),
                                        "--storage", str(tmp_path / "runs"), "--name", "t"])
     assert code == 0, out[-3000:] + err[-3000:]

@@ -230,7 +230,10 @@ def test_a_client_that_disconnects_mid_upload_is_one_line_in_the_console(server,
     time.sleep(2)   # anything Serve says after our line
     while not server["lines"].empty():
         said.append(server["lines"].get_nowait())
-    assert [line for line in said if "disconnected" in line and "upload" in line], "".join(said)
+    # one line: ours when the replica was reading the upload, or Serve's own when its proxy saw the client go first
+    # ("Client for request ... disconnected, cancelling request"): which one depends on timing
+    assert [line for line in said if "disconnected" in line and ("upload" in line or "cancelling" in line)], \
+        "".join(said)
     assert not any("Traceback" in line for line in said), "".join(said)
     status, answer = post(f"{server['url']}/predict", photos["files"][0].read_bytes())
     assert status == 200, answer
