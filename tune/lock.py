@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import sys
 from datetime import datetime
@@ -62,9 +61,10 @@ def held(exp_dir, command):
     finally:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)   # released cleanly: the next command finds no owner line (see take)
+            if made and only_lock(folder):   # still locked: nobody can write into the folder meanwhile
+                path.unlink()
+                folder.rmdir()   # rmdir, not rmtree: never a folder that holds anything
         os.close(fd)
-        if made and only_lock(folder):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def take(fd, exp_dir, path):
