@@ -25,7 +25,7 @@ from dogs import interrupt
 from dogs.cli import ArgumentParser, fail, number, quiet_when_reader_leaves
 from dogs.errors import DataError, ExperimentError, UserError
 from dogs.files import output_folder as checked_folder, refuse_others
-from tune import lock, reevaluate as reevaluation, spaces, storage
+from tune import lock, names, reevaluate as reevaluation, spaces, storage
 from tune.experiment import DEFAULT_STORAGE, Experiment, holdout_key, printable
 
 PROG = "dogs-best"
@@ -190,7 +190,7 @@ def submit(args):
     trial, _, (model, ckpt) = members[0]
     out_dir = output_folder(args, exp, data, ckpt)
     print(f"  config file  {write_config(out_dir, exp.full_config(ckpt, data), source(exp, trial.trial_id))}")
-    return hand_over(args, out_dir, data, model, ckpt, None, members[1:])
+    return hand_over(args, out_dir, data, model, ckpt, None, members[1:], exp)
 
 
 def retrain(args, exp):
@@ -221,8 +221,9 @@ def reevaluate(args, exp):
                                   if not chosen.complete else "found no finite score: nothing to hand over"))
         return interrupt.exit_status() if not chosen.complete else 1   # 130 after Ctrl-C, 143 after SIGTERM
     (model, ckpt), *others = reevaluation.load_runs(exp, chosen, args.ensemble)
-    print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluation.chosen_text(chosen)}); "
-          f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluation.checkpoint_of(exp, chosen.runs[0])}")
+    print(f"Chosen: the configuration of trial {exp.name(chosen.chosen)} ({reevaluation.chosen_text(chosen)}); "
+          f"run {names.run_name(int(chosen.table.search_rank.iloc[0]), ckpt['config']['seed'])}'s checkpoint: "
+          f"{reevaluation.checkpoint_of(exp, chosen.runs[0])}")
     print(f"  scores       {reevaluation.estimates(exp, chosen.runs[0])}")
     config = exp.full_config(ckpt, data)
     print(f"  config file  {write_config(out_dir, config, source(exp, chosen.chosen))}")
@@ -300,7 +301,7 @@ def best_trials(args, exp=None):
     data = check_data(args.data) if args.data else None
     (trial, checkpoint, (_, ckpt)), metric = members[0], exp.metric
     searched = {k: trial.config[k] for k in spaces.searched_names(exp.space) if k in trial.config}
-    print(f"Best trial of {exp.location}: {trial.trial_id}")
+    print(f"Best trial of {exp.location}: {exp.name(trial.trial_id)}")
     print(f"  {'best_' + metric:<12} {ckpt['metrics'].get(metric):.4f} at epoch {ckpt['epoch']} "
           f"({exp.mode} {metric} of its {len(trial.results)} epochs run, budget {exp.search['epochs']})")
     print(interval_text(exp, trial))
@@ -344,7 +345,7 @@ def writes(args):
 
 
 def source(exp, trial_id):
-    return f"trial {trial_id} of {exp.location}"
+    return f"trial {exp.name(trial_id)} of {exp.location}"
 
 
 def output_folder(args, exp, data, ckpt):
@@ -382,14 +383,15 @@ def load_checkpoint(path):
     return dogs_checkpoint.load(path)
 
 
-def hand_over(args, out_dir, data, model, ckpt, handed, rest):
+def hand_over(args, out_dir, data, model, ckpt, handed, rest, exp=None):
     """Predictions and report/ of `model` (and the ensemble `rest`: [(trial, location, (model, ckpt))]) into
     out_dir, each file written printed."""
     from dogs.predict import submit as write_submission
 
     for other, location, _ in rest:
         if other is not None:
-            print(f"  ensemble     + trial {other.trial_id}: {printable(location)}")
+            print(f"  ensemble     + trial {exp.name(other.trial_id) if exp else other.trial_id}: "
+                  f"{printable(location)}")
     if args.train_on_val:
         print("  (trained on Validation too: the validation accuracies below are not held out)")
     written = {"checkpoint": handed, **write_submission(model, ckpt, out_dir, data_root=data, tta=args.tta,
@@ -431,8 +433,8 @@ def load_members(experiment_arg=None, runs=None, checkpoint_file=None, ensemble=
     members, trials = [], []
     for trial, location, (model, ckpt) in exp.best(ensemble):   # loaded and checked
         members.append((model, ckpt))
-        log_fn(f"{'Best trial' if not trials else '  + trial'} of {exp.location}: {trial.trial_id} ({exp.metric} "
-               f"{ckpt['metrics'].get(exp.metric):.4f} at epoch {ckpt['epoch']})")
+        log_fn(f"{'Best trial' if not trials else '  + trial'} of {exp.location}: {exp.name(trial.trial_id)} "
+               f"({exp.metric} {ckpt['metrics'].get(exp.metric):.4f} at epoch {ckpt['epoch']})")
         trials.append({"trial": trial.trial_id, "checkpoint": f"{printable(location)}/{dogs_checkpoint.FILENAME}"})
     return members, {"experiment": str(printable(exp.location)), "metric": exp.metric, "mode": exp.mode,
                      **trials[0], "ensemble": trials[1:]}

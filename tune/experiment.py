@@ -23,7 +23,7 @@ import pyarrow.fs
 from dogs import ranking, uncertainty
 from dogs.config import METRICS, SCHEMA, value_type
 from dogs.errors import USER_ERROR_KEY, ExperimentError, UserError
-from tune import spaces, storage
+from tune import names, spaces, storage
 
 DEFAULT_STORAGE = "runs"
 SPACE_FILE = "search_space.yaml"
@@ -228,6 +228,7 @@ class Experiment:
         self.search = space["search"]
         self.metric, self.mode = self.search["metric"], self.search["mode"]
         self._trials = trials
+        self._numbers = None   # {trial id: Optuna trial number}, read from the study on first use
 
     @classmethod
     def open(cls, given=None, runs=DEFAULT_STORAGE):
@@ -245,6 +246,12 @@ class Experiment:
             if warning:
                 print(warning, file=sys.stderr)
         return self._trials
+
+    def name(self, trial_id):
+        """A trial's one name (tune.names: `#3 ef4ab16e`; the id alone when the study cannot be read)."""
+        if self._numbers is None:
+            self._numbers = names.study_numbers(self.location)
+        return names.trial_name(trial_id, self._numbers.get(trial_id))
 
     # ------------------------------------------------------------------ one trial (or a re-evaluation's run)
     def best_result(self, trial):

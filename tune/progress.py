@@ -6,7 +6,7 @@ brings Ray's full output back): one line per finished trial, and a progress line
 ab12cd34 e1 0.33 | best best_val_acc 0.8736 [0.81, 0.92] (#6 d19fa2df) | ~3m10s left
 
 [0.81, 0.92]: the best score's 95% interval (dogs.uncertainty). A trial's name is its Optuna trial number and its
-Tune id (`#3 ef4ab16e`), as in trials.csv and the summary.
+Tune id (`#3 ef4ab16e`), a re-evaluation run's its rank and seed (`rank1-seed2`): tune.names, as everywhere.
 The progress line is printed at the search's first epoch, when a trial ends, and at most every `every_s` seconds
 otherwise. "epochs 41/90": epochs run / at most planned (samples x epochs; ASHA stops some trials sooner). The
 time left is an estimate, from the first epoch on: the epochs still to run (trials not started x the mean epochs
@@ -19,7 +19,7 @@ from ray import tune
 
 from dogs import ranking, uncertainty
 from dogs.errors import USER_ERROR_KEY
-from tune import old_pickles
+from tune import names, old_pickles
 
 STEP = "training_iteration"
 
@@ -40,29 +40,19 @@ def time_left(work_s, budget_left_s=None):
     return work_s if budget_left_s is None else max(0.0, min(work_s, budget_left_s))
 
 
-def study_numbers(exp_dir):
-    """{Tune trial id: Optuna trial number} of the experiment's study; {} when it cannot be read now."""
-    from tune.study import open_study, trial_numbers as numbers_of   # here: tune.study imports Optuna
-
-    try:
-        with open_study(exp_dir) as study:
-            return numbers_of(study)
-    except Exception:   # the console line only: a study not readable this moment leaves the number out
-        return {}
-
-
-def trial_name(trial_id, numbers):
-    """`#3 ef4ab16e`: the Optuna trial number and the Tune id (the id alone when the number is unknown)."""
-    return f"#{numbers[trial_id]} {trial_id}" if trial_id in numbers else trial_id
+study_numbers = names.study_numbers   # {Tune trial id: Optuna trial number}, {} when the study cannot be read
 
 
 class ProgressCallback(tune.Callback):
     """Prints a line per finished trial and a progress line now and then (see the module docstring)."""
 
     deadline = None   # the time budget's end (Unix seconds) in this session: set by tune.tuner.time_budget
+    by_run = False    # True: trials are named by Tune's trial name (a re-evaluation's rank1-seed2), not the study
 
-    def __init__(self, samples, epochs, metric, mode, every_s=30.0, out=print, searched=(), exp_dir=None):
+    def __init__(self, samples, epochs, metric, mode, every_s=30.0, out=print, searched=(), exp_dir=None,
+                 by_run=False):
         self.samples, self.epochs, self.score, self.mode = samples, epochs, f"best_{metric}", mode
+        self.by_run = by_run
         self.every_s, self.out, self.searched, self.exp_dir = every_s, out, list(searched), exp_dir
         self._start = self._last = None
         self._ran = 0   # epochs reported in this session
@@ -86,17 +76,21 @@ class ProgressCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trials, trial, "ERROR")
 
+    def name(self, trial, numbers=None):
+        """The trial's one name (tune.names): `#3 ef4ab16e`, or a re-evaluation run's `rank1-seed2`."""
+        return str(trial) if self.by_run else names.trial_name(trial.trial_id, (numbers or {}).get(trial.trial_id))
+
     def trial_line(self, trial, status, numbers):
         """`#3 ef4ab16e  stopped at epoch 2  best_val_acc 0.4100  lr=0.0003 head_width=32`."""
         result = trial.last_result or {}
         epoch = result.get(STEP, 0)
         if USER_ERROR_KEY in result:   # its one line, once (dogs.trial: not retried)
-            return f"{trial_name(trial.trial_id, numbers)}  failed, not retried: {result[USER_ERROR_KEY]}"
+            return f"{self.name(trial, numbers)}  failed, not retried: {result[USER_ERROR_KEY]}"
         ended = (f"errored at epoch {epoch + 1}" if status == "ERROR" else
                  f"stopped at epoch {epoch}" if epoch < self.epochs else f"completed {epoch} epochs")
         score = result.get(self.score)
         values = " ".join(f"{name}={short(trial.config[name])}" for name in self.searched if name in trial.config)
-        return "  ".join(part for part in (trial_name(trial.trial_id, numbers), ended,
+        return "  ".join(part for part in (self.name(trial, numbers), ended,
                                            f"{self.score} {score:.4f}" if score is not None else "", values) if part)
 
     def line(self, trials, elapsed, ended=None, numbers=None, now=None):
@@ -113,7 +107,7 @@ class ProgressCallback(tune.Callback):
         ran = sum(results[t.trial_id].get(STEP, 0) for t in trials if USER_ERROR_KEY not in results[t.trial_id])
         text = (f"[{duration(elapsed):>7}] {len(done)}/{self.samples} trials: {len(done)} done ({stopped} stopped "
                 f"early, {errored} errored), {len(running)} running | epochs {ran}/{self.samples * self.epochs}")
-        scores = [f"{t.trial_id} e{results[t.trial_id][STEP]} {results[t.trial_id][self.score]:.4f}" for t in running
+        scores = [f"{self.name(t, numbers)} e{results[t.trial_id][STEP]} {results[t.trial_id][self.score]:.4f}" for t in running
                   if results[t.trial_id].get(self.score) is not None]
         if scores:
             text += " | running " + ", ".join(scores)
@@ -124,7 +118,7 @@ class ProgressCallback(tune.Callback):
             value = results[best.trial_id][self.score]
             bounds = uncertainty.interval(self.score.removeprefix("best_"), value, results[best.trial_id])
             text += f" | best {self.score} {value:.4f}" + (f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else "") \
-                + f" ({trial_name(best.trial_id, numbers or {})})"
+                + f" ({self.name(best, numbers)})"
         if self._ran and elapsed > 0:
             finished = [t for t in done if results[t.trial_id]]
             mean = (sum(results[t.trial_id].get(STEP, 0) for t in finished) / len(finished) if finished
@@ -150,4 +144,5 @@ class ProgressCallback(tune.Callback):
         # tuner.pkl: no clock; the printer is print
         return {"samples": self.samples, "epochs": self.epochs, "score": self.score, "mode": self.mode,
                 "every_s": self.every_s, "out": print, "searched": self.searched, "exp_dir": self.exp_dir,
+                "by_run": self.by_run,
                 "_start": None, "_last": None, "_ran": 0}

@@ -18,6 +18,7 @@ pickled state, so an experiment folder from elsewhere cannot run code through it
 trainable (dogs.trial) with the configuration's full config (from its trial's best checkpoint) and `seed`
 replaced; its params.json holds {"run": [<the search trial's id>, <seed>], "epochs": <budget>}.
 """
+import functools
 import json
 import math
 import statistics
@@ -28,7 +29,7 @@ import pandas as pd
 
 from dogs import interrupt, ranking
 from dogs.errors import ExperimentError
-from tune import experiment, spaces, storage
+from tune import experiment, names, spaces, storage
 
 TOP, SEEDS = 3, 3      # defaults of --top and --seeds
 PLAN_FILE = "plan.json"   # the configurations and seeds of a re-evaluation folder
@@ -76,9 +77,17 @@ def retrain(config, configs):
     trainable({**configs[trial_id], "seed": seed})
 
 
-def run_name(trial):
+def run_folder(trial):
+    """A run's folder: <search trial id>-seed<N>."""
     trial_id, seed = trial.config["run"]
     return f"{trial_id}-seed{seed}"
+
+
+def run_name(trial, ranks):
+    """A run's name (tune.names): `rank1-seed2`, its configuration's rank in the search (`ranks`: {search trial id:
+    rank}) and its seed."""
+    trial_id, seed = trial.config["run"]
+    return names.run_name(ranks[trial_id], seed)
 
 
 def check_plan(folder, plan):
@@ -136,13 +145,15 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
         # epochs: the run's status (tune.experiment.Trial) reads its budget from params.json
         param_space={"run": tune.grid_search([list(pair) for pair in pairs]), "epochs": search["epochs"]},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, max_concurrent_trials=slots,
-                                    reuse_actors=True, trial_name_creator=run_name, trial_dirname_creator=run_name),
+                                    reuse_actors=True, trial_dirname_creator=run_folder,
+                                    trial_name_creator=functools.partial(run_name, ranks={t: rank for rank, t in
+                                                                                         enumerate(configs, 1)})),
         run_config=tune.RunConfig(
             name=name, storage_path=folder, verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
             callbacks=[JsonLogger(), KeepBestAndLatest(metric, mode),   # whole across retries (tune.trial_logs)
-                       ProgressCallback(len(pairs), search["epochs"], metric, mode), *callbacks]))
+                       ProgressCallback(len(pairs), search["epochs"], metric, mode, by_run=True), *callbacks]))
     return tuner.fit()
 
 

@@ -13,7 +13,7 @@ from dogs.data import VALIDATION, holdout_mask, labeled_split
 from dogs.errors import USER_ERROR_KEY, WeightsError
 from dogs.models import hub_file
 from dogs.weights import check_hub_file, published_hash
-from tune import experiment, spaces, storage
+from tune import experiment, names, spaces, storage
 from tune.study import abandoned_trial_ids, open_study, study_where, trial_numbers
 
 SMALL_VALIDATION = 30   # images per class below which an early epoch's score ranks trials poorly (issue #9)
@@ -151,8 +151,11 @@ def trials_table(exp_dir, space, trials=None):
         abandoned, numbers = abandoned_trial_ids(study), trial_numbers(study)
     if len(table) and abandoned:
         table.loc[table.trial_id.isin(abandoned), "status"] = "ABANDONED"
-    # one name per trial: the Optuna trial number beside the Tune id (as the console and optuna-dashboard)
+    # one name per trial: the Optuna trial number beside the Tune id (as the console and optuna-dashboard), and
+    # the name they make (tune.names: `#3 ef4ab16e`) first
     table.insert(0, "number", table.trial_id.map(numbers).astype("Int64") if len(table) else pd.Series(dtype="Int64"))
+    table.insert(0, "trial", [names.trial_name(trial_id, None if pd.isna(number) else int(number))
+                              for trial_id, number in zip(table.trial_id, table.number)])
     return table
 
 
@@ -231,9 +234,7 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
     if len(scored):
         best = scored.loc[ranking.best(scored.index, lambda i: scored.at[i, score], mode)]   # ties: the first row
         params = {name: plain(best[name]) for name in spaces.searched_names(space) if not pd.isna(best[name])}
-        number = best.get("number")
-        name = best.trial_id if number is None or pd.isna(number) else f"#{number} {best.trial_id}"   # as the console
-        lines += [f"  best trial   {name}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
+        lines += [f"  best trial   {best.trial}: {score}={best[score]:.4f} at epoch {int(best.best_epoch)} "
                   f"({mode} {metric}; final {metric}={best[metric]:.4f}, {best.epochs} epochs)",
                   experiment.interval_line(scored, best, metric),
                   f"  best config  {params}",

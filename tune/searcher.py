@@ -32,7 +32,7 @@ from ray.tune.search import Searcher
 
 from dogs.errors import USER_ERROR_KEY, ExperimentError, UserError
 from dogs.files import atomic_path
-from tune import distributions, storage
+from tune import distributions, names, storage
 from tune.settings import SAMPLERS
 from tune.study import ABANDONED, STUDY_FILE, TRIAL_ATTR, open_storage, shown_url, sqlite_path, study_location
 
@@ -180,6 +180,7 @@ class StudySearcher(Searcher):
                 user_attrs={**frozen.user_attrs, "retry_of": frozen.number}))
             trial = self._reopen(len(self.study.get_trials(deepcopy=False)) - 1)
             self.numbers[trial_id], self._last_step[trial_id] = trial.number, 0
+            names.KNOWN[trial_id] = trial.number
         else:
             return None
         self._trials[trial_id] = trial
@@ -234,6 +235,7 @@ class StudySearcher(Searcher):
         # which holds a sampler's raw proposal (GPSampler's 0.0 for an integer)
         searched, fixed = distributions.assign(self.params, functools.partial(distributions.suggest, trial))
         self.numbers[trial_id], self._trials[trial_id], self._last_step[trial_id] = trial.number, trial, 0
+        names.KNOWN[trial_id] = trial.number   # the trial's name (#3 ef4ab16e) for Tune, TensorBoard, MLflow
         return {**searched, **fixed}
 
     def _report(self, trial_id, step, value):
@@ -277,6 +279,7 @@ class StudySearcher(Searcher):
         of the experiment any more (see abandoned_trial_ids)."""
         state = json.loads(Path(checkpoint_path).read_text())
         self.numbers, self.unwritten = state["trials"], state.get("unwritten", [])
+        names.KNOWN.update(self.numbers)
         if self.in_experiment and StudySearcher.resumed_in is not None:
             self.study_url, self.mirror = study_location(StudySearcher.resumed_in)
         if self.mirror:   # the bucket's copy, saved with Ray's state: replaces the local one

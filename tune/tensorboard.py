@@ -14,11 +14,15 @@ result key. This callback writes, into each trial's folder:
     still running has none (Unknown).
 TensorBoard's HParams dashboard builds the comparison from those: each trial's hparams against the last
 value of each curve: best_<metric> (its best epoch, what it is ranked by), stopped_early, its final scores.
+A trial's run is named as everywhere (tune.names: `#3 ef4ab16e`, Tune's trial name): its files are in <experiment>/tensorboard/<name>/
+(TensorBoard names a run by its folder); a trial of an experiment made before that keeps writing into its trial
+folder, beside its earlier curves.
 The dashboard ticks the first 5 metrics only (and the first 5 hparams), so the score and stopped_early come
 first. Its axes are linear until the user picks Log in a column's scale: a log-uniform lr cannot ask for one.
 `tensorboard --logdir <experiment folder>` shows both.
 """
 import time
+from pathlib import Path
 
 import pyarrow.fs
 from ray import tune
@@ -31,6 +35,15 @@ from dogs import uncertainty
 from dogs.config import METRICS
 
 STOPPED_EARLY = "stopped_early"
+FOLDER = "tensorboard"   # <experiment>/tensorboard/<trial name>/: one TensorBoard run per trial
+
+
+def run_folder(trial_folder, name):
+    """Where a trial's TensorBoard files go: <experiment>/tensorboard/<name>, or the trial's folder when it holds
+    some already (a trial of an experiment made before the runs were named, resumed: its curves stay whole)."""
+    if any(Path(trial_folder).glob("events.out.tfevents.*")):
+        return str(trial_folder)
+    return str(Path(trial_folder).parent / FOLDER / name.replace("/", "_"))   # a folder name holds no /
 
 
 def hparam_value(value):
@@ -91,8 +104,8 @@ class TensorBoardCallback(tune.Callback):
         if trial.trial_id not in self._writers:
             # a local --storage gets the files at once; for a URI, Ray uploads the driver's staging copy
             local = isinstance(trial.storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
-            self._writers[trial.trial_id] = SummaryWriter(log_dir=trial.path if local else trial.local_path,
-                                                          flush_secs=5)
+            folder = run_folder(trial.path if local else trial.local_path, str(trial))
+            self._writers[trial.trial_id] = SummaryWriter(log_dir=folder, flush_secs=5)
         return self._writers[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -101,7 +114,7 @@ class TensorBoardCallback(tune.Callback):
         writer.add_summary(hp.hparams_config_pb([hparam(p) for p in self.params], self.metrics()))
         values = {p["name"]: session_value(p, trial.config[p["name"]]) for p in self.params
                   if p["name"] in trial.config}   # a conditional parameter that does not exist in this trial: blank
-        writer.add_summary(hp.hparams_pb(values, trial_id=trial.trial_id, start_time_secs=time.time()))
+        writer.add_summary(hp.hparams_pb(values, trial_id=str(trial), start_time_secs=time.time()))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         writer = self._writer(trial)

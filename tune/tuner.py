@@ -12,7 +12,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from dogs import trainable
 from dogs.errors import USER_ERROR_KEY, UserError
-from tune import storage
+from tune import names, storage
 from tune.settings import asha_rungs
 from tune.progress import ProgressCallback
 from tune.retention import KeepBestAndLatest
@@ -46,7 +46,8 @@ def make_trainable(s):
 
 
 def trial_dirname(trial):
-    """Short trial names and folders: trial_<id> (Ray's default folder name repeats the whole config)."""
+    """Short trial folders: trial_<id> (Ray's default folder name repeats the whole config); the trial names of
+    experiments made before tune.names (their pickles name this function)."""
     return f"trial_{trial.trial_id}"
 
 
@@ -71,7 +72,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s["samples"], metric=score,
             mode=s["mode"], reuse_actors=True, max_concurrent_trials=s["max_concurrent"] or slots,
-            trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
+            trial_name_creator=names.named, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=runs, verbose=1 if verbose else 0,   # 0: our progress line only
             stop=UserErrorStop(min(s["samples"], max(2, slots or rung_slots))),
