@@ -1,6 +1,6 @@
 """Predictions: submission.csv (Id,Class) for Test/, a grid of validation images with their predictions, and
-(for tune.best) a report: validation accuracy of the single model vs TTA vs an ensemble, per-class accuracy
-and a confusion matrix.
+(for tune.best) a report: validation accuracy of the single model vs TTA vs an ensemble, per-class accuracy,
+a confusion matrix and warnings.txt (whether the model learnt anything: dogs.baseline's two rules).
 
 A predictor is one model or an ensemble of `members`, each (model, config): each decodes the images at its
 own image_size and normalizes them its own way; their softmax outputs are averaged. With `tta`, each
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import cache, data, models
+from . import baseline, cache, data, models
 from .batches import Batches, image_preparer
 from .device import amp_dtype, default_device
 from .errors import CheckpointError
@@ -125,9 +125,11 @@ def save_grid(model, config, classes, root, path, device, count=16):
     return Path(path)
 
 
-def write_report(members, classes, root, folder, device, tta=False, log_fn=print):
+def write_report(members, classes, root, folder, device, tta=False, log_fn=print, warnings_before=()):
     """report/: accuracy.csv (single vs TTA vs ensemble on Validation, printed too), per_class.csv,
-    confusion.csv and confusion.png of the submitted predictor (the ensemble of all members, with TTA when asked)."""
+    confusion.csv and confusion.png of the submitted predictor (the ensemble of all members, with TTA when asked),
+    and warnings.txt: `warnings_before` (the Test rule's) and whether its val_acc is above always answering the
+    largest class (dogs.baseline), each printed once; "none" when no rule warns."""
     val_classes, files, labels = data.labeled_split(root, data.VALIDATION)
     if list(val_classes) != list(classes):
         raise CheckpointError(f"{root}/{data.VALIDATION}: its classes are not those of the checkpoint")
@@ -152,6 +154,12 @@ def write_report(members, classes, root, folder, device, tta=False, log_fn=print
         log_fn(f"  note         the submission ({rows[-1]['predictor']}) scores below {top['predictor']} on Validation "
                f"(mirroring can change what an image shows, e.g. digits or text; weaker members dilute an ensemble): "
                f"{members_flag} {tta_flag} submits that one")
+    # the submitted predictor against always answering the largest class (by the interval of its val_acc)
+    warned = [*warnings_before, baseline.below_majority(rows[-1]["val_acc"], rows[-1]["images"], list(labels),
+                                                        list(classes))]
+    warned = [line for line in warned if line]
+    for line in warned:
+        log_fn(f"  {line}")
     ok = predicted >= 0
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (labels[ok], predicted[ok]), 1)
@@ -162,6 +170,10 @@ def write_report(members, classes, root, folder, device, tta=False, log_fn=print
     for name, table in (("accuracy.csv", pd.DataFrame(rows)), ("per_class.csv", per_class)):
         with atomic_path(folder / name) as tmp:   # every name quoted: pandas leaves a carriage return in one bare
             table.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    with atomic_path(folder / "warnings.txt") as tmp:
+        tmp.write_text("\n".join(warned or [f"none: {rows[-1]['predictor']} is above always answering the largest "
+                                            f"class on Validation, and answers no one class for >= "
+                                            f"{baseline.ONE_CLASS:.0%} of the Test photos"]) + "\n")
     save_confusion(confusion, classes, folder / "confusion.png", title=rows[-1]["predictor"])
     return folder
 
@@ -249,6 +261,12 @@ def submit(model, ckpt, out_dir, data_root=None, device=None, tta=False, others=
     submission = write_submission(model, config, root, out_dir / "submission.csv", device, tta=tta, others=rest)
     grid = save_grid(model, config, ckpt["classes"], root, out_dir / "predictions.png", device)
     written = {"submission": submission, "grid": grid}
+    # the submitted answers: one class for nearly every Test photo? (dogs.baseline; in report/warnings.txt too)
+    answers = pd.read_csv(submission, dtype={"Id": str}).Class.to_numpy() if submission is not None else []
+    test_warning = baseline.one_class(answers, classes)
     if report:
-        written["report"] = write_report(members, ckpt["classes"], root, out_dir / "report", device, tta, log_fn)
+        written["report"] = write_report(members, ckpt["classes"], root, out_dir / "report", device, tta, log_fn,
+                                         [test_warning] if test_warning else [])
+    elif test_warning:
+        log_fn(f"  {test_warning}")
     return written

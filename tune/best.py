@@ -178,6 +178,9 @@ def show(args):
     and nothing else)."""
     exp, members, data = best_trials(args)
     trial, _, (_, ckpt) = members[0]
+    warning = exp.baseline_warning(trial, data)   # a best trial that learnt nothing is named (dogs.baseline)
+    if warning:
+        print(f"  {warning}")
     if args.out:
         config = exp.full_config(ckpt, data)   # the best config as a file, and nothing else
         print(f"  config file  {write_config(Path(args.out), config, source(exp, trial.trial_id))}")

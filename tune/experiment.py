@@ -253,6 +253,26 @@ class Experiment:
             self._numbers = names.study_numbers(self.location)
         return names.trial_name(trial_id, self._numbers.get(trial_id))
 
+    def baseline_warning(self, trial, data=None, name=None):
+        """dogs.baseline's Validation rule for the trial's best checkpoint (its val_acc against always answering the
+        largest class of Validation, by its 95% interval): the warning line, or None (above it, no val_acc or size
+        reported, or Validation not readable here). `data`: the data folder on this machine (default: the
+        trial's); `name`: the trial's name when the caller has it."""
+        from dogs import baseline
+        from dogs.data import VALIDATION, labeled_split, resolve_root
+
+        result = self.checkpoint_result(trial) or self.best_result(trial) or {}
+        try:
+            folder = data if data is not None else trial.config.get("data")
+            root, _ = resolve_root(folder, trial.config.get("cache_dir"))
+            classes, _, labels = labeled_split(root, VALIDATION)
+        except (UserError, OSError):   # the data is elsewhere now: nothing can be said here
+            return None
+        return baseline.below_majority(result.get("val_acc"), result.get("val_images"), labels, classes,
+                                       what=f"the best trial, {name or self.name(trial.trial_id)},",
+                                       fix="tune.best --submit writes its predictions and report/; train longer "
+                                           "or search again")
+
     # ------------------------------------------------------------------ one trial (or a re-evaluation's run)
     def best_result(self, trial):
         """The result (epoch) that is the trial's score, or None before any epoch with a finite metric."""

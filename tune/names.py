@@ -14,8 +14,11 @@ KNOWN = {}   # {Tune trial id: Optuna trial number} the search's searcher handed
 
 
 def trial_name(trial_id, number=None):
-    """`#3 ef4ab16e`: the Optuna trial number and the Tune id; the id alone when the number is unknown (None)."""
-    return trial_id if number is None else f"#{number} {trial_id}"
+    """`#3 ef4ab16e`: the Optuna trial number and the Tune id; the id alone when the number is unknown (None), the
+    number alone when the id is (a study trial that never had a Tune trial)."""
+    if number is None or trial_id is None:
+        return f"#{number}" if trial_id is None else trial_id
+    return f"#{number} {trial_id}"
 
 
 def named(trial):

@@ -1,7 +1,8 @@
 """Search plots: Optuna's matplotlib visualisations of an experiment's study, as PNGs in <experiment>/plots/.
 
     optimization_history.png   every trial's score (best_<metric>) by trial number, and the best so far; trials
-                               ASHA stopped (PRUNED) as grey crosses at their best epoch's score
+                               ASHA stopped (PRUNED) as grey crosses at their best epoch's score; the best
+                               trial named as everywhere (tune.names: `#3 ef4ab16e`)
     intermediate_values.png    every trial's best-so-far per epoch: ASHA's rungs are where lines stop
     param_importances.png      how much each parameter explains the score (Optuna's default, PED-ANOVA)
     parallel_coordinate.png    each complete trial as a line through its parameter values, coloured by score
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
-from tune import storage
+from dogs import ranking
+from tune import names, storage
 
 PLOTS = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate")
 
@@ -50,6 +52,7 @@ def write_plots(exp_dir, out=None):
                     axes = plot(study, target_name=metric) if name not in ("intermediate_values",) else plot(study)
                     if name == "optimization_history":
                         add_pruned(axes, study)
+                        name_best(axes, study)
                 except (ValueError, RuntimeError) as err:   # Optuna's own "cannot plot this study" errors
                     why = str(err).splitlines()[0]
             if why is not None:
@@ -76,6 +79,25 @@ def add_pruned(axes, study):
         ax.scatter(*zip(*points), marker="x", color="grey", label="Pruned (stopped early; its best epoch)", zorder=3)
         ax.legend(loc="best")
     return points
+
+
+def name_best(axes, study):
+    """The best trial's point labelled with its name (tune.names), by the search's rule (dogs.ranking over each
+    trial's score: a complete trial's value, a stopped one's best epoch; of equal scores the first). Returns
+    (number, value, name) drawn, or None when no trial has a score."""
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    scores = {t.number: t.value if t.state.name == "COMPLETE" else pick(t.intermediate_values.values())
+              for t in study.trials if t.state.name == "COMPLETE"
+              or (t.state.name == "PRUNED" and t.intermediate_values)}
+    best = ranking.best(sorted(scores), scores.get, "max" if pick is max else "min")
+    if best is None:
+        return None
+    from tune.study import TRIAL_ATTR   # here: tune.study imports Optuna
+
+    name = names.trial_name(study.trials[best].user_attrs.get(TRIAL_ATTR), best)
+    ax = axes.flat[0] if hasattr(axes, "flat") else axes
+    ax.annotate(f"best: {name}", (best, scores[best]), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    return best, scores[best], name
 
 
 def _copy_out(local, out):

@@ -239,6 +239,11 @@ def summary(table, space, wall_s, slots, exp_dir, pending=0, trials=(), since=No
                   experiment.interval_line(scored, best, metric),
                   f"  best config  {params}",
                   f"  checkpoint   {best.checkpoint}"]
+        # a best trial that learnt nothing is named (dogs.baseline: val_acc against the largest class)
+        trial = next((t for t in trials if t.trial_id == best.trial_id), None)
+        warning = trial and experiment.Experiment(exp_dir, space, list(trials)).baseline_warning(trial, name=best.trial)
+        if warning:
+            lines.append(f"  {warning}")
     terminated, stopped = int((table.status == "TERMINATED").sum()), int(table.stopped_early.sum())
     lines += [
         f"  trials       {len(table) + pending} run: {terminated - stopped} complete, {stopped} stopped early by "
