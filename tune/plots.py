@@ -85,16 +85,19 @@ def name_best(axes, study):
     """The best trial's point labelled with its name (tune.names), by the search's rule (dogs.ranking over each
     trial's score: a complete trial's value, a stopped one's best epoch; of equal scores the first). Returns
     (number, value, name) drawn, or None when no trial has a score."""
+    from tune.study import TRIAL_ATTR   # here: tune.study imports Optuna
+
     pick = max if study.direction.name == "MAXIMIZE" else min
     scores = {t.number: t.value if t.state.name == "COMPLETE" else pick(t.intermediate_values.values())
               for t in study.trials if t.state.name == "COMPLETE"
               or (t.state.name == "PRUNED" and t.intermediate_values)}
-    best = ranking.best(sorted(scores), scores.get, "max" if pick is max else "min")
+    tune_id = {n: study.trials[n].user_attrs.get(TRIAL_ATTR) for n in scores}
+    # of equal scores the first by Tune trial id, as the summary and tune.best
+    best = ranking.best(sorted(scores, key=lambda n: (tune_id[n] or "", n)), scores.get,
+                        "max" if pick is max else "min")
     if best is None:
         return None
-    from tune.study import TRIAL_ATTR   # here: tune.study imports Optuna
-
-    name = names.trial_name(study.trials[best].user_attrs.get(TRIAL_ATTR), best)
+    name = names.trial_name(tune_id[best], best)
     ax = axes.flat[0] if hasattr(axes, "flat") else axes
     ax.annotate(f"best: {name}", (best, scores[best]), textcoords="offset points", xytext=(6, 6), fontsize=9)
     return best, scores[best], name
