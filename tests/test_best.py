@@ -373,7 +373,7 @@ def test_export_from_the_best_trial_names_the_search_in_its_card(experiment, tmp
     code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--export", str(tmp_path / "model")])
     assert code == 0, err
     card = json.loads((tmp_path / "model" / "model_card.json").read_text())
-    trial_id = next(line for line in out.splitlines() if line.startswith("Best trial of")).split(": ")[1].split()[0]
+    trial_id = next(line for line in out.splitlines() if line.startswith("Best trial of")).split(": ")[1].split()[-1]
     assert card["source"]["experiment"] == str(experiment["dir"]) and card["source"]["trial"] == trial_id
     assert card["source"]["metric"] == "val_acc" and card["source"]["mode"] == "max"
     scores = val_acc_by_trial_and_epoch(experiment["dir"])

@@ -1,6 +1,7 @@
 """tune.best --retrain --top K --seeds N: the best configurations re-evaluated with several seeds on Ray."""
 import json
 import os
+import re
 import signal
 import statistics
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_table_ranks_by_mean_and_the_chosen_best_seed_is_handed_over(reevaluated
     means = {t: statistics.fmean(max(r["val_acc"] for r in runs[t, seed].results) for seed in (1, 2, 3))
              for t in configs}
     chosen = max(configs, key=lambda t: means[t])   # max keeps the first of equal ones: the search's order
-    assert f"Chosen: the configuration of trial {chosen} (mean val_acc {means[chosen]:.4f}" in out
+    assert re.search(rf"Chosen: the configuration of trial #\d+ {chosen} \(mean val_acc {means[chosen]:.4f}", out), out
     header = next(line for line in out.splitlines() if "search_rank" in line)
     assert header.split() == ["search_rank", "trial", "lr", "search_best_val_acc", "mean", "val_acc", "sd", "runs",
                               "seed", "1", "seed", "2", "seed", "3"]
@@ -105,6 +106,10 @@ def test_table_ranks_by_mean_and_the_chosen_best_seed_is_handed_over(reevaluated
     handed = checkpoint.read(reevaluated["handed"] / "best.pt")
     assert handed["config"]["seed"] == best_seed and handed["config"]["lr"] == reevaluated["first"].configs[chosen]["lr"]
     assert handed["metrics"]["val_acc"] == seeds[best_seed]
+    # runs are named by their configuration's rank and seed (tune.names), never Ray's <hex>_00000
+    rank = configs.index(chosen) + 1
+    assert f"run rank{rank}-seed{best_seed}'s checkpoint" in out
+    assert re.search(r"^rank[123]-seed[123]  completed 2 epochs", out, re.MULTILINE) and not re.search(r"_0000\d", out)
     assert (reevaluated["handed"] / "submission.csv").is_file()
 
 

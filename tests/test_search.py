@@ -80,7 +80,8 @@ def test_every_trial_is_in_trials_csv(experiment):
     assert set(table.status) == {"TERMINATED"}
     # one name per trial: the Optuna trial number beside the Tune id, as the study has them
     numbers = {trial_id: t.number for trial_id, t in study_of(experiment["dir"]).items()}
-    assert list(table.columns[:2]) == ["number", "trial_id"] and dict(zip(table.trial_id, table.number)) == numbers
+    assert list(table.columns[:3]) == ["trial", "number", "trial_id"] and dict(zip(table.trial_id, table.number)) == numbers
+    assert list(table.trial) == [f"#{numbers[t]} {t}" for t in table.trial_id]   # the console's name (tune.names)
     assert table.lr.between(1e-6, 3e-2).all() and set(table.head_width) <= {0, 32}
     for row in table.itertuples():
         assert iterations(row.path) == list(range(1, row.epochs + 1))
@@ -227,7 +228,7 @@ def test_summary_reports_counts_overhead_and_where(experiment):
 def test_tensorboard_has_every_trial_with_curves_and_hparams(experiment):
     table = experiment["table"]
     for row in table.itertuples():
-        events = EventAccumulator(row.path)
+        events = EventAccumulator(str(experiment["dir"] / "tensorboard" / row.trial))   # the run: the trial's name
         events.Reload()
         scalars = events.Tags()["scalars"]
         assert {"val_acc", "best_val_acc", "train_loss"} <= set(scalars)
@@ -515,7 +516,7 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     # 4. tune.best picks the same trial and epoch, and predicts from that checkpoint
     code, out, err = run_main(best, ["--experiment", str(exp_dir)])
     assert code == 0, err
-    assert f"Best trial of {exp_dir}: {winner}" in out
+    assert re.search(rf"Best trial of {re.escape(str(exp_dir))}: #\d+ {winner}\n", out), out
     assert f"best_val_loss {best_losses[winner]:.4f} at epoch {best_epochs[winner]}" in out
     # 5. tune.best --retrain's best.pt (dogs.train.run) is the best epoch by the same metric and mode
     code, out, err = run_main(best, ["--experiment", str(exp_dir), "--submit", "--retrain", "--out",

@@ -21,10 +21,12 @@ def test_mlflow_has_one_run_per_trial_with_params_and_epoch_metrics(tiny_imagefo
     client = MlflowClient(tracking_uri=f"sqlite:///{exp_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tracked")
     runs = client.search_runs([experiment.experiment_id])
-    table = __import__("pandas").read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
-    assert sorted(r.data.tags["trial_name"].removeprefix("trial_") for r in runs) == sorted(table.index)
+    table = __import__("pandas").read_csv(exp_dir / "trials.csv", dtype={"trial_id": str}).set_index("trial")
+    # each run named as the console and trials.csv name its trial (tune.names: #3 ef4ab16e)
+    assert sorted(r.info.run_name for r in runs) == sorted(table.index) == sorted(
+        f"#{row.number} {row.trial_id}" for row in table.itertuples())
     for run in runs:
-        row = table.loc[run.data.tags["trial_name"].removeprefix("trial_")]
+        row = table.loc[run.info.run_name]
         assert run.info.status == "FINISHED"
         assert float(run.data.params["lr"]) == pytest.approx(row.lr)
         history = client.get_metric_history(run.info.run_id, "val_acc")
