@@ -107,8 +107,8 @@ class ProgressCallback(tune.Callback):
         ran = sum(results[t.trial_id].get(STEP, 0) for t in trials if USER_ERROR_KEY not in results[t.trial_id])
         text = (f"[{duration(elapsed):>7}] {len(done)}/{self.samples} trials: {len(done)} done ({stopped} stopped "
                 f"early, {errored} errored), {len(running)} running | epochs {ran}/{self.samples * self.epochs}")
-        scores = [f"{self.name(t, numbers)} e{results[t.trial_id][STEP]} {results[t.trial_id][self.score]:.4f}" for t in running
-                  if results[t.trial_id].get(self.score) is not None]
+        scores = [f"{self.name(t, numbers)} e{results[t.trial_id][STEP]} {results[t.trial_id][self.score]:.4f}"
+                  for t in running if results[t.trial_id].get(self.score) is not None]
         if scores:
             text += " | running " + ", ".join(scores)
         # of equal scores the first trial by id, as the summary and tune.best (dogs.ranking)
