@@ -82,8 +82,9 @@ def test_search_resume_and_best_on_s3(s3, tiny_imagefolder, tmp_path):
     assert table.path.str.startswith("s3://dogs/runs/s3e/trial_").all()
     assert table.checkpoint.str.startswith("s3://dogs/runs/s3e/trial_").all()
     files = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector("dogs/runs/s3e", recursive=True))]
-    for trial_dir in table.path.str.removeprefix("s3://"):
-        assert any(f.startswith(f"{trial_dir}/events.out.tfevents") for f in files), trial_dir   # TensorBoard
+    for trial_dir, name in zip(table.path.str.removeprefix("s3://"), table.trial):
+        # TensorBoard: a run per trial, named as everywhere (tune.names), uploaded with the experiment
+        assert any(f.startswith(f"dogs/runs/s3e/tensorboard/{name}/events.out.tfevents") for f in files), name
         assert any(f.startswith(f"{trial_dir}/checkpoint_") for f in files), trial_dir
     assert "optuna study {'COMPLETE': 2}" in out
     # the study: a local SQLite file on the driver while it runs, copied into the bucket with Ray's state
