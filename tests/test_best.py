@@ -1,5 +1,6 @@
 """tune.best: the best trial of an experiment, predictions from its checkpoint or from a retrained config."""
 import json
+import re
 import pickle
 import shutil
 from pathlib import Path
@@ -373,7 +374,7 @@ def test_export_from_the_best_trial_names_the_search_in_its_card(experiment, tmp
     code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--export", str(tmp_path / "model")])
     assert code == 0, err
     card = json.loads((tmp_path / "model" / "model_card.json").read_text())
-    trial_id = next(line for line in out.splitlines() if line.startswith("Best trial of")).split(": ")[1].split()[-1]
+    trial_id = re.search(r"^Best trial of .*: #\d+ (\w+) \(", out, re.MULTILINE).group(1)   # named #N id
     assert card["source"]["experiment"] == str(experiment["dir"]) and card["source"]["trial"] == trial_id
     assert card["source"]["metric"] == "val_acc" and card["source"]["mode"] == "max"
     scores = val_acc_by_trial_and_epoch(experiment["dir"])
@@ -413,3 +414,23 @@ def test_best_config_yaml_runs_in_dogs_train_as_is(experiment, tmp_path):
     code, out, err = run_main(train, ["--config", str(path), "--out", str(tmp_path / "again")])
     assert code is None, out[-2000:] + err[-2000:]   # main returns nothing on success
     assert json.loads((tmp_path / "again" / "config.json").read_text()) == config
+
+
+def test_show_names_a_best_trial_not_above_the_largest_class_and_not_one_that_learnt(experiment, tmp_path):
+    """dogs.baseline's Validation rule in tune.best: the search's model learnt the easy shapes (no warning); on a
+    Validation where one class is 94% of the images, its reported val_acc (on 24 images) cannot be told apart from
+    always answering that class: one line says so."""
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"])])
+    assert code == 0 and "Warning" not in out, out + err
+    data = shutil.copytree(experiment["data"], tmp_path / "data")
+    circles = data / "Validation" / "circle"
+    for image in sorted(circles.iterdir()):
+        for copy in range(30):
+            shutil.copy(image, circles / f"copy{copy}-{image.name}")
+    code, out, err = run_main(best, ["--experiment", str(experiment["dir"]), "--data", str(data)])
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if "Warning" in line]
+    winner, _ = printed_best(out)
+    assert re.search(rf"the best trial, #\d+ {winner}, may have learnt nothing: its val_acc [\d.]+ \(95% \[[\d.]+, "
+                     rf"[\d.]+\] on 24 images\) is not above always answering the largest class, 'circle' \(0\.9394 of "
+                     r"Validation\)", line), line
