@@ -36,6 +36,9 @@ class GuardedMLflowCallback(MLflowLoggerCallback):
     def log_trial_result(self, iteration, trial, result):
         return self._guard(self._log_batch, trial, result)
 
+    def log_trial_end(self, trial, failed=False):
+        return self._guard(super().log_trial_end, trial, failed)
+
     def _log_batch(self, trial, result):
         """The epoch's numbers (as Ray's callback picks them: flattened, those float() takes) in one log_batch.
         Ray's own sends ~30 log_metric calls, a transaction each: 0.1 s an epoch on an idle 2-core machine, over
@@ -55,6 +58,3 @@ def as_number(item):
         return key, float(value)
     except (TypeError, ValueError):
         return key, None
-
-    def log_trial_end(self, trial, failed=False):
-        return self._guard(super().log_trial_end, trial, failed)
