@@ -108,8 +108,9 @@ def test_mlflow_ui_lists_the_trial_runs_in_chromium(tracked, tmp_path):
     names = [run.info.run_name for run in runs_of(exp_dir)[1]]
     assert sorted(name for name in names for trial in trial_ids(exp_dir).index if trial in name) == sorted(names)
     port = free_port()
-    ui = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), *shlex.split(command)[1:], "--host", "127.0.0.1",
-                           "--port", str(port), "--workers", "1"], cwd=tmp_path, start_new_session=True,
+    ui = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), *shlex.split(command)[1:],
+                           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                          cwd=tmp_path, start_new_session=True,
                           env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                           stdout=open(tmp_path / "ui.log", "w"), stderr=subprocess.STDOUT)
     try:
