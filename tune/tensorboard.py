@@ -1,7 +1,7 @@
 """TensorBoard for a search: each trial's curves, and an HParams table that compares all trials.
 
 Ray's own writer only logs scalars under `ray/tune/` and an hparams record whose metrics are every
-result key. This callback writes, into each trial's folder:
+result key. This callback writes, into each trial's run (<experiment>/tensorboard/<trial name>/, below):
   - one scalar per metric per epoch (val_acc, val_loss, train_loss, train_acc, and best_<metric>: the
     search's metric at its best epoch so far, its score; best_<metric>_low/_high: its 95% interval, written
     at each epoch that sets it, so that the last value is the best epoch's: none for a loss),
@@ -14,9 +14,9 @@ result key. This callback writes, into each trial's folder:
     still running has none (Unknown).
 TensorBoard's HParams dashboard builds the comparison from those: each trial's hparams against the last
 value of each curve: best_<metric> (its best epoch, what it is ranked by), stopped_early, its final scores.
-A trial's run is named as everywhere (tune.names: `#3 ef4ab16e`, Tune's trial name): its files are in <experiment>/tensorboard/<name>/
-(TensorBoard names a run by its folder); a trial of an experiment made before that keeps writing into its trial
-folder, beside its earlier curves.
+A trial's run is named as everywhere (tune.names: `#3 ef4ab16e`, Tune's trial name; TensorBoard names a run by
+its folder); a trial of an experiment made before that keeps writing into its trial folder, beside its earlier
+curves.
 The dashboard ticks the first 5 metrics only (and the first 5 hparams), so the score and stopped_early come
 first. Its axes are linear until the user picks Log in a column's scale: a log-uniform lr cannot ask for one.
 `tensorboard --logdir <experiment folder>` shows both.
