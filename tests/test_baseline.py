@@ -1,6 +1,7 @@
 """A model that learnt nothing is named (dogs.baseline): the two rules against an independent computation, and
 report/ of a model that answers one class vs one that learnt (never a false alarm on the latter)."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -92,3 +93,20 @@ def test_a_model_that_answers_one_class_is_named_once_in_the_console_and_in_repo
     assert f"answers {square!r} for 100% of the 12 Test photos (the rule: >= 90% one class of 3)" in warnings[0]
     assert "val_acc 0.3333" in warnings[1] and "is not above always answering the largest class" in warnings[1]
     assert (written["report"] / "warnings.txt").read_text().splitlines() == warnings
+
+
+def test_the_search_summary_names_a_best_trial_that_learnt_nothing(tiny_imagefolder, tmp_path):
+    """One trial of one epoch at lr 1e-9: its weights barely move from their random start, and its val_acc on the 24
+    balanced images cannot be told apart from answering the largest class (a third): the summary says so once."""
+    from conftest import run_main
+    from tune import search
+
+    (tmp_path / "space.yaml").write_text("search: {samples: 1, epochs: 1, grace_period: 1, seed: 0}\n"
+                                         "params: {model: cnn, image_size: 16, batch_size: 16, lr: 1.0e-9}\n")
+    code, out, err = run_main(search, ["--space", str(tmp_path / "space.yaml"), "--data", str(tiny_imagefolder),
+                                       "--storage", str(tmp_path / "runs"), "--name", "nothing"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    [line] = [line for line in out.splitlines() if "Warning" in line]
+    assert re.match(r"  Warning: the best trial, #0 \w+, may have learnt nothing: its val_acc [\d.]+ \(95% \[[\d.]+, "
+                    r"[\d.]+\] on 24 images\) is not above always answering the largest class, 'circle' "
+                    r"\(0\.3333 of Validation\)", line), line

@@ -58,6 +58,7 @@ def test_an_old_experiment_resumes_and_hands_over_and_every_place_names_a_trial_
     assert re.search(rf"^{re.escape(new_name)}  completed 2 epochs", out, re.MULTILINE), out[-3000:]
     best_row = table.loc[table.best_val_acc.idxmax()]   # no ties on this data at 4 places: checked below
     assert f"  best trial   {best_row.trial}: best_val_acc=" in out
+    assert "Warning" not in out   # the model learnt: no false alarm (dogs.baseline)
 
     # TensorBoard: the old trials' curves stay whole in their folders; the new one is a run named as everywhere
     for trial_id in old_ids:
