@@ -74,6 +74,12 @@ def get_args_parser():
                         "space, data and settings (--space/--data/--set/search flags that say otherwise are refused; "
                         "--time-budget may change). It restores "
                         "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
+    search.add_argument("--warm-start", metavar="EXPERIMENT|URL#STUDY",
+                   help="seed the new study with the finished trials of an old search whose parameters this space "
+                        "draws alike (the others skipped, said in one line), so TPE starts informed; they are not "
+                        "trained again nor counted in --samples. An experiment (a name in --storage, a folder, a "
+                        "URI) or an Optuna database URL and study name, e.g. sqlite:///old.db#study (#study may be "
+                        "left out when the database holds one study). Same metric and mode as this search")
     output.add_argument("--log", action="append", default=[], metavar="TRACKER",
                    help="also log each trial as a run to an experiment tracker: mlflow, wandb (repeatable or "
                         "a comma list; pip install 'dogs-tune[mlflow]' / '[wandb]'). W&B reads its usual "

@@ -52,6 +52,9 @@ def search(args):
     if args.resume and (args.log or args.mlflow_uri):
         raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
                         "with (they are in Ray's saved state); resume without them")
+    if args.resume and args.warm_start:
+        raise UserError("--warm-start with --resume: a resumed search's study already holds the trials it was warm-"
+                        "started with (they are added once, when its study is created); resume without it")
     if args.resume and args.optuna_storage:
         raise UserError("--optuna-storage with --resume: a resumed search continues its study in the database it "
                         "was started with (its saved searcher state names it); resume without it")
@@ -68,6 +71,12 @@ def search(args):
 
     # the space and the data: checked before Ray starts
     exp_dir, space = resume.resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
+    args.warm_trials = []   # --warm-start: the old search's trials that seed the new study, read before Ray starts
+    if args.warm_start:
+        from tune import warm_start
+
+        args.warm_trials, said = warm_start.load(args.warm_start, runs, space)
+        print(said)
     budget = space["search"]["time_budget"]
     args.deadline = began + settings.parse_duration(budget) if budget else None   # for the trials and the driver
     if "mlflow" in args.log:   # an experiment in a bucket needs --mlflow-uri: said before Ray starts
@@ -175,7 +184,8 @@ def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined):
             grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
                                           slots=None if joined else slots, rung_slots=slots,
                                           loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
-                                                                     args.mlflow_uri))
+                                                                     args.mlflow_uri),
+                                          warm_trials=args.warm_trials)
             storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     return grid_tuner, before
 

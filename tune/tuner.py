@@ -50,10 +50,12 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1, loggers=(), extend=0):
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1, loggers=(), extend=0,
+               warm_trials=()):
     """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard,
     and the trackers' callbacks (`loggers`: tune.trackers). `extend`: that many more trials in an existing
-    experiment folder, asked of its study (--resume --samples N)."""
+    experiment folder, asked of its study (--resume --samples N). `warm_trials`: finished study trials of an old
+    search added to the new study (tune.warm_start)."""
     s = dict(space["search"], samples=extend) if extend else space["search"]
     # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
     # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
@@ -61,7 +63,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
     searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
                              optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
                              samples=s["samples"], first_trials=() if extend else space["first_trials"],
-                             extend=bool(extend))
+                             extend=bool(extend), warm_trials=warm_trials)
     time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
                               reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
