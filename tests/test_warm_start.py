@@ -109,7 +109,8 @@ def study_url(tmp_path, *names, metric="best_val_acc", direction="maximize"):
     return url
 
 
-SPACE = {"search": {"metric": "val_acc", "mode": "max"}, "params": [param("lr", ("loguniform", [1e-4, 1e-1]))]}
+SEARCH = {"metric": "val_acc", "mode": "max", "epochs": 3, "sampler": "tpe"}
+SPACE = {"search": SEARCH, "params": [param("lr", ("loguniform", [1e-4, 1e-1]))]}
 
 
 def test_a_study_url_seeds_and_bad_sources_are_one_clear_error(tmp_path):
@@ -132,12 +133,29 @@ def test_a_study_url_seeds_and_bad_sources_are_one_clear_error(tmp_path):
     assert "no such folder here, and no experiment" in error("nothing-here")
     (tmp_path / "not.db").write_text("not a database")
     assert "cannot read its Optuna studies" in error(f"sqlite:///{tmp_path / 'not.db'}")
-    mode_min = {**SPACE, "search": {"metric": "val_acc", "mode": "min"}}
+    mode_min = {**SPACE, "search": {**SEARCH, "mode": "min"}}
     assert "scores trials by 'best_val_acc' (maximize), this search by 'best_val_acc' (minimize)" in error(f"{url}#a", mode_min)
-    other = {**SPACE, "search": {"metric": "val_loss", "mode": "min"}}
+    other = {**SPACE, "search": {**SEARCH, "metric": "val_loss", "mode": "min"}}
     assert "this search by 'best_val_loss'" in error(f"{url}#a", other)
     wider = {**SPACE, "params": [param("lr", ("loguniform", [1e-5, 1e-1]))]}
     assert "none of its 3 finished trials fits this space (3 lr distribution differs" in error(f"{url}#a", wider)
+
+
+
+def test_the_line_notes_other_fixed_values_other_epochs_and_a_sampler_that_does_not_learn():
+    """Optuna's distributions do not hold the fixed values (model, data): a difference there is said in the line."""
+    study = optuna.create_study()
+    study.set_user_attr("max_t", 6)
+    old = {"search": SEARCH, "params": [param("model", ("fixed", "resnet18")), param("data", ("fixed", "/a")),
+                                        param("lr", ("fixed", 0.1))]}
+    new = {"search": {**SEARCH, "sampler": "random"},
+           "params": [param("model", ("fixed", "cnn")), param("data", ("fixed", "/a")),
+                      param("lr", ("uniform", [0.0, 1.0]))]}
+    assert warm_start.notes(study, old, new) == ["fixed values differ: model (old 'resnet18', now 'cnn')",
+                                                 "its trials ran up to 6 epochs, this search's run 3",
+                                                 "sampler random does not learn from trials: they change no proposal"]
+    study.set_user_attr("max_t", 3)
+    assert warm_start.notes(study, old, {**old}) == [] and warm_start.notes(study, None, old) == []
 
 
 SEARCH_SPACE = """

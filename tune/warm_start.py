@@ -28,6 +28,7 @@ from tune.study import engine_kwargs, load_existing, open_study, shown_url, sqli
 WARM_ATTR = "warm_start_of"          # a warm-started study trial: "<source> #<its number there>"
 DATABASES = ("sqlite", "postgresql", "mysql")   # a --warm-start with one of these schemes is a study URL
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_MISSING = object()
 
 
 def is_study_url(source):
@@ -36,14 +37,14 @@ def is_study_url(source):
 
 @contextlib.contextmanager
 def open_source(source, runs):
-    """(the old study, how to name it in a line, its search's (metric, mode) or None for a bare study), to read;
+    """(the old study, how to name it in a line, its experiment's saved space or None for a bare study), to read;
     a source that is missing, unreadable or not a study is one ExperimentError."""
-    if not is_study_url(source):   # an experiment: its saved space says its metric and mode
+    if not is_study_url(source):   # an experiment: its saved space says its metric, mode and fixed values
         exp_dir = experiment.locate(source, runs, flag="--warm-start")
         experiment.check(exp_dir)
-        search = experiment.saved_space(exp_dir)["search"]
+        old_space = experiment.saved_space(exp_dir)
         with open_study(exp_dir) as study:
-            yield study, exp_dir, (search["metric"], search["mode"])
+            yield study, exp_dir, old_space
         return
     url, _, name = source.partition("#")
     path = sqlite_path(url)
@@ -88,14 +89,35 @@ def objective_problem(study, metric, mode, old):
     if len(study.directions) != 1:
         return f"its study has {len(study.directions)} objectives; this search has one ({score}, {direction})"
     names, was = study.metric_names, study.direction.name.lower()
-    if old is not None and old != (metric, mode):
-        return (f"its search ranked trials by {old[0]} ({old[1]}), this one by {metric} ({mode}); warm-start from "
-                f"a search of the same metric and mode, or set search.metric/mode to {old[0]}/{old[1]}")
+    if old is not None and (old["metric"], old["mode"]) != (metric, mode):
+        return (f"its search ranked trials by {old['metric']} ({old['mode']}), this one by {metric} ({mode}); "
+                f"warm-start from a search of the same metric and mode, or set search.metric/mode to "
+                f"{old['metric']}/{old['mode']}")
     if names != [score] or was != direction:
         named = f"{names[0]!r}" if names else "no metric name (Optuna's study.set_metric_names)"
         return (f"its study scores trials by {named} ({was}), this search by {score!r} ({direction}); "
                 f"warm-start from a study of {score} ({direction})")
     return None
+
+
+def notes(study, old_space, space):
+    """What the line adds where the old scores may mean something else here, or the trials change nothing: other
+    fixed values (model, data, ...: not in Optuna's distributions), other epochs, a sampler that does not learn."""
+    out = []
+    if old_space is not None:
+        fixed = {p["name"]: p["args"] for p in space["params"] if p["kind"] == "fixed"}
+        was = {p["name"]: p["args"] for p in old_space["params"] if p["kind"] == "fixed"}
+        searched = {p["name"] for p in [*space["params"], *old_space["params"]] if p["kind"] != "fixed"}
+        differ = [f"{name} (old {was.get(name, 'default')!r}, now {fixed.get(name, 'default')!r})"
+                  for name in sorted((set(fixed) | set(was)) - searched) if fixed.get(name, _MISSING) != was.get(name, _MISSING)]
+        if differ:
+            out.append(f"fixed values differ: {', '.join(differ)}")
+    max_t, epochs = study.user_attrs.get("max_t"), space["search"]["epochs"]
+    if max_t is not None and max_t != epochs:
+        out.append(f"its trials ran up to {max_t} epochs, this search's run {epochs}")
+    if space["search"]["sampler"] in ("random", "qmc"):
+        out.append(f"sampler {space['search']['sampler']} does not learn from trials: they change no proposal")
+    return out
 
 
 def shown(d):
@@ -173,11 +195,12 @@ def seeds(taken, where):
             for t in taken]
 
 
-def line(taken, finished, skipped, where):
-    """The one line the search prints: how many of the old finished trials seed it, and each reason to skip."""
-    reasons = "; ".join(f"{n} {why}" for why, n in skipped.most_common())
+def line(taken, finished, skipped, where, noted=()):
+    """The one line the search prints: how many of the old finished trials seed it, each reason to skip, notes."""
+    reasons = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
     return (f"Warm start: {len(taken)} of {finished} finished trials of {where} seed the study"
-            + (f"; {sum(skipped.values())} skipped: {reasons}" if skipped else ""))
+            + (f"; {sum(skipped.values())} skipped: {reasons}" if skipped else "")
+            + "".join(f"; note: {note}" for note in noted))
 
 
 def load(source, runs, space):
@@ -190,6 +213,7 @@ def load(source, runs, space):
             if why:
                 raise UserError(f"--warm-start {where}: {why}")
             trials = study.get_trials(deepcopy=False)
+            noted = notes(study, old, space)
     except ExperimentError as err:   # missing, unreadable, not a study: one line naming the flag
         raise UserError(str(err) if str(err).startswith("--warm-start") else f"--warm-start: {err}") from None
     finished = sum(t.state in FINISHED for t in trials)
@@ -199,4 +223,4 @@ def load(source, runs, space):
         raise UserError(f"--warm-start {where}: none of its {finished} finished trials fits this space"
                         + (f" ({reasons})" if reasons else "") + "; warm-start from a search of the same params, "
                         "or start without --warm-start")
-    return seeds(taken, where), line(taken, finished, skipped, where)
+    return seeds(taken, where), line(taken, finished, skipped, where, noted)
