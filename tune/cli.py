@@ -26,6 +26,7 @@ RESOURCE_SETTINGS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")   # -
 EXAMPLES = """  python -m tune.search --space cnn_scratch.yaml --smoke-test    # the demo data, 4 tiny trials
   python -m tune.search --space cnn_scratch.yaml --data data/ --samples 20 --epochs 8
   python -m tune.search --space resnet_frozen.yaml --data data/ --log mlflow --time-budget 2h
+  python -m tune.search --space cnn_scratch.yaml --data data/ --warm-start OLD   # TPE starts from OLD's trials
   python -m tune.search --resume                                 # the latest experiment in runs/
   python -m tune.best --submit                                   # then: its best trial's submission"""
 
