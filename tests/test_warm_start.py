@@ -185,6 +185,9 @@ def test_a_search_warm_started_from_an_experiment_runs_only_its_own_trials_and_r
 
     code, out, err = run("old", 3, 0)
     assert code == 0, out[-3000:] + err[-3000:]
+    loss = {"search": {**SEARCH, "metric": "val_loss", "mode": "min"}, "params": []}   # its saved space says first
+    with pytest.raises(UserError, match=r"ranked trials by val_acc \(max\), this one by val_loss \(min\)"):
+        warm_start.load("old", runs, loss)
     code, out, err = run("new", 2, 1, "--warm-start", "old")
     assert code == 0, out[-3000:] + err[-3000:]
     assert f"Warm start: 3 of 3 finished trials of {runs / 'old'} seed the study" in out

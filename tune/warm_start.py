@@ -83,16 +83,16 @@ def all_study_names(url):
             rdb.engine.dispose()
 
 
-def objective_problem(study, metric, mode, old):
+def objective_problem(study, metric, mode, old=None):
     """Why the old study's scores are not this search's (another metric or direction), or None."""
     score, direction = f"best_{metric}", "maximize" if mode == "max" else "minimize"
     if len(study.directions) != 1:
         return f"its study has {len(study.directions)} objectives; this search has one ({score}, {direction})"
     names, was = study.metric_names, study.direction.name.lower()
-    if old is not None and (old["metric"], old["mode"]) != (metric, mode):
-        return (f"its search ranked trials by {old['metric']} ({old['mode']}), this one by {metric} ({mode}); "
-                f"warm-start from a search of the same metric and mode, or set search.metric/mode to "
-                f"{old['metric']}/{old['mode']}")
+    was_metric, was_mode = (old["search"]["metric"], old["search"]["mode"]) if old is not None else (metric, mode)
+    if (was_metric, was_mode) != (metric, mode):   # an experiment's saved space says it first
+        return (f"its search ranked trials by {was_metric} ({was_mode}), this one by {metric} ({mode}); warm-start "
+                f"from a search of the same metric and mode, or set search.metric/mode to {was_metric}/{was_mode}")
     if names != [score] or was != direction:
         named = f"{names[0]!r}" if names else "no metric name (Optuna's study.set_metric_names)"
         return (f"its study scores trials by {named} ({was}), this search by {score!r} ({direction}); "
