@@ -234,10 +234,10 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         print(f"dogs-search: error: {session.lost}; once it answers again, continue with  "
               f"{resume_command(runs, exp_dir)}", file=sys.stderr)
         return 1
-    return finish(space, exp_dir, runs, slots, start, before + len(grid), budget.is_set())
+    return finish(space, exp_dir, runs, slots, start, before + len(grid), budget.is_set(), args.mlflow_uri)
 
 
-def finish(space, exp_dir, runs, slots, start, expected, budget_used):
+def finish(space, exp_dir, runs, slots, start, expected, budget_used, mlflow_uri=None):
     """After fit: trials.csv, the summary and the plots, and the exit status (0; 130/143 interrupted; 1: no trial
     scored). `expected`: the trial folders there would be had every trial Tune created started."""
     from tune import estimate, report
@@ -257,6 +257,7 @@ def finish(space, exp_dir, runs, slots, start, expected, budget_used):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(**CSV))
     estimate.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
+                    + trackers.where_lines(exp_dir, storage.name(exp_dir), mlflow_uri)
                     + report.failure_hints(exp_dir, table) + report.user_error_lines(failed)))
     print("\n".join(plots.report(exp_dir)))
     if all_failed:   # tune.tuner.UserErrorStop ended it: the same error would end every further trial
