@@ -134,7 +134,8 @@ def test_a_study_url_seeds_and_bad_sources_are_one_clear_error(tmp_path):
     (tmp_path / "not.db").write_text("not a database")
     assert "cannot read its Optuna studies" in error(f"sqlite:///{tmp_path / 'not.db'}")
     mode_min = {**SPACE, "search": {**SEARCH, "mode": "min"}}
-    assert "scores trials by 'best_val_acc' (maximize), this search by 'best_val_acc' (minimize)" in error(f"{url}#a", mode_min)
+    said = error(f"{url}#a", mode_min)
+    assert "scores trials by 'best_val_acc' (maximize), this search by 'best_val_acc' (minimize)" in said
     other = {**SPACE, "search": {**SEARCH, "metric": "val_loss", "mode": "min"}}
     assert "this search by 'best_val_loss'" in error(f"{url}#a", other)
     wider = {**SPACE, "params": [param("lr", ("loguniform", [1e-5, 1e-1]))]}

@@ -109,7 +109,8 @@ def notes(study, old_space, space):
         was = {p["name"]: p["args"] for p in old_space["params"] if p["kind"] == "fixed"}
         searched = {p["name"] for p in [*space["params"], *old_space["params"]] if p["kind"] != "fixed"}
         differ = [f"{name} (old {was.get(name, 'default')!r}, now {fixed.get(name, 'default')!r})"
-                  for name in sorted((set(fixed) | set(was)) - searched) if fixed.get(name, _MISSING) != was.get(name, _MISSING)]
+                  for name in sorted((set(fixed) | set(was)) - searched)
+                  if fixed.get(name, _MISSING) != was.get(name, _MISSING)]
         if differ:
             out.append(f"fixed values differ: {', '.join(differ)}")
     max_t, epochs = study.user_attrs.get("max_t"), space["search"]["epochs"]
