@@ -32,28 +32,27 @@ def beats(score, best_score, bounds, mode):
     return ranking.key(score, mode) > ranking.key(edge, mode)
 
 
-def after(count, best, outcome, mode):
-    """(count, best) once one more trial finished with `outcome` (score, interval): the count of trials in a row
-    that did not beat the best (0 when it beat it) and the best's outcome (a better score takes it over; of equal
-    scores, the first stays)."""
-    score = outcome[0]
-    count = 0 if beats(score, *(best or (None, None)), mode) else count + 1
-    better = ranking.finite(score) and ranking.key(score, mode) > ranking.key(best[0] if best else None, mode)
-    return count, outcome if better else best
+def after(count, best, trial, mode):
+    """(count, best) once one more `trial` finished, each a (name, score, interval or None): the count of trials in
+    a row that did not beat the best (0 when this one did) and the best trial (ranking.best's: of equal scores, the
+    first by name, as the console and the summary pick it by trial id)."""
+    _, best_score, best_bounds = best or (None, None, None)
+    count = 0 if beats(trial[1], best_score, best_bounds, mode) else count + 1
+    contenders = sorted([trial] if best is None else [best, trial], key=lambda t: t[0])
+    return count, ranking.best(contenders, lambda t: t[1], mode) or best
 
 
 def streaks(finished, mode):
-    """After each trial of `finished` ((score, interval or None) per trial, in the order they finished): (how many
-    trials in a row have not beaten the best since the last one that did, the index of the best then)."""
-    count, best, index = 0, None, None
-    for i, outcome in enumerate(finished):
-        count, now = after(count, best, outcome, mode)
-        index, best = (i if now is not best else index), now
-        yield count, index
+    """After each trial of `finished` ((name, score, interval or None) per trial, in the order they finished): (how
+    many trials in a row have not beaten the best since the last one that did, the best trial then or None)."""
+    count, best = 0, None
+    for trial in finished:
+        count, best = after(count, best, trial, mode)
+        yield count, best
 
 
 def verdict(finished, mode, trials_in_a_row):
-    """(M, index of the best then) at the first trial after which `trials_in_a_row` finished trials in a row had not
+    """(M, the best trial then) at the first trial after which `trials_in_a_row` finished trials in a row had not
     beaten the best, or None when that never happened."""
     return next(((count, best) for count, best in streaks(finished, mode) if count >= trials_in_a_row), None)
 
@@ -63,13 +62,13 @@ def reason(count, best_name):
     return f"{count} trials in a row could not beat {best_name}'s interval"
 
 
-def trial_outcome(metric, result, bounds=None):
-    """(best_<metric>, its interval) of a finished trial from its last result; `bounds`: the interval its best epoch
-    reported, when known (a macro-F1 interval is in that epoch's result only)."""
+def trial_outcome(trial_id, metric, result, bounds=None):
+    """(trial id, best_<metric>, its interval) of a finished trial from its last result; `bounds`: the interval its
+    best epoch reported, when known (a macro-F1 interval is in that epoch's result only)."""
     score = result.get(f"best_{metric}")
     if bounds is None:
         bounds = uncertainty.interval(metric, score, result)
-    return score, bounds
+    return trial_id, score, bounds
 
 
 def finished_at(result):
@@ -79,11 +78,11 @@ def finished_at(result):
 
 
 def finished_in_order(trials, metric):
-    """[(trial id, (score, interval))] of the experiment's finished trials (tune.experiment.Trial), in the order they
+    """[(trial id, score, interval)] of the experiment's finished trials (tune.experiment.Trial), in the order they
     finished."""
     done = [t for t in trials if t.status == "TERMINATED" and t.results and USER_ERROR_KEY not in t.last]
     done.sort(key=lambda t: finished_at(t.last))
-    return [(t.trial_id, trial_outcome(metric, t.last, best_epoch_interval(metric, t.results))) for t in done]
+    return [trial_outcome(t.trial_id, metric, t.last, best_epoch_interval(metric, t.results)) for t in done]
 
 
 def best_epoch_interval(metric, results):
@@ -97,13 +96,11 @@ def flat_reason(search, trials, exp_dir=None):
     search.stop_when_flat in a row (the rule replayed from the files), else None (off, or never flat)."""
     if not search.get("stop_when_flat"):
         return None
-    finished = finished_in_order(trials, search["metric"])
-    found = verdict([outcome for _, outcome in finished], search["mode"], search["stop_when_flat"])
+    found = verdict(finished_in_order(trials, search["metric"]), search["mode"], search["stop_when_flat"])
     if found is None:
         return None
     count, best = found
-    return reason(count, "any trial" if best is None else
-                  trial_name(finished[best][0], study_numbers(exp_dir) if exp_dir else {}))
+    return reason(count, "any trial" if best is None else trial_name(best[0], study_numbers(exp_dir) if exp_dir else {}))
 
 
 class FlatWatch(tune.Callback):
@@ -114,7 +111,7 @@ class FlatWatch(tune.Callback):
     def __init__(self, metric, mode, trials_in_a_row, exp_dir=None, out=print):
         self.metric, self.mode, self.m, self.exp_dir, self.out = metric, mode, trials_in_a_row, exp_dir, out
         self.finished, self.bounds, self.stopped, self.seeded = set(), {}, None, False
-        self.count, self.best = 0, None   # trials in a row that did not beat the best; (trial id, outcome) of the best
+        self.count, self.best = 0, None   # trials in a row that did not beat the best; the best (id, score, interval)
 
     def on_step_begin(self, iteration, trials, **info):
         if not self.seeded:   # a restored tuner: its finished trials, as the first finished them
@@ -136,14 +133,12 @@ class FlatWatch(tune.Callback):
         result = trial.last_result or {}
         if USER_ERROR_KEY in result or trial.trial_id in self.finished or self.stopped:
             return
-        outcome = trial_outcome(self.metric, result, self.bounds.get(trial.trial_id))
         self.finished.add(trial.trial_id)
-        self.count, best = after(self.count, self.best and self.best[1], outcome, self.mode)
-        if best is not (self.best and self.best[1]):
-            self.best = (trial.trial_id, best)
+        self.count, self.best = after(self.count, self.best, trial_outcome(trial.trial_id, self.metric, result,
+                                                                           self.bounds.get(trial.trial_id)), self.mode)
         if self.count >= self.m:
-            best_id = self.best[0] if self.best else None
-            name = trial_name(best_id, study_numbers(self.exp_dir) if self.exp_dir else {}) if best_id else "any trial"
+            name = trial_name(self.best[0], study_numbers(self.exp_dir) if self.exp_dir else {}) if self.best else \
+                "any trial"
             self.stopped = reason(self.count, name)
             self.out(f"stopped: {self.stopped} (search.stop_when_flat {self.m}); the running trials stop now",
                      flush=True)
