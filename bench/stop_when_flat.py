@@ -130,8 +130,9 @@ def main():
 
     summary = pd.DataFrame([{
         "arm": arm, "trials": pm(part.trials, 1), "trial-epochs": pm(part.trial_epochs, 1),
-        "epochs saved": f"{100 * part.epochs_saved.mean():.0f}%", "wall s": pm(part.wall_s, 0) if part.wall_s.notna().any() else "-",
-        "held-out acc": pm(part.test_acc), "acc vs all (worst seed)": f"{part.lost.mean():+.3f} ({part.lost.min():+.3f})",
+        "epochs saved": f"{100 * part.epochs_saved.mean():.0f}%",
+        "wall s": pm(part.wall_s, 0) if part.wall_s.notna().any() else "-", "held-out acc": pm(part.test_acc),
+        "acc vs all (worst seed)": f"{part.lost.mean():+.3f} ({part.lost.min():+.3f})",
     } for arm, part in per_seed.groupby("arm", sort=False)])
     print(markdown(summary))
     print("\nper seed:\n" + markdown(per_seed))

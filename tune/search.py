@@ -220,7 +220,9 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
             table = report.trials_table(exp_dir, space) if args.resume else None
             extra = s["samples"] - int((table.status != "ABANDONED").sum()) if args.resume else 0
-            flat = extra > 0 and flat_reason(s, Experiment(exp_dir, space).trials, exp_dir)   # stopped flat: stays so
+            # a search stopped by search.stop_when_flat stays stopped: more trials could not help
+            flat = extra > 0 and s["stop_when_flat"] and flat_reason(s, Experiment(exp_dir, space).trials,
+                                                                     exp_dir)
             if extra > 0 and not budget.is_set() and not (table.status == "UNFINISHED").any() and not flat:
                 print(f"Extending the search by {extra} trial(s) on its study ({s['samples']} in all)")
                 before = len(table)

@@ -116,8 +116,8 @@ def check_settings(search, where):
         raise SpaceError(f"{where}: search.mode: {why}")
     if search["stop_when_flat"] is not None and not has_interval(search["metric"]):
         raise SpaceError(f"{where}: search.stop_when_flat: {search['stop_when_flat']} compares trials by the best's "
-                         f"95% interval, but search.metric {search['metric']} is a loss, which has none; use an accuracy "
-                         "or val_macro_f1 as the metric, or stop_when_flat null")
+                         f"95% interval, but search.metric {search['metric']} is a loss, which has none; use an "
+                         "accuracy or val_macro_f1 as the metric, or stop_when_flat null")
     if search["holdout"] and not search["metric"].startswith("val_"):
         raise SpaceError(f"{where}: search.holdout: {search['holdout']} holds out part of Validation, but "
                          f"search.metric {search['metric']} is a training score; use a val_* metric or holdout 0")

@@ -100,7 +100,8 @@ def flat_reason(search, trials, exp_dir=None):
     if found is None:
         return None
     count, best = found
-    return reason(count, "any trial" if best is None else trial_name(best[0], study_numbers(exp_dir) if exp_dir else {}))
+    numbers = study_numbers(exp_dir) if exp_dir else {}
+    return reason(count, "any trial" if best is None else trial_name(best[0], numbers))
 
 
 class FlatWatch(tune.Callback):

@@ -64,7 +64,8 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
                              samples=s["samples"], first_trials=() if extend else space["first_trials"],
                              extend=bool(extend))
     # search.stop_when_flat: Tune's stop_all once M finished trials in a row could not beat the best's interval
-    flat = FlatWatch(s["metric"], s["mode"], s["stop_when_flat"], storage.join(runs, name)) if s.get("stop_when_flat") else None
+    flat = (FlatWatch(s["metric"], s["mode"], s["stop_when_flat"], storage.join(runs, name))
+            if s.get("stop_when_flat") else None)
     stop = UserErrorStop(min(s["samples"], max(2, slots or rung_slots)))
     time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
