@@ -14,6 +14,7 @@ Arms per seed:
   stop_when_flat M     search.stop_when_flat M (--flat), a real search
   replayed M           the rule (tune.stop_when_flat.streaks) over the full run's trials in the order they finished,
                        for each M of --replay: what the setting would have run, without running it
+  ..., complete only   a variant replayed: only trials that ran all their epochs count (ASHA's stops do not)
 Judged by the held-out test accuracy of the trial handed over (the summary's best trial: the best best_val_acc, of
 equal ones the first by trial id, dogs.ranking) against the trials, trial-epochs and wall time spent.
 """
@@ -33,32 +34,42 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from search_quality import SPACE, make_task, markdown, search, test_accuracy, trials_in_order   # noqa: E402
+from search_quality import SPACE, make_task, markdown, search, test_accuracy   # noqa: E402
 
 from dogs import ranking   # noqa: E402
-from tune.stop_when_flat import streaks   # noqa: E402
+from tune.stop_when_flat import finished_at, streaks   # noqa: E402
 
 
 # ----------------------------------------------------------------------------- what a run hands over and costs
+def trials_in_order(exp_dir):
+    """trials.csv in the order the trials finished: each one's last reported_at (Ray's whole-second timestamp, which
+    search_quality.trials_in_order sorts by, ties trials that end in the same second)."""
+    table = pd.read_csv(Path(exp_dir, "trials.csv"), dtype={"trial_id": str})
+    ends = [finished_at(json.loads(Path(path, "result.json").read_text().splitlines()[-1])) for path in table.path]
+    return table.assign(end=ends).sort_values("end", kind="stable").reset_index(drop=True)
+
+
 def handed_over(table):
     """The summary's pick among these trials: the best best_val_acc, of equal ones the first by trial id."""
     rows = table.sort_values("trial_id")
     return rows.loc[ranking.best(rows.index, lambda i: rows.at[i, "best_val_acc"], "max")]
 
 
-def stop_point(table, m):
+def stop_point(table, m, complete_only=False):
     """How many of the full run's trials (in the order they finished) the setting M would have run: up to the first
-    trial after which M in a row could not beat the best's interval; all of them when that never happens."""
+    trial after which M in a row could not beat the best's interval; all of them when that never happens.
+    `complete_only`: a variant of the rule that counts only trials that ran all their epochs (not ASHA's stops)."""
+    counted = table[table.epochs == table.epochs.max()] if complete_only else table
     finished = [(row.trial_id, row.best_val_acc, (row.best_val_acc_low, row.best_val_acc_high))
-                for row in table.itertuples()]
-    return next((i + 1 for i, (count, _) in enumerate(streaks(finished, "max")) if count >= m), len(table))
+                for row in counted.itertuples()]
+    at = next((i for i, (count, _) in enumerate(streaks(finished, "max")) if count >= m), None)
+    return len(table) if at is None else int(table.index.get_loc(counted.index[at])) + 1
 
 
 def searched(table):
     """The searched values of each trial, in the order they finished (to compare two runs' trials)."""
     names = [c for c in ("lr", "batch_size", "head_width", "dropout", "weight_decay", "augment") if c in table]
-    return [tuple(np.round(row, 12) if isinstance(row, float) else row for row in values)
-            for values in table[names].itertuples(index=False)]
+    return [tuple(values) for values in table[names].astype(str).itertuples(index=False)]
 
 
 def row(arm, seed, table, test_acc, wall_s=np.nan, m=None):
@@ -114,6 +125,9 @@ def main():
         rows.append(row(f"stop_when_flat {args.flat}", seed, flat, test_acc, walls["flat"], args.flat))
         for m in args.replay:
             rows.append(row(f"replayed {m}", seed, full.iloc[:stop_point(full, m)], test_acc, m=m))
+        for m in args.replay:   # a variant: ASHA's early stops not counted
+            rows.append(row(f"replayed {m}, complete trials only", seed, full.iloc[:stop_point(full, m, True)],
+                            test_acc, m=m))
         # the real stopped run ran the full run's first trials, as many as the replay says
         agree.append(searched(flat) == searched(full)[:len(flat)] and len(flat) == stop_point(full, args.flat))
 
