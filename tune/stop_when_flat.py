@@ -17,7 +17,7 @@ from ray import tune
 
 from dogs import ranking, uncertainty
 from dogs.errors import USER_ERROR_KEY
-from tune.progress import study_numbers, trial_name
+from tune.names import study_numbers, trial_name
 
 
 def beats(score, best_score, bounds, mode):
@@ -101,7 +101,7 @@ def flat_reason(search, trials, exp_dir=None):
         return None
     count, best = found
     numbers = study_numbers(exp_dir) if exp_dir else {}
-    return reason(count, "any trial" if best is None else trial_name(best[0], numbers))
+    return reason(count, "any trial" if best is None else trial_name(best[0], numbers.get(best[0])))
 
 
 class FlatWatch(tune.Callback):
@@ -138,8 +138,8 @@ class FlatWatch(tune.Callback):
         self.count, self.best = after(self.count, self.best, trial_outcome(trial.trial_id, self.metric, result,
                                                                            self.bounds.get(trial.trial_id)), self.mode)
         if self.count >= self.m:
-            name = trial_name(self.best[0], study_numbers(self.exp_dir) if self.exp_dir else {}) if self.best else \
-                "any trial"
+            numbers = study_numbers(self.exp_dir) if self.exp_dir and self.best else {}
+            name = trial_name(self.best[0], numbers.get(self.best[0])) if self.best else "any trial"
             self.stopped = reason(self.count, name)
             self.out(f"stopped: {self.stopped} (search.stop_when_flat {self.m}); the running trials stop now",
                      flush=True)
