@@ -294,7 +294,7 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
             # the plan line: what runs, about how long (this machine's measured seconds per epoch, tune.estimate)
             slots = concurrency({**s, "samples": len(missing)}, resources)
             epochs = sum(s["epochs"] - (starts[pair][1] if pair in starts else 0) for pair in missing)
-            log(f"{what}: {len(missing)} run(s), {slots} at a time: "
+            log(f"{what}{'' if resumed else f': {len(missing)} run(s)'}, {slots} at a time: "
                 + estimate.about(exp.space, epochs, slots, deadline - time.time() if deadline else None, budget))
             storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
             with time_budget(deadline) as budget_used:
