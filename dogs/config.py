@@ -50,8 +50,9 @@ def _number(x):
 
 
 class Key(NamedTuple):
-    """One config key: its default, its Python type (`int | None`: null allowed too), what is allowed (choices or a
-    Range; None = any), a help line, and what else reads it (the caches, resume, the combination rule, the search)."""
+    """One config key or search setting (tune.settings): its default, its Python type (`int | None`: null allowed
+    too), what is allowed (choices or a Range; None = any), a help line, what else reads it (the caches, resume, the
+    combination rule, the search), and what tune.search's command line says and does with it."""
     default: object
     type: object
     allowed: object
@@ -60,6 +61,11 @@ class Key(NamedTuple):
     resume_may_change: bool = False      # may differ between a checkpoint and the run that continues it
     combination: bool = False            # read by combination_problem
     set_by_search: str | None = None     # not a search space's params entry: the search sets it; where to set it
+    smoke: object = None                 # its value under tune.search --smoke-test; None = left as it is
+    flag_note: str | None = None         # what its tune.search flag's help says beyond `help`
+    flag_choices: bool = True            # False: its flag takes any text, and the check names the allowed values
+    resource: bool = False               # what a trial holds: in the resources group of tune.search --help
+    why_fixed: str | None = None         # why tune.search --resume refuses another value, where that is not plain
 
 
 MODELS = tuple(BACKBONES)                                         # dogs/backbones.py: one entry per model
@@ -80,14 +86,14 @@ SCHEMA = {
     # data
     "data":            Key(None, str | None, None, "ImageFolder root with Train/ Validation/ [Test/]; null = the built-in digits demo", changes=IMAGES, resume_may_change=True,
                            set_by_search="give the data folder with --data DIR; every trial of a search reads the same data"),
-    "image_size":      Key(224, int, Range(8, 2048), "images are decoded once and resized to image_size x image_size", changes=IMAGES),
+    "image_size":      Key(224, int, Range(8, 2048), "images are decoded once and resized to image_size x image_size", changes=IMAGES, smoke=32),
     "cache_dir":       Key(None, str | None, None, "decoded-image + feature cache; null = $DOGS_CACHE or ~/.cache/dogs-tune", resume_may_change=True),
     "augment":         Key(False, bool, None, "on-device random-resized-crop + horizontal flip; turns the feature cache off", combination=True),
     "feature_cache":   Key(True, bool, None, "compute a frozen prefix's output once and train only the tail; off when augment", combination=True),
     "normalize":       Key("auto", str, ("auto", "imagenet", "half"), "imagenet mean/std; half = mean and std 0.5 as in the notebook; auto = half for the CNN, imagenet for ResNets", changes=FEATURES),
     # model
     "model":           Key("resnet18", str, MODELS, "cnn = the notebook's from-scratch CNN, or a pretrained torchvision backbone (dogs/backbones.py)", changes=FEATURES, combination=True),
-    "weights":         Key("DEFAULT", str, None, "torchvision weights name, a path to a .pth state_dict, or none for random init", changes=FEATURES),
+    "weights":         Key("DEFAULT", str, None, "torchvision weights name, a path to a .pth state_dict, or none for random init", changes=FEATURES, smoke="none"),
     "head_on":         Key("features", str, ("features", "logits"), "the head reads the pooled features, or the 1000 ImageNet logits as in the notebook", changes=FEATURES),
     "head_width":      Key(512, int, Range(0), "hidden width of the MLP head; 0 = a single linear layer"),
     "dropout":         Key(0.5, float, Range(0, 1, high_open=True), "dropout before the head's last layer"),
@@ -109,7 +115,9 @@ SCHEMA = {
     "seed":            Key(0, int | None, SEEDS, "shuffle, init, dropout and augmentation seed; null = not seeded", changes=FEATURES),
     # what "best" means
     "metric":          Key("val_acc", str, METRICS, "the score: a run's best epoch and best checkpoint are those with the best metric",
-                           set_by_search="set search.metric instead (--metric); every trial is scored by the search's metric"),
+                           set_by_search="set search.metric instead (--metric); every trial is scored by the search's metric",
+                           flag_note=f"one of {', '.join(METRICS)}; a trial's score is best_<metric> over its epochs",
+                           flag_choices=False),   # the space check refuses an unknown metric, naming the known ones
     "mode":            Key(None, str | None, ("max", "min"), "max for accuracies, min for losses; null = the metric's own",
                            set_by_search="set search.mode instead (--mode); every trial is scored by the search's mode"),
     "holdout":         Key(0.0, float, Range(0, 0.9), "fraction of Validation held out (stratified, seeded, the same part for every run): val_* scores count the rest, holdout_* the part; 0 = off; in a search, search.holdout sets it",

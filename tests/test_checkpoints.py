@@ -124,6 +124,26 @@ def test_a_resumed_search_prunes_from_the_saved_state(tmp_path):
     assert trial.kept() == [1, 4]
 
 
+def test_a_checkpoint_tells_the_session_of_its_own_search_only(tmp_path):
+    """Each checkpoint Tune registers sets `checkpointed` (what the time budget waits for) of the session the
+    callback reports to: a new tuner's, given as an argument, or a resumed one's, which the callback takes as Ray
+    unpickles it from tuner.pkl inside tune.tuner.restore_tuner; never another search's in the same process."""
+    from tune.session import SearchSession, restoring
+
+    new, resumed, other = SearchSession(), SearchSession(), SearchSession()
+    first = KeepBestAndLatest("val_acc", "max", new)
+    pickled = pickle.dumps(first)                            # tuner.pkl
+    KeepBestAndLatest("val_acc", "max", other)
+    Trial(tmp_path, "a", first).epoch(0.5)
+    assert new.checkpointed.is_set() and not other.checkpointed.is_set()
+    with restoring(resumed):
+        second = pickle.loads(pickled)
+    assert second.session is resumed and not resumed.checkpointed.is_set()
+    Trial(tmp_path, "b", second).epoch(0.6)
+    assert resumed.checkpointed.is_set() and not other.checkpointed.is_set()
+    assert pickle.loads(pickled).session not in (new, resumed, other)   # outside a restore: a session of its own
+
+
 def test_an_experiment_started_before_the_renames_still_unpickles():
     """Ray's tuner.pkl names the callbacks and the trial-name function by module: an experiment interrupted
     before tune.checkpoints became tune.retention and trial_dirname moved to tune.tuner still resumes."""

@@ -3,6 +3,7 @@
 state a killed driver leaves behind settled by save/restore (as Tune's --resume calls them)."""
 import pickle
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import optuna
 import pytest
 
 from tune import spaces
+from dogs.errors import ExperimentError
 from tune.searcher import StudySearcher, make_sampler, startup_trials
-from tune.study import abandoned_trial_ids, open_study
+from tune.session import SearchSession, restoring
+from tune.study import abandoned_trial_ids, open_study, sqlite_path
 
 SPACE = {
     "search": {"samples": 8, "epochs": 3, "seed": 0},
@@ -135,6 +138,53 @@ def test_driver_killed_then_resumed(tmp_path):
     (exp_dir / "searcher-state-1.pkl").write_text((tmp_path / "searcher-state-1.pkl").read_text())
     with open_study(exp_dir) as study:
         assert len(study.trials) == len(trials)
+
+
+def test_a_moved_experiment_continues_the_study_where_its_session_says(tmp_path):
+    """--resume of a moved (or copied) experiment: tuner.pkl names the old folder; the searcher Ray unpickles inside
+    tune.tuner.restore_tuner takes that call's session and continues the study.db of the folder the session names."""
+    old, new = tmp_path / "old" / "exp", tmp_path / "new" / "exp"
+    searcher = make(old)
+    pickled = pickle.dumps(searcher)                        # tuner.pkl names the old folder
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", result(3, 0.9))
+    searcher.save(str(old / "searcher-state-1.pkl"))
+    shutil.move(old.parent, new.parent)                     # nothing left at the old place
+
+    with restoring(SearchSession(exp_dir=str(new))):
+        resumed = pickle.loads(pickled)
+    resumed.restore(str(new / "searcher-state-1.pkl"))
+    assert sqlite_path(resumed.study_url) == (new / "study.db").resolve()
+    assert [t.user_attrs["tune_trial_id"] for t in resumed.study.trials] == ["a"]
+    alone = pickle.loads(pickled)                           # outside a restore: the folder tuner.pkl names, gone
+    with pytest.raises(ExperimentError, match="study is missing"):
+        alone.restore(str(new / "searcher-state-1.pkl"))
+
+
+def test_a_lost_database_stops_its_own_search_and_says_why_in_its_session(tmp_path, db, monkeypatch):
+    """The study's database gone mid-search: the searcher stops Tune as on Ctrl-C (SIGUSR1), keeps the call it could
+    not write, proposes no more trials, and says why in its session, which tune.search prints; another search in
+    the same process is not stopped by it."""
+    first, other = make(tmp_path / "first", optuna_storage=db), make(tmp_path / "other", optuna_storage=db)
+    first.suggest("a")
+    other.suggest("x")
+
+    def unreachable(value, step):
+        raise optuna.exceptions.StorageInternalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(first._trials["a"], "report", unreachable)
+    stops = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: stops.append(1))   # Tune's graceful stop
+    try:
+        first.on_trial_result("a", result(1, 0.5))
+        first.on_trial_result("a", result(2, 0.6))          # once lost, kept without asking the database again
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert stops == [1]
+    assert first.session.lost.startswith("the Optuna study's database") and "closed the connection" in first.session.lost
+    assert first.unwritten == [["_report", "a", [1, 0.5]], ["_report", "a", [2, 0.6]]]
+    assert first.suggest("b") is None
+    assert other.session.lost is None and other.suggest("y") is not None
 
 
 def test_a_second_search_of_the_same_name_is_refused(tmp_path, db):

@@ -4,6 +4,7 @@ import pickle
 import optuna
 import pytest
 import yaml
+from hypothesis import given, strategies as st
 
 from dogs.config import resolve
 from tune import combinations, distributions, settings, spaces
@@ -379,6 +380,60 @@ def test_shipped_spaces_pass_the_combination_check_with_smoke_test_sizes(name):
     from tune.cli import SMOKE_CONFIG, SMOKE_SETTINGS
 
     assert spaces.load(spaces.SPACES_DIR / name, overrides=SMOKE_SETTINGS, sets=SMOKE_CONFIG)
+
+
+@given(resource=st.booleans(), free=st.booleans(), note=st.none() | st.text("abc xyz;", min_size=1, max_size=20),
+       choices=st.none() | st.lists(st.sampled_from(["one", "two", "three"]), min_size=1, max_size=3, unique=True))
+def test_a_setting_s_flag_is_made_from_its_entry_alone(resource, free, note, choices):
+    """Adding a setting is one SETTINGS entry: its flag's --help group, argparse choices and help come from it."""
+    from unittest import mock
+
+    from dogs.config import Key
+    from tune import cli
+
+    entry = Key(None, str | None, tuple(choices) if choices else None, "a new setting", flag_note=note,
+                flag_choices=not free, resource=resource)
+    with mock.patch.dict(settings.SETTINGS, {"new_setting": entry}):
+        parser = cli.get_args_parser()
+    action = next(a for a in parser._actions if "--new-setting" in a.option_strings)
+    group = next(g.title for g in parser._action_groups if action in g._group_actions)
+    assert group == ("resources" if resource else "search")
+    assert action.choices == (tuple(choices) if choices and not free else None)
+    assert action.help == "a new setting (search.new_setting)" + (f"; {note}" if note else "")
+
+
+def test_smoke_test_gives_each_entry_s_smoke_value_and_flags_still_win():
+    """--smoke-test: the `smoke` field of each setting and config key; an explicit flag or --set overrides it."""
+    from dogs.config import SCHEMA
+    from tune import cli
+
+    smoke_settings = {k: s.smoke for k, s in settings.SETTINGS.items() if s.smoke is not None}
+    smoke_config = {k: s.smoke for k, s in SCHEMA.items() if s.smoke is not None}
+    assert {"samples", "epochs"} <= set(smoke_settings) and {"image_size", "weights"} <= set(smoke_config)
+    space = cli.load_space(cli.get_args_parser().parse_args(["--space", "cnn_scratch.yaml", "--smoke-test"]), None)
+    assert {k: space["search"][k] for k in smoke_settings} == smoke_settings
+    fixed = {p["name"]: p["args"] for p in space["params"] if p["kind"] == "fixed"}
+    assert {k: fixed[k] for k in smoke_config} == smoke_config
+    argv = ["--space", "cnn_scratch.yaml", "--smoke-test", "--epochs", "3", "--set", "image_size=40"]
+    space = cli.load_space(cli.get_args_parser().parse_args(argv), None)
+    assert space["search"]["epochs"] == 3 and space["search"]["samples"] == smoke_settings["samples"]
+    assert {p["name"]: p["args"] for p in space["params"] if p["kind"] == "fixed"}["image_size"] == 40
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "5"), ("--grace-period", "2"), ("--sampler", "random"),
+                                         ("--cpus-per-trial", "2")])
+def test_resume_names_a_changed_setting_with_its_entry_s_reason(tmp_path, flag, value):
+    """--resume with another value of a setting: one "search.<key> (saved: x, now: y[; why])" item, the why being
+    the setting's `why_fixed` where it has one."""
+    from tune import cli, resume
+
+    key = flag[2:].replace("-", "_")
+    path = write(tmp_path, GOOD)
+    args = cli.get_args_parser().parse_args(["--resume", "--space", str(path), flag, value])
+    differ = resume.resume_differences(args, tmp_path, spaces.load(path, data=None))   # as tune.search saves it
+    saved, now = spaces.load(path)["search"][key], cli.settings_from_args(args)[key]
+    why = settings.SETTINGS[key].why_fixed
+    assert differ == [f"search.{key} (saved: {saved!r}, now: {now!r}" + (f"; {why}" if why else "") + ")"]
 
 
 def test_beyond_the_cap_a_seeded_sample_is_checked(tmp_path, monkeypatch):

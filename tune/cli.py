@@ -3,25 +3,20 @@ space it asks for."""
 import argparse
 
 from dogs.cli import ArgumentParser
-from dogs.config import METRICS, parse_sets, value_type
+from dogs.config import SCHEMA, parse_sets, value_type
 from tune import settings, spaces
 from tune.experiment import DEFAULT_STORAGE
 
 DESCRIPTION = "Hyper-parameter search: Optuna TPE proposes configs, ASHA stops the weak ones early, Ray Tune runs them."
-SMOKE_SETTINGS = {"samples": 4, "epochs": 2, "grace_period": 1}
-SMOKE_CONFIG = {"image_size": 32, "weights": "none"}
-
-# what a setting's flag says beyond its entry in SETTINGS
-FLAG_NOTES = {
-    "metric": f"one of {', '.join(METRICS)}; a trial's score is best_<metric> over its epochs",
-    "time_budget": "With --resume: this session's budget instead of the saved one ('none': no budget)",
-    "samples": "With --resume: more than the saved samples extends the search by the missing trials, on its study",
-}
 NO_BUDGET = ("none", "null")
-FREE_TEXT = ("metric",)   # no argparse choices: the space check refuses an unknown metric, naming the known ones
 
 
-RESOURCE_SETTINGS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")   # --help's resources group
+def smoke_values(table):
+    """What --smoke-test sets, from each entry's `smoke` field: {'samples': 4, 'epochs': 2, ...}."""
+    return {key: spec.smoke for key, spec in table.items() if spec.smoke is not None}
+
+
+SMOKE_SETTINGS, SMOKE_CONFIG = smoke_values(settings.SETTINGS), smoke_values(SCHEMA)
 
 EXAMPLES = """  python -m tune.search --space cnn_scratch.yaml --smoke-test    # the demo data, 4 tiny trials
   python -m tune.search --space cnn_scratch.yaml --data data/ --samples 20 --epochs 8
@@ -39,17 +34,17 @@ def time_budget_value(text):
 
 def add_setting_flags(p, groups):
     """--samples, --epochs, ... : one flag per search setting, its type, choices and help from its Key; in the
-    resources group or the search group of --help (`groups`: name -> argparse group)."""
+    resources group (a resource a trial holds) or the search group of --help (`groups`: name -> argparse group)."""
     for key, spec in settings.SETTINGS.items():
         kind = value_type(spec)   # int | None: an int when given
         options = {"type": None if kind is str else kind, "help": f"{spec.help} (search.{key})"}
-        if kind is str and isinstance(spec.allowed, tuple) and key not in FREE_TEXT:
+        if kind is str and isinstance(spec.allowed, tuple) and spec.flag_choices:
             options["choices"] = spec.allowed
         if key == "time_budget":
             options.update(metavar="DURATION", type=time_budget_value)
-        if key in FLAG_NOTES:
-            options["help"] += f"; {FLAG_NOTES[key]}"
-        group = groups["resources" if key in RESOURCE_SETTINGS else "search"]
+        if spec.flag_note:
+            options["help"] += f"; {spec.flag_note}"
+        group = groups["resources" if spec.resource else "search"]
         group.add_argument(f"--{key.replace('_', '-')}", **options)
 
 

@@ -8,6 +8,7 @@ from dogs.errors import ExperimentError, UserError
 from tune import experiment, spaces, storage, study
 from tune.cli import NO_BUDGET, SMOKE_CONFIG, SMOKE_SETTINGS, settings_from_args
 from tune.experiment import saved_space
+from tune.settings import SETTINGS
 
 
 def resumed_experiment(args, runs):
@@ -42,11 +43,6 @@ def resumed_experiment(args, runs):
     if args.time_budget is not None:   # this session's budget (checked by the flag's type)
         space["search"]["time_budget"] = None if args.time_budget.lower() in NO_BUDGET else args.time_budget
     return exp_dir, space
-
-
-# why a setting cannot change on --resume, where the reason is not plain
-WHY_FIXED = {"epochs": "ASHA's rungs and the finished trials were set by the saved epochs; extend with a larger "
-                       "--samples, or start a new search for more epochs"}
 
 
 def extended_samples(args, saved):
@@ -85,7 +81,7 @@ def resume_differences(args, exp_dir, space):
         raw.pop("data", None)
         given = spaces.validate(raw, storage.join(exp_dir, experiment.SPACE_FILE), overrides, sets, data)
     differ = [f"search.{key} (saved: {space['search'][key]!r}, now: {given['search'][key]!r}"
-              + (f"; {WHY_FIXED[key]}" if key in WHY_FIXED else "") + ")"
+              + (f"; {SETTINGS[key].why_fixed}" if SETTINGS[key].why_fixed else "") + ")"
               for key in space["search"] if key not in may_change and given["search"][key] != space["search"][key]]
     given_params = {p["name"]: p for p in given["params"]}
     for name in sorted(set(saved_params) | set(given_params)):

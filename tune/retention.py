@@ -27,7 +27,6 @@ dicts, so a resumed search keeps pruning where it stopped.
 """
 import re
 import sys
-import threading
 import time
 from pathlib import PurePosixPath
 
@@ -36,6 +35,7 @@ import pyarrow.fs
 from ray import tune
 
 from dogs import ranking
+from tune.session import SearchSession, unpickled_into
 
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 STATE_FILE = re.compile(r"experiment_state-.*\.json")
@@ -47,13 +47,12 @@ def number(name):
 
 
 class KeepBestAndLatest(tune.Callback):
-    """Deletes the checkpoint folders a trial no longer needs (see the module docstring)."""
-    # set at each checkpoint Tune registers in this process (a class attribute: a restored tuner's unpickled
-    # callback sets it too): tune.tuner's time budget stops a search only once this session made progress
-    checkpointed = threading.Event()
+    """Deletes the checkpoint folders a trial no longer needs (see the module docstring). Each checkpoint Tune
+    registers sets the session's `checkpointed` (tune.session), which tune.tuner's time budget waits for."""
 
-    def __init__(self, metric, mode):
+    def __init__(self, metric, mode, session=None):
         self.metric, self.mode = metric, mode
+        self.session = session or SearchSession()
         self.scores = {}    # trial id -> {checkpoint folder name: its epoch's metric} of the folders kept so far
         self.saved = {}     # trial id -> its latest checkpoint at the last save whose copy reached the experiment
         self.pending = None  # (time, {trial id: latest checkpoint}) of the last save, until its copy is seen there
@@ -62,7 +61,7 @@ class KeepBestAndLatest(tune.Callback):
     # ---- Tune's calls ----
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         """Record a checkpoint Tune is about to register, with its epoch's score."""
-        KeepBestAndLatest.checkpointed.set()
+        self.session.checkpointed.set()
         path = PurePosixPath(checkpoint.path)
         result = trial.last_result or {}
         if (not CHECKPOINT_NAME.fullmatch(path.name) or path.parent.name != f"trial_{trial.trial_id}"
@@ -133,8 +132,10 @@ class KeepBestAndLatest(tune.Callback):
                 del names[name]
 
     def __getstate__(self):
-        # tuner.pkl: no filesystem handle
-        return {**self.__dict__, "_fs": None, "_root": None, "pending": None}
+        # tuner.pkl: no filesystem handle, no session (the driver's)
+        return {key: value for key, value in {**self.__dict__, "_fs": None, "_root": None, "pending": None}.items()
+                if key != "session"}
 
     def __setstate__(self, state):
         self.__dict__.update({"pending": None, **state})   # a tuner.pkl from before `pending`
+        self.session = unpickled_into()   # the session of the --resume that unpickles it (tune.session)

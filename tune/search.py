@@ -29,6 +29,7 @@ from dogs.errors import StorageError, UserError
 from dogs.files import CSV
 from tune import cli, lock, plots, ray_setup, settings, spaces, state, storage, trackers
 from tune.experiment import Experiment, default_name, name_problem, read_trials
+from tune.session import SearchSession
 
 
 @quiet_when_reader_leaves
@@ -153,9 +154,10 @@ def interrupted_at_start(args, runs, exp_dir):
     return f"dogs-search: interrupted while starting Ray; nothing ran yet: {again}"
 
 
-def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined):
+def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined, session):
     """(the tuner, the trial folders there before it runs): a new search's; --resume: Ray's restored, or one rebuilt
-    from the trial folders when Ray's state is cut or missing (None: every trial finished)."""
+    from the trial folders when Ray's state is cut or missing (None: every trial finished). Its searcher and
+    callbacks report to `session` (tune.session)."""
     from tune import tuner
 
     s = space["search"]
@@ -166,16 +168,16 @@ def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined):
             need, before, optuna_storage = state.rebuild(exp_dir, space, cut)
             grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), optuna_storage, args.verbose,
                                           slots=None if joined else slots, rung_slots=slots,
-                                          extend=need) if need else None
+                                          extend=need, session=session) if need else None
         else:
-            grid_tuner = tuner.restore_tuner(s, exp_dir)
+            grid_tuner = tuner.restore_tuner(s, exp_dir, session)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
     else:
         with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
             grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
                                           slots=None if joined else slots, rung_slots=slots,
                                           loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
-                                                                     args.mlflow_uri))
+                                                                     args.mlflow_uri), session=session)
             storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     return grid_tuner, before
 
@@ -198,7 +200,8 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
-    grid_tuner, before = make_or_restore_tuner(args, space, exp_dir, runs, slots, joined)
+    session = SearchSession(exp_dir=exp_dir)   # what the searcher and callbacks tell this fit (tune.session)
+    grid_tuner, before = make_or_restore_tuner(args, space, exp_dir, runs, slots, joined, session)
     # what it runs and about how long (at this machine's measured seconds per epoch, if any)
     print(estimate.plan_line(space, slots, exp_dir,
                              settings.parse_duration(s["time_budget"]) if s["time_budget"] else None))
@@ -211,9 +214,8 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     # run (within the time budget, if any), then one table of all trials and a summary
     start = time.time()
     ctrl_c = signal.getsignal(signal.SIGINT)
-    tuner.StudySearcher.lost = None
     try:
-        with tuner.time_budget(args.deadline) as budget, \
+        with tuner.time_budget(args.deadline, session.checkpointed) as budget, \
                 storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
             grid = grid_tuner.fit() if grid_tuner else []   # a rebuilt run with every trial finished: none
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
@@ -223,19 +225,19 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
                 print(f"Extending the search by {extra} trial(s) on its study ({s['samples']} in all)")
                 before = len(table)
                 grid = tuner.make_tuner(space, runs, storage.name(exp_dir), study_storage(exp_dir), args.verbose,
-                                        slots=None if joined else slots, rung_slots=slots, extend=extra).fit()
+                                        slots=None if joined else slots, rung_slots=slots, extend=extra,
+                                        session=session).fit()
     finally:
-        tuner.StudySearcher.resumed_in = None
         if threading.current_thread() is threading.main_thread():   # Tune leaves its Ctrl-C handler after fit:
             signal.signal(signal.SIGINT, ctrl_c)                     # a later Ctrl-C would only set its flag
-    if tuner.StudySearcher.lost:   # its database went away: Tune stopped as on Ctrl-C; what it could not write is saved
-        print(f"dogs-search: error: {tuner.StudySearcher.lost}; once it answers again, continue with  "
+    if session.lost:   # its database went away: Tune stopped as on Ctrl-C; what it could not write is saved
+        print(f"dogs-search: error: {session.lost}; once it answers again, continue with  "
               f"{resume_command(runs, exp_dir)}", file=sys.stderr)
         return 1
-    return finish(space, exp_dir, runs, slots, start, before + len(grid), budget.is_set())
+    return finish(space, exp_dir, runs, slots, start, before + len(grid), budget.is_set(), args.mlflow_uri)
 
 
-def finish(space, exp_dir, runs, slots, start, expected, budget_used):
+def finish(space, exp_dir, runs, slots, start, expected, budget_used, mlflow_uri=None):
     """After fit: trials.csv, the summary and the plots, and the exit status (0; 130/143 interrupted; 1: no trial
     scored). `expected`: the trial folders there would be had every trial Tune created started."""
     from tune import estimate, report
@@ -255,6 +257,7 @@ def finish(space, exp_dir, runs, slots, start, expected, budget_used):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(**CSV))
     estimate.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
+                    + trackers.where_lines(exp_dir, storage.name(exp_dir), mlflow_uri)
                     + report.failure_hints(exp_dir, table) + report.user_error_lines(failed)))
     print("\n".join(plots.report(exp_dir)))
     if all_failed:   # tune.tuner.UserErrorStop ended it: the same error would end every further trial

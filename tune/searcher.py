@@ -33,6 +33,7 @@ from ray.tune.search import Searcher
 from dogs.errors import USER_ERROR_KEY, ExperimentError, UserError
 from dogs.files import atomic_path
 from tune import distributions, storage
+from tune.session import SearchSession, unpickled_into
 from tune.settings import SAMPLERS
 from tune.study import ABANDONED, STUDY_FILE, TRIAL_ATTR, open_storage, shown_url, sqlite_path, study_location
 
@@ -67,18 +68,12 @@ def make_sampler(name, seed, samples):
 class StudySearcher(Searcher):
     """Optuna's ask/report/tell driven by Tune; the study is in a database (see the module docstring)."""
 
-    # The experiment folder that --resume continues, set by tune.search before Tune restores the searcher from
-    # tuner.pkl, which names the folder the experiment was searched in: a copied or moved experiment continues
-    # its own study.db (or its bucket's), never the one at its old place.
-    resumed_in = None
-    # Why the study's database was lost during this search (None while it answers): the searcher stops Tune as
-    # on Ctrl-C, keeps what it could not write in its saved state, and tune.search says this in one line.
-    lost = None
-
     def __init__(self, params, metric, mode, *, max_t, exp_dir, optuna_storage=None, sampler="tpe", seed=0,
-                 samples=10, first_trials=(), extend=False):
-        """`extend`: more trials for the experiment's existing study (--resume --samples N), not a new study."""
+                 samples=10, first_trials=(), extend=False, session=None):
+        """`extend`: more trials for the experiment's existing study (--resume --samples N), not a new study.
+        `session`: what it tells the driver (a lost database) and is told (tune.session)."""
         super().__init__(metric=metric, mode=mode)
+        self.session = session or SearchSession()
         self.params, self.max_t = params, max_t
         self.study_url, self.mirror = study_location(exp_dir, optuna_storage)
         self.in_experiment = not optuna_storage   # study.db is in the experiment folder (or its bucket copy is)
@@ -99,14 +94,15 @@ class StudySearcher(Searcher):
         self._recycle = []        # trials a killed driver asked that Ray's saved state does not know
 
     def __getstate__(self):
-        # Tune pickles the searcher (tuner.pkl): the study stays in its database
+        # Tune pickles the searcher (tuner.pkl): the study stays in its database, the session with its driver
         state = dict(self.__dict__)
-        for key in ("_rdb", "_study", "_trials", "_last_step", "_recycle"):
-            state.pop(key)
+        for key in ("_rdb", "_study", "_trials", "_last_step", "_recycle", "session"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.session = unpickled_into()   # the session of the --resume that unpickles it (tune.session)
         self._reset()
 
     # ---- the study: created once, reopened by restore() ----
@@ -188,7 +184,7 @@ class StudySearcher(Searcher):
     # ---- Tune's calls: each one survives a lost database (see _database_lost) ----
     def suggest(self, trial_id):
         """A new trial's config (see _suggest); None (no trial now) once the database is lost."""
-        return None if StudySearcher.lost else self._guarded(self._suggest, trial_id)
+        return None if self.session.lost else self._guarded(self._suggest, trial_id)
 
     def on_trial_result(self, trial_id, result):
         if result.get(self.metric) is not None and trial_id in self.numbers:
@@ -205,16 +201,16 @@ class StudySearcher(Searcher):
 
     def _guarded(self, call, trial_id, *args):
         """call(trial_id, *args); when the study's database cannot be reached, the call is kept in `unwritten`
-        (saved with Tune's state, replayed by restore) and the search stops as on Ctrl-C, once."""
+        (saved with Tune's state, replayed by restore) and the search stops as on Ctrl-C, once; the session says why."""
         import sqlalchemy.exc
 
-        if StudySearcher.lost is None:
+        if self.session.lost is None:
             try:
                 return call(trial_id, *args)
             except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
                     sqlalchemy.exc.InterfaceError) as err:
-                StudySearcher.lost = (f"the Optuna study's database {shown_url(self.study_url)} cannot be reached "
-                                      f"({str(err.__cause__ or err).splitlines()[0]}): the search stopped")
+                self.session.lost = (f"the Optuna study's database {shown_url(self.study_url)} cannot be reached "
+                                     f"({str(err.__cause__ or err).splitlines()[0]}): the search stopped")
                 os.kill(os.getpid(), signal.SIGUSR1)   # Tune stops gracefully, saving its state (as on Ctrl-C)
         if call != self._suggest:
             self.unwritten.append([call.__name__, trial_id, list(args)])
@@ -277,8 +273,8 @@ class StudySearcher(Searcher):
         of the experiment any more (see abandoned_trial_ids)."""
         state = json.loads(Path(checkpoint_path).read_text())
         self.numbers, self.unwritten = state["trials"], state.get("unwritten", [])
-        if self.in_experiment and StudySearcher.resumed_in is not None:
-            self.study_url, self.mirror = study_location(StudySearcher.resumed_in)
+        if self.in_experiment and self.session.exp_dir is not None:   # where the experiment is now
+            self.study_url, self.mirror = study_location(self.session.exp_dir)
         if self.mirror:   # the bucket's copy, saved with Ray's state: replaces the local one
             path = sqlite_path(self.study_url)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,17 @@ SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can u
 SCHEDULERS = ("asha", "fifo")
 FIDELITIES = ("epochs", "time")               # what ASHA's rungs count: epochs, or seconds of training (time_total_s)
 
-# search settings, checked like config keys: name -> Key(default, type, allowed, help)
+# search settings, checked like config keys: name -> Key(default, type, allowed, help, and what tune.search's command
+# line does with it: smoke, flag_note, resource, why_fixed)
 SETTINGS = {
     "samples": Key(10, int, Range(1, MAX_SAMPLES), "how many trials to run; at most 10000: every trial keeps a "
-                   "folder of results and checkpoints and the driver holds them all in memory"),
-    "epochs": Key(10, int, Range(1), "each trial's epoch budget = ASHA's max_t"),
-    "grace_period": Key(1, int, Range(1), "epochs every trial gets before ASHA may stop it; at most epochs"),
+                   "folder of results and checkpoints and the driver holds them all in memory", smoke=4,
+                   flag_note="With --resume: more than the saved samples extends the search by the missing trials, "
+                             "on its study"),
+    "epochs": Key(10, int, Range(1), "each trial's epoch budget = ASHA's max_t", smoke=2,
+                  why_fixed="ASHA's rungs and the finished trials were set by the saved epochs; extend with a larger "
+                            "--samples, or start a new search for more epochs"),
+    "grace_period": Key(1, int, Range(1), "epochs every trial gets before ASHA may stop it; at most epochs", smoke=1),
     "reduction_factor": Key(3, float, Range(1, low_open=True), "ASHA keeps 1/reduction_factor of the trials at each rung"),
     "metric": SCHEMA["metric"],
     "mode": SCHEMA["mode"],
@@ -31,15 +36,18 @@ SETTINGS = {
                     "cheap and costly configurations compared at equal cost; needs a time_budget, from which the "
                     "rungs are placed)"),
     "seed": Key(0, int | None, SEEDS, "seeds the sampler: one trial at a time, the same file proposes the same configurations; with several at once, later proposals and ASHA's stops depend on the order results arrive"),
-    "cpus_per_trial": Key(1, float, Range(0, low_open=True), "CPUs each trial holds"),
-    "gpus_per_trial": Key(0, float, Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU"),
-    "max_concurrent": Key(None, int | None, Range(1), "most trials at once; null = as many as the resources allow"),
+    "cpus_per_trial": Key(1, float, Range(0, low_open=True), "CPUs each trial holds", resource=True),
+    "gpus_per_trial": Key(0, float, Range(0), "GPUs each trial holds; fractions share a GPU, 0.25 = four trials per GPU",
+                          resource=True),
+    "max_concurrent": Key(None, int | None, Range(1), "most trials at once; null = as many as the resources allow",
+                          resource=True),
     "max_failures": Key(2, int, Range(0), "retries of an errored trial from its last checkpoint"),
     "holdout": Key(0.0, float, Range(0, 0.9), "fraction of Validation held out from the search (stratified, "
                    "seeded): trials are scored, stopped and proposed by the rest; tune.best --retrain --top compares "
                    "the top configurations on the held-out part; 0 = off"),
     "time_budget": Key(None, str | None, None, "wall time after which the search stops cleanly, like Ctrl-C "
-                       "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none"),
+                       "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none",
+                       flag_note="With --resume: this session's budget instead of the saved one ('none': no budget)"),
 }
 DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([smhd])")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

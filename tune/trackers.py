@@ -2,8 +2,10 @@
 with its config as params, its per-epoch results as metrics and its end status. The packages are optional
 extras: a missing one is one line naming the extra, said before Ray starts."""
 import importlib.util
+import logging
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -114,6 +116,44 @@ def check_mlflow(names, uri):
     why = mlflow_problem(uri) if uri else None
     if why:
         raise UserError(why)
+
+
+def where_lines(exp_dir, name, uri=None):
+    """The search summary's line on --log mlflow's runs: where they are and the command that opens them; none
+    without them. The default mlflow.db is found in the experiment folder (so a resumed search says it too)."""
+    local = None if "://" in str(exp_dir) else Path(exp_dir, "mlflow.db")
+    if not uri and not (local and local.is_file()):
+        return []
+    uri = uri or mlflow_uri(exp_dir)
+    scheme, shown = urlparse(uri).scheme.lower().split("+")[0], shown_uri(uri)
+    if scheme in SERVER_SCHEMES:
+        return [f"  mlflow       runs of experiment {name} on the tracking server {shown}"]
+    page = runs_page(uri, name) if scheme == "sqlite" else ""
+    return [f"  mlflow       runs of experiment {name}: mlflow ui --backend-store-uri {shlex.quote(shown)}, then open "
+            f"http://127.0.0.1:5000/{page}"]
+
+
+def shown_uri(uri):
+    """A tracking URI to print: any password masked."""
+    parts = urlparse(uri)
+    return uri if parts.password is None else uri.replace(f":{parts.password}@", ":***@", 1)
+
+
+def runs_page(uri, name):
+    """The UI's page listing the runs of experiment `name` in the SQLite store `uri` (MLflow 3's UI opens on a
+    GenAI overview), or "" when the store has no such experiment."""
+    from mlflow.tracking import MlflowClient   # here: only a search that logged to MLflow imports it
+
+    said = logging.getLogger("mlflow.store.db.utils")   # its INFO "Updating database tables" amid the summary
+    level = said.level
+    said.setLevel(logging.WARNING)
+    try:
+        experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    except Exception:   # a store MLflow cannot read now: the UI's first page, which lists the experiments
+        return ""
+    finally:
+        said.setLevel(level)
+    return f"#/experiments/{experiment.experiment_id}/runs" if experiment else ""
 
 
 def callbacks(names, exp_dir, name, uri=None):

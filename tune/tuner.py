@@ -17,6 +17,7 @@ from tune.settings import asha_rungs
 from tune.progress import ProgressCallback
 from tune.retention import KeepBestAndLatest
 from tune.searcher import StudySearcher
+from tune.session import restoring
 from tune.spaces import searched_names
 from tune.tensorboard import TensorBoardCallback
 from tune.trial_logs import CSVLogger, JsonLogger
@@ -50,10 +51,12 @@ def trial_dirname(trial):
     return f"trial_{trial.trial_id}"
 
 
-def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1, loggers=(), extend=0):
+def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1, loggers=(), extend=0,
+               session=None):
     """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard,
     and the trackers' callbacks (`loggers`: tune.trackers). `extend`: that many more trials in an existing
-    experiment folder, asked of its study (--resume --samples N)."""
+    experiment folder, asked of its study (--resume --samples N). `session`: what the searcher and the retention
+    callback tell the driver (tune.session)."""
     s = dict(space["search"], samples=extend) if extend else space["search"]
     # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
     # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
@@ -61,7 +64,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
     searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
                              optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
                              samples=s["samples"], first_trials=() if extend else space["first_trials"],
-                             extend=bool(extend))
+                             extend=bool(extend), session=session)
     time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
                               reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
@@ -81,7 +84,8 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
                                                     checkpoint_score_order=s["mode"]),
             failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
             callbacks=[JsonLogger(), CSVLogger(),   # whole across a trial's retries (tune.trial_logs)
-                       BudgetWatch(), TensorBoardCallback(space["params"], s["metric"]), KeepBestAndLatest(s["metric"], s["mode"]),
+                       BudgetWatch(), TensorBoardCallback(space["params"], s["metric"]),
+                       KeepBestAndLatest(s["metric"], s["mode"], session),
                        *loggers]
                       + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"],
                                                               searched=searched_names(space),
@@ -90,13 +94,13 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
     )
 
 
-def restore_tuner(s, exp_dir):
-    """The tuner of an interrupted experiment: its searcher's state (the study in exp_dir, wherever the experiment
-    was searched) and the trials' checkpoints; errored trials run again."""
+def restore_tuner(s, exp_dir, session):
+    """The tuner of an interrupted experiment: its searcher's state (the study in `session.exp_dir`, wherever the
+    experiment was searched) and the trials' checkpoints; errored trials run again."""
     if not tune.Tuner.can_restore(exp_dir):
         raise UserError(f"--resume: {exp_dir} has no saved experiment state to continue from")
-    StudySearcher.resumed_in = exp_dir   # its study.db is here, wherever the experiment was searched
-    return tune.Tuner.restore(exp_dir, trainable=make_trainable(s), resume_errored=True)
+    with restoring(session):   # the searcher and callbacks Ray unpickles from tuner.pkl take this session
+        return tune.Tuner.restore(exp_dir, trainable=make_trainable(s), resume_errored=True)
 
 
 class BudgetWatch(tune.Callback):
@@ -135,11 +139,11 @@ class BudgetWatch(tune.Callback):
 
 
 @contextlib.contextmanager
-def time_budget(deadline):
+def time_budget(deadline, progress):
     """An Event set when the budget's `deadline` (Unix seconds; None: no budget) has passed; the search then stops
     as on Ctrl-C, once every running trial is at an epoch boundary it will not pass (dogs.trial starts no epoch
     that would end after the deadline, and says so in its result), so no epoch in flight is thrown away; and once
-    this session has saved at least one epoch (a trial's checkpoint): a budget shorter than a trial's start-up
+    this session has saved at least one epoch (`progress` is set: the session's checkpointed): a budget shorter than a trial's start-up
     still moves each --resume forward instead of stopping every session before anything ran. When every running
     trial is out of budget before the deadline, it stops then. A trial whose first epoch is still running is
     waited for at most 1.5 x the longest epoch seen + 30 s.
@@ -150,8 +154,6 @@ def time_budget(deadline):
     one came before Tune listened; Ray's "Stop signal received" line is left out (tune.ray_setup.quiet_driver).
     """
     expired, done = threading.Event(), threading.Event()
-    progress = KeepBestAndLatest.checkpointed
-    progress.clear()
     BudgetWatch.reset()
     ProgressCallback.deadline = deadline
     if not deadline:
