@@ -171,10 +171,11 @@ def part_number(name):
     return int(name.removeprefix("part-")) if name.startswith("part-") and name[5:].isdigit() else -1
 
 
-def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=(), starts=None):
+def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=(), starts=None, session=None):
     """Run the (configuration, seed) `pairs` as a new Ray Tune run, part-<n> of `folder` (a subfolder of the
     experiment `exp_dir`). A new part, never Ray's restore: tune.best reads no pickled state of an experiment;
-    a run cut in an earlier part continues from the checkpoint folder `starts` names for its pair."""
+    a run cut in an earlier part continues from the checkpoint folder `starts` names for its pair. `session`: what
+    the retention callback tells the driver (tune.session: a checkpoint saved, for the time budget)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -200,7 +201,8 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=(), s
             name=name, storage_path=folder, verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            callbacks=[JsonLogger(), KeepBestAndLatest(metric, mode), BudgetWatch(),   # tune.trial_logs, tune.tuner
+            # tune.trial_logs (whole across retries), tune.retention, tune.tuner (the time budget)
+            callbacks=[JsonLogger(), KeepBestAndLatest(metric, mode, session), BudgetWatch(),
                        ProgressCallback(len(pairs), search["epochs"], metric, mode), *callbacks]))
     return tuner.fit()
 
@@ -252,6 +254,7 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
 
     from dogs.trial import DEADLINE_ENV
     from tune.ray_setup import check_resources, concurrency, joins_cluster, set_environment, start_ray
+    from tune.session import SearchSession
     from tune.tuner import time_budget
 
     if top < 1 or seeds < 1:
@@ -297,9 +300,10 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
             log(f"{what}{'' if resumed else f': {len(missing)} run(s)'}, {slots} at a time: "
                 + estimate.about(exp.space, epochs, slots, deadline - time.time() if deadline else None, budget))
             storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
-            with time_budget(deadline) as budget_used:
+            session = SearchSession(exp_dir=exp_dir)   # the retention callback tells the budget of a saved epoch
+            with time_budget(deadline, session.checkpointed) as budget_used:
                 run_part(exp_dir, folder, configs, missing, s, resources, callbacks,
-                         starts={pair: location for pair, (location, _) in starts.items()})
+                         starts={pair: location for pair, (location, _) in starts.items()}, session=session)
             expired = budget_used.is_set()
         except KeyboardInterrupt:   # Ctrl-C or SIGTERM before Tune took them over: the runs saved so far are kept
             interrupted = True
