@@ -254,6 +254,7 @@ def test_a_cut_run_continues_from_its_checkpoint_and_the_cut_hands_over_what_fin
     assert code == 0, out[-3000:] + err[-3000:]
     [(pair, _)] = [(p, r) for p, r in budgeted["runs"]["none finished"].items() if r.results]
     assert "1 from their latest checkpoint, at epoch 1" in out, out[-3000:]
+    assert "  completed 2 epochs  " in out   # its console line counts the epochs of both parts (tune.progress)
     # resumed: part-2 trained epoch 2 only (not epoch 1 again), and finished
     assert epochs_by_part(budgeted["folder"], pair)[:2] == [("part-1", [1]), ("part-2", [2])]
     after = budgeted["runs"]["one finished"]

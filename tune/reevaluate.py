@@ -235,7 +235,7 @@ def results_table(exp, runs, configs, seeds):
             f"mean {compared_on(metric, holdout)}": statistics.fmean(done) if done else math.nan,
             "sd": statistics.stdev(done) if len(done) > 1 else math.nan,
             "runs": f"{len(done)}/{len(seeds)}",
-            **{f"seed {seed}": scores.get(seed) for seed in seeds},
+            **{f"seed {seed}": math.nan if scores[seed] is None else scores[seed] for seed in seeds},   # "-": none
         })
     table = pd.DataFrame(rows)
     mean = f"mean {compared_on(metric, holdout)}"
