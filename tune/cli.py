@@ -21,6 +21,7 @@ SMOKE_SETTINGS, SMOKE_CONFIG = smoke_values(settings.SETTINGS), smoke_values(SCH
 EXAMPLES = """  python -m tune.search --space cnn_scratch.yaml --smoke-test    # the demo data, 4 tiny trials
   python -m tune.search --space cnn_scratch.yaml --data data/ --samples 20 --epochs 8
   python -m tune.search --space resnet_frozen.yaml --data data/ --log mlflow --time-budget 2h
+  python -m tune.search --space cnn_scratch.yaml --data data/ --warm-start OLD   # TPE starts from OLD's trials
   python -m tune.search --resume                                 # the latest experiment in runs/
   python -m tune.best --submit                                   # then: its best trial's submission"""
 
@@ -69,6 +70,12 @@ def get_args_parser():
                         "space, data and settings (--space/--data/--set/search flags that say otherwise are refused; "
                         "--time-budget may change). It restores "
                         "Ray's pickled state: resume only experiments whose folder (or bucket) you trust")
+    search.add_argument("--warm-start", metavar="EXPERIMENT|URL#STUDY",
+                   help="seed the new study with the finished trials of an old search whose parameters this space "
+                        "draws alike (the others skipped, said in one line), so TPE starts informed; they are not "
+                        "trained again nor counted in --samples. An experiment (a name in --storage, a folder, a "
+                        "URI) or an Optuna database URL and study name, e.g. sqlite:///old.db#study (#study may be "
+                        "left out when the database holds one study). Same metric and mode as this search")
     output.add_argument("--log", action="append", default=[], metavar="TRACKER",
                    help="also log each trial as a run to an experiment tracker: mlflow, wandb (repeatable or "
                         "a comma list; pip install 'dogs-tune[mlflow]' / '[wandb]'). W&B reads its usual "

@@ -162,9 +162,13 @@ def plain(value):
 
 
 def study_states(exp_dir, space=None):
-    """{state: count} of the experiment's Optuna study, read from its database."""
+    """{state: count} of the experiment's Optuna study, read from its database; the trials an old search gave it
+    (--warm-start, not trials of this search) counted apart, as WARM_START."""
+    from tune.warm_start import WARM_ATTR
+
     with open_study(exp_dir) as study:
-        return pd.Series([t.state.name for t in study.trials], dtype=object).value_counts().to_dict()
+        states = ["WARM_START" if WARM_ATTR in t.user_attrs else t.state.name for t in study.trials]
+    return pd.Series(states, dtype=object).value_counts().to_dict()
 
 
 def epoch_spans(trial, since=None):

@@ -53,6 +53,9 @@ def search(args):
     if args.resume and (args.log or args.mlflow_uri):
         raise UserError("--log/--mlflow-uri with --resume: a resumed search logs to the trackers it was started "
                         "with (they are in Ray's saved state); resume without them")
+    if args.resume and args.warm_start:
+        raise UserError("--warm-start with --resume: a resumed search's study already holds the trials it was warm-"
+                        "started with (they are added once, when its study is created); resume without it")
     if args.resume and args.optuna_storage:
         raise UserError("--optuna-storage with --resume: a resumed search continues its study in the database it "
                         "was started with (its saved searcher state names it); resume without it")
@@ -69,6 +72,12 @@ def search(args):
 
     # the space and the data: checked before Ray starts
     exp_dir, space = resume.resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
+    args.warm_trials = []   # --warm-start: the old search's trials that seed the new study, read before Ray starts
+    if args.warm_start:
+        from tune import warm_start
+
+        args.warm_trials, said = warm_start.load(args.warm_start, runs, space)
+        print(said)
     budget = space["search"]["time_budget"]
     args.deadline = began + settings.parse_duration(budget) if budget else None   # for the trials and the driver
     if "mlflow" in args.log:   # an experiment in a bucket needs --mlflow-uri: said before Ray starts
@@ -177,7 +186,8 @@ def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined, session):
             grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
                                           slots=None if joined else slots, rung_slots=slots,
                                           loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
-                                                                     args.mlflow_uri), session=session)
+                                                                     args.mlflow_uri), session=session,
+                                          warm_trials=args.warm_trials)
             storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))
     return grid_tuner, before
 
@@ -185,6 +195,7 @@ def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined, session):
 def fit(args, space, exp_dir, runs, resources, workers=None):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
     from tune import estimate, report, tuner
+    from tune.stop_when_flat import flat_reason
 
     s = space["search"]
     joined = ray_setup.joins_cluster(args.address)
@@ -221,7 +232,10 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
             table = report.trials_table(exp_dir, space) if args.resume else None
             extra = s["samples"] - int((table.status != "ABANDONED").sum()) if args.resume else 0
-            if extra > 0 and not budget.is_set() and not (table.status == "UNFINISHED").any():
+            # a search stopped by search.stop_when_flat stays stopped: more trials could not help
+            flat = extra > 0 and s["stop_when_flat"] and flat_reason(s, Experiment(exp_dir, space).trials,
+                                                                     exp_dir)
+            if extra > 0 and not budget.is_set() and not (table.status == "UNFINISHED").any() and not flat:
                 print(f"Extending the search by {extra} trial(s) on its study ({s['samples']} in all)")
                 before = len(table)
                 grid = tuner.make_tuner(space, runs, storage.name(exp_dir), study_storage(exp_dir), args.verbose,
@@ -241,6 +255,7 @@ def finish(space, exp_dir, runs, slots, start, expected, budget_used, mlflow_uri
     """After fit: trials.csv, the summary and the plots, and the exit status (0; 130/143 interrupted; 1: no trial
     scored). `expected`: the trial folders there would be had every trial Tune created started."""
     from tune import estimate, report
+    from tune.stop_when_flat import flat_reason
 
     s, wall_s = space["search"], time.time() - start
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
@@ -249,9 +264,10 @@ def finish(space, exp_dir, runs, slots, start, expected, budget_used, mlflow_uri
     pending = max(0, expected - len(table))   # trials Tune created that never started: no folder yet
     created = int((table.status != "ABANDONED").sum()) + pending
     stopped = pending or (table.status == "UNFINISHED").any() or created < s["samples"]
+    flat = flat_reason(s, trials, exp_dir) if stopped and not budget_used else None   # search.stop_when_flat
     failed = report.user_errors(trials)   # {one line: trial ids}: trials that failed before an epoch, not retried
     all_failed = bool(failed) and sum(map(len, failed.values())) == int((table.status != "ABANDONED").sum())
-    why = ("every trial failed before its first epoch" if all_failed and not budget_used else
+    why = flat or ("every trial failed before its first epoch" if all_failed and not budget_used else
            f"Time budget {s['time_budget']} used up" if budget_used else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(**CSV))
@@ -264,7 +280,7 @@ def finish(space, exp_dir, runs, slots, start, expected, budget_used, mlflow_uri
         print(f"dogs-search: error: {sum(map(len, failed.values()))} trial(s) ran, each failed before its first epoch "
               f"(not retried; {' | '.join(failed)}): fix that and run the search again", file=sys.stderr)
         return 1
-    if stopped:
+    if stopped and not flat:
         print(f"{why}: continue with  {resume_command(runs, exp_dir)}")
         return 0 if budget_used else interrupt.exit_status()
     if not table[f"best_{s['metric']}"].notna().any():   # every trial errored or diverged: nothing to hand over

@@ -69,9 +69,11 @@ class StudySearcher(Searcher):
     """Optuna's ask/report/tell driven by Tune; the study is in a database (see the module docstring)."""
 
     def __init__(self, params, metric, mode, *, max_t, exp_dir, optuna_storage=None, sampler="tpe", seed=0,
-                 samples=10, first_trials=(), extend=False, session=None):
+                 samples=10, first_trials=(), extend=False, session=None, warm_trials=()):
         """`extend`: more trials for the experiment's existing study (--resume --samples N), not a new study.
-        `session`: what it tells the driver (a lost database) and is told (tune.session)."""
+        `session`: what it tells the driver (a lost database) and is told (tune.session).
+        `warm_trials`: finished trials of an old search (tune.warm_start) added to the new study once, as it is
+        created (never kept here: Tune pickles the searcher)."""
         super().__init__(metric=metric, mode=mode)
         self.session = session or SearchSession()
         self.params, self.max_t = params, max_t
@@ -83,7 +85,7 @@ class StudySearcher(Searcher):
         self.unwritten = []       # [call, Tune trial id, args] the database refused: replayed by restore()
         self._reset()
         if not extend:   # else the study is loaded when first asked (the sampler learns from all its trials)
-            self._create(first_trials)
+            self._create(first_trials, warm_trials)
 
     def _reset(self):
         """What lives in this process only: the open study and trials."""
@@ -106,8 +108,9 @@ class StudySearcher(Searcher):
         self._reset()
 
     # ---- the study: created once, reopened by restore() ----
-    def _create(self, first_trials):
-        """A new study (with the space's first_trials queued); a study of that name is another search's."""
+    def _create(self, first_trials, warm_trials=()):
+        """A new study (with an old search's finished trials added and the space's first_trials queued); a study
+        of that name is another search's."""
         try:
             study = optuna.create_study(storage=self.rdb, study_name=self.study_name,
                                         direction="maximize" if self.mode == "max" else "minimize",
@@ -119,6 +122,7 @@ class StudySearcher(Searcher):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([self.metric])
         study.set_user_attr("max_t", self.max_t)
+        study.add_trials(warm_trials)   # --warm-start: the sampler learns from them before the first ask
         for point in first_trials:
             study.enqueue_trial(point)
         self._study = study

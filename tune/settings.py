@@ -7,6 +7,7 @@ import re
 
 from dogs.config import SCHEMA, SEEDS, Key, Range, metric_mode_problem, natural_mode, problem
 from dogs.errors import SpaceError
+from dogs.uncertainty import has_interval
 
 MAX_SAMPLES = 10_000
 SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can use (tune.searcher makes them)
@@ -45,6 +46,9 @@ SETTINGS = {
     "holdout": Key(0.0, float, Range(0, 0.9), "fraction of Validation held out from the search (stratified, "
                    "seeded): trials are scored, stopped and proposed by the rest; tune.best --retrain --top compares "
                    "the top configurations on the held-out part; 0 = off"),
+    "stop_when_flat": Key(None, int | None, Range(1), "end the search once this many finished trials in a row could "
+                          "not beat the best trial's 95% interval (tune.stop_when_flat; needs a metric with an "
+                          "interval: an accuracy or macro-F1); null = run every trial"),
     "time_budget": Key(None, str | None, None, "wall time after which the search stops cleanly, like Ctrl-C "
                        "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none",
                        flag_note="With --resume: this session's budget instead of the saved one ('none': no budget)"),
@@ -118,6 +122,10 @@ def check_settings(search, where):
     why = metric_mode_problem(search["metric"], search["mode"])
     if why:
         raise SpaceError(f"{where}: search.mode: {why}")
+    if search["stop_when_flat"] is not None and not has_interval(search["metric"]):
+        raise SpaceError(f"{where}: search.stop_when_flat: {search['stop_when_flat']} compares trials by the best's "
+                         f"95% interval, but search.metric {search['metric']} is a loss, which has none; use an "
+                         "accuracy or val_macro_f1 as the metric, or stop_when_flat null")
     if search["holdout"] and not search["metric"].startswith("val_"):
         raise SpaceError(f"{where}: search.holdout: {search['holdout']} holds out part of Validation, but "
                          f"search.metric {search['metric']} is a training score; use a val_* metric or holdout 0")

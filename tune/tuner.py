@@ -19,6 +19,7 @@ from tune.retention import KeepBestAndLatest
 from tune.searcher import StudySearcher
 from tune.session import restoring
 from tune.spaces import searched_names
+from tune.stop_when_flat import FlatStop, FlatWatch
 from tune.tensorboard import TensorBoardCallback
 from tune.trial_logs import CSVLogger, JsonLogger
 
@@ -52,11 +53,12 @@ def trial_dirname(trial):
 
 
 def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None, rung_slots=1, loggers=(), extend=0,
-               session=None):
+               session=None, warm_trials=()):
     """Tuner: the Optuna study's searcher, ASHA (or FIFO) scheduler, bounded checkpoints, retries, TensorBoard,
     and the trackers' callbacks (`loggers`: tune.trackers). `extend`: that many more trials in an existing
     experiment folder, asked of its study (--resume --samples N). `session`: what the searcher and the retention
-    callback tell the driver (tune.session)."""
+    callback tell the driver (tune.session). `warm_trials`: finished study trials of an old search added to the
+    new study (tune.warm_start)."""
     s = dict(space["search"], samples=extend) if extend else space["search"]
     # one "best": TPE, ASHA and Tune rank a trial by its best epoch so far (best_<metric>, reported every epoch),
     # and Ray keeps each trial's best epoch's checkpoint (by <metric>) — what tune.best predicts from
@@ -64,7 +66,11 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
     searcher = StudySearcher(space["params"], score, s["mode"], max_t=s["epochs"], exp_dir=storage.join(runs, name),
                              optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
                              samples=s["samples"], first_trials=() if extend else space["first_trials"],
-                             extend=bool(extend), session=session)
+                             extend=bool(extend), session=session, warm_trials=warm_trials)
+    # search.stop_when_flat: Tune's stop_all once M finished trials in a row could not beat the best's interval
+    flat = (FlatWatch(s["metric"], s["mode"], s["stop_when_flat"], storage.join(runs, name))
+            if s.get("stop_when_flat") else None)
+    stop = UserErrorStop(min(s["samples"], max(2, slots or rung_slots)))
     time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
                               reduction_factor=s["reduction_factor"]) if s["scheduler"] == "asha" else FIFOScheduler()
@@ -77,7 +83,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
             trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=runs, verbose=1 if verbose else 0,   # 0: our progress line only
-            stop=UserErrorStop(min(s["samples"], max(2, slots or rung_slots))),
+            stop=tune.stopper.CombinedStopper(stop, FlatStop(flat)) if flat else stop,
             # Ray deletes no checkpoint (num_to_keep would save the whole experiment state after every
             # checkpoint: O(N) per checkpoint); KeepBestAndLatest keeps each trial's best and latest
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=s["metric"],
@@ -86,7 +92,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
             callbacks=[JsonLogger(), CSVLogger(),   # whole across a trial's retries (tune.trial_logs)
                        BudgetWatch(), TensorBoardCallback(space["params"], s["metric"]),
                        KeepBestAndLatest(s["metric"], s["mode"], session),
-                       *loggers]
+                       *loggers, *([flat] if flat else [])]
                       + ([] if verbose else [ProgressCallback(s["samples"], s["epochs"], s["metric"], s["mode"],
                                                               searched=searched_names(space),
                                                               exp_dir=storage.join(runs, name))]),
