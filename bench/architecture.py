@@ -65,7 +65,7 @@ def static_table():
 
 # ----------------------------------------------------------------------------- one path, traced
 TRACER = """
-import sys, json
+import sys, json, threading
 roots = {roots!r}
 seen = set()
 def profile(frame, event, arg):   # a function's code (CO_NEWLOCALS), not a module or class body run on import
@@ -74,6 +74,7 @@ def profile(frame, event, arg):   # a function's code (CO_NEWLOCALS), not a modu
         if name.startswith(roots):
             seen.add(name)
 sys.setprofile(profile)
+threading.setprofile(profile)   # the hand-over's work may run in threads of ours (a bounded wait, a pool)
 from tune import best
 try:
     code = best.main({argv!r})
