@@ -4,6 +4,7 @@
                                                # rule replayed at other M on the full runs (bench/RESULTS.md)
     python bench/stop_when_flat.py --flat 4 2 --all-from OLD_OUT   # two real M; the full searches of an earlier
                                                # --out reused (the "all" arm does not use the setting)
+    python bench/stop_when_flat.py --trials 40 --seeds 3 --flat    # longer searches, the rule replayed only
     python bench/stop_when_flat.py --small     # 2 seeds x 8 trials x 3 epochs, stop_when_flat 2: a smoke run
 
 Task and space: bench/search_quality.py's (scikit-learn's digits at 8x8 px, 15 training and 10 validation images
@@ -94,7 +95,8 @@ def main():
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--flat", type=int, nargs="+", default=[4], help="search.stop_when_flat of the real stopped arms")
+    p.add_argument("--flat", type=int, nargs="*", default=[4],
+                   help="search.stop_when_flat of the real stopped arms (none: the full searches and the replay only)")
     p.add_argument("--replay", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="M of the replayed arms")
     p.add_argument("--all-from", help="an earlier --out whose full searches (runs/all-s*) to reuse, same settings")
     p.add_argument("--out", default=str(ROOT / "outputs" / "stop_when_flat"), help="runs, data, tables")
