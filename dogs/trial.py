@@ -72,15 +72,18 @@ def wait_for_workers(folder=None, timeout=WAIT_S):
     return time.monotonic() - start
 
 
-def trainable(config):
-    """Ray Tune function trainable (Ray 2.60: only ray.tune.* APIs; ray.train.* inside Tune breaks trials)."""
+def trainable(config, start_from=None):
+    """Ray Tune function trainable (Ray 2.60: only ray.tune.* APIs; ray.train.* inside Tune breaks trials).
+    `start_from`: a checkpoint dict to continue when Ray has none for the trial (tune.reevaluate: a run cut in an
+    earlier part)."""
     # the one-off builds' progress bars: whole lines, which Ray forwards to the search's console
     with bars.drawn_by(bars.Lines):
-        run_trial(config)
+        run_trial(config, start_from)
 
 
-def run_trial(config):
-    """The trial: resumed from its checkpoint if it has one, an epoch reported (with a checkpoint) at a time."""
+def run_trial(config, start_from=None):
+    """The trial: resumed from its checkpoint if it has one (else from `start_from`), an epoch reported (with a
+    checkpoint) at a time."""
     import ray
     from ray import tune
     # resume: a restarted trial (node lost, search resumed, error retried) continues after its last epoch
@@ -88,7 +91,7 @@ def run_trial(config):
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     wait_for_workers()
     saved = tune.get_checkpoint()
-    resume = None
+    resume = start_from   # Ray's own checkpoint of this trial (a retry) comes first
     if saved is not None:
         with saved.as_directory() as folder:
             resume = checkpoint.read(Path(folder))

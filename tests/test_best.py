@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
+from dogs.errors import ExperimentError
 from tune import best, search
 from conftest import TWO_TRIAL_SPACE as SPACE, run_main
 
@@ -413,3 +415,35 @@ def test_best_config_yaml_runs_in_dogs_train_as_is(experiment, tmp_path):
     code, out, err = run_main(train, ["--config", str(path), "--out", str(tmp_path / "again")])
     assert code is None, out[-2000:] + err[-2000:]   # main returns nothing on success
     assert json.loads((tmp_path / "again" / "config.json").read_text()) == config
+
+
+@given(top=st.sampled_from([None, 1, 3]), seeds=st.sampled_from([None, 1, 2, 4]),
+       ensemble=st.sampled_from([None, 1, 2, 3]), best_seed=st.booleans(), train_on_val=st.booleans(),
+       budget=st.sampled_from([None, "none", "90s"]))
+def test_the_hand_over_of_top_is_its_seeds_averaged_unless_best_seed(top, seeds, ensemble, best_seed, train_on_val,
+                                                                       budget):
+    """--retrain --top: every combination of the hand-over flags is refused in one line or resolves to the members
+    it says: all N seeds averaged by default, the best seed alone with --best-seed (or --train-on-val, which trains
+    once more), K with --ensemble K (K <= N); --retrain without --top trains one config: no ensemble."""
+    argv = ["--retrain", "--submit"] + (["--top", str(top)] if top else []) + (["--seeds", str(seeds)] if seeds else [])
+    argv += (["--ensemble", str(ensemble)] if ensemble else []) + (["--best-seed"] if best_seed else [])
+    argv += (["--train-on-val"] if train_on_val else []) + (["--time-budget", budget] if budget else [])
+    args = best.get_args_parser().parse_args(argv)
+    try:
+        best.check_flags(args)
+    except ExperimentError as err:
+        assert "\n" not in str(err)
+        reevaluating = bool(top or seeds)
+        n = (seeds or 3) if reevaluating else None
+        assert ((best_seed and (not reevaluating or ensemble or train_on_val))
+                or (budget == "90s" and (not reevaluating or train_on_val))
+                or (reevaluating and (ensemble or 0) > n) or ((ensemble or 1) > 1 and train_on_val)
+                or (not reevaluating and (ensemble or 1) > 1)), (argv, err)   # --retrain alone trains one
+        return
+    if top is None and seeds is None:   # --retrain alone: one config trained again, no ensemble
+        assert args.ensemble == 1 and not best_seed and args.time_budget is None
+        return
+    n = seeds or 3
+    expected = ensemble or (1 if best_seed or train_on_val else n)
+    assert args.ensemble == expected and 1 <= args.ensemble <= n
+    assert args.time_budget == (None if budget in (None, "none") else budget)

@@ -67,7 +67,9 @@ def reevaluated(tiny_imagefolder, tmp_path_factory):
 
 def test_interrupted_reevaluation_continues_and_redoes_no_finished_run(reevaluated):
     first, before = reevaluated["first"], reevaluated["before"]
-    assert not first.complete and first.chosen is None
+    assert not first.complete and first.cut == "interrupted" and first.finished == len(before)
+    # cut, it still chooses among the configurations with a finished run
+    assert first.chosen in first.configs and all(reevaluate.finished(run) for run in first.runs)
     assert 3 <= len(before) < 9, before.keys()
     assert f"{len(before)} of 9 runs finished before: {9 - len(before)} to run" in reevaluated["out"]
     after = finished_runs(reevaluated["folder"])
@@ -133,6 +135,13 @@ def test_mistakes_are_one_line_before_anything_runs(reevaluated, tmp_path):
         (["--retrain", "--top", "2", "--seeds", "nan"], "argument --seeds: 'nan' is not an integer"),
         (["--retrain", "--top", "4"], "--top 4, but the search has only 3 distinct configuration(s)"),
         (["--address", "127.0.0.1:1"], "--address is where --top runs"),
+        (["--retrain", "--top", "--best-seed", "--ensemble", "2"], "--best-seed hands over the chosen configuration's"),
+        (["--submit", "--best-seed"], "--best-seed picks among the seeds of --top's chosen configuration"),
+        (["--retrain", "--top", "--best-seed", "--train-on-val"], "--best-seed hands over a seed's checkpoint"),
+        (["--submit", "--time-budget", "5m"], "--time-budget bounds --top's re-evaluation: it needs --retrain --top"),
+        (["--retrain", "--top", "--time-budget", "5m", "--train-on-val"], "then run --train-on-val without"),
+        (["--retrain", "--top", "--time-budget", "0s"], "argument --time-budget: '0s' is not positive"),
+        (["--retrain", "--top", "--time-budget", "soon"], "argument --time-budget: 'soon' is not a duration"),
     ]:
         code, out, err = run_main(best, ["--experiment", exp_dir, "--out", str(tmp_path / "x"), *argv])
         assert code == 2 and err.startswith("dogs-best: error: ") and message in err, (argv, err)
@@ -181,5 +190,109 @@ def test_sigterm_during_retrain_top_stops_like_ctrl_c(tiny_imagefolder, tmp_path
             proc.kill()
     console = log.read_text()
     assert status == 143, console[-3000:]
-    assert "Re-evaluation interrupted: run the same command again to continue it" in console, console[-3000:]
+    assert ("Re-evaluation interrupted before any run finished (0 of 4): nothing handed over; run the same command "
+            "again to continue it") in console, console[-3000:]
     assert "Aborted" not in console and "SIGTERM received" not in console and "Traceback" not in console, console[-3000:]
+
+
+# 2 configurations x 2 epochs, one run at a time (max_concurrent: the re-evaluation's slots too): a budget that ends
+# before the first epoch does lets exactly one run train one epoch, whatever the machine
+ONE_AT_A_TIME = SPACE.replace("samples: 3", "samples: 2").replace("seed: 0}", "seed: 0, max_concurrent: 1}")
+
+
+def epochs_by_part(folder, pair):
+    """[(part, [epochs its result.json reports])] of one (configuration, seed) run, in part order."""
+    out = []
+    for part in sorted(Path(folder).glob("part-*"), key=lambda p: reevaluate.part_number(p.name)):
+        for trial in read_trials(str(part)):
+            if tuple(trial.config.get("run", ())) == pair:
+                out.append((part.name, [r["epoch"] for r in trial.results]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def budgeted(tiny_imagefolder, tmp_path_factory):
+    """A 2-trial search; `tune.best --retrain --top 2 --seeds 2 --time-budget 1s` twice (cut, then cut again), then
+    the same command without a budget, then --best-seed: each one's (exit code, stdout, stderr) and the runs after."""
+    folder = tmp_path_factory.mktemp("budgeted")
+    (folder / "space.yaml").write_text(ONE_AT_A_TIME)
+    code, out, err = run_main(search, ["--space", str(folder / "space.yaml"), "--data", str(tiny_imagefolder),
+                                       "--storage", str(folder / "runs"), "--name", "b"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    exp_dir = folder / "runs" / "b"
+    command = ["--experiment", str(exp_dir), "--retrain", "--top", "2", "--seeds", "2"]
+    steps, runs = {}, {}
+    for step, more in [("none finished", ["--time-budget", "1s"]), ("one finished", ["--time-budget", "1s"]),
+                       ("complete", []), ("best seed", ["--best-seed"])]:
+        steps[step] = run_main(best, [*command, *more, "--out", str(folder / step.replace(" ", "-"))])
+        runs[step] = reevaluate.read_runs(reevaluate.folder_of(str(exp_dir), 2, 2))
+    return {"dir": exp_dir, "steps": steps, "runs": runs, "out": folder,
+            "folder": Path(reevaluate.folder_of(str(exp_dir), 2, 2))}
+
+
+def test_a_budget_that_ends_before_any_run_finished_is_one_line_and_writes_nothing(budgeted):
+    code, out, err = budgeted["steps"]["none finished"]
+    assert code == 1, out[-3000:] + err[-3000:]
+    # the plan line, before any run: what runs, and about how long at the search's measured seconds per epoch
+    plan = next(line for line in out.splitlines() if line.startswith("Re-evaluating the 2 best"))
+    assert "4 run(s), 1 at a time: about " in plan and "(8 epochs at most)" in plan, plan
+    assert "s per trial-epoch (measured here on" in plan and "the time budget 1s ends it sooner" in plan, plan
+    lines = [line for line in out.splitlines() if "before any run finished" in line]
+    assert lines == ["Time budget 1s used up before any run finished (0 of 4): nothing handed over; run the same "
+                     "command again to continue it (cut runs continue from their latest checkpoint)"], out[-3000:]
+    assert not (budgeted["out"] / "none-finished").exists()   # nothing half-written
+    # the one run that started stopped at the epoch boundary with its checkpoint kept; the others never started
+    started = {pair: run for pair, run in budgeted["runs"]["none finished"].items() if run.results}
+    assert len(started) == 1, started
+    [(pair, run)] = started.items()
+    assert [r["epoch"] for r in run.results] == [1] and run.status == "UNFINISHED"
+    assert reevaluate.latest(run)[1] == 1
+
+
+def test_a_cut_run_continues_from_its_checkpoint_and_the_cut_hands_over_what_finished(budgeted):
+    code, out, err = budgeted["steps"]["one finished"]
+    assert code == 0, out[-3000:] + err[-3000:]
+    [(pair, _)] = [(p, r) for p, r in budgeted["runs"]["none finished"].items() if r.results]
+    assert "1 from their latest checkpoint, at epoch 1" in out, out[-3000:]
+    assert "  completed 2 epochs  " in out   # its console line counts the epochs of both parts (tune.progress)
+    # resumed: part-2 trained epoch 2 only (not epoch 1 again), and finished
+    assert epochs_by_part(budgeted["folder"], pair)[:2] == [("part-1", [1]), ("part-2", [2])]
+    after = budgeted["runs"]["one finished"]
+    assert reevaluate.finished(after[pair]) and [r["epoch"] for r in after[pair].results] == [1, 2]
+    assert sum(reevaluate.finished(run) for run in after.values()) == 1
+    # it hands over that run (its configuration, its seed) and says how much of the plan ran
+    assert (f"Time budget 1s used up: 1 of 4 runs finished; handing over the best of what finished: the "
+            f"configuration of trial {pair[0]}, 1 of its 1 finished seed(s)") in out, out[-3000:]
+    handed = checkpoint.read(budgeted["out"] / "one-finished" / "best.pt")
+    assert handed["config"]["seed"] == pair[1] and handed["epoch"] in (1, 2)
+    assert (budgeted["out"] / "one-finished" / "submission.csv").is_file()
+
+
+def test_rerun_finishes_the_plan_training_no_epoch_twice_and_hands_over_the_seeds_averaged(budgeted):
+    code, out, err = budgeted["steps"]["complete"]
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "1 of 4 runs finished before: 3 to run" in out, out[-3000:]
+    runs = budgeted["runs"]["complete"]
+    assert len(runs) == 4 and all(reevaluate.finished(run) for run in runs.values())
+    for pair in runs:   # over every part, each epoch trained exactly once
+        epochs = [e for _, part in epochs_by_part(budgeted["folder"], pair) for e in part]
+        assert sorted(epochs) == [1, 2], (pair, epochs_by_part(budgeted["folder"], pair))
+    # the default hand-over: the chosen configuration's 2 seeds averaged, its best seed as best.pt
+    chosen = next(line for line in out.splitlines() if line.startswith("Chosen:")).split()[5]
+    exp = Experiment.open(str(budgeted["dir"]))
+    scores = {seed: reevaluate.run_score(exp, runs[chosen, seed]) for seed in (1, 2)}
+    best_seed = max((1, 2), key=lambda seed: scores[seed])   # of equal ones the first: ranking's order
+    other = 3 - best_seed
+    assert checkpoint.read(budgeted["out"] / "complete" / "best.pt")["config"]["seed"] == best_seed
+    assert f"  ensemble     + seed {other}: {reevaluate.checkpoint_of(exp, runs[chosen, other])}" in out, out[-3000:]
+    assert "ensemble of 2" in out
+
+
+def test_best_seed_hands_over_the_best_seed_alone(budgeted):
+    code, out, err = budgeted["steps"]["best seed"]
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "4 of 4 runs finished before: 0 to run" in out and "ensemble" not in out, out[-3000:]
+    complete = budgeted["steps"]["complete"][1]
+    assert checkpoint.read(budgeted["out"] / "best-seed" / "best.pt")["config"]["seed"] == checkpoint.read(
+        budgeted["out"] / "complete" / "best.pt")["config"]["seed"]
+    assert next(line for line in out.splitlines() if line.startswith("Chosen:")) in complete

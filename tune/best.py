@@ -7,6 +7,7 @@ photos, a model to use anywhere.
     python -m tune.best --experiment s3://bucket/runs/X --submit --out best/     # an experiment on S3
     python -m tune.best --submit --tta --ensemble 3       # mirror TTA, softmax of the 3 best trials averaged
     python -m tune.best --retrain --top 3 --seeds 3 --submit   # the 3 best configurations, 3 seeds each: the best mean
+    python -m tune.best --retrain --top 1 --seeds 3 --submit --time-budget 20m   # what finishes in 20 minutes
     python -m tune.best --predict photos/ new.jpg         # each photo's top-5 classes by name, predictions.csv
     python -m tune.best --checkpoint out/best.pt --predict photos/   # any checkpoint, one of dogs.train's too
     python -m tune.best --export model/                   # ONNX + torch.export + safetensors + model card
@@ -19,13 +20,15 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from dogs import interrupt
 from dogs.cli import ArgumentParser, fail, number, quiet_when_reader_leaves
 from dogs.errors import DataError, ExperimentError, UserError
 from dogs.files import output_folder as checked_folder, refuse_others
-from tune import lock, reevaluate as reevaluation, spaces, storage
+from tune import lock, reevaluate as reevaluation, settings, spaces, storage
+from tune.cli import NO_BUDGET, time_budget_value
 from tune.experiment import DEFAULT_STORAGE, Experiment, holdout_key, printable
 
 PROG = "dogs-best"
@@ -46,12 +49,20 @@ def get_args_parser():
     retrain.add_argument("--top", type=number(int, 1), nargs="?", const=reevaluation.TOP, metavar="K",
                          help=f"with --retrain: re-evaluate the K best distinct configurations (K={reevaluation.TOP} "
                               "when given without a number), each trained again with --seeds seeds in parallel on "
-                              "Ray, and hand over the one with the best mean score (its best seed's checkpoint)")
+                              "Ray, and hand over the one with the best mean score (its seeds averaged; --best-seed: "
+                              "its best seed's checkpoint)")
     retrain.add_argument("--seeds", type=number(int, 1), nargs="?", const=reevaluation.SEEDS, metavar="N",
                          help=f"with --retrain: seeds per configuration for --top (N={reevaluation.SEEDS} when given "
                               "without a number, or when only --top is)")
     retrain.add_argument("--address", help="with --top: the Ray cluster to run on (default: $RAY_ADDRESS, else a "
                                             "local Ray)")
+    retrain.add_argument("--time-budget", type=time_budget_value, metavar="DURATION",
+                         help="with --top: wall time from the command's start after which the runs stop at an epoch "
+                              "boundary, their checkpoints kept (the same command again continues them); the best of "
+                              "what finished is handed over. As tune.search's: 90s, 30m, 2h, 1d12h, or none")
+    retrain.add_argument("--best-seed", action="store_true",
+                         help="with --top: hand over the chosen configuration's best seed alone (default: its seeds "
+                              "averaged, as --ensemble N)")
     retrain.add_argument("--train-on-val", action="store_true", help="with --retrain: train on Train + Validation "
                                                                      "(with --top: the chosen configuration, after "
                                                                      "the choice)")
@@ -60,9 +71,10 @@ def get_args_parser():
                                      "whose Validation/ gives the card's per-class accuracy")
     output.add_argument("--tta", action="store_true", help="with --submit or --predict: average each prediction over "
                                                            "the image and its horizontal mirror")
-    output.add_argument("--ensemble", type=number(int, 1), default=1, metavar="K",
+    output.add_argument("--ensemble", type=number(int, 1), metavar="K",
                         help="with --submit or --predict: average the softmax of the K best trials' best checkpoints "
-                             "(default 1); with --top: of the chosen configuration's K best seeds")
+                             "(default 1); with --top: of the chosen configuration's K best seeds (default: all N, "
+                             "bench/RESULTS.md: the best or tied-best hand-over)")
     output.add_argument("--out", help="output folder (default: <experiment>/best, or the current folder with "
                                       "--checkpoint; required for a URI)")
     use.add_argument("--predict", nargs="+", metavar="PATH",
@@ -90,6 +102,11 @@ def uses(a):
     return a.predict is not None or bool(a.export) or bool(a.checkpoint)
 
 
+def averages(a):
+    """--ensemble K given with K > 1 (not given: None, see check_flags)."""
+    return (a.ensemble or 1) > 1
+
+
 # (the flags it is about, when they are wrong, the line that says so), in the order they are checked: the first
 # wrong one is said. "use": --predict, --export, --checkpoint (and nothing of the rest is read); "best": the others.
 RULES = [
@@ -98,44 +115,63 @@ RULES = [
     ("use", lambda a: a.checkpoint and not (a.predict or a.export),
      "--checkpoint FILE is for --predict and --export (--submit and --retrain use the experiment's trials)"),
     ("use", lambda a: (a.predict or a.export) and (a.submit or a.retrain or a.train_on_val or a.plots
-                                                   or reevaluates(a)),
+                                                   or reevaluates(a) or a.best_seed or a.time_budget),
      "--predict and --export run on their own: run --submit, --retrain (--top, --seeds) or --plots separately"),
     ("use", lambda a: a.predict is not None and a.data,
      "--data is not read by --predict: the photos are the PATHs after --predict, and the classes are the model's"),
-    ("use", lambda a: a.checkpoint and a.ensemble != 1,
+    ("use", lambda a: a.checkpoint and averages(a),
      "--ensemble K averages the K best trials of an experiment: not with --checkpoint"),
-    ("use", lambda a: a.export and (a.tta or a.ensemble != 1),
+    ("use", lambda a: a.export and (a.tta or averages(a)),
      "--export writes one model: --tta and --ensemble are for --predict and --submit"),
     ("use", lambda a: a.export and a.predict, "--predict and --export: run them one at a time"),
     ("use", lambda a: a.export and a.out, "--out is where --predict writes; --export DIR is the export's folder"),
     ("best", lambda a: a.train_on_val and not a.retrain,
      "--train-on-val needs --retrain (a checkpoint cannot be un-trained on Validation)"),
-    ("best", lambda a: (a.tta or a.ensemble != 1) and not a.submit,
+    ("best", lambda a: (a.tta or averages(a)) and not a.submit and not reevaluates(a),
      "--tta and --ensemble shape the submission: they need --submit"),
     ("best", lambda a: reevaluates(a) and not a.retrain, "--top and --seeds choose what --retrain trains: they need "
                                                          "--retrain"),
-    ("best", lambda a: reevaluates(a) and a.ensemble > a.seeds,
+    ("best", lambda a: reevaluates(a) and (a.ensemble or 0) > a.seeds,
      "--ensemble {ensemble} with --top: averages the chosen configuration's seeds, and there are {seeds} (--seeds)"),
-    ("best", lambda a: reevaluates(a) and a.ensemble > 1 and a.train_on_val,
+    ("best", lambda a: reevaluates(a) and averages(a) and a.train_on_val,
      "--ensemble averages the chosen configuration's seeds; --train-on-val trains it once more on Train + "
      "Validation: use one of the two"),
-    ("best", lambda a: not reevaluates(a) and a.ensemble > 1 and a.retrain,
+    ("best", lambda a: not reevaluates(a) and averages(a) and a.retrain,
      "--ensemble averages the best trials' checkpoints; --retrain trains the best config alone: use one of the two "
      "(or --top: its seeds averaged)"),
     ("best", lambda a: a.address and a.top is None, "--address is where --top runs its re-evaluation: it needs "
                                                     "--retrain --top"),
+    ("best", lambda a: a.best_seed and a.top is None,
+     "--best-seed picks among the seeds of --top's chosen configuration: it needs --retrain --top"),
+    ("best", lambda a: a.best_seed and a.ensemble is not None,
+     "--best-seed hands over the chosen configuration's best seed, --ensemble {ensemble} its {ensemble} best seeds "
+     "averaged: give one of them"),
+    ("best", lambda a: a.best_seed and a.train_on_val,
+     "--best-seed hands over a seed's checkpoint; --train-on-val trains the chosen configuration once more on Train "
+     "+ Validation: use one of the two"),
+    ("best", lambda a: a.time_budget and a.top is None,
+     "--time-budget bounds --top's re-evaluation: it needs --retrain --top (tune.search takes its own --time-budget)"),
+    ("best", lambda a: a.time_budget and a.train_on_val,
+     "--time-budget bounds the re-evaluation's runs, and --train-on-val trains once more after them: re-evaluate "
+     "within the budget first, then run --train-on-val without --time-budget (the finished runs are reused)"),
 ]
 
 
 def check_flags(args):
-    """The flags against each other (RULES), before anything is read; --top or --seeds alone: the other's default."""
+    """The flags against each other (RULES), before anything is read; --top or --seeds alone: the other's default;
+    --ensemble not given: with --top all N seeds averaged (1 with --best-seed or --train-on-val), else 1."""
     if reevaluates(args) and args.retrain:   # a re-evaluation: each default when only the other is given
         args.top = reevaluation.TOP if args.top is None else args.top
         args.seeds = reevaluation.SEEDS if args.seeds is None else args.seeds
+    if args.time_budget is not None and args.time_budget.lower() in NO_BUDGET:
+        args.time_budget = None
     scope = "use" if uses(args) else "best"
     for about, wrong, message in RULES:
         if about == scope and wrong(args):
             raise ExperimentError(message.format(**vars(args)))
+    if args.ensemble is None:
+        averaged = args.top is not None and not (args.best_seed or args.train_on_val)
+        args.ensemble = args.seeds if averaged else 1
 
 
 def action(args):
@@ -161,7 +197,9 @@ def locked(write):
 
 @quiet_when_reader_leaves
 def main(argv=None):
+    began = time.time()   # --time-budget counts from here
     args = get_args_parser().parse_args(argv)
+    args.began = began
     args.command = lock.command_line("python -m tune.best", sys.argv[1:] if argv is None else argv)
     try:
         check_flags(args)
@@ -208,18 +246,24 @@ def retrain(args, exp):
 
 
 def reevaluate(args, exp):
-    """--retrain --top K --seeds N: the K best distinct configurations trained again with N seeds each on Ray; the best
-    mean's best seed is handed over as best.pt (--ensemble: its K best seeds; --train-on-val: trained once more)."""
+    """--retrain --top K --seeds N: the K best distinct configurations trained again with N seeds each on Ray (within
+    --time-budget); the best mean's seeds averaged are handed over, its best seed's checkpoint as best.pt
+    (--best-seed: that seed alone; --train-on-val: trained once more). Cut (the budget, Ctrl-C, SIGTERM, runs that
+    errored): the best of the configurations with a finished run, said so; none finished: one line, exit 1 (130/143)."""
     from dogs import checkpoint as dogs_checkpoint
 
     exp, members, data = best_trials(args, exp)
     out_dir = output_folder(args, exp, data, members[0][2][1])
-    chosen = reevaluation.reevaluate(exp, args.top, args.seeds, address=args.address, data=data)
+    deadline = args.began + settings.parse_duration(args.time_budget) if args.time_budget else None
+    chosen = reevaluation.reevaluate(exp, args.top, args.seeds, address=args.address, data=data, deadline=deadline,
+                                     budget=args.time_budget)
     print(reevaluation.printed(chosen.table))
-    if chosen.chosen is None:
-        print("Re-evaluation " + ("interrupted: run the same command again to continue it (finished runs are kept)"
-                                  if not chosen.complete else "found no finite score: nothing to hand over"))
-        return interrupt.exit_status() if not chosen.complete else 1   # 130 after Ctrl-C, 143 after SIGTERM
+    status = 0 if chosen.cut in (None, "time budget") else interrupt.exit_status() if chosen.cut == "interrupted" else 1
+    if chosen.chosen is None or (chosen.cut and args.train_on_val):
+        print(cut_line(args, chosen, "nothing handed over" if chosen.finished else None))
+        return status or 1
+    if chosen.cut:
+        print(cut_line(args, chosen, "handing over the best of what finished"))
     (model, ckpt), *others = reevaluation.load_runs(exp, chosen, args.ensemble)
     print(f"Chosen: the configuration of trial {chosen.chosen} ({reevaluation.chosen_text(chosen)}); "
           f"seed {ckpt['config']['seed']}'s checkpoint: {reevaluation.checkpoint_of(exp, chosen.runs[0])}")
@@ -233,7 +277,28 @@ def reevaluate(args, exp):
         return hand_over(args, out_dir, data, *load_checkpoint(handed), handed, [])
     out_dir.mkdir(parents=True, exist_ok=True)   # the chosen run's checkpoint is handed over as best.pt
     dogs_checkpoint.save(ckpt, out_dir / "best.pt")
-    return hand_over(args, out_dir, data, model, ckpt, out_dir / "best.pt", [(None, None, pair) for pair in others])
+    for run in chosen.runs[1:len(others) + 1]:
+        print(f"  ensemble     + seed {run.config['run'][1]}: {reevaluation.checkpoint_of(exp, run)}")
+    hand_over(args, out_dir, data, model, ckpt, out_dir / "best.pt", [(None, None, pair) for pair in others])
+    return status
+
+
+def cut_line(args, chosen, then):
+    """The line of a re-evaluation that did not run its whole plan: why, how much of it ran, what now."""
+    why = {"time budget": f"Time budget {args.time_budget} used up", "interrupted": "Re-evaluation interrupted",
+           "errored": "Some runs errored past their retries (search.max_failures)"}.get(chosen.cut)
+    if chosen.cut and not chosen.finished:
+        return (f"{why} before any run finished (0 of {chosen.planned}): nothing handed over; run the same command "
+                "again to continue it (cut runs continue from their latest checkpoint)")
+    if chosen.chosen is None:
+        return "Re-evaluation found no finite score: nothing to hand over"
+    if args.train_on_val:
+        return (f"{why}: {chosen.finished} of {chosen.planned} runs finished; --train-on-val trains after the whole "
+                "re-evaluation: run the same command again to continue it (finished runs are kept)")
+    seeds = len(chosen.runs)
+    return (f"{why}: {chosen.finished} of {chosen.planned} runs finished; {then}: the configuration of trial "
+            f"{chosen.chosen}, {min(args.ensemble, seeds)} of its {seeds} finished seed(s); the same command again "
+            "continues the rest (cut runs from their latest checkpoint)")
 
 
 def predict(args):

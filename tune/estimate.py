@@ -59,12 +59,19 @@ def plan_line(space, slots, exp_dir, budget_s=None):
     """The one line said before a search starts: what it runs, where, and about how long."""
     s = space["search"]
     text = f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}: "
+    return text + about(space, s["samples"] * s["epochs"], slots, budget_s, s["time_budget"])
+
+
+def about(space, epochs, slots, budget_s=None, budget=None):
+    """How long `epochs` trial-epochs of this space and data take here, `slots` at a time, at most the time budget
+    (`budget_s` seconds, said as `budget`); or that there is no measurement yet. The plan lines of a search and of a
+    re-evaluation (tune.reevaluate) end with it."""
     seen = measured(space)
-    if seen:
-        total = s["samples"] * s["epochs"] * seen["epoch_s"] / max(1, slots)
-        text += (f"about {duration(search_seconds(s['samples'], s['epochs'], slots, seen['epoch_s'], budget_s))} "
-                 f"({s['samples'] * s['epochs']} epochs at most) at {seen['epoch_s']:.1f} s per trial-epoch (measured "
-                 f"here on {seen['on']} in a search of this space and data)")
-        return text + (f"; the time budget {s['time_budget']} ends it sooner" if budget_s and budget_s < total else "")
-    text += "no measurement yet of this space and data on this machine (the progress line estimates from the first epoch)"
-    return text + (f"; at most the time budget {s['time_budget']} and an epoch" if budget_s else "")
+    if not seen:
+        text = ("no measurement yet of this space and data on this machine (the progress line estimates from the "
+                "first epoch)")
+        return text + (f"; at most the time budget {budget} and an epoch" if budget_s else "")
+    total = epochs * seen["epoch_s"] / max(1, slots)
+    text = (f"about {duration(time_left(total, budget_s))} ({epochs} epochs at most) at {seen['epoch_s']:.1f} s per "
+            f"trial-epoch (measured here on {seen['on']} in a search of this space and data)")
+    return text + (f"; the time budget {budget} ends it sooner" if budget_s and budget_s < total else "")

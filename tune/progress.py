@@ -24,6 +24,12 @@ from tune import old_pickles
 STEP = "training_iteration"
 
 
+def epoch_of(result):
+    """The epoch a result reports (a re-evaluation's run continued from a checkpoint counts on from it), else Tune's
+    count of its results."""
+    return result.get("epoch", result.get(STEP, 0))
+
+
 def duration(seconds):
     minutes, s = divmod(int(round(seconds)), 60)
     hours, m = divmod(minutes, 60)
@@ -89,7 +95,7 @@ class ProgressCallback(tune.Callback):
     def trial_line(self, trial, status, numbers):
         """`#3 ef4ab16e  stopped at epoch 2  best_val_acc 0.4100  lr=0.0003 head_width=32`."""
         result = trial.last_result or {}
-        epoch = result.get(STEP, 0)
+        epoch = epoch_of(result)
         if USER_ERROR_KEY in result:   # its one line, once (dogs.trial: not retried)
             return f"{trial_name(trial.trial_id, numbers)}  failed, not retried: {result[USER_ERROR_KEY]}"
         ended = (f"errored at epoch {epoch + 1}" if status == "ERROR" else
@@ -107,13 +113,13 @@ class ProgressCallback(tune.Callback):
                                                 else t.status) for t in trials}
         done = [t for t in trials if status[t.trial_id] in ("TERMINATED", "ERROR")]
         errored = sum(s == "ERROR" for s in status.values())
-        stopped = sum(status[t.trial_id] == "TERMINATED" and results[t.trial_id].get(STEP, self.epochs) < self.epochs
-                      for t in trials)
+        stopped = sum(status[t.trial_id] == "TERMINATED"
+                      and epoch_of(results[t.trial_id] or {"epoch": self.epochs}) < self.epochs for t in trials)
         running = [t for t in trials if status[t.trial_id] == "RUNNING"]
         ran = sum(results[t.trial_id].get(STEP, 0) for t in trials if USER_ERROR_KEY not in results[t.trial_id])
         text = (f"[{duration(elapsed):>7}] {len(done)}/{self.samples} trials: {len(done)} done ({stopped} stopped "
                 f"early, {errored} errored), {len(running)} running | epochs {ran}/{self.samples * self.epochs}")
-        scores = [f"{t.trial_id} e{results[t.trial_id][STEP]} {results[t.trial_id][self.score]:.4f}" for t in running
+        scores = [f"{t.trial_id} e{epoch_of(results[t.trial_id])} {results[t.trial_id][self.score]:.4f}" for t in running
                   if results[t.trial_id].get(self.score) is not None]
         if scores:
             text += " | running " + ", ".join(scores)

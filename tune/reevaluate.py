@@ -11,16 +11,20 @@ they do, not by one draw.
 
 The K x N runs are a small Ray Tune run in <experiment>/reevaluate-top<K>-seeds<N>/part-1/ (a grid over
 (configuration, seed), FIFO: every run trains the search's full epoch budget), on the search's resources per
-trial: they run in parallel and errored runs are retried (search.max_failures). The same command again
-continues an interrupted re-evaluation: the runs not finished yet run as part-2 (and so on); finished runs are
-not redone, a run cut short starts again. (Not Ray's restore: like the rest of tune.best it never reads Ray's
-pickled state, so an experiment folder from elsewhere cannot run code through it.) Each run is the search's
-trainable (dogs.trial) with the configuration's full config (from its trial's best checkpoint) and `seed`
-replaced; its params.json holds {"run": [<the search trial's id>, <seed>], "epochs": <budget>}.
+trial: they run in parallel and errored runs are retried (search.max_failures). A time budget (`deadline`,
+tune.best --time-budget) stops them as it stops a search (tune.tuner.time_budget): no run starts an epoch the
+budget cannot finish, and each keeps its last epoch's checkpoint. The same command again continues a cut
+re-evaluation: the runs not finished yet run as part-2 (and so on), a cut one from its latest checkpoint (its
+epochs are those of all its parts, each once: Run); finished runs are not redone. (Not Ray's restore: like the
+rest of tune.best it never reads Ray's pickled state, so an experiment folder from elsewhere cannot run code
+through it.) Each run is the search's trainable (dogs.trial) with the configuration's full config (from its
+trial's best checkpoint) and `seed` replaced; its params.json holds {"run": [<the search trial's id>, <seed>],
+"epochs": <budget>}. A cut re-evaluation still chooses, among the configurations with a finished run.
 """
 import json
 import math
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +32,7 @@ import pandas as pd
 
 from dogs import interrupt, ranking
 from dogs.errors import ExperimentError
-from tune import experiment, spaces, storage
+from tune import estimate, experiment, spaces, storage
 
 TOP, SEEDS = 3, 3      # defaults of --top and --seeds
 PLAN_FILE = "plan.json"   # the configurations and seeds of a re-evaluation folder
@@ -40,11 +44,23 @@ class Reevaluation:
     """What reevaluate() found: the table (one row per configuration, best first), and the chosen one's runs."""
     folder: str
     table: pd.DataFrame
-    complete: bool                                   # every run finished (else: interrupted, continue it)
-    chosen: str = None                               # search trial id of the best configuration
+    complete: bool                                   # every run finished (else: cut, continue it)
+    chosen: str = None                               # search trial id of the best configuration (of those with a
+                                                     # finished run), None when no run finished with a finite score
     runs: list = field(default_factory=list)         # the chosen configuration's finished runs, best first
     configs: dict = field(default_factory=dict)      # search trial id -> the full config its runs train
     compared: str = None                             # the score compared: the metric, or its holdout_ score
+    finished: int = 0                                # runs finished, of `planned`
+    planned: int = 0
+    cut: str = None                                  # why not complete: "time budget", "interrupted", "errored"
+
+
+@dataclass
+class Run(experiment.Trial):
+    """One (configuration, seed) run as its parts' folders hold it: a run cut in one part continues from its latest
+    checkpoint in the next, so its results are the epochs of all its parts (each once, from the part that ran it
+    last); its status and folder are its last part's. Its checkpoints are in its parts (kept, latest)."""
+    parts: list = field(default_factory=list)        # its Trial in each part that ran it, in order
 
 
 def folder_of(exp_dir, top, seeds):
@@ -68,12 +84,18 @@ def candidate_configs(exp, top, data=None):
     return configs
 
 
-def retrain(config, configs):
-    """The trainable of one run: the search's, with the configuration of search trial `run[0]` and seed `run[1]`."""
+def retrain(config, configs, starts=None):
+    """The trainable of one run: the search's, with the configuration of search trial `run[0]` and seed `run[1]`;
+    continued from the checkpoint folder `starts` names for it (a run cut in an earlier part), if any."""
+    from dogs import checkpoint as dogs_checkpoint
     from dogs.trial import trainable
 
     trial_id, seed = config["run"]
-    trainable({**configs[trial_id], "seed": seed})
+    start, resume = (starts or {}).get((trial_id, seed)), None
+    if start is not None:
+        with storage.local_dir(start, dogs_checkpoint.FILENAME) as local:
+            resume = dogs_checkpoint.read(Path(local))
+    trainable({**configs[trial_id], "seed": seed}, start_from=resume)
 
 
 def run_name(trial):
@@ -98,25 +120,62 @@ def check_plan(folder, plan):
 
 
 def read_runs(folder):
-    """{(search trial id, seed): run} of every part of the re-evaluation, from the runs' own files: a finished
-    run where one is, else the latest attempt."""
-    runs = {}
+    """{(search trial id, seed): Run} of every part of the re-evaluation, from the runs' own files."""
+    parts = {}
     for part in sorted(storage.subfolders_with(folder, PART_FILE), key=part_number):
-        for run in experiment.read_trials(storage.join(folder, part)):
-            pair = tuple(run.config.get("run", ()))
-            if len(pair) == 2 and (runs.get(pair) is None or runs[pair].status != "TERMINATED"):
-                runs[pair] = run
-    return runs
+        for trial in experiment.read_trials(storage.join(folder, part)):
+            pair = tuple(trial.config.get("run", ()))
+            if len(pair) == 2:
+                parts.setdefault(pair, []).append(trial)
+    return {pair: joined(trials) for pair, trials in parts.items()}
+
+
+def joined(parts):
+    """A run's parts (its Trial in each part, in order) as one Run, up to the first part that finished it."""
+    end = next((i for i, part in enumerate(parts) if part.status == "TERMINATED"), len(parts) - 1)
+    parts = parts[:end + 1]
+    by_epoch = {result.get("epoch", result.get("training_iteration")): result
+                for part in parts for result in part.results}
+    last = parts[-1]
+    # no checkpoints of its own: a checkpoint is found in the part that kept it (kept, latest)
+    return Run(trial_id=last.trial_id, path=last.path, config=last.config, errored=last.errored,
+               results=[by_epoch[epoch] for epoch in sorted(by_epoch)], damaged=last.damaged, parts=parts)
+
+
+def finished(run):
+    return run is not None and run.status == "TERMINATED"
+
+
+def kept(exp, run):
+    """(part, location) of a run's best kept checkpoint over its parts (of equal ones the later); ExperimentError when
+    it kept none."""
+    best = ranking.best([(part, exp.checkpoint_result(part)) for part in run.parts if exp.checkpoint_result(part)],
+                        lambda pair: pair[1].get(exp.metric), exp.mode, ties="last")
+    if best is None:
+        raise ExperimentError(f"{run.path} kept no checkpoint")
+    return best[0], storage.join(best[0].path, best[1]["checkpoint_dir_name"])
+
+
+def latest(run):
+    """(location, epoch) of a run's latest kept checkpoint over its parts (where a cut run continues), or None."""
+    saved = [(result["epoch"], part) for part in run.parts for result in part.results
+             if result.get("checkpoint_dir_name") in part.checkpoints]
+    if not saved:
+        return None
+    epoch, part = max(saved, key=lambda pair: pair[0])
+    name = next(r["checkpoint_dir_name"] for r in part.results if r["epoch"] == epoch)
+    return storage.join(part.path, name), epoch
 
 
 def part_number(name):
     return int(name.removeprefix("part-")) if name.startswith("part-") and name[5:].isdigit() else -1
 
 
-def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
+def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=(), starts=None, session=None):
     """Run the (configuration, seed) `pairs` as a new Ray Tune run, part-<n> of `folder` (a subfolder of the
     experiment `exp_dir`). A new part, never Ray's restore: tune.best reads no pickled state of an experiment;
-    a run an interruption cut short starts again."""
+    a run cut in an earlier part continues from the checkpoint folder `starts` names for its pair. `session`: what
+    the retention callback tells the driver (tune.session: a checkpoint saved, for the time budget)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -124,11 +183,12 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
     from tune.ray_setup import concurrency
     from tune.retention import KeepBestAndLatest
     from tune.trial_logs import JsonLogger
+    from tune.tuner import BudgetWatch
 
     metric, mode = search["metric"], search["mode"]
     name = f"part-{max(map(part_number, storage.subfolders_with(folder, PART_FILE)), default=0) + 1}"
     storage.write_text(storage.join(folder, name, PART_FILE), json.dumps([list(pair) for pair in pairs]))
-    trainable = tune.with_resources(tune.with_parameters(retrain, configs=configs),
+    trainable = tune.with_resources(tune.with_parameters(retrain, configs=configs, starts=starts or {}),
                                     {"cpu": search["cpus_per_trial"], "gpu": search["gpus_per_trial"]})
     slots = concurrency({**search, "samples": len(pairs)}, resources)
     tuner = tune.Tuner(
@@ -141,7 +201,8 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=()):
             name=name, storage_path=folder, verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            callbacks=[JsonLogger(), KeepBestAndLatest(metric, mode),   # whole across retries (tune.trial_logs)
+            # tune.trial_logs (whole across retries), tune.retention, tune.tuner (the time budget)
+            callbacks=[JsonLogger(), KeepBestAndLatest(metric, mode, session), BudgetWatch(),
                        ProgressCallback(len(pairs), search["epochs"], metric, mode), *callbacks]))
     return tuner.fit()
 
@@ -174,7 +235,7 @@ def results_table(exp, runs, configs, seeds):
             f"mean {compared_on(metric, holdout)}": statistics.fmean(done) if done else math.nan,
             "sd": statistics.stdev(done) if len(done) > 1 else math.nan,
             "runs": f"{len(done)}/{len(seeds)}",
-            **{f"seed {seed}": scores.get(seed) for seed in seeds},
+            **{f"seed {seed}": math.nan if scores[seed] is None else scores[seed] for seed in seeds},   # "-": none
         })
     table = pd.DataFrame(rows)
     mean = f"mean {compared_on(metric, holdout)}"
@@ -183,13 +244,18 @@ def results_table(exp, runs, configs, seeds):
     return table.iloc[order].reset_index(drop=True)
 
 
-def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(), log=print):
+def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(), log=print, deadline=None,
+               budget=None):
     """Train the `top` best distinct configurations of the search `exp` (an Experiment) with `seeds` seeds each (or
-    continue doing so), on a local Ray or the cluster at `address`; returns a Reevaluation (see the module docstring).
-    `callbacks`: more Ray Tune callbacks for the run (a benchmark's timer, a test's stop)."""
+    continue doing so), on a local Ray or the cluster at `address`, until the time budget's `deadline` (Unix seconds,
+    said as `budget`; None: none); returns a Reevaluation (see the module docstring). `callbacks`: more Ray Tune
+    callbacks for the run (a benchmark's timer, a test's stop)."""
     import ray
 
-    from tune.ray_setup import check_resources, joins_cluster, set_environment, start_ray
+    from dogs.trial import DEADLINE_ENV
+    from tune.ray_setup import check_resources, concurrency, joins_cluster, set_environment, start_ray
+    from tune.session import SearchSession
+    from tune.tuner import time_budget
 
     if top < 1 or seeds < 1:
         raise ExperimentError(f"--top {top} --seeds {seeds}: both must be >= 1")
@@ -199,60 +265,86 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
     folder = folder_of(exp_dir, top, seeds)
     plan = {"trials": list(configs), "seeds": seed_list}
     resumed = check_plan(folder, plan)
-    log(f"{'Continuing' if resumed else 'Re-evaluating'} the {top} best configuration(s) x {seeds} seed(s), "
-        f"{s['epochs']} epochs each -> {folder}")
 
-    # Ray: as the search starts it (local on 127.0.0.1, or the cluster), with the search's resources per run
+    # what is left: the runs not finished, a cut one from its latest checkpoint
     set_environment(address)
     pairs = [(t, seed) for t in configs for seed in seed_list]
     done = read_runs(folder) if resumed else {}
-    missing = [pair for pair in pairs if done.get(pair) is None or done[pair].status != "TERMINATED"]
+    missing = [pair for pair in pairs if not finished(done.get(pair))]
+    starts = {pair: latest(done[pair]) for pair in missing if pair in done and latest(done[pair])}
+    what = (f"{'Continuing' if resumed else 'Re-evaluating'} the {top} best configuration(s) x {seeds} seed(s), "
+            f"{s['epochs']} epochs each -> {folder}")
     if resumed:
-        log(f"{len(pairs) - len(missing)} of {len(pairs)} runs finished before: {len(missing)} to run")
+        what += (f"; {len(pairs) - len(missing)} of {len(pairs)} runs finished before: {len(missing)} to run"
+                 + (f" ({len(starts)} from their latest checkpoint, at epoch "
+                    f"{', '.join(str(epoch) for _, epoch in starts.values())})" if starts else ""))
+    interrupted = expired = False
     if missing:
         interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the runs as Ctrl-C does: Tune saves them
-        try:
-            resources = start_ray(address)
+        try:   # a time budget's deadline for the runs (dogs.trial: no epoch starts that would end after it)
+            resources = start_ray(address, env={DEADLINE_ENV: repr(deadline)} if deadline else None,
+                                  who="re-evaluation")
             interrupt.catch_sigterm()   # again: ray.init installs its own handler (Ray's abort dump, exit 134)
         except KeyboardInterrupt:   # while Ray starts: nothing ran; the same command starts again
             ray.shutdown()
-            missing, resources = [], None
+            log(what)
+            missing, interrupted = [], True
+    else:
+        log(what)
     if missing:
         try:
             check_resources(s, resources, autoscaling=joins_cluster(address))
+            # the plan line: what runs, about how long (this machine's measured seconds per epoch, tune.estimate)
+            slots = concurrency({**s, "samples": len(missing)}, resources)
+            epochs = sum(s["epochs"] - (starts[pair][1] if pair in starts else 0) for pair in missing)
+            log(f"{what}{'' if resumed else f': {len(missing)} run(s)'}, {slots} at a time: "
+                + estimate.about(exp.space, epochs, slots, deadline - time.time() if deadline else None, budget))
             storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
-            run_part(exp_dir, folder, configs, missing, s, resources, callbacks)
+            session = SearchSession(exp_dir=exp_dir)   # the retention callback tells the budget of a saved epoch
+            with time_budget(deadline, session.checkpointed) as budget_used:
+                run_part(exp_dir, folder, configs, missing, s, resources, callbacks,
+                         starts={pair: location for pair, (location, _) in starts.items()}, session=session)
+            expired = budget_used.is_set()
         except KeyboardInterrupt:   # Ctrl-C or SIGTERM before Tune took them over: the runs saved so far are kept
-            pass
+            interrupted = True
         finally:
             ray.shutdown()
+    return choose(exp, folder, configs, seed_list, cut="time budget" if expired else "interrupted" if interrupted
+                  else None)
 
-    # the runs, from their own files; the table; the best configuration and its runs, best first
+
+def choose(exp, folder, configs, seed_list, cut=None):
+    """The Reevaluation of the runs in `folder`: the table, and the best configuration of those with a finished run
+    (its finished runs, best first); `cut`: why the runs stopped, if they did."""
+    s = exp.search
     runs = read_runs(folder)
     table = results_table(exp, runs, configs, seed_list)
-    complete = all(runs.get((t, seed)) is not None and runs[t, seed].status == "TERMINATED"
-                   for t in configs for seed in seed_list)
-    result = Reevaluation(folder, table, complete, configs=configs, compared=compared_on(s["metric"], s["holdout"]))
-    if not complete or not ranking.finite(table[f"mean {result.compared}"].iloc[0]):
+    pairs = [(t, seed) for t in configs for seed in seed_list]
+    done = sum(finished(runs.get(pair)) for pair in pairs)
+    if done == len(pairs):
+        cut = None
+    elif cut is None:   # Ctrl-C during Tune's run (it stops as asked), or runs that errored past their retries
+        cut = "errored" if all(runs.get(p) is not None and runs[p].status == "ERROR" for p in pairs
+                               if not finished(runs.get(p))) else "interrupted"
+    result = Reevaluation(folder, table, done == len(pairs), configs=configs, finished=done, planned=len(pairs),
+                          cut=cut, compared=compared_on(s["metric"], s["holdout"]))
+    if not ranking.finite(table[f"mean {result.compared}"].iloc[0]):
         return result
     result.chosen = table.trial.iloc[0]
-    finished = [runs[result.chosen, seed] for seed in seed_list if runs[result.chosen, seed].status == "TERMINATED"]
-    result.runs = ranking.ranked(finished, lambda run: run_score(exp, run), s["mode"])
+    runs_done = [runs[result.chosen, seed] for seed in seed_list if finished(runs.get((result.chosen, seed)))]
+    result.runs = ranking.ranked(runs_done, lambda run: run_score(exp, run), s["mode"])
     return result
 
 
 def checkpoint_of(exp, run):
     """Location of a run's best checkpoint folder (ExperimentError when it kept none)."""
-    location = exp.checkpoint(run)
-    if location is None:
-        raise ExperimentError(f"{run.path} kept no checkpoint")
-    return location
+    return kept(exp, run)[1]
 
 
 def load_runs(exp, result, count=1):
-    """[(model, ckpt)] of the chosen configuration's `count` best runs, each checked: the epoch and score its
+    """[(model, ckpt)] of the chosen configuration's `count` best finished runs, each checked: the epoch and score its
     result.json reports, the config the re-evaluation gave it."""
-    return [exp.load(run, checkpoint_of(exp, run), {**result.configs[result.chosen], "seed": run.config["run"][1]})
+    return [exp.load(*kept(exp, run), {**result.configs[result.chosen], "seed": run.config["run"][1]})
             for run in result.runs[:count]]
 
 
