@@ -27,7 +27,7 @@ from ray import tune
 
 from dogs import ranking, uncertainty
 from dogs.errors import USER_ERROR_KEY
-from tune.progress import study_numbers, trial_name
+from tune.progress import epoch_of, study_numbers, trial_name
 from tune.searcher import startup_trials
 
 
@@ -115,7 +115,7 @@ def trial_outcome(trial_id, metric, result, bounds=None, planned=None):
     score = result.get(f"best_{metric}")
     if bounds is None:
         bounds = uncertainty.interval(metric, score, result)
-    ran = int(result.get("epoch") or result.get("training_iteration") or 0)
+    ran = int(epoch_of(result))
     best_at = int(result.get("best_epoch") or ran)   # dogs.trial's best epoch (the later of equal ones)
     return Finished(trial_id, score, bounds, ran, best_at, planned is None or ran >= planned)
 
