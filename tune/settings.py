@@ -46,9 +46,10 @@ SETTINGS = {
     "holdout": Key(0.0, float, Range(0, 0.9), "fraction of Validation held out from the search (stratified, "
                    "seeded): trials are scored, stopped and proposed by the rest; tune.best --retrain --top compares "
                    "the top configurations on the held-out part; 0 = off"),
-    "stop_when_flat": Key(None, int | None, Range(1), "end the search once this many finished trials in a row could "
-                          "not beat the best trial's 95% interval (tune.stop_when_flat; needs a metric with an "
-                          "interval: an accuracy or macro-F1); null = run every trial"),
+    "stop_when_flat": Key(None, int | None, Range(1), "end the search once this many finished trials in a row, each "
+                          "given the epochs the best took to its best (or all its own), could not beat the best "
+                          "trial's 95% interval, after the sampler's start-up trials (tune.stop_when_flat; needs a "
+                          "metric with an interval: an accuracy or macro-F1); null = run every trial"),
     "time_budget": Key(None, str | None, None, "wall time after which the search stops cleanly, like Ctrl-C "
                        "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none",
                        flag_note="With --resume: this session's budget instead of the saved one ('none': no budget)"),

@@ -19,7 +19,7 @@ from tune.retention import KeepBestAndLatest
 from tune.searcher import StudySearcher
 from tune.session import restoring
 from tune.spaces import searched_names
-from tune.stop_when_flat import FlatStop, FlatWatch
+from tune.stop_when_flat import FlatStop, FlatWatch, min_trials
 from tune.tensorboard import TensorBoardCallback
 from tune.trial_logs import CSVLogger, JsonLogger
 
@@ -68,9 +68,9 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
                              optuna_storage=optuna_storage, sampler=s["sampler"], seed=s["seed"],
                              samples=s["samples"], first_trials=() if extend else space["first_trials"],
                              extend=bool(extend), session=session, warm_trials=warm_trials)
-    # search.stop_when_flat: Tune's stop_all once M finished trials in a row could not beat the best's interval
-    flat = (FlatWatch(s["metric"], s["mode"], s["stop_when_flat"], storage.join(runs, name))
-            if s.get("stop_when_flat") else None)
+    # search.stop_when_flat: Tune's stop_all once M fairly tried trials in a row could not beat the best's interval
+    flat = (FlatWatch(s["metric"], s["mode"], s["stop_when_flat"], storage.join(runs, name),
+                      at_least=min_trials(space["search"])) if s.get("stop_when_flat") else None)
     stop = UserErrorStop(min(s["samples"], max(2, slots or rung_slots)))
     time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
