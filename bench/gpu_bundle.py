@@ -230,7 +230,7 @@ def smoke():
     from ray.tune.schedulers import ASHAScheduler
 
     from tune import spaces
-    from tune.searcher import StudySearcher
+    from tune.study_searcher import StudySearcher
     print(f"ray {ray.__version__} from {Path(ray.__file__).parent}, optuna {optuna.__version__}; "
           f"torch imported: {'torch' in sys.modules}")
 

@@ -128,7 +128,7 @@ def holdout_probs(checkpoint, holdout, cache):
 
     from dogs import checkpoint as ckpt_io
     from dogs.data import VALIDATION
-    from dogs.predict import predict_probs
+    from dogs.submission import predict_probs
     from dogs.splits import load_split
 
     path = Path(checkpoint)

@@ -88,7 +88,7 @@ OPTUNA_LOOP = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)   # as a trial of the search gets it (cpus_per_trial 1: Ray sets OMP_NUM_THREADS=1)
     from dogs.engine import Run
-    from tune import distributions, spaces
+    from tune import space_values, spaces
     space = spaces.load(sys.argv[1])
     s = space["search"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -96,7 +96,7 @@ OPTUNA_LOOP = textwrap.dedent("""
     start = time.perf_counter()
     for _ in range(s["samples"]):
         trial = study.ask()
-        fixed = distributions.define_by_run(space["params"], trial)
+        fixed = space_values.define_by_run(space["params"], trial)
         run = Run({**fixed, **trial.params, "epochs": s["epochs"], "metric": s["metric"], "mode": s["mode"]},
                   log_fn=lambda m: None)
         for m in run.epochs():

@@ -15,7 +15,7 @@ trials as the full one (checked below: "replay agrees").
 Arms per seed:
   all                  every trial of --trials
   stop_when_flat M     search.stop_when_flat M (each M of --flat), a real search
-  replayed M           the rule (tune.stop_when_flat.verdict) over the full run's trials in the order they finished,
+  replayed M           the rule (tune.ray_tuner.flat_verdict) over the full run's trials in the order they finished,
                        for each M of --replay: what the setting would have run, without running it
   replayed M, old rule the first round's rule replayed: every finished trial counts (ASHA's stops after one epoch
                        too) and no start-up trials are waited for
@@ -42,7 +42,7 @@ from search_quality import SPACE, make_task, markdown, search, test_accuracy   #
 
 from dogs import ranking   # noqa: E402
 from tune.experiment import read_trials   # noqa: E402
-from tune.stop_when_flat import finished_at, finished_in_order, min_trials, verdict   # noqa: E402
+from tune.ray_tuner import finished_at, finished_in_order, flat_min_trials, flat_verdict   # noqa: E402
 
 
 # ----------------------------------------------------------------------------- what a run hands over and costs
@@ -61,7 +61,7 @@ def handed_over(table):
 
 
 def outcomes(exp_dir, table):
-    """tune.stop_when_flat.Finished of each trial of `table` (in its order), read from the trial folders."""
+    """tune.ray_tuner.Finished of each trial of `table` (in its order), read from the trial folders."""
     by_id = {t.name: t for t in finished_in_order(read_trials(exp_dir), "val_acc")}
     return [by_id[t] for t in table.trial_id]
 
@@ -72,7 +72,7 @@ def stop_point(finished, m, at_least, old_rule=False):
     rule, every finished trial counted and no start-up trials waited for."""
     if old_rule:
         finished, at_least = [t._replace(complete=True) for t in finished], 0
-    stops = [verdict(finished[:i], "max", m, at_least) is not None for i in range(1, len(finished) + 1)]
+    stops = [flat_verdict(finished[:i], "max", m, at_least) is not None for i in range(1, len(finished) + 1)]
     return stops.index(True) + 1 if any(stops) else len(finished)
 
 
@@ -113,7 +113,7 @@ def main():
           f"stop_when_flat {' and '.join(map(str, args.flat))}; uptime: {' '.join(map(str, os.getloadavg()))}",
           flush=True)
     base = SPACE.format(samples=args.trials, epochs=args.epochs, grace=1)
-    at_least = min_trials({"samples": args.trials, "sampler": "tpe"})   # what the real search waits for
+    at_least = flat_min_trials({"samples": args.trials, "sampler": "tpe"})   # what the real search waits for
     spaces = {"all": out / "space-all.yaml", **{f"flat{m}": out / f"space-flat{m}.yaml" for m in args.flat}}
     out.mkdir(parents=True, exist_ok=True)
     spaces["all"].write_text(base)

@@ -1,5 +1,5 @@
 """What `--log mlflow` costs the search's driver per epoch: Ray's MLflowLoggerCallback (one log_metric call, one
-SQLite transaction, per number) against ours (tune.guarded_mlflow: the epoch's numbers in one log_batch).
+SQLite transaction, per number) against ours (tune.callbacks: the epoch's numbers in one log_batch).
 
     python bench/trackers.py                      # 2 trials x 20 epochs into a fresh mlflow.db, ~30 s
     python bench/trackers.py --busy 4             # the same with 4 processes spinning on the CPU meanwhile
@@ -71,7 +71,7 @@ def main():
     args = parser.parse_args()
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    from tune.guarded_mlflow import GuardedMLflowCallback
+    from tune.callbacks import GuardedMLflowCallback
 
     stop = multiprocessing.Event()
     spinners = [multiprocessing.Process(target=spin, args=(stop,), daemon=True) for _ in range(args.busy)]

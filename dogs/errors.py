@@ -3,7 +3,7 @@
 
 
 # a trial's result key: the one line of the UserError it raised before its first epoch (it repeats identically on
-# every retry, so the trial reports it and ends instead of raising: dogs.trial; tune.tuner stops such a search)
+# every retry, so the trial reports it and ends instead of raising: dogs.ray_trainable; tune.ray_tuner stops such a search)
 USER_ERROR_KEY = "user_error"
 
 

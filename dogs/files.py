@@ -120,7 +120,7 @@ def _our_config_json(path):  # dogs.train's config.json: a whole config (model, 
     return isinstance(config, dict) and {"model", "data", "epochs", "image_size"} <= config.keys()
 
 
-REPORT = ("accuracy.csv", "per_class.csv", "confusion.csv", "confusion.png")   # dogs.predict.write_report's files
+REPORT = ("accuracy.csv", "per_class.csv", "confusion.csv", "confusion.png")   # dogs.submission.write_report's files
 
 # How each file that a command writes into an output folder is recognised as one of ours (an earlier run's): only
 # those are replaced. Another file under one of these names (the user's) is refused, never overwritten.

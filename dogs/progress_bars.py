@@ -1,5 +1,5 @@
 """The progress bar of a one-off build (the decoded-image cache, the frozen features): tqdm's on the console of
-dogs.train; in a search's trial `Lines` (set by dogs.trial): plain lines that Ray forwards to the search's console
+dogs.train; in a search's trial `Lines` (set by dogs.ray_trainable): plain lines that Ray forwards to the search's console
 without its `(pid=...)` prefix (tune.ray_setup), as clean in a log file as on a terminal."""
 
 import contextlib
@@ -11,7 +11,7 @@ make = None   # a tqdm-like class (update, close) instead of tqdm's own (drawn_b
 
 @contextlib.contextmanager
 def drawn_by(bar_class):
-    """Bars made by `bar_class` within (dogs.trial: Lines, for the length of a trial)."""
+    """Bars made by `bar_class` within (dogs.ray_trainable: Lines, for the length of a trial)."""
     global make
     previous, make = make, bar_class
     try:

@@ -156,7 +156,7 @@ def test_tracker_that_stops_answering_costs_one_bounded_wait_and_a_warning(monke
     """The logger callback against a server that accepts and never answers: the first call waits MLflow's bounded
     timeout and warns once; every later call returns at once; nothing raises into Tune."""
     pytest.importorskip("mlflow", reason="mlflow is not installed (pip install -e '.[mlflow]')")
-    from tune.guarded_mlflow import GuardedMLflowCallback
+    from tune.callbacks import GuardedMLflowCallback
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from dogs import baseline, predict
+from dogs import baseline, submission
 from dogs.train import run
 
 CPU = torch.device("cpu")
@@ -75,7 +75,7 @@ def trained(tiny_imagefolder, tmp_path_factory):
 def test_a_model_that_learnt_gets_no_warning_in_the_console_or_report(trained, tmp_path):
     model, ckpt = trained
     lines = []
-    written = predict.submit(model, ckpt, tmp_path, device=CPU, report=True, log_fn=lines.append)
+    written = submission.submit(model, ckpt, tmp_path, device=CPU, report=True, log_fn=lines.append)
     val_acc = float(next(line for line in lines if "val_acc" in line).split()[1])
     assert val_acc > 0.6, lines   # learnt: far above a third (3 balanced classes)
     assert not any("Warning" in line for line in lines), lines
@@ -86,7 +86,7 @@ def test_a_model_that_answers_one_class_is_named_once_in_the_console_and_in_repo
     model, ckpt = trained
     model = one_class_model(model, 1)
     lines = []
-    written = predict.submit(model, ckpt, tmp_path, device=CPU, report=True, log_fn=lines.append)
+    written = submission.submit(model, ckpt, tmp_path, device=CPU, report=True, log_fn=lines.append)
     warnings = [line.strip() for line in lines if "Warning" in line]
     square = ckpt["classes"][1]
     assert len(warnings) == 2, lines   # one line per rule, each once

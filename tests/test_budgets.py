@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from tune import cli, search, settings
+from tune import spaces, search, settings
 from conftest import run_main
 
 
@@ -56,7 +56,7 @@ def parse(text):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            cli.get_args_parser().parse_args([f"--time-budget={text}"])
+            spaces.get_args_parser().parse_args([f"--time-budget={text}"])
             return None, "", err.getvalue()
         except SystemExit as stop:
             return stop.code, "", err.getvalue()
@@ -70,8 +70,8 @@ def test_a_huge_time_budget_is_one_line_before_anything_runs(text, tmp_path, no_
 
 
 def test_plain_seconds_are_a_time_budget_and_a_bad_one_names_the_flag(tmp_path, no_ray):
-    args = cli.get_args_parser().parse_args(["--space", "cnn_scratch.yaml", "--time-budget", "90"])
-    space = cli.load_space(args, None)
+    args = spaces.get_args_parser().parse_args(["--space", "cnn_scratch.yaml", "--time-budget", "90"])
+    space = spaces.space_from_args(args, None)
     assert settings.parse_duration(space["search"]["time_budget"]) == 90
     code, out, err = run_main(search, ["--space", "cnn_scratch.yaml", "--time-budget", "soon"])
     assert code == 2 and "argument --time-budget: 'soon' is not a duration" in err
@@ -140,7 +140,7 @@ def test_the_progress_line_says_no_more_time_left_than_the_budget_has(monkeypatc
 @given(st.integers(1, 50), st.integers(1, 50), st.floats(0, 1e9), SECONDS, st.one_of(st.none(), st.floats(0, 2e9)))
 def test_a_trial_stops_for_the_budget_only_before_an_epoch_that_would_end_after_it(epoch, epochs, now, longest_s,
                                                                                     deadline):
-    from dogs.trial import out_of_budget
+    from dogs.ray_trainable import out_of_budget
 
     stops = out_of_budget(epoch, epochs, now, longest_s, deadline)
     if deadline is None or epoch >= epochs:   # no budget, or its last epoch done: it ends as complete, never waits
@@ -152,7 +152,7 @@ def test_a_trial_stops_for_the_budget_only_before_an_epoch_that_would_end_after_
 @given(st.integers(1, 500), st.integers(1, 500), st.integers(1, 64), st.floats(0.01, 1e4),
        st.one_of(st.none(), st.floats(1, 1e6)))
 def test_a_search_estimate_is_its_epochs_over_its_slots_at_most_the_budget(samples, epochs, slots, epoch_s, budget):
-    from tune.estimate import search_seconds
+    from tune.progress import search_seconds
 
     work = samples * epochs * epoch_s / slots
     assert search_seconds(samples, epochs, slots, epoch_s, budget) == (work if budget is None else min(work, budget))
@@ -160,19 +160,19 @@ def test_a_search_estimate_is_its_epochs_over_its_slots_at_most_the_budget(sampl
 
 def test_the_plan_line_says_it_has_no_measurement_then_uses_the_one_kept(tmp_path, monkeypatch):
     import pandas as pd
-    from tune import estimate
+    from tune import progress
 
     monkeypatch.setenv("DOGS_CACHE", str(tmp_path / "cache"))
     space = {"search": {"samples": 6, "epochs": 10, "cpus_per_trial": 1, "gpus_per_trial": 0, "holdout": 0,
                         "time_budget": "1m"}, "params": {"model": "cnn", "data": "/d", "lr": {"loguniform": [0.1, 1]}}}
-    first = estimate.plan_line(space, 2, "runs/x", 60)
+    first = progress.plan_line(space, 2, "runs/x", 60)
     assert "Searching 6 trials x 10 epochs, 2 at a time; results in runs/x: no measurement yet" in first
     assert "at most the time budget 1m" in first
-    estimate.record(space, pd.DataFrame({"epochs": [4, 2], "time_s": [8.0, 4.0]}))   # 2 s per trial-epoch
-    assert "about 1m00s (60 epochs at most) at 2.0 s per trial-epoch" in estimate.plan_line(space, 2, "runs/x", 60)
-    assert "about 20s (60 epochs at most)" in estimate.plan_line(space, 6, "runs/x", None)
+    progress.record(space, pd.DataFrame({"epochs": [4, 2], "time_s": [8.0, 4.0]}))   # 2 s per trial-epoch
+    assert "about 1m00s (60 epochs at most) at 2.0 s per trial-epoch" in progress.plan_line(space, 2, "runs/x", 60)
+    assert "about 20s (60 epochs at most)" in progress.plan_line(space, 6, "runs/x", None)
     other = dict(space, params=dict(space["params"], data="/other"))   # another data set: not measured
-    assert "no measurement yet" in estimate.plan_line(other, 2, "runs/x", None)
+    assert "no measurement yet" in progress.plan_line(other, 2, "runs/x", None)
 
 
 BUDGET_S = 60

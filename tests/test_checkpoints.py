@@ -1,4 +1,4 @@
-"""tune.retention.KeepBestAndLatest on its own, driven as Tune drives it (no Ray started): each trial keeps its
+"""tune.callbacks.KeepBestAndLatest on its own, driven as Tune drives it (no Ray started): each trial keeps its
 best checkpoint, and every checkpoint from its latest one at the previous save of the experiment state on
 (the state --resume reads names it); after the last save, its best and its latest only."""
 import math
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from ray import tune
 
-from tune.retention import KeepBestAndLatest
+from tune.callbacks import KeepBestAndLatest
 
 
 def save(keep, root, copied=True):
@@ -127,8 +127,8 @@ def test_a_resumed_search_prunes_from_the_saved_state(tmp_path):
 def test_a_checkpoint_tells_the_session_of_its_own_search_only(tmp_path):
     """Each checkpoint Tune registers sets `checkpointed` (what the time budget waits for) of the session the
     callback reports to: a new tuner's, given as an argument, or a resumed one's, which the callback takes as Ray
-    unpickles it from tuner.pkl inside tune.tuner.restore_tuner; never another search's in the same process."""
-    from tune.session import SearchSession, restoring
+    unpickles it from tuner.pkl inside tune.ray_tuner.restore_tuner; never another search's in the same process."""
+    from tune.callbacks import SearchSession, restoring
 
     new, resumed, other = SearchSession(), SearchSession(), SearchSession()
     first = KeepBestAndLatest("val_acc", "max", new)
@@ -145,14 +145,22 @@ def test_a_checkpoint_tells_the_session_of_its_own_search_only(tmp_path):
 
 
 def test_an_experiment_started_before_the_renames_still_unpickles():
-    """Ray's tuner.pkl names the callbacks and the trial-name function by module: an experiment interrupted
-    before tune.checkpoints became tune.retention and trial_dirname moved to tune.tuner still resumes."""
+    """Ray's tuner.pkl names the callbacks, the searcher and the trial-name function by module: an experiment
+    interrupted before a rename or merge (tune.old_pickles.OLD_MODULES) still resumes."""
+    import importlib
+    import inspect
     import pickle
 
-    from tune import retention, tuner
+    from tune import callbacks, ray_tuner
+    from tune.old_pickles import OLD_MODULES
 
     old = b"(ctune.checkpoints\nKeepBestAndLatest\nctune.search\ntrial_dirname\nt."   # two globals, as a tuple
-    assert pickle.loads(old) == (retention.KeepBestAndLatest, tuner.trial_dirname)
+    assert pickle.loads(old) == (callbacks.KeepBestAndLatest, ray_tuner.trial_dirname)
+    for old_name, new_name in OLD_MODULES.items():   # every class and function of the new module, by its old name
+        new = importlib.import_module(new_name)
+        for name, thing in vars(new).items():
+            if (inspect.isclass(thing) or inspect.isfunction(thing)) and thing.__module__ == new_name:
+                assert pickle.loads(f"c{old_name}\n{name}\n.".encode()) is thing, (old_name, name)
 
 
 def test_a_save_whose_copy_failed_prunes_nothing_the_older_copy_names(tmp_path):

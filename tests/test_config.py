@@ -168,9 +168,9 @@ def test_train_data_from_set_or_config_is_honoured_without_data_flag(tmp_path):
 
 
 def test_search_set_accumulates_across_repeated_flags():
-    from tune import cli
+    from tune import spaces
 
-    args = cli.get_args_parser().parse_args(["--set", "model=cnn", "--set", "epochs=2", "lr=3e-4"])
+    args = spaces.get_args_parser().parse_args(["--set", "model=cnn", "--set", "epochs=2", "lr=3e-4"])
     assert args.set == ["model=cnn", "epochs=2", "lr=3e-4"]
 
 
@@ -223,7 +223,7 @@ def test_a_mistyped_key_or_flag_names_the_closest_known_one(tmp_path):
     from dogs import train
     from dogs.config import parse_sets, resolve
     from dogs.errors import ConfigError, SpaceError
-    from tune import best, cli, spaces
+    from tune import best, spaces
 
     with pytest.raises(ConfigError, match=r"unknown config key 'lrr' \(given 0.1\) \(did you mean 'lr'\?\)"):
         parse_sets(["lrr=0.1"])
@@ -240,7 +240,7 @@ def test_a_mistyped_key_or_flag_names_the_closest_known_one(tmp_path):
     with pytest.raises(SpaceError, match=r"params.learning_rate: unknown config key"):
         spaces.load(space)
     for parser, argv, hint in ((train.get_args_parser(), ["--confg", "x.yaml"], "--config"),
-                               (cli.get_args_parser(), ["--epochz", "3"], "--epochs"),
+                               (spaces.get_args_parser(), ["--epochz", "3"], "--epochs"),
                                (best.get_args_parser(), ["--submitt"], "--submit")):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
@@ -254,7 +254,7 @@ def test_help_is_grouped_with_examples():
     import re
 
     from dogs import train
-    from tune import best, cli
+    from tune import best, spaces
 
     def group_of(text):   # {flag: the heading of its group}
         heading, out = None, {}
@@ -266,7 +266,7 @@ def test_help_is_grouped_with_examples():
         return out
 
     for parser, expected in ((train.get_args_parser(), {"--data": "data", "--set": "config", "--out": "output"}),
-                             (cli.get_args_parser(), {"--data": "data", "--samples": "search", "--space": "search",
+                             (spaces.get_args_parser(), {"--data": "data", "--samples": "search", "--space": "search",
                                                       "--cpus-per-trial": "resources", "--log": "output"}),
                              (best.get_args_parser(), {"--experiment": "experiment", "--submit": "output"})):
         text = parser.format_help()

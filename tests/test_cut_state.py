@@ -1,4 +1,4 @@
-"""--resume of an experiment whose Ray state is cut (a full disk, a kill during Ray's write) or missing (tune.state):
+"""--resume of an experiment whose Ray state is cut (a full disk, a kill during Ray's write) or missing (tune.resume):
 one line, the run rebuilt from the trial folders, `samples` trials in all and every one finished, exit 0; never
 Ray's "Failed to restore the run state", a trial beyond `samples` or an "Interrupted" that the next --resume repeats."""
 import json

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tune import search, storage
-from tune.searcher import StudySearcher
+from tune.study_searcher import StudySearcher
 from conftest import run_main
 
 SPACE = ("search: {samples: 2, epochs: 2, grace_period: 2, max_concurrent: 1, seed: 0}\n"

@@ -1,4 +1,4 @@
-"""One command per experiment at a time (tune.lock): a second search, resume, extension or --retrain on a folder
+"""One command per experiment at a time (tune.storage): a second search, resume, extension or --retrain on a folder
 another command holds is one line naming it, exit 2; reading commands need no lock; a killed holder's lock is
 taken over."""
 import json
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conftest import TWO_TRIAL_SPACE, run_main
-from tune import best, lock, search
+from tune import best, storage, search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,8 +25,8 @@ def holder(tmp_path):
     procs = []
 
     def start(folder, command="python -m tune.search --resume --name held"):
-        code = ("import sys, time; from tune import lock\n"
-                "with lock.held(sys.argv[1], sys.argv[2]):\n"
+        code = ("import sys, time; from tune import storage\n"
+                "with storage.held(sys.argv[1], sys.argv[2]):\n"
                 "    print('held', flush=True); time.sleep(120)")
         proc = subprocess.Popen([sys.executable, "-c", code, str(folder), command], stdout=subprocess.PIPE, text=True,
                                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -92,32 +92,32 @@ def test_a_killed_holders_lock_is_taken_over(tmp_path, holder, capsys):
     proc = holder(folder, "python -m tune.best --experiment exp --retrain")
     proc.send_signal(signal.SIGKILL)   # no cleanup runs: the owner line stays, the kernel releases the lock
     proc.wait(timeout=30)
-    assert json.loads((folder / lock.LOCK_FILE).read_text())["pid"] == proc.pid
-    with lock.held(folder, "python -m tune.search --resume"):
-        assert json.loads((folder / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
-        with pytest.raises(lock.ExperimentBusy, match=f"pid {os.getpid()} on "):   # held: a second one is refused
-            with lock.held(folder, "another"):
+    assert json.loads((folder / storage.LOCK_FILE).read_text())["pid"] == proc.pid
+    with storage.held(folder, "python -m tune.search --resume"):
+        assert json.loads((folder / storage.LOCK_FILE).read_text())["pid"] == os.getpid()
+        with pytest.raises(storage.ExperimentBusy, match=f"pid {os.getpid()} on "):   # held: a second one is refused
+            with storage.held(folder, "another"):
                 pass
     assert f"last held by pid {proc.pid}" in capsys.readouterr().err
-    assert (folder / lock.LOCK_FILE).read_text() == ""   # released cleanly: no owner line for the next one
-    with lock.held(folder, "again"):
+    assert (folder / storage.LOCK_FILE).read_text() == ""   # released cleanly: no owner line for the next one
+    with storage.held(folder, "again"):
         pass
     assert "last held by" not in capsys.readouterr().err
 
 
 def test_a_lock_that_made_its_folder_removes_it_when_nothing_else_was_written(tmp_path):
-    with lock.held(tmp_path / "new", "cmd"):
-        assert (tmp_path / "new" / lock.LOCK_FILE).is_file()
+    with storage.held(tmp_path / "new", "cmd"):
+        assert (tmp_path / "new" / storage.LOCK_FILE).is_file()
     assert not (tmp_path / "new").exists()
-    with lock.held(tmp_path / "kept", "cmd"):
+    with storage.held(tmp_path / "kept", "cmd"):
         (tmp_path / "kept" / "search_space.yaml").write_text("")
     assert (tmp_path / "kept" / "search_space.yaml").is_file()
-    with lock.held("s3://bucket/runs/exp", "cmd"):   # a bucket: no lock (documented), nothing made
+    with storage.held("s3://bucket/runs/exp", "cmd"):   # a bucket: no lock (documented), nothing made
         pass
 
 
 @given(st.text("0123456789", min_size=6, max_size=30), st.sampled_from(["postgresql", "mysql", "http", "https"]))
 def test_the_owner_line_never_shows_a_password(password, scheme):
-    line = lock.command_line("python -m tune.search", ["--optuna-storage", f"{scheme}://user:{password}@db/x",
+    line = storage.command_line("python -m tune.search", ["--optuna-storage", f"{scheme}://user:{password}@db/x",
                                                        "--mlflow-uri", f"{scheme}://u:{password}@host:5000"])
     assert password not in line and line.count("***@") == 2 and "user:" in line and "@db/x" in line

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dogs import checkpoint, data, decode, inference, models
+from dogs import checkpoint, data, decode, classifier, models
 from dogs.train import run
 from tune import best
 from conftest import draw, run_main
@@ -55,7 +55,7 @@ def test_onnx_and_the_torch_program_predict_as_the_checkpoint(exported, tiny_ima
     ckpt = checkpoint.read(path)
     if name == "resnet18_frozen":   # the checkpoint left the frozen backbone out: the export put it back
         assert ckpt["frozen"] is not None and not any(k.startswith("frozen.") for k in ckpt["model"])
-    predictor = inference.Predictor.load(path, device=CPU)
+    predictor = classifier.Predictor.load(path, device=CPU)
     files = data.test_files(tiny_imagefolder)
     decoded = [predictor.decode(f) for f in files]
     expected = predictor.probs(decoded)
@@ -68,8 +68,8 @@ def test_onnx_and_the_torch_program_predict_as_the_checkpoint(exported, tiny_ima
                 program(torch.from_numpy(images))[1].detach().numpy()):
         assert np.array_equal(got.argmax(1), expected[:len(got)].argmax(1))
         assert np.abs(got - expected[:len(got)]).max() <= 1e-4
-    # the same through dogs.inference.ExportedPredictor (tune.serve --export DIR): ONNX Runtime behind one interface
-    from_folder = inference.ExportedPredictor(folder).predict(files, k=3)
+    # the same through dogs.classifier.ExportedPredictor (tune.serve --export DIR): ONNX Runtime behind one interface
+    from_folder = classifier.ExportedPredictor(folder).predict(files, k=3)
     for (top, error), p in zip(from_folder, expected, strict=True):
         assert error is None and top[0][1] == p.argmax() and [q for *_, q in top] == pytest.approx(
             [p[i] for _, i, _ in top], abs=1e-4)
@@ -136,7 +136,7 @@ def test_the_readme_snippet_predicts_a_photo_as_the_checkpoint_does(exported, tm
     finally:
         os.chdir(cwd)
     printed = [line.rsplit(" ", 1) for line in out.getvalue().splitlines()]
-    predictor = inference.Predictor.load(path, device=CPU)
+    predictor = classifier.Predictor.load(path, device=CPU)
     [(top, error)] = predictor.predict([tmp_path / "photo.jpg"], k=5)
     assert error is None and [name for name, _ in printed] == [name for name, _, _ in top]
     assert [float(p) for _, p in printed] == pytest.approx([p for _, _, p in top], abs=2e-3)   # printed to 3 places

@@ -12,10 +12,10 @@ from hypothesis import given, strategies as st
 from dogs import train
 from dogs.config import problem
 from dogs.errors import SpaceError
-from tune import best, cli, serve, settings
+from tune import best, spaces, serve, settings
 
 PARSERS = {"dogs-serve": serve.get_args_parser, "dogs-best": best.get_args_parser,
-           "python -m dogs.train": train.get_args_parser, "dogs-search": cli.get_args_parser}
+           "python -m dogs.train": train.get_args_parser, "dogs-search": spaces.get_args_parser}
 AWKWARD = ["nan", "NaN", "-nan", "inf", "-inf", "+Infinity", "1e999", "-1e999", "", "1,5", "0x10"]
 VALUES = st.one_of(st.sampled_from(AWKWARD), st.floats(allow_nan=True, allow_infinity=True).map(repr),
                    st.integers(-10**6, 10**6).map(str), st.floats(-1e6, 1e6).map(lambda x: f"{x:g}"))
@@ -79,9 +79,9 @@ def test_a_search_setting_flag_is_refused_in_one_line_unless_its_schema_allows_i
         assert len(err.strip().splitlines()) == 1 and err.startswith(f"dogs-search: error: argument {flag}: "), err
         return
     key = action.dest
-    value = cli.settings_from_args(args)[key]
+    value = spaces.settings_from_args(args)[key]
     try:
-        cli.load_space(args, None)
+        spaces.space_from_args(args, None)
     except SpaceError as refused:   # this setting, or one that depends on it (grace_period > epochs)
         assert key in str(refused) and "\n" not in str(refused), str(refused)
         return

@@ -10,7 +10,7 @@ COMMANDS = {"dogs.train", "tune.search", "tune.best", "tune.serve"}   # the top:
 # is dogs.train's run
 COMMAND_PARTS = {"tune.serve": {"tune.best"}, "tune.best": {"dogs.train"}}
 TORCH_FREE = {"dogs.config", "dogs.backbones", "dogs.ranking", "dogs.uncertainty", "dogs.errors", "dogs.cli",
-              "tune.settings", "tune.spaces", "tune.distributions", "tune.combinations"}   # a space checks in ms
+              "tune.settings", "tune.spaces", "tune.space_values", "tune.space_values"}   # a space checks in ms
 
 
 def module_name(path):

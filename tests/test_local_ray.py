@@ -142,7 +142,7 @@ def test_ctrl_c_while_ray_starts_exits_130_with_one_line(tiny_imagefolder, tmp_p
 def test_errored_trials_get_one_install_hint_per_missing_module(tmp_path):
     from tune.report import failure_hints
 
-    errors = {"a": "ModuleNotFoundError: No module named 'dogs'", "b": "No module named 'dogs.trial'",
+    errors = {"a": "ModuleNotFoundError: No module named 'dogs'", "b": "No module named 'dogs.ray_trainable'",
               "c": "ModuleNotFoundError: No module named 'torchvision'", "d": "ValueError: lr"}
     for trial_id, text in errors.items():
         (tmp_path / f"trial_{trial_id}").mkdir()

@@ -45,7 +45,7 @@ params:
 """
 
 WORKER_ONLY = {"worker_only": 1}
-# dogs.trial.wait_for_workers on every node: a trial worker's first trial waits until as many workers as the
+# dogs.ray_trainable.wait_for_workers on every node: a trial worker's first trial waits until as many workers as the
 # folder's `slots` file says have started one; only while the folder exists (test_search_spreads_...)
 BARRIER = "barrier"
 
@@ -65,7 +65,7 @@ sys.exit(main())
 # -- a cluster for the module; each test gets a live worker node ---------------------------------
 
 def barrier_env(cluster):
-    from dogs.trial import WORKERS_ENV
+    from dogs.ray_trainable import WORKERS_ENV
 
     return {WORKERS_ENV: str(cluster.root / BARRIER)}
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dogs import checkpoint, data, decode, inference, predict
+from dogs import checkpoint, data, decode, classifier, submission
 from dogs.errors import CheckpointError
 from dogs.train import run
 from tune import best
@@ -43,12 +43,12 @@ def test_a_photo_predicts_the_same_through_predict_as_through_the_submission(tra
     assert code == 0, err
     rows = predicted(tmp_path / "p").set_index("file")
     model, ckpt = checkpoint.load(trained["checkpoint"])
-    written = predict.submit(model, ckpt, tmp_path / "s", device=CPU, tta=tta)
-    submission = pd.read_csv(written["submission"])
+    written = submission.submit(model, ckpt, tmp_path / "s", device=CPU, tta=tta)
+    table = pd.read_csv(written["submission"])
     files = data.test_files(trained["data"])
-    probs, ok = predict.ensemble_probs([(model, ckpt["config"])], files, CPU, tta)
-    assert ok.all() and len(rows) == len(files) == len(submission)
-    for f, expected, p in zip(files, submission.itertuples(), probs):
+    probs, ok = submission.ensemble_probs([(model, ckpt["config"])], files, CPU, tta)
+    assert ok.all() and len(rows) == len(files) == len(table)
+    for f, expected, p in zip(files, table.itertuples(), probs):
         row = rows.loc[str(f)]
         assert f.name == expected.Id and row.class_index == expected.Class == p.argmax()
         assert row["class"] == ckpt["classes"][expected.Class]
@@ -180,9 +180,9 @@ def test_names_with_control_characters_are_one_row_each_in_predictions_and_submi
                                    "--out", str(tmp_path / "out")])
     assert code == 0, err
     model, ckpt = checkpoint.load(trained["checkpoint"])
-    submission = predict.submit(model, ckpt, tmp_path / "out", data_root=data_copy, device=CPU)["submission"]
+    written = submission.submit(model, ckpt, tmp_path / "out", data_root=data_copy, device=CPU)["submission"]
     for path, column, expected in ((tmp_path / "out" / "predictions.csv", "file",
-                                    [str(data_copy / "Test" / n) for n in NAMES]), (submission, "Id", NAMES)):
+                                    [str(data_copy / "Test" / n) for n in NAMES]), (written, "Id", NAMES)):
         read = pd.read_csv(path, dtype=str, keep_default_na=False)[column]
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -190,7 +190,7 @@ def test_names_with_control_characters_are_one_row_each_in_predictions_and_submi
 
 
 def test_batches_bytes_and_paths_give_the_same_predictions(trained, monkeypatch):
-    model = inference.Predictor.load(trained["checkpoint"], device=CPU)
+    model = classifier.Predictor.load(trained["checkpoint"], device=CPU)
     files = data.test_files(trained["data"])
     whole = model.predict(files, k=3)
 
@@ -199,7 +199,7 @@ def test_batches_bytes_and_paths_give_the_same_predictions(trained, monkeypatch)
                    [p for *_, p in top] == pytest.approx([p for *_, p in other], abs=1e-6)
                    for (top, error), (other, _) in zip(results, whole, strict=True))
 
-    monkeypatch.setattr(inference, "BATCH", 5)   # 12 photos in batches of 5, 5 and 2
+    monkeypatch.setattr(classifier, "BATCH", 5)   # 12 photos in batches of 5, 5 and 2
     seen = []
     assert same(model.predict(files, k=3, progress=seen.append)) and seen == [5, 5, 2]
     # a request's bytes (tune.serve) decode as the file does
@@ -217,7 +217,7 @@ def test_awkward_photos_decode_as_training_decoded_them(trained, tmp_path):
     rgba = draw("square", rng).convert("RGBA")
     rgba.putalpha(90)
     rgba.save(tmp_path / "clear.png")
-    model = inference.Predictor.load(trained["checkpoint"], device=CPU)
+    model = classifier.Predictor.load(trained["checkpoint"], device=CPU)
     for name in ("rotated.jpg", "deep.png", "clear.png"):
         expected = decode.load_rgb(tmp_path / name, 16)
         assert np.array_equal(model.decode(tmp_path / name)[16], expected)
@@ -236,10 +236,10 @@ def test_an_ensemble_of_members_with_their_own_size_and_normalization_is_the_sub
         members.append((models.build_model(config, 3).eval(), {"config": config, "classes": list(CLASSES)}))
     files = data.test_files(tiny_imagefolder)
     for tta in (False, True):
-        ensemble = inference.Predictor(members, tta=tta, device=CPU)
+        ensemble = classifier.Predictor(members, tta=tta, device=CPU)
         assert ensemble.sizes == [16, 24]
-        expected, ok = predict.ensemble_probs([(m, c["config"]) for m, c in members], files, CPU, tta)
+        expected, ok = submission.ensemble_probs([(m, c["config"]) for m, c in members], files, CPU, tta)
         got = ensemble.probs([ensemble.decode(f) for f in files])
         assert ok.all() and np.abs(got - expected).max() <= 1e-6
     with pytest.raises(CheckpointError, match="different classes"):
-        inference.Predictor([members[0], (members[1][0], {**members[1][1], "classes": ["a", "b", "c"]})])
+        classifier.Predictor([members[0], (members[1][0], {**members[1][1], "classes": ["a", "b", "c"]})])

@@ -13,12 +13,12 @@ import pytest
 import torch
 from hypothesis import example, given, settings, strategies as st
 
-from dogs import checkpoint, data, predict, train
+from dogs import checkpoint, data, submission, train
 from dogs.config import (DEFAULTS, SCHEMA, Range, absolute_path, natural_mode, nullable, parse_sets, resolve,
                          value_type)
 from dogs.errors import UserError
 from tune import spaces
-from tune.distributions import define_by_run
+from tune.space_values import define_by_run
 from tune.settings import SAMPLERS
 from conftest import CLASSES, draw
 
@@ -157,7 +157,7 @@ def space_files(draw_):
 
 
 def sampled_configs(space, count, seed):
-    """`count` trial configs as the search makes them: Optuna's define-by-run (tune.searcher) + the search's keys."""
+    """`count` trial configs as the search makes them: Optuna's define-by-run (tune.study_searcher) + the search's keys."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     s = space["search"]
     for _ in range(count):
@@ -207,7 +207,7 @@ def test_class_folder_names_round_trip_through_training_the_report_and_the_submi
                         "head_width": 8}, out, log=lambda *_: None, device=torch.device("cpu"))
     model, ckpt = checkpoint.load(result["checkpoint"])
     assert ckpt["classes"] == sorted(names)
-    predict.submit(model, ckpt, out, device=torch.device("cpu"), report=True, log_fn=lambda *_: None)
+    submission.submit(model, ckpt, out, device=torch.device("cpu"), report=True, log_fn=lambda *_: None)
     per_class = pd.read_csv(out / "report" / "per_class.csv", keep_default_na=False, dtype={"class": str})
     assert list(per_class["class"]) == sorted(names)
     assert pd.read_csv(out / "submission.csv")["Class"].between(0, len(names) - 1).all()

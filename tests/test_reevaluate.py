@@ -108,7 +108,7 @@ def test_table_ranks_by_mean_and_the_chosen_best_seed_is_handed_over(reevaluated
     handed = checkpoint.read(reevaluated["handed"] / "best.pt")
     assert handed["config"]["seed"] == best_seed and handed["config"]["lr"] == reevaluated["first"].configs[chosen]["lr"]
     assert handed["metrics"]["val_acc"] == seeds[best_seed]
-    # runs are named by their configuration's rank and seed (tune.names), never Ray's <hex>_00000
+    # runs are named by their configuration's rank and seed (tune.experiment), never Ray's <hex>_00000
     rank = configs.index(chosen) + 1
     assert f"run rank{rank}-seed{best_seed}'s checkpoint" in out
     assert re.search(r"^rank[123]-seed[123]  completed 2 epochs", out, re.MULTILINE)

@@ -16,10 +16,10 @@ import pyarrow.fs
 import pytest
 
 from dogs import ranking
-from dogs.trial import WORKERS_ENV
+from dogs.ray_trainable import WORKERS_ENV
 from tune import search
 from tune.experiment import Experiment, read_trials
-from tune.trial_logs import CSVLogger, JsonLogger
+from tune.callbacks import CSVLogger, JsonLogger
 from conftest import run_main
 
 EPOCHS = 150   # 0.1-0.5 s each on a loaded 2-core machine: the trial outlasts Ray's first copy of its files

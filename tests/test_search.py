@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata
 
 from tune import best, report, search
-from tune.plots import PLOTS
+from tune.report import PLOTS
 from tune.study import open_study
 from conftest import run_main
 
@@ -81,7 +81,7 @@ def test_every_trial_is_in_trials_csv(experiment):
     # one name per trial: the Optuna trial number beside the Tune id, as the study has them
     numbers = {trial_id: t.number for trial_id, t in study_of(experiment["dir"]).items()}
     assert list(table.columns[:3]) == ["trial", "number", "trial_id"] and dict(zip(table.trial_id, table.number)) == numbers
-    assert list(table.trial) == [f"#{numbers[t]} {t}" for t in table.trial_id]   # the console's name (tune.names)
+    assert list(table.trial) == [f"#{numbers[t]} {t}" for t in table.trial_id]   # the console's name (tune.experiment)
     assert table.lr.between(1e-6, 3e-2).all() and set(table.head_width) <= {0, 32}
     for row in table.itertuples():
         assert iterations(row.path) == list(range(1, row.epochs + 1))
@@ -168,7 +168,7 @@ def test_history_plot_shows_pruned_trials_at_their_best_epoch():
     import optuna
     import optuna.visualization.matplotlib as vis
 
-    from tune.plots import add_pruned
+    from tune.report import add_pruned
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
@@ -346,7 +346,7 @@ def test_best_prints_and_submits(experiment, tmp_path):
 
 def test_each_trial_keeps_its_best_and_its_last_checkpoint(experiment):
     # Ray keeps every epoch's checkpoint (num_to_keep would save the experiment state after each one);
-    # tune.retention deletes the others: what tune.best predicts from stays
+    # tune.callbacks deletes the others: what tune.best predicts from stays
     ran_all = 0
     for row in experiment["table"].itertuples():
         rows = [json.loads(line) for line in Path(row.path, "result.json").read_text().splitlines() if line.strip()]
@@ -497,7 +497,7 @@ params: {model: cnn, image_size: 16, batch_size: 16, head_width: 32, lr: {loguni
     winner = min(best_losses, key=best_losses.get)
     assert best_epochs[winner] != 3   # the case: the last epoch is not the best one
 
-    # 1. every trial keeps its best epoch's checkpoint and its last one, no other (tune.retention), and
+    # 1. every trial keeps its best epoch's checkpoint and its last one, no other (tune.callbacks), and
     # trials.csv reports best_val_loss at that epoch
     for row in table.itertuples():
         assert checkpoint.read(row.checkpoint)["epoch"] == best_epochs[row.trial_id] == row.best_epoch
@@ -572,16 +572,16 @@ def test_time_budget_stops_cleanly_and_resume_loses_nothing(tiny_imagefolder, tm
 def test_time_fidelity_gives_asha_seconds_of_training(tiny_imagefolder, tmp_path, monkeypatch):
     """--fidelity time: ASHA ranks trials by time_total_s at rungs in seconds (from the budget), and the search
     runs to the end with it."""
-    from tune import tuner
+    from tune import ray_tuner
 
     made = []
 
-    class Recorded(tuner.ASHAScheduler):
+    class Recorded(ray_tuner.ASHAScheduler):
         def __init__(self, **kwargs):
             made.append(kwargs)
             super().__init__(**kwargs)
 
-    monkeypatch.setattr(tuner, "ASHAScheduler", Recorded)
+    monkeypatch.setattr(ray_tuner, "ASHAScheduler", Recorded)
     space = write_space(tmp_path, samples=3, max_concurrent=1)
     code, out, err = run_main(search, ["--space", str(space), "--data", str(tiny_imagefolder), "--storage",
                                        str(tmp_path / "runs"), "--name", "t", "--fidelity", "time", "--time-budget", "9m"])
@@ -598,7 +598,7 @@ def test_time_fidelity_gives_asha_seconds_of_training(tiny_imagefolder, tmp_path
 def test_hparams_booleans_and_choices_are_discrete_values():
     from tensorboard.plugins.hparams import summary_v2 as hp
 
-    from tune.tensorboard import hparam, hparam_value
+    from tune.callbacks import hparam, hparam_value
 
     def info(param):   # the HParamInfo TensorBoard reads back
         content = hp.hparams_config_pb([hparam(param)], []).value[0].metadata.plugin_data.content
@@ -631,7 +631,7 @@ def test_resume_of_an_experiment_with_a_pickled_searcher_is_one_clear_error(tmp_
     code, _, err = run_main(search, ["--resume", "--storage", str(tmp_path), "--name", "old"])
     assert code == 2 and "searched by an older dogs-search" in err and "Traceback" not in err
     assert not ray.is_initialized()
-    from tune.plots import write_plots
+    from tune.report import write_plots
     from tune.study import PickledSearcherState
 
     with pytest.raises(PickledSearcherState):   # tune.best --plots reads it as JSON only: a typed error, no code run

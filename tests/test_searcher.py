@@ -1,4 +1,4 @@
-"""tune.searcher.StudySearcher driven by synthetic Tune calls, no Ray cluster: every state the study can hold
+"""tune.study_searcher.StudySearcher driven by synthetic Tune calls, no Ray cluster: every state the study can hold
 (COMPLETE, PRUNED, FAIL), intermediate values, first trials, conditional parameters, seeding, and the
 state a killed driver leaves behind settled by save/restore (as Tune's --resume calls them)."""
 import pickle
@@ -12,8 +12,8 @@ import pytest
 
 from tune import spaces
 from dogs.errors import ExperimentError
-from tune.searcher import StudySearcher, make_sampler, startup_trials
-from tune.session import SearchSession, restoring
+from tune.study_searcher import StudySearcher, make_sampler, startup_trials
+from tune.callbacks import SearchSession, restoring
 from tune.study import abandoned_trial_ids, open_study, sqlite_path
 
 SPACE = {
@@ -142,7 +142,7 @@ def test_driver_killed_then_resumed(tmp_path):
 
 def test_a_moved_experiment_continues_the_study_where_its_session_says(tmp_path):
     """--resume of a moved (or copied) experiment: tuner.pkl names the old folder; the searcher Ray unpickles inside
-    tune.tuner.restore_tuner takes that call's session and continues the study.db of the folder the session names."""
+    tune.ray_tuner.restore_tuner takes that call's session and continues the study.db of the folder the session names."""
     old, new = tmp_path / "old" / "exp", tmp_path / "new" / "exp"
     searcher = make(old)
     pickled = pickle.dumps(searcher)                        # tuner.pkl names the old folder
@@ -203,15 +203,15 @@ def test_samplers(name):
 
 
 def test_sampler_and_scheduler_flags_are_settings(tmp_path):
-    from tune import cli
+    from tune import spaces
 
     path = tmp_path / "space.yaml"
     path.write_text("search: {sampler: random}\nparams: {lr: {loguniform: [1e-4, 1e-2]}}\n")
-    args = cli.get_args_parser().parse_args(["--space", str(path), "--scheduler", "fifo"])
-    assert {k: cli.load_space(args, None)["search"][k] for k in ("sampler", "scheduler")} == \
+    args = spaces.get_args_parser().parse_args(["--space", str(path), "--scheduler", "fifo"])
+    assert {k: spaces.space_from_args(args, None)["search"][k] for k in ("sampler", "scheduler")} == \
         {"sampler": "random", "scheduler": "fifo"}
-    args = cli.get_args_parser().parse_args(["--space", str(path), "--sampler", "gp"])
-    assert cli.load_space(args, None)["search"]["sampler"] == "gp"
+    args = spaces.get_args_parser().parse_args(["--space", str(path), "--sampler", "gp"])
+    assert spaces.space_from_args(args, None)["search"]["sampler"] == "gp"
 
 
 def test_small_validation_split_warns_when_asha_ranks_by_early_epochs(tmp_path):

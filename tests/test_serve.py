@@ -26,8 +26,8 @@ from PIL import Image
 
 from conftest import CLASSES, draw, make_imagefolder, run_main
 from dogs import checkpoint
-from dogs.inference import Predictor
-from dogs.predict import ensemble_probs
+from dogs.classifier import Predictor
+from dogs.submission import ensemble_probs
 from tune import serve
 
 MAX_UPLOAD_MB = 0.25   # the server's upload limit in these tests

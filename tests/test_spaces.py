@@ -7,7 +7,7 @@ import yaml
 from hypothesis import given, strategies as st
 
 from dogs.config import resolve
-from tune import combinations, distributions, settings, spaces
+from tune import space_values, settings, spaces
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -155,9 +155,9 @@ def test_a_space_searched_with_a_set_that_a_when_names_reads_back(tmp_path):
 
 
 def sample(space, n, seed=0):
-    """n configs from the define-by-run function with a seeded TPE study (as tune.searcher asks them)."""
+    """n configs from the define-by-run function with a seeded TPE study (as tune.study_searcher asks them)."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    suggest = distributions.optuna_space(space)
+    suggest = space_values.optuna_space(space)
     configs = []
     for i in range(n):
         trial = study.ask()
@@ -186,7 +186,7 @@ def test_same_seed_same_configs_and_the_function_pickles(tmp_path):
     space = spaces.load(write(tmp_path, GOOD))
     assert sample(space, 12, seed=3) == sample(space, 12, seed=3)
     assert sample(space, 12, seed=3) != sample(space, 12, seed=4)
-    again = pickle.loads(pickle.dumps(distributions.optuna_space(space)))
+    again = pickle.loads(pickle.dumps(space_values.optuna_space(space)))
     assert again.args == (space["params"],)
 
 
@@ -224,7 +224,7 @@ def test_notebook_space_runs_the_two_notebook_configs():
     configs = []
     for _ in range(space["search"]["samples"]):
         trial = study.ask()
-        fixed = distributions.optuna_space(space)(trial)
+        fixed = space_values.optuna_space(space)(trial)
         configs.append({**trial.params, **fixed})
     cnn, resnet = sorted(configs, key=lambda c: c["model"])
     common = {"lr": 1e-4, "batch_size": 32, "head_width": 512, "dropout": 0.5}
@@ -377,7 +377,7 @@ def test_spaces_whose_every_combination_runs_are_not_refused(tmp_path, text):
 
 @pytest.mark.parametrize("name", ["modern_finetune.yaml", "resnet_unfreeze.yaml", "notebook.yaml"])
 def test_shipped_spaces_pass_the_combination_check_with_smoke_test_sizes(name):
-    from tune.cli import SMOKE_CONFIG, SMOKE_SETTINGS
+    from tune.spaces import SMOKE_CONFIG, SMOKE_SETTINGS
 
     assert spaces.load(spaces.SPACES_DIR / name, overrides=SMOKE_SETTINGS, sets=SMOKE_CONFIG)
 
@@ -389,12 +389,12 @@ def test_a_setting_s_flag_is_made_from_its_entry_alone(resource, free, note, cho
     from unittest import mock
 
     from dogs.config import Key
-    from tune import cli
+    from tune import spaces
 
     entry = Key(None, str | None, tuple(choices) if choices else None, "a new setting", flag_note=note,
                 flag_choices=not free, resource=resource)
     with mock.patch.dict(settings.SETTINGS, {"new_setting": entry}):
-        parser = cli.get_args_parser()
+        parser = spaces.get_args_parser()
     action = next(a for a in parser._actions if "--new-setting" in a.option_strings)
     group = next(g.title for g in parser._action_groups if action in g._group_actions)
     assert group == ("resources" if resource else "search")
@@ -405,17 +405,17 @@ def test_a_setting_s_flag_is_made_from_its_entry_alone(resource, free, note, cho
 def test_smoke_test_gives_each_entry_s_smoke_value_and_flags_still_win():
     """--smoke-test: the `smoke` field of each setting and config key; an explicit flag or --set overrides it."""
     from dogs.config import SCHEMA
-    from tune import cli
+    from tune import spaces
 
     smoke_settings = {k: s.smoke for k, s in settings.SETTINGS.items() if s.smoke is not None}
     smoke_config = {k: s.smoke for k, s in SCHEMA.items() if s.smoke is not None}
     assert {"samples", "epochs"} <= set(smoke_settings) and {"image_size", "weights"} <= set(smoke_config)
-    space = cli.load_space(cli.get_args_parser().parse_args(["--space", "cnn_scratch.yaml", "--smoke-test"]), None)
+    space = spaces.space_from_args(spaces.get_args_parser().parse_args(["--space", "cnn_scratch.yaml", "--smoke-test"]), None)
     assert {k: space["search"][k] for k in smoke_settings} == smoke_settings
     fixed = {p["name"]: p["args"] for p in space["params"] if p["kind"] == "fixed"}
     assert {k: fixed[k] for k in smoke_config} == smoke_config
     argv = ["--space", "cnn_scratch.yaml", "--smoke-test", "--epochs", "3", "--set", "image_size=40"]
-    space = cli.load_space(cli.get_args_parser().parse_args(argv), None)
+    space = spaces.space_from_args(spaces.get_args_parser().parse_args(argv), None)
     assert space["search"]["epochs"] == 3 and space["search"]["samples"] == smoke_settings["samples"]
     assert {p["name"]: p["args"] for p in space["params"] if p["kind"] == "fixed"}["image_size"] == 40
 
@@ -425,24 +425,24 @@ def test_smoke_test_gives_each_entry_s_smoke_value_and_flags_still_win():
 def test_resume_names_a_changed_setting_with_its_entry_s_reason(tmp_path, flag, value):
     """--resume with another value of a setting: one "search.<key> (saved: x, now: y[; why])" item, the why being
     the setting's `why_fixed` where it has one."""
-    from tune import cli, resume
+    from tune import spaces, resume
 
     key = flag[2:].replace("-", "_")
     path = write(tmp_path, GOOD)
-    args = cli.get_args_parser().parse_args(["--resume", "--space", str(path), flag, value])
+    args = spaces.get_args_parser().parse_args(["--resume", "--space", str(path), flag, value])
     differ = resume.resume_differences(args, tmp_path, spaces.load(path, data=None))   # as tune.search saves it
-    saved, now = spaces.load(path)["search"][key], cli.settings_from_args(args)[key]
+    saved, now = spaces.load(path)["search"][key], spaces.settings_from_args(args)[key]
     why = settings.SETTINGS[key].why_fixed
     assert differ == [f"search.{key} (saved: {saved!r}, now: {now!r}" + (f"; {why}" if why else "") + ")"]
 
 
 def test_beyond_the_cap_a_seeded_sample_is_checked(tmp_path, monkeypatch):
-    monkeypatch.setattr(combinations, "COMBINATIONS_CHECKED", 40)
+    monkeypatch.setattr(space_values, "COMBINATIONS_CHECKED", 40)
     cutmix = ", ".join(str(i / 10) for i in range(50))
     space = spaces.load(write(tmp_path, f"params: {{model: resnet18, augment: true, cutmix: {{choice: [{cutmix}]}}, "
                                         "unfreeze: {int: [0, 4]}}\n"))
-    drawn = combinations._combinations(space["params"])
-    assert len(drawn) == 40 and drawn == combinations._combinations(space["params"])   # 100 to try: a seeded 40
+    drawn = space_values._combinations(space["params"])
+    assert len(drawn) == 40 and drawn == space_values._combinations(space["params"])   # 100 to try: a seeded 40
     message = error_of(tmp_path, f"params: {{model: {{choice: [resnet18, cnn]}}, cutmix: {{choice: [{cutmix}]}}, "
                                  "unfreeze: {int: [0, 4]}}\n")
     assert "unfreeze=4 (sampled)" in message and "model='cnn' (sampled)" in message

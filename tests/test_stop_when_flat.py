@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from dogs.uncertainty import wilson
 from tune import search, spaces
-from tune.stop_when_flat import Finished, beats, min_trials, streaks, verdict
+from tune.ray_tuner import Finished, beats_interval, flat_min_trials, flat_streaks, flat_verdict
 from conftest import run_main
 from test_search import iterations
 
@@ -61,7 +61,7 @@ def trials(draw):
 @given(st.lists(trials(), max_size=30))
 def test_the_count_is_fair_trials_since_the_last_that_beat_the_best_interval(outcomes):
     finished = named(outcomes)
-    assert [count for count, _ in streaks(finished, "max")] == counts_by_hand(finished)
+    assert [count for count, _ in flat_streaks(finished, "max")] == counts_by_hand(finished)
 
 
 @given(st.lists(trials(), max_size=30), st.integers(1, 6), st.integers(0, 10))
@@ -69,7 +69,7 @@ def test_the_verdict_comes_at_the_first_run_of_m_after_the_start_up_trials_and_n
                                                                                                    at_least):
     finished = named(outcomes)
     counts = counts_by_hand(finished)
-    found = verdict(finished, "max", m, at_least)
+    found = flat_verdict(finished, "max", m, at_least)
     first = next((i for i, c in enumerate(counts) if c >= m and i + 1 >= at_least), None)
     assert (found is None) == (first is None)
     if found is not None:
@@ -84,13 +84,13 @@ def test_the_verdict_comes_at_the_first_run_of_m_after_the_start_up_trials_and_n
 def test_ties_within_the_interval_stop_after_m_and_clear_gains_never_stop(k, m, length):
     # the same score again: within the best's interval, so M repeats after the first stop the search
     same = named([outcome(k)] * (m + 1))
-    assert verdict(same, "max", m) == (m, min(same))
+    assert flat_verdict(same, "max", m) == (m, min(same))
     # each score past the previous best's interval: never flat, whatever M
     rising, score = [], 0.0
     for _ in range(length):
         rising.append(Finished(f"{len(rising)}", score, (score - 0.01, score + 0.01)))
         score += 0.05
-    assert verdict(rising, "max", 1) is None
+    assert flat_verdict(rising, "max", 1) is None
 
 
 @given(st.integers(1, 4), st.integers(2, EPOCHS))
@@ -98,29 +98,29 @@ def test_trials_stopped_before_the_best_reached_its_best_count_neither_way(m, be
     best = outcome(36, best_at=best_at)   # 0.9 at epoch best_at of 6
     short = outcome(4, ran=best_at - 1)   # ASHA stopped it at chance before that epoch
     # any number of short trials never make the search flat, and do not restart the count either
-    assert verdict(named([best] + [short] * 10), "max", m) is None
-    assert [c for c, _ in streaks(named([best] + [outcome(4, ran=best_at)] * (m - 1) + [short] * 5), "max")] \
+    assert flat_verdict(named([best] + [short] * 10), "max", m) is None
+    assert [c for c, _ in flat_streaks(named([best] + [outcome(4, ran=best_at)] * (m - 1) + [short] * 5), "max")] \
         == [0] + list(range(1, m)) + [m - 1] * 5
     # as many epochs as the best took, or all of its own: counted
-    assert verdict(named([best] + [outcome(4, ran=best_at)] * m), "max", m) == (m, named([best])[0])
-    assert verdict(named([best] + [outcome(4, ran=EPOCHS, best_at=1)] * m), "max", m) is not None
+    assert flat_verdict(named([best] + [outcome(4, ran=best_at)] * m), "max", m) == (m, named([best])[0])
+    assert flat_verdict(named([best] + [outcome(4, ran=EPOCHS, best_at=1)] * m), "max", m) is not None
 
 
 def test_no_stop_before_the_start_up_trials_finished():
     flat = named([outcome(30)] * 6)   # every trial ties with the first: flat after trial 1 + M
-    assert verdict(flat, "max", 2, at_least=0)[0] == 2
-    assert verdict(flat[:4], "max", 2, at_least=5) is None
-    assert verdict(flat, "max", 2, at_least=5) == (4, flat[0])   # at the 5th trial, 4 in a row then
-    assert min_trials({"samples": 16, "sampler": "tpe"}) == 4 and min_trials({"samples": 100, "sampler": "gp"}) == 10
-    assert min_trials({"samples": 16, "sampler": "random"}) == 0 and min_trials({"samples": 8, "sampler": "qmc"}) == 0
+    assert flat_verdict(flat, "max", 2, at_least=0)[0] == 2
+    assert flat_verdict(flat[:4], "max", 2, at_least=5) is None
+    assert flat_verdict(flat, "max", 2, at_least=5) == (4, flat[0])   # at the 5th trial, 4 in a row then
+    assert flat_min_trials({"samples": 16, "sampler": "tpe"}) == 4 and flat_min_trials({"samples": 100, "sampler": "gp"}) == 10
+    assert flat_min_trials({"samples": 16, "sampler": "random"}) == 0 and flat_min_trials({"samples": 8, "sampler": "qmc"}) == 0
 
 
 def test_a_better_score_inside_the_interval_takes_the_lead_but_does_not_reset_the_count():
     finished = named([outcome(30), outcome(32), outcome(33)])   # 0.75, 0.80, 0.825: all inside 0.75's interval
-    assert list(streaks(finished, "max")) == [(0, finished[0]), (1, finished[1]), (2, finished[2])]
-    assert beats(0.99, 0.75, wilson(30, N), "max") and not beats(float("inf"), 0.75, wilson(30, N), "max")
-    assert beats(0.2, 0.5, (0.4, 0.6), "min") and not beats(0.45, 0.5, (0.4, 0.6), "min")
-    assert beats(0.51, 0.5, None, "max")   # no interval (an old trial): beyond the score itself
+    assert list(flat_streaks(finished, "max")) == [(0, finished[0]), (1, finished[1]), (2, finished[2])]
+    assert beats_interval(0.99, 0.75, wilson(30, N), "max") and not beats_interval(float("inf"), 0.75, wilson(30, N), "max")
+    assert beats_interval(0.2, 0.5, (0.4, 0.6), "min") and not beats_interval(0.45, 0.5, (0.4, 0.6), "min")
+    assert beats_interval(0.51, 0.5, None, "max")   # no interval (an old trial): beyond the score itself
 
 
 @pytest.mark.parametrize("value, expected", [

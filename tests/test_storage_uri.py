@@ -83,7 +83,7 @@ def test_search_resume_and_best_on_s3(s3, tiny_imagefolder, tmp_path):
     assert table.checkpoint.str.startswith("s3://dogs/runs/s3e/trial_").all()
     files = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector("dogs/runs/s3e", recursive=True))]
     for trial_dir, name in zip(table.path.str.removeprefix("s3://"), table.trial):
-        # TensorBoard: a run per trial, named as everywhere (tune.names), uploaded with the experiment
+        # TensorBoard: a run per trial, named as everywhere (tune.experiment), uploaded with the experiment
         assert any(f.startswith(f"dogs/runs/s3e/tensorboard/{name}/events.out.tfevents") for f in files), name
         assert any(f.startswith(f"{trial_dir}/checkpoint_") for f in files), trial_dir
     assert "optuna study {'COMPLETE': 2}" in out
@@ -118,11 +118,11 @@ def test_search_resume_and_best_on_s3(s3, tiny_imagefolder, tmp_path):
 
 
 def test_checkpoints_are_pruned_in_the_bucket(s3):
-    # tune.retention deletes through the filesystem of Tune's checkpoints: here the bucket's
+    # tune.callbacks deletes through the filesystem of Tune's checkpoints: here the bucket's
     from ray import tune
     from types import SimpleNamespace
 
-    from tune.retention import KeepBestAndLatest
+    from tune.callbacks import KeepBestAndLatest
 
     fs, _ = s3
     keep, trial_dir = KeepBestAndLatest("val_acc", "max"), "dogs/prune/exp/trial_a"

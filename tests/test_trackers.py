@@ -78,7 +78,7 @@ def test_mlflow_has_one_run_per_trial_with_params_and_epoch_metrics(tracked):
     exp_dir, _ = tracked
     client, runs = runs_of(exp_dir)
     table = trial_ids(exp_dir).reset_index().set_index("trial")
-    # each run named as the console and trials.csv name its trial (tune.names: #3 ef4ab16e)
+    # each run named as the console and trials.csv name its trial (tune.experiment: #3 ef4ab16e)
     assert sorted(r.info.run_name for r in runs) == sorted(table.index) == sorted(
         f"#{row.number} {row.trial_id}" for row in table.itertuples())
     for run in runs:
@@ -153,7 +153,7 @@ def test_an_epoch_is_one_mlflow_batch_of_the_numbers_rays_callback_logs(tmp_path
     from mlflow.tracking import MlflowClient
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    from tune.guarded_mlflow import GuardedMLflowCallback
+    from tune.callbacks import GuardedMLflowCallback
 
     writes = []
     for method in ("log_metric", "log_batch"):

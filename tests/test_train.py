@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dogs import checkpoint, data, engine, predict, train
+from dogs import checkpoint, data, engine, submission, train
 from dogs.errors import CheckpointError
 from conftest import run_main
 
@@ -49,7 +49,7 @@ def test_checkpoint_alone_gives_identical_predictions(trained, tiny_imagefolder,
     model, ckpt = checkpoint.load(out / "best.pt")
     assert set(ckpt) >= {"model", "optimizer", "config", "classes", "epoch", "metrics"}
     assert ckpt["classes"] == ["circle", "square", "triangle"]
-    again = predict.submit(model, ckpt, tmp_path, device=torch.device("cpu"))
+    again = submission.submit(model, ckpt, tmp_path, device=torch.device("cpu"))
     assert pd.read_csv(again["submission"]).equals(pd.read_csv(result["submission"]))
 
 
@@ -74,7 +74,7 @@ def test_best_weights_are_restored_when_a_later_epoch_is_worse(tiny_config, tmp_
     assert not all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
     # the submission was written by the restored model: it matches best.pt, not last.pt
     model, ckpt = checkpoint.load(tmp_path / "best.pt")
-    redo = predict.submit(model, ckpt, tmp_path / "redo", device=torch.device("cpu"))
+    redo = submission.submit(model, ckpt, tmp_path / "redo", device=torch.device("cpu"))
     assert pd.read_csv(redo["submission"]).equals(pd.read_csv(result["submission"]))
     assert result["best_val_acc"] == 0.9
 
@@ -101,7 +101,7 @@ def test_resume_keeps_a_best_epoch_from_before_the_interruption(tiny_config, tmp
     resumed = train.run({**tiny_config, "epochs": 4}, tmp_path, resume=True, log=quiet, device=device)
     assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 2 and resumed["best_val_acc"] == 0.9
     model, ckpt = checkpoint.load(tmp_path / "best.pt")
-    redo = predict.submit(model, ckpt, tmp_path / "redo", device=device)
+    redo = submission.submit(model, ckpt, tmp_path / "redo", device=device)
     assert pd.read_csv(redo["submission"]).equals(pd.read_csv(resumed["submission"]))
 
 
@@ -422,14 +422,14 @@ def test_confusion_of_many_classes_draws_the_most_confused_pairs_and_keeps_the_m
     classes = [f"breed_{i}$x" for i in range(133)]   # a $ in a name is text, not mathtext
     confusion = rng.integers(0, 3, size=(133, 133))
     confusion[5, 7], confusion[9, 2] = 50, 40
-    pairs = predict.most_confused(confusion, classes)
+    pairs = submission.most_confused(confusion, classes)
     assert pairs[:2] == [(classes[5], classes[7], 50), (classes[9], classes[2], 40)] and len(pairs) == 20
     assert all(true != predicted for true, predicted, _ in pairs)
     assert [c for *_, c in pairs] == sorted((c for *_, c in pairs), reverse=True)
-    png = predict.save_confusion(confusion, classes, tmp_path / "confusion.png", title="single")
+    png = submission.save_confusion(confusion, classes, tmp_path / "confusion.png", title="single")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = pd.read_csv(tmp_path / "confusion.csv", index_col=0)
     assert list(saved.index) == classes and list(saved.columns) == classes and (saved.to_numpy() == confusion).all()
-    assert predict.most_confused(np.eye(3, dtype=int) * 5, ["a", "b", "c"]) == []   # nothing confused: no pairs
-    predict.save_confusion(np.eye(3, dtype=int), ["a", "b", "c"], tmp_path / "small.png")   # the matrix, as before
+    assert submission.most_confused(np.eye(3, dtype=int) * 5, ["a", "b", "c"]) == []   # nothing confused: no pairs
+    submission.save_confusion(np.eye(3, dtype=int), ["a", "b", "c"], tmp_path / "small.png")   # the matrix, as before
     assert (tmp_path / "small.csv").exists()

@@ -1,4 +1,4 @@
-"""One trial name everywhere (tune.names): the console's `#N id` is trials.csv's `trial`, the summary's, tune.best's,
+"""One trial name everywhere (tune.experiment): the console's `#N id` is trials.csv's `trial`, the summary's, tune.best's,
 Tune's trial name (MLflow's run), TensorBoard's run and the plots'; an experiment made before these names (Tune's
 trial names trial_<id>, TensorBoard files in the trial folders) resumes and hands over, its new trials named."""
 import re
@@ -8,7 +8,7 @@ import pandas as pd
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from tune import best, names, plots, search, tensorboard, tuner
+from tune import best, experiment, report, search, callbacks, ray_tuner
 from tune.study import open_study
 from conftest import run_main
 
@@ -23,8 +23,8 @@ params:
 
 
 def test_the_rule():
-    assert names.trial_name("ef4ab16e", 3) == "#3 ef4ab16e" and names.trial_name("ef4ab16e") == "ef4ab16e"
-    assert names.trial_name(None, 3) == "#3" and names.run_name(1, 2) == "rank1-seed2"
+    assert experiment.trial_name("ef4ab16e", 3) == "#3 ef4ab16e" and experiment.trial_name("ef4ab16e") == "ef4ab16e"
+    assert experiment.trial_name(None, 3) == "#3" and experiment.run_name(1, 2) == "rank1-seed2"
 
 
 def test_an_old_experiment_resumes_and_hands_over_and_every_place_names_a_trial_alike(tiny_imagefolder, tmp_path,
@@ -34,13 +34,13 @@ def test_an_old_experiment_resumes_and_hands_over_and_every_place_names_a_trial_
     exp_dir = storage / name
     # written the old way: Tune's trial names are the folders' (trial_<id>), TensorBoard writes into those folders
     with monkeypatch.context() as old:
-        old.setattr(names, "named", tuner.trial_dirname)
-        old.setattr(tensorboard, "run_folder", lambda folder, name: str(folder))
+        old.setattr(experiment, "named", ray_tuner.trial_dirname)
+        old.setattr(callbacks, "run_folder", lambda folder, name: str(folder))
         code, out, err = run_main(search, ["--space", str(tmp_path / "space.yaml"), "--data", str(tiny_imagefolder),
                                            "--storage", str(storage), "--name", name])
     assert code == 0, out[-3000:] + err[-3000:]
     old_ids = sorted(p.name.removeprefix("trial_") for p in exp_dir.glob("trial_*"))
-    assert len(old_ids) == 2 and not (exp_dir / tensorboard.FOLDER).exists()
+    assert len(old_ids) == 2 and not (exp_dir / callbacks.FOLDER).exists()
 
     # resumed with one more trial, by today's code
     code, out, err = run_main(search, ["--resume", "--storage", str(storage), "--name", name, "--samples", "3"])
@@ -63,9 +63,9 @@ def test_an_old_experiment_resumes_and_hands_over_and_every_place_names_a_trial_
     # TensorBoard: the old trials' curves stay whole in their folders; the new one is a run named as everywhere
     for trial_id in old_ids:
         assert list((exp_dir / f"trial_{trial_id}").glob("events.out.tfevents.*"))
-    runs = sorted(p.name for p in (exp_dir / tensorboard.FOLDER).iterdir())
+    runs = sorted(p.name for p in (exp_dir / callbacks.FOLDER).iterdir())
     assert runs == [new_name]
-    events = EventAccumulator(str(exp_dir / tensorboard.FOLDER / new_name))
+    events = EventAccumulator(str(exp_dir / callbacks.FOLDER / new_name))
     events.Reload()
     assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
     content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
@@ -76,7 +76,7 @@ def test_an_old_experiment_resumes_and_hands_over_and_every_place_names_a_trial_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     with open_study(exp_dir) as study:
-        number, _, label = plots.name_best(plt.subplots()[1], study)
+        number, _, label = report.name_best(plt.subplots()[1], study)
     plt.close("all")
     assert label in set(table.trial) and (exp_dir / "plots" / "optimization_history.png").is_file()
 

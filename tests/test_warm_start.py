@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from optuna.trial import TrialState
 
 from dogs.errors import UserError
-from tune import distributions, report, search, warm_start
+from tune import space_values, report, search, warm_start
 from tune.study import open_study
 from conftest import run_main
 
@@ -40,7 +40,7 @@ def old_study(params, states, seed):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
     for k, state in enumerate(states):
         trial = study.ask()
-        distributions.assign(params, functools.partial(distributions.suggest, trial))
+        space_values.assign(params, functools.partial(space_values.suggest, trial))
         if state == TrialState.PRUNED:
             trial.report(0.1 * k, 1)
         study.tell(trial, 0.5 + 0.01 * k if state == TrialState.COMPLETE else None, state=state)
@@ -51,7 +51,7 @@ def drawn_by_new_space(params):
     """What a trial of the new space draws (unconditional params): Optuna's distributions of one real trial."""
     study = optuna.create_study()
     trial = study.ask()
-    distributions.assign(params, functools.partial(distributions.suggest, trial))
+    space_values.assign(params, functools.partial(space_values.suggest, trial))
     return trial.distributions
 
 
@@ -67,7 +67,7 @@ def test_a_finished_trial_is_taken_exactly_when_the_new_space_draws_its_params_a
     whole (state, value, params, per-epoch values) into a new study by Optuna's add_trials."""
     old_params, new_params = space_of(old), space_of(new)
     study = old_study(old_params, states, seed)
-    taken, skipped = warm_start.split(study.trials, new_params)
+    taken, skipped = warm_start.split_compatible(study.trials, new_params)
 
     now = drawn_by_new_space(new_params)
     finished = [t for t in study.trials if t.state in warm_start.FINISHED]
@@ -92,11 +92,11 @@ def test_conditional_params_are_walked_with_the_old_trials_values():
     old = [optimizer, param("momentum", ("uniform", [0.0, 0.9]), when={"optimizer": ["sgd"]})]
     new = [optimizer, param("momentum", ("uniform", [0.5, 0.99]), when={"optimizer": ["sgd"]})]
     study = old_study(old, [TrialState.COMPLETE] * 12, seed=1)
-    taken, skipped = warm_start.split(study.trials, new)
+    taken, skipped = warm_start.split_compatible(study.trials, new)
     assert {t.params["optimizer"] for t in taken} == {"adam"}
     sgd = sum(t.params["optimizer"] == "sgd" for t in study.trials)
     assert 0 < sgd < 12 and skipped == {"momentum distribution differs (old float 0..0.9, now float 0.5..0.99)": sgd}
-    taken, skipped = warm_start.split(study.trials, old)
+    taken, skipped = warm_start.split_compatible(study.trials, old)
     assert len(taken) == 12 and not skipped
 
 
@@ -115,14 +115,14 @@ SPACE = {"search": SEARCH, "params": [param("lr", ("loguniform", [1e-4, 1e-1]))]
 
 def test_a_study_url_seeds_and_bad_sources_are_one_clear_error(tmp_path):
     url = study_url(tmp_path, "a")
-    trials, said = warm_start.load(url, tmp_path, SPACE)   # one study: no #name needed
+    trials, said = warm_start.load_trials(url, tmp_path, SPACE)   # one study: no #name needed
     assert len(trials) == 3 and said.startswith("Warm start: 3 of 3 finished trials of sqlite:///") and "#a" in said
     study_url(tmp_path, "b")
-    assert len(warm_start.load(f"{url}#b", tmp_path, SPACE)[0]) == 3
+    assert len(warm_start.load_trials(f"{url}#b", tmp_path, SPACE)[0]) == 3
 
     def error(source, space=SPACE):
         with pytest.raises(UserError) as err:
-            warm_start.load(source, tmp_path / "runs", space)
+            warm_start.load_trials(source, tmp_path / "runs", space)
         assert "\n" not in str(err.value) and str(err.value).startswith("--warm-start")
         return str(err.value)
 
@@ -188,7 +188,7 @@ def test_a_search_warm_started_from_an_experiment_runs_only_its_own_trials_and_r
     assert code == 0, out[-3000:] + err[-3000:]
     loss = {"search": {**SEARCH, "metric": "val_loss", "mode": "min"}, "params": []}   # its saved space says first
     with pytest.raises(UserError, match=r"ranked trials by val_acc \(max\), this one by val_loss \(min\)"):
-        warm_start.load("old", runs, loss)
+        warm_start.load_trials("old", runs, loss)
     code, out, err = run("new", 2, 1, "--warm-start", "old")
     assert code == 0, out[-3000:] + err[-3000:]
     assert f"Warm start: 3 of 3 finished trials of {runs / 'old'} seed the study" in out

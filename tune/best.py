@@ -27,9 +27,10 @@ from dogs import interrupt
 from dogs.cli import ArgumentParser, fail, number, quiet_when_reader_leaves
 from dogs.errors import DataError, ExperimentError, UserError
 from dogs.files import output_folder as checked_folder, refuse_others
-from tune import lock, names, reevaluate as reevaluation, settings, spaces, storage
-from tune.cli import NO_BUDGET, time_budget_value
-from tune.experiment import DEFAULT_STORAGE, Experiment, holdout_key, printable
+from tune import storage, experiment, reevaluate as reevaluation, settings, spaces
+from tune.spaces import NO_BUDGET, time_budget_value
+from tune.experiment import Experiment, holdout_key, printable
+from tune.storage import DEFAULT_STORAGE
 
 PROG = "dogs-best"
 
@@ -187,10 +188,10 @@ def action(args):
 
 def locked(write):
     """The action, holding the experiment's lock: --retrain (and --top's re-evaluation) write best/ and the
-    re-evaluation's runs, one such command at a time (tune.lock)."""
+    re-evaluation's runs, one such command at a time (tune.storage)."""
     def action(args):
         exp = Experiment.open(args.experiment, args.storage)
-        with lock.held(exp.location, args.command):
+        with storage.held(exp.location, args.command):
             return write(args, exp)
     return action
 
@@ -200,7 +201,7 @@ def main(argv=None):
     began = time.time()   # --time-budget counts from here
     args = get_args_parser().parse_args(argv)
     args.began = began
-    args.command = lock.command_line("python -m tune.best", sys.argv[1:] if argv is None else argv)
+    args.command = storage.command_line("python -m tune.best", sys.argv[1:] if argv is None else argv)
     try:
         check_flags(args)
         if args.out and not uses(args):   # a file there, or a user's file under a name we write: one line first
@@ -268,9 +269,9 @@ def reevaluate(args, exp):
     if chosen.cut:
         print(cut_line(args, chosen, "handing over the best of what finished"))
     (model, ckpt), *others = reevaluation.load_runs(exp, chosen, args.ensemble)
-    rank = list(chosen.configs).index(chosen.chosen) + 1   # its rank in the search: its runs' names (tune.names)
+    rank = list(chosen.configs).index(chosen.chosen) + 1   # its rank in the search: its runs' names (tune.experiment)
     print(f"Chosen: the configuration of trial {exp.name(chosen.chosen)} ({reevaluation.chosen_text(chosen)}); "
-          f"run {names.run_name(rank, ckpt['config']['seed'])}'s checkpoint: "
+          f"run {experiment.run_name(rank, ckpt['config']['seed'])}'s checkpoint: "
           f"{reevaluation.checkpoint_of(exp, chosen.runs[0])}")
     print(f"  scores       {reevaluation.estimates(exp, chosen.runs[0])}")
     config = exp.full_config(ckpt, data)
@@ -313,7 +314,7 @@ def predict(args):
 
     from dogs.data import IMAGE_EXTENSIONS
     from dogs.files import write_csv
-    from dogs.inference import check_top_k, format_table, photo_files, predictions_frame
+    from dogs.classifier import check_top_k, format_table, photo_files, predictions_frame
 
     files, missing = photo_files(args.predict)
     if not files:
@@ -382,11 +383,11 @@ def best_trials(args, exp=None):
     print(f"  config       {json.dumps(ckpt['config'])}")
     print(f"  checkpoint   {printable(checkpoint)}/{dogs_checkpoint.FILENAME}")
     if args.plots:
-        from tune import plots
+        from tune import report
 
         if not storage.is_uri(exp.location):
             refuse_link(Path(exp.location, "plots"), "the plots go into the experiment folder only")
-        print("\n".join(plots.report(exp.location)))
+        print("\n".join(report.report(exp.location)))
     return exp, members, data
 
 
@@ -406,11 +407,11 @@ def interval_text(exp, trial):
 
 def writes(args):
     """The names tune.best writes into its output folder for these flags (each replaced only when ours)."""
-    from dogs import predict, train
+    from dogs import submission, train
 
     if not args.submit and not args.retrain:
         return ["config.yaml"]
-    return ["config.yaml", "best.pt", *predict.WRITES, "report", *(train.WRITES if args.retrain else ())]
+    return ["config.yaml", "best.pt", *submission.WRITES, "report", *(train.WRITES if args.retrain else ())]
 
 
 def source(exp, trial_id):
@@ -455,7 +456,7 @@ def load_checkpoint(path):
 def hand_over(args, out_dir, data, model, ckpt, handed, rest, exp=None):
     """Predictions and report/ of `model` (and the ensemble `rest`: [(trial, location, (model, ckpt))]) into
     out_dir, each file written printed."""
-    from dogs.predict import submit as write_submission
+    from dogs.submission import submit as write_submission
 
     for other, location, _ in rest:
         if other is not None:
@@ -511,8 +512,8 @@ def load_members(experiment_arg=None, runs=None, checkpoint_file=None, ensemble=
 
 def predictor(experiment_arg=None, runs=None, checkpoint_file=None, ensemble=1, tta=False, device=None,
               log_fn=print):
-    """(dogs.inference.Predictor, source) of load_members' checkpoints."""
-    from dogs.inference import Predictor
+    """(dogs.classifier.Predictor, source) of load_members' checkpoints."""
+    from dogs.classifier import Predictor
 
     members, where = load_members(experiment_arg, runs, checkpoint_file, ensemble, log_fn)
     return Predictor(members, tta=tta, device=device), where

@@ -9,7 +9,18 @@ tuner.pkl, searcher-state-*.pkl, params.pkl) holds pickled objects and is never 
 from someone else's bucket cannot run code through it.
 
 "Best" has one meaning (dogs.config metric/mode): a trial's score is best_<metric>, the best value of the
-metric over its epochs; its best checkpoint is that epoch's, which tune.retention keeps.
+metric over its epochs; its best checkpoint is that epoch's, which tune.callbacks keeps.
+
+The one naming rule of trials and re-evaluation runs: every place that shows a trial asks these functions.
+
+    #3 ef4ab16e     a search's trial: its Optuna trial number and its Tune id (the id alone when the study does
+                    not know it: a trial of an experiment whose study cannot be read)
+    rank1-seed2     a re-evaluation run (tune.best --retrain --top K --seeds N): its configuration's rank in the
+                    search (1 = the best) and its seed
+
+The console, tune.best, trials.csv (its `trial` column), the summary, TensorBoard's runs, MLflow's runs and the
+plots all show these. Folders keep their own names (trial_<id>, <id>-seed<N>): an experiment made before
+these names resumes and hands over as it did.
 """
 import json
 import re
@@ -23,9 +34,10 @@ import pyarrow.fs
 from dogs import ranking, uncertainty
 from dogs.config import METRICS, SCHEMA, value_type
 from dogs.errors import USER_ERROR_KEY, ExperimentError, UserError
-from tune import names, spaces, storage
+from tune import spaces, storage
+from tune.storage import DEFAULT_STORAGE
 
-DEFAULT_STORAGE = "runs"
+
 SPACE_FILE = "search_space.yaml"
 # an experiment's name is its folder in --storage, a URI's last part and the Optuna study's name: letters, digits
 # and . _ - only (no /, %, #, space, ..: nothing a path or a SQLite URL reads as more than a name)
@@ -55,7 +67,7 @@ class Trial:
         DAMAGED (a file of it cannot be read: it is never ranked)."""
         if self.damaged:
             return "DAMAGED"
-        if self.last.get(USER_ERROR_KEY):   # failed before its first epoch, in one line (dogs.trial): not retried
+        if self.last.get(USER_ERROR_KEY):   # failed before its first epoch, in one line (dogs.ray_trainable): not retried
             return "ERROR"
         if self.last.get("done") or (self.results and self.last.get("epoch", 0) >= self.config.get("epochs", 1e9)):
             return "TERMINATED"
@@ -77,14 +89,14 @@ def default_name(stem, stamp):
 
 def latest_experiment(runs):
     """The most recently changed experiment folder in `runs` (a folder or a URI)."""
-    runs = storage.resolve(runs)
+    runs = storage.absolute(runs)
     candidates = storage.subfolders_with(runs, SPACE_FILE)
     if not candidates:
         raise ExperimentError(f"no experiment in {runs} (looked for */{SPACE_FILE})")
     return storage.join(runs, max(candidates, key=candidates.get))
 
 
-def check(exp_dir):
+def check_folder(exp_dir):
     """Refuse a folder that is not an experiment of dogs-search."""
     if not storage.is_file(storage.join(exp_dir, SPACE_FILE)):
         raise ExperimentError(f"{exp_dir}: not an experiment of dogs-search (no {SPACE_FILE} in it)")
@@ -202,7 +214,7 @@ def locate(given, runs, flag="--experiment", here=True):
     if storage.is_uri(given):
         return given
     local = Path(given).resolve()
-    named = storage.join(storage.resolve(runs), given)
+    named = storage.join(storage.absolute(runs), given)
     if not name_problem(given):   # a plain name: the storage's first
         if storage.is_file(storage.join(named, SPACE_FILE)):
             if here and local.exists() and (storage.is_uri(named) or local != Path(named)):
@@ -210,7 +222,7 @@ def locate(given, runs, flag="--experiment", here=True):
                                       f"(here); say which: {flag} {named} or {flag} ./{given}")
             return named
         if not here:
-            return named   # check() says it is not an experiment
+            return named   # check_folder() says it is not an experiment
     if here and local.exists():
         return str(local)
     raise ExperimentError(f"{flag} {given}: no such folder here, and no experiment {named} in --storage")
@@ -234,7 +246,7 @@ class Experiment:
     def open(cls, given=None, runs=DEFAULT_STORAGE):
         """The experiment the user named (locate's rule), checked to be one, with its saved space."""
         location = locate(given, runs)
-        check(location)
+        check_folder(location)
         return cls(location, saved_space(location))
 
     @property
@@ -248,10 +260,10 @@ class Experiment:
         return self._trials
 
     def name(self, trial_id):
-        """A trial's one name (tune.names: `#3 ef4ab16e`; the id alone when the study cannot be read)."""
+        """A trial's one name (tune.experiment: `#3 ef4ab16e`; the id alone when the study cannot be read)."""
         if self._numbers is None:
-            self._numbers = names.study_numbers(self.location)
-        return names.trial_name(trial_id, self._numbers.get(trial_id))
+            self._numbers = study_numbers(self.location)
+        return trial_name(trial_id, self._numbers.get(trial_id))
 
     def baseline_warning(self, trial, data=None, name=None):
         """dogs.baseline's Validation rule for the trial's best checkpoint (its val_acc against always answering the
@@ -452,3 +464,37 @@ def interval_line(table, best, metric):
     return (f"  interval     95% [{low:.4f}, {high:.4f}] ({how}); {inside} other trial(s) within it"
             + (": a tie on this validation set (tune.best --retrain --top K --seeds N re-evaluates them)"
                if inside else ""))
+
+
+KNOWN = {}   # {Tune trial id: Optuna trial number} the search's searcher handed out in this process (tune.study_searcher)
+
+
+def trial_name(trial_id, number=None):
+    """`#3 ef4ab16e`: the Optuna trial number and the Tune id; the id alone when the number is unknown (None), the
+    number alone when the id is (a study trial that never had a Tune trial)."""
+    if number is None or trial_id is None:
+        return f"#{number}" if trial_id is None else trial_id
+    return f"#{number} {trial_id}"
+
+
+def named(trial):
+    """A search trial's name as Tune shows it (its trial_name_creator: MLflow's run, TensorBoard's): the number its
+    study trial got in this process (KNOWN), set before Tune creates the trial."""
+    return trial_name(trial.trial_id, KNOWN.get(trial.trial_id))
+
+
+def run_name(rank, seed):
+    """`rank1-seed2`: a re-evaluation run of the search's `rank`-th best configuration (1 = the best), `seed`."""
+    return f"rank{rank}-seed{seed}"
+
+
+def study_numbers(exp_dir):
+    """{Tune trial id: Optuna trial number} of the experiment's study; {} when it cannot be read now (an older
+    experiment's pickled study, a database that does not answer): then names are the ids alone."""
+    from tune.study import open_study, trial_numbers  # here: tune.study imports Optuna
+
+    try:
+        with open_study(exp_dir) as study:
+            return trial_numbers(study)
+    except Exception:   # a name only: a study not readable this moment leaves the number out
+        return {}

@@ -2,24 +2,37 @@
 brings Ray's full output back): one line per finished trial, and a progress line now and then.
 
     #3 ef4ab16e  stopped at epoch 2  best_val_acc 0.4100  lr=0.0003 head_width=32
-    [  2m05s] 14/30 trials: 9 done (5 stopped early, 0 errored), 2 running | epochs 41/90 | running 1d2c3b4a e2 0.61, \
-ab12cd34 e1 0.33 | best best_val_acc 0.8736 [0.81, 0.92] (#6 d19fa2df) | ~3m10s left
+    [  2m05s] 14/30 trials: 9 done (5 stopped early, 0 errored), 2 running | epochs 41/90 | running 1d2c3b4a e2 0.61, ab12cd34 e1 0.33 | best best_val_acc 0.8736 [0.81, 0.92] (#6 d19fa2df) | ~3m10s left
 
 [0.81, 0.92]: the best score's 95% interval (dogs.uncertainty). A trial's name is its Optuna trial number and its
-Tune id (`#3 ef4ab16e`), a re-evaluation run's its rank and seed (`rank1-seed2`): tune.names, as everywhere.
+Tune id (`#3 ef4ab16e`), a re-evaluation run's its rank and seed (`rank1-seed2`): tune.experiment, as everywhere.
 The progress line is printed at the search's first epoch, when a trial ends, and at most every `every_s` seconds
 otherwise. "epochs 41/90": epochs run / at most planned (samples x epochs; ASHA stops some trials sooner). The
 time left is an estimate, from the first epoch on: the epochs still to run (trials not started x the mean epochs
 of finished trials, or the whole epochs before any finished, plus what running ones have left of that) at the
 rate epochs have run in this session, and never more than the time budget has left (time_left).
+
+How long a search will take, said before it starts: its epochs at the seconds per epoch this machine measured in
+an earlier search of the same space and data (kept in the cache folder, `epoch-times.json`), at most its time budget.
+
+    Searching 6 trials x 40 epochs, 2 at a time; results in runs/x: about 1h20m (240 epochs at most) at 40.0 s per
+    trial-epoch (measured here on 2026-12-06 in a search of this space and data); the time budget 10m ends it sooner
+
+Without a measurement yet the line says so, and the progress line estimates from the first epoch (tune.progress).
 """
+import hashlib
+import json
 import time
+from datetime import date
 
 from ray import tune
 
 from dogs import ranking, uncertainty
+from dogs.cache import cache_root
 from dogs.errors import USER_ERROR_KEY
-from tune import names, old_pickles
+from dogs.files import atomic_path
+from tune import experiment, old_pickles
+
 
 STEP = "training_iteration"
 
@@ -46,13 +59,13 @@ def time_left(work_s, budget_left_s=None):
     return work_s if budget_left_s is None else max(0.0, min(work_s, budget_left_s))
 
 
-study_numbers = names.study_numbers   # {Tune trial id: Optuna trial number}, {} when the study cannot be read
+study_numbers = experiment.study_numbers   # {Tune trial id: Optuna trial number}, {} when the study cannot be read
 
 
 class ProgressCallback(tune.Callback):
     """Prints a line per finished trial and a progress line now and then (see the module docstring)."""
 
-    deadline = None   # the time budget's end (Unix seconds) in this session: set by tune.tuner.time_budget
+    deadline = None   # the time budget's end (Unix seconds) in this session: set by tune.ray_tuner.time_budget
     by_run = False    # True: trials are named by Tune's trial name (a re-evaluation's rank1-seed2), not the study
 
     def __init__(self, samples, epochs, metric, mode, every_s=30.0, out=print, searched=(), exp_dir=None,
@@ -83,14 +96,14 @@ class ProgressCallback(tune.Callback):
         self._ended(trials, trial, "ERROR")
 
     def name(self, trial, numbers=None):
-        """The trial's one name (tune.names): `#3 ef4ab16e`, or a re-evaluation run's `rank1-seed2`."""
-        return str(trial) if self.by_run else names.trial_name(trial.trial_id, (numbers or {}).get(trial.trial_id))
+        """The trial's one name (tune.experiment): `#3 ef4ab16e`, or a re-evaluation run's `rank1-seed2`."""
+        return str(trial) if self.by_run else experiment.trial_name(trial.trial_id, (numbers or {}).get(trial.trial_id))
 
     def trial_line(self, trial, status, numbers):
         """`#3 ef4ab16e  stopped at epoch 2  best_val_acc 0.4100  lr=0.0003 head_width=32`."""
         result = trial.last_result or {}
         epoch = epoch_of(result)
-        if USER_ERROR_KEY in result:   # its one line, once (dogs.trial: not retried)
+        if USER_ERROR_KEY in result:   # its one line, once (dogs.ray_trainable: not retried)
             return f"{self.name(trial, numbers)}  failed, not retried: {result[USER_ERROR_KEY]}"
         ended = (f"errored at epoch {epoch + 1}" if status == "ERROR" else
                  f"stopped at epoch {epoch}" if epoch < self.epochs else f"completed {epoch} epochs")
@@ -152,3 +165,66 @@ class ProgressCallback(tune.Callback):
                 "every_s": self.every_s, "out": print, "searched": self.searched, "exp_dir": self.exp_dir,
                 "by_run": self.by_run,
                 "_start": None, "_last": None, "_ran": 0}
+
+
+FILENAME = "epoch-times.json"
+
+
+def space_key(space):
+    """What sets an epoch's length: the params (data, model, sizes, ranges) and each trial's CPUs and GPUs."""
+    s = space["search"]
+    what = {"params": space["params"], "cpus": s["cpus_per_trial"], "gpus": s["gpus_per_trial"],
+            "holdout": s["holdout"]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def search_seconds(samples, epochs, slots, epoch_s, budget_s=None):
+    """The most a search takes: every trial's every epoch, `slots` at a time, at most the budget (ASHA may stop
+    trials sooner)."""
+    return time_left(samples * epochs * epoch_s / max(1, slots), budget_s)
+
+
+def measured(space):
+    """{"epoch_s", "on"} of an earlier search of this space and data here, or None."""
+    try:
+        return json.loads((cache_root() / FILENAME).read_text()).get(space_key(space))
+    except (OSError, ValueError, AttributeError):   # none yet, or unreadable: no measurement
+        return None
+
+
+def record(space, table):
+    """Keep this search's seconds per trial-epoch (its trials' own time over their epochs) for the next plan line;
+    nothing when no epoch ran or the cache folder cannot be written (the next plan says it has no measurement)."""
+    epochs = table.epochs.fillna(0).sum() if len(table) else 0
+    if not epochs:
+        return
+    path = cache_root() / FILENAME
+    try:
+        times = json.loads(path.read_text()) if path.exists() else {}
+        times[space_key(space)] = {"epoch_s": float(table.time_s.fillna(0).sum() / epochs), "on": str(date.today())}
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(times, indent=1, sort_keys=True))
+    except (OSError, ValueError, AttributeError):   # the estimate is a courtesy: the search's results are saved
+        pass
+
+
+def plan_line(space, slots, exp_dir, budget_s=None):
+    """The one line said before a search starts: what it runs, where, and about how long."""
+    s = space["search"]
+    text = f"Searching {s['samples']} trials x {s['epochs']} epochs, {slots} at a time; results in {exp_dir}: "
+    return text + about(space, s["samples"] * s["epochs"], slots, budget_s, s["time_budget"])
+
+
+def about(space, epochs, slots, budget_s=None, budget=None):
+    """How long `epochs` trial-epochs of this space and data take here, `slots` at a time, at most the time budget
+    (`budget_s` seconds, said as `budget`); or that there is no measurement yet. The plan lines of a search and of a
+    re-evaluation (tune.reevaluate) end with it."""
+    seen = measured(space)
+    if not seen:
+        text = ("no measurement yet of this space and data on this machine (the progress line estimates from the "
+                "first epoch)")
+        return text + (f"; at most the time budget {budget} and an epoch" if budget_s else "")
+    total = epochs * seen["epoch_s"] / max(1, slots)
+    text = (f"about {duration(time_left(total, budget_s))} ({epochs} epochs at most) at {seen['epoch_s']:.1f} s per "
+            f"trial-epoch (measured here on {seen['on']} in a search of this space and data)")
+    return text + (f"; the time budget {budget} ends it sooner" if budget_s and budget_s < total else "")

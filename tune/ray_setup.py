@@ -33,7 +33,7 @@ def set_environment(address, verbose=False):
     # Ray's own TensorBoard writer off (ours writes curves + HParams); JSON/CSV loggers are added explicitly
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ray's record of each trial's checkpoints (in every save of the experiment state) holds only their score:
-    # it keeps every epoch's (tune.retention deletes the folders), not the whole result of each
+    # it keeps every epoch's (tune.callbacks deletes the folders), not the whole result of each
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
 
 
@@ -50,8 +50,8 @@ def set_auth_mode(address):
 @contextlib.contextmanager
 def worker_folder(address):
     """The folder where a local Ray's trial workers wait for each other before their first trial
-    (dogs.trial.wait_for_workers), named in the environment Ray's processes inherit; None when joining a cluster."""
-    from dogs.trial import WORKERS_ENV   # here: dogs.trial imports torch
+    (dogs.ray_trainable.wait_for_workers), named in the environment Ray's processes inherit; None when joining a cluster."""
+    from dogs.ray_trainable import WORKERS_ENV   # here: dogs.ray_trainable imports torch
 
     if joins_cluster(address):
         yield None
@@ -105,7 +105,7 @@ def start_ray(address, verbose=False, env=None, who="search"):
     address = address or os.environ.get("RAY_ADDRESS")
 
     mode = set_auth_mode(address)
-    # every worker's environment (`env`: e.g. the time budget's deadline, dogs.trial), on every node
+    # every worker's environment (`env`: e.g. the time budget's deadline, dogs.ray_trainable), on every node
     runtime_env = {**({} if verbose else {"worker_process_setup_hook": worker_setup_hook()}),
                    **({"env_vars": env} if env else {})} or None
     if not verbose:

@@ -12,12 +12,12 @@ they do, not by one draw.
 The K x N runs are a small Ray Tune run in <experiment>/reevaluate-top<K>-seeds<N>/part-1/ (a grid over
 (configuration, seed), FIFO: every run trains the search's full epoch budget), on the search's resources per
 trial: they run in parallel and errored runs are retried (search.max_failures). A time budget (`deadline`,
-tune.best --time-budget) stops them as it stops a search (tune.tuner.time_budget): no run starts an epoch the
+tune.best --time-budget) stops them as it stops a search (tune.ray_tuner.time_budget): no run starts an epoch the
 budget cannot finish, and each keeps its last epoch's checkpoint. The same command again continues a cut
 re-evaluation: the runs not finished yet run as part-2 (and so on), a cut one from its latest checkpoint (its
-epochs are those of all its parts, each once: Run); finished runs are not redone. (Not Ray's restore: like the
+epochs are those of all its parts, each once: SeedRun); finished runs are not redone. (Not Ray's restore: like the
 rest of tune.best it never reads Ray's pickled state, so an experiment folder from elsewhere cannot run code
-through it.) Each run is the search's trainable (dogs.trial) with the configuration's full config (from its
+through it.) Each run is the search's trainable (dogs.ray_trainable) with the configuration's full config (from its
 trial's best checkpoint) and `seed` replaced; its params.json holds {"run": [<the search trial's id>, <seed>],
 "epochs": <budget>}. A cut re-evaluation still chooses, among the configurations with a finished run.
 """
@@ -33,7 +33,7 @@ import pandas as pd
 
 from dogs import interrupt, ranking
 from dogs.errors import ExperimentError
-from tune import estimate, experiment, names, spaces, storage
+from tune import progress, experiment, spaces, storage
 
 TOP, SEEDS = 3, 3      # defaults of --top and --seeds
 PLAN_FILE = "plan.json"   # the configurations and seeds of a re-evaluation folder
@@ -57,7 +57,7 @@ class Reevaluation:
 
 
 @dataclass
-class Run(experiment.Trial):
+class SeedRun(experiment.Trial):
     """One (configuration, seed) run as its parts' folders hold it: a run cut in one part continues from its latest
     checkpoint in the next, so its results are the epochs of all its parts (each once, from the part that ran it
     last); its status and folder are its last part's. Its checkpoints are in its parts (kept, latest)."""
@@ -89,7 +89,7 @@ def retrain(config, configs, starts=None):
     """The trainable of one run: the search's, with the configuration of search trial `run[0]` and seed `run[1]`;
     continued from the checkpoint folder `starts` names for it (a run cut in an earlier part), if any."""
     from dogs import checkpoint as dogs_checkpoint
-    from dogs.trial import trainable
+    from dogs.ray_trainable import trainable
 
     trial_id, seed = config["run"]
     start, resume = (starts or {}).get((trial_id, seed)), None
@@ -106,10 +106,10 @@ def run_folder(trial):
 
 
 def run_name(trial, ranks):
-    """A run's name (tune.names): `rank1-seed2`, its configuration's rank in the search (`ranks`: {search trial id:
+    """A run's name (tune.experiment): `rank1-seed2`, its configuration's rank in the search (`ranks`: {search trial id:
     rank}) and its seed."""
     trial_id, seed = trial.config["run"]
-    return names.run_name(ranks[trial_id], seed)
+    return experiment.run_name(ranks[trial_id], seed)
 
 
 def check_plan(folder, plan):
@@ -129,7 +129,7 @@ def check_plan(folder, plan):
 
 
 def read_runs(folder):
-    """{(search trial id, seed): Run} of every part of the re-evaluation, from the runs' own files."""
+    """{(search trial id, seed): SeedRun} of every part of the re-evaluation, from the runs' own files."""
     parts = {}
     for part in sorted(storage.subfolders_with(folder, PART_FILE), key=part_number):
         for trial in experiment.read_trials(storage.join(folder, part)):
@@ -140,14 +140,14 @@ def read_runs(folder):
 
 
 def joined(parts):
-    """A run's parts (its Trial in each part, in order) as one Run, up to the first part that finished it."""
+    """A run's parts (its Trial in each part, in order) as one SeedRun, up to the first part that finished it."""
     end = next((i for i, part in enumerate(parts) if part.status == "TERMINATED"), len(parts) - 1)
     parts = parts[:end + 1]
     by_epoch = {result.get("epoch", result.get("training_iteration")): result
                 for part in parts for result in part.results}
     last = parts[-1]
     # no checkpoints of its own: a checkpoint is found in the part that kept it (kept, latest)
-    return Run(trial_id=last.trial_id, path=last.path, config=last.config, errored=last.errored,
+    return SeedRun(trial_id=last.trial_id, path=last.path, config=last.config, errored=last.errored,
                results=[by_epoch[epoch] for epoch in sorted(by_epoch)], damaged=last.damaged, parts=parts)
 
 
@@ -184,15 +184,15 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=(), s
     """Run the (configuration, seed) `pairs` as a new Ray Tune run, part-<n> of `folder` (a subfolder of the
     experiment `exp_dir`). A new part, never Ray's restore: tune.best reads no pickled state of an experiment;
     a run cut in an earlier part continues from the checkpoint folder `starts` names for its pair. `session`: what
-    the retention callback tells the driver (tune.session: a checkpoint saved, for the time budget)."""
+    the retention callback tells the driver (tune.callbacks: a checkpoint saved, for the time budget)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
     from tune.progress import ProgressCallback
     from tune.ray_setup import concurrency
-    from tune.retention import KeepBestAndLatest
-    from tune.trial_logs import JsonLogger
-    from tune.tuner import BudgetWatch
+    from tune.callbacks import KeepBestAndLatest
+    from tune.callbacks import JsonLogger
+    from tune.ray_tuner import BudgetWatch
 
     metric, mode = search["metric"], search["mode"]
     name = f"part-{max(map(part_number, storage.subfolders_with(folder, PART_FILE)), default=0) + 1}"
@@ -212,7 +212,7 @@ def run_part(exp_dir, folder, configs, pairs, search, resources, callbacks=(), s
             name=name, storage_path=folder, verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            # tune.trial_logs (whole across retries), tune.retention, tune.tuner (the time budget)
+            # tune.callbacks (whole across retries), tune.callbacks, tune.ray_tuner (the time budget)
             callbacks=[JsonLogger(), KeepBestAndLatest(metric, mode, session), BudgetWatch(),
                        ProgressCallback(len(pairs), search["epochs"], metric, mode, by_run=True), *callbacks]))
     return tuner.fit()
@@ -263,10 +263,10 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
     callbacks for the run (a benchmark's timer, a test's stop)."""
     import ray
 
-    from dogs.trial import DEADLINE_ENV
+    from dogs.ray_trainable import DEADLINE_ENV
     from tune.ray_setup import check_resources, concurrency, joins_cluster, set_environment, start_ray
-    from tune.session import SearchSession
-    from tune.tuner import time_budget
+    from tune.callbacks import SearchSession
+    from tune.ray_tuner import time_budget
 
     if top < 1 or seeds < 1:
         raise ExperimentError(f"--top {top} --seeds {seeds}: both must be >= 1")
@@ -292,7 +292,7 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
     interrupted = expired = False
     if missing:
         interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the runs as Ctrl-C does: Tune saves them
-        try:   # a time budget's deadline for the runs (dogs.trial: no epoch starts that would end after it)
+        try:   # a time budget's deadline for the runs (dogs.ray_trainable: no epoch starts that would end after it)
             resources = start_ray(address, env={DEADLINE_ENV: repr(deadline)} if deadline else None,
                                   who="re-evaluation")
             interrupt.catch_sigterm()   # again: ray.init installs its own handler (Ray's abort dump, exit 134)
@@ -305,11 +305,11 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
     if missing:
         try:
             check_resources(s, resources, autoscaling=joins_cluster(address))
-            # the plan line: what runs, about how long (this machine's measured seconds per epoch, tune.estimate)
+            # the plan line: what runs, about how long (this machine's measured seconds per epoch, tune.progress)
             slots = concurrency({**s, "samples": len(missing)}, resources)
             epochs = sum(s["epochs"] - (starts[pair][1] if pair in starts else 0) for pair in missing)
             log(f"{what}{'' if resumed else f': {len(missing)} run(s)'}, {slots} at a time: "
-                + estimate.about(exp.space, epochs, slots, deadline - time.time() if deadline else None, budget))
+                + progress.about(exp.space, epochs, slots, deadline - time.time() if deadline else None, budget))
             storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
             session = SearchSession(exp_dir=exp_dir)   # the retention callback tells the budget of a saved epoch
             with time_budget(deadline, session.checkpointed) as budget_used:

@@ -8,7 +8,7 @@ The experiment folder (<storage>/<name>) holds every trial's results and checkpo
 search_space.yaml (what was searched), trials.csv (all trials, one row each) and TensorBoard files
 (`tensorboard --logdir <experiment>`: curves and an HParams comparison). docs/search.md has the details.
 
-This file is the command only; its parts: tune.cli (flags), tune.ray_setup (Ray), tune.tuner (the Tuner),
+This file is the command only; its parts: tune.spaces (flags), tune.ray_setup (Ray), tune.ray_tuner (the Tuner),
 tune.resume (--resume), tune.report (warnings, trials.csv, the summary). docs/ARCHITECTURE.md has the map.
 """
 import contextlib
@@ -27,15 +27,15 @@ from dogs.cli import fail, quiet_when_reader_leaves
 from dogs.data import TRAIN, DataError, check_metric, labeled_split, resolve_root
 from dogs.errors import StorageError, UserError
 from dogs.files import CSV
-from tune import cli, lock, plots, ray_setup, settings, spaces, state, storage, trackers
+from tune import spaces, storage, ray_setup, settings, resume, trackers
 from tune.experiment import Experiment, default_name, name_problem, read_trials
-from tune.session import SearchSession
+from tune.callbacks import SearchSession
 
 
 @quiet_when_reader_leaves
 def main(argv=None):
-    args = cli.get_args_parser().parse_args(argv)
-    args.command = lock.command_line("python -m tune.search", sys.argv[1:] if argv is None else argv)
+    args = spaces.get_args_parser().parse_args(argv)
+    args.command = storage.command_line("python -m tune.search", sys.argv[1:] if argv is None else argv)
     try:
         return search(args)
     except UserError as err:   # helpers raise; the command prints once
@@ -68,7 +68,7 @@ def search(args):
             raise UserError(why)
     from tune import resume   # here: it imports Optuna (slow; --help does without)
 
-    runs = storage.resolve(args.storage)
+    runs = storage.absolute(args.storage)
 
     # the space and the data: checked before Ray starts
     exp_dir, space = resume.resumed_experiment(args, runs) if args.resume else new_experiment(args, runs)
@@ -76,13 +76,13 @@ def search(args):
     if args.warm_start:
         from tune import warm_start
 
-        args.warm_trials, said = warm_start.load(args.warm_start, runs, space)
+        args.warm_trials, said = warm_start.load_trials(args.warm_start, runs, space)
         print(said)
     budget = space["search"]["time_budget"]
     args.deadline = began + settings.parse_duration(budget) if budget else None   # for the trials and the driver
     if "mlflow" in args.log:   # an experiment in a bucket needs --mlflow-uri: said before Ray starts
         trackers.mlflow_uri(exp_dir, args.mlflow_uri)
-    with lock.held(exp_dir, args.command):   # one command per experiment at a time: a second one is one line
+    with storage.held(exp_dir, args.command):   # one command per experiment at a time: a second one is one line
         if not args.resume:   # again, under the lock: another search may have started it meanwhile
             refuse_existing(exp_dir)
         return search_experiment(args, runs, exp_dir, space)
@@ -98,9 +98,9 @@ def search_experiment(args, runs, exp_dir, space):
         if not torch.cuda.is_available():
             ray_setup.check_resources(s, {"CPU": os.cpu_count(), "GPU": 0})
 
-    # Ray: local or a cluster, and requests it can meet; a time budget's deadline for the trials (dogs.trial)
+    # Ray: local or a cluster, and requests it can meet; a time budget's deadline for the trials (dogs.ray_trainable)
     import ray
-    from dogs.trial import DEADLINE_ENV
+    from dogs.ray_trainable import DEADLINE_ENV
 
     with ray_setup.worker_folder(args.address) as workers:
         try:
@@ -129,7 +129,7 @@ def new_experiment(args, runs):
         raise UserError(f"--data: {err}") from None
     if is_demo:
         print(f"No --data given: using the built-in demo data set (handwritten digits) at {data_root}")
-    space = cli.load_space(args, None if is_demo else data_root)   # a bad space file or --set value raises
+    space = spaces.space_from_args(args, None if is_demo else data_root)   # a bad space file or --set value raises
     try:   # a held-out part needs every class on both sides
         report.holdout_check(data_root, space["search"]["holdout"])
     except DataError as err:
@@ -166,24 +166,24 @@ def interrupted_at_start(args, runs, exp_dir):
 def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined, session):
     """(the tuner, the trial folders there before it runs): a new search's; --resume: Ray's restored, or one rebuilt
     from the trial folders when Ray's state is cut or missing (None: every trial finished). Its searcher and
-    callbacks report to `session` (tune.session)."""
-    from tune import tuner
+    callbacks report to `session` (tune.callbacks)."""
+    from tune import ray_tuner
 
     s = space["search"]
     before = 0
     if args.resume:
-        cut = state.problem(exp_dir)   # Ray's state cut or missing: found before Ray reads it (tune.state)
+        cut = resume.state_problem(exp_dir)   # Ray's state cut or missing: found before Ray reads it (tune.resume)
         if cut:
-            need, before, optuna_storage = state.rebuild(exp_dir, space, cut)
-            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), optuna_storage, args.verbose,
+            need, before, optuna_storage = resume.rebuild_from_trials(exp_dir, space, cut)
+            grid_tuner = ray_tuner.make_tuner(space, runs, storage.name(exp_dir), optuna_storage, args.verbose,
                                           slots=None if joined else slots, rung_slots=slots,
                                           extend=need, session=session) if need else None
         else:
-            grid_tuner = tuner.restore_tuner(s, exp_dir, session)
+            grid_tuner = ray_tuner.restore_tuner(s, exp_dir, session)
         storage.write_text(storage.join(exp_dir, "search_space.yaml"), spaces.to_yaml(space))   # --samples N
     else:
         with starting(exp_dir):   # a failed write here: nothing ran, and the half-made folder goes
-            grid_tuner = tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
+            grid_tuner = ray_tuner.make_tuner(space, runs, storage.name(exp_dir), args.optuna_storage, args.verbose,
                                           slots=None if joined else slots, rung_slots=slots,
                                           loggers=trackers.callbacks(args.log, exp_dir, storage.name(exp_dir),
                                                                      args.mlflow_uri), session=session,
@@ -194,8 +194,8 @@ def make_or_restore_tuner(args, space, exp_dir, runs, slots, joined, session):
 
 def fit(args, space, exp_dir, runs, resources, workers=None):
     """Check resources, build or restore the tuner, fit, write trials.csv and print the summary."""
-    from tune import estimate, report, tuner
-    from tune.stop_when_flat import flat_reason
+    from tune import progress, report, ray_tuner
+    from tune.ray_tuner import flat_reason
 
     s = space["search"]
     joined = ray_setup.joins_cluster(args.address)
@@ -206,15 +206,15 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
         slots = max(1, min(slots, s["samples"] - finished))
     if joined:  # Tune keeps 1 trial pending with a searcher: let the autoscaler see several at once
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(s["max_concurrent"] or 8))
-    if workers:   # how many trial workers start together (dogs.trial.wait_for_workers)
+    if workers:   # how many trial workers start together (dogs.ray_trainable.wait_for_workers)
         Path(workers, "slots").write_text(str(slots))
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
-    session = SearchSession(exp_dir=exp_dir)   # what the searcher and callbacks tell this fit (tune.session)
+    session = SearchSession(exp_dir=exp_dir)   # what the searcher and callbacks tell this fit (tune.callbacks)
     grid_tuner, before = make_or_restore_tuner(args, space, exp_dir, runs, slots, joined, session)
     # what it runs and about how long (at this machine's measured seconds per epoch, if any)
-    print(estimate.plan_line(space, slots, exp_dir,
+    print(progress.plan_line(space, slots, exp_dir,
                              settings.parse_duration(s["time_budget"]) if s["time_budget"] else None))
     if s["scheduler"] == "asha" and s["fidelity"] == "time" and not args.resume:
         _, grace, max_t = settings.asha_rungs(s, slots)
@@ -226,7 +226,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
     start = time.time()
     ctrl_c = signal.getsignal(signal.SIGINT)
     try:
-        with tuner.time_budget(args.deadline, session.checkpointed) as budget, \
+        with ray_tuner.time_budget(args.deadline, session.checkpointed) as budget, \
                 storage.writing("the experiment (Ray's state, the trials' results, study.db)", exp_dir, resume):
             grid = grid_tuner.fit() if grid_tuner else []   # a rebuilt run with every trial finished: none
             # --resume --samples N: once Ray's saved trials are done, the trials still missing, on the same study
@@ -238,7 +238,7 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
             if extra > 0 and not budget.is_set() and not (table.status == "UNFINISHED").any() and not flat:
                 print(f"Extending the search by {extra} trial(s) on its study ({s['samples']} in all)")
                 before = len(table)
-                grid = tuner.make_tuner(space, runs, storage.name(exp_dir), study_storage(exp_dir), args.verbose,
+                grid = ray_tuner.make_tuner(space, runs, storage.name(exp_dir), study_storage(exp_dir), args.verbose,
                                         slots=None if joined else slots, rung_slots=slots, extend=extra,
                                         session=session).fit()
     finally:
@@ -254,8 +254,8 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 def finish(space, exp_dir, runs, slots, start, expected, budget_used, mlflow_uri=None):
     """After fit: trials.csv, the summary and the plots, and the exit status (0; 130/143 interrupted; 1: no trial
     scored). `expected`: the trial folders there would be had every trial Tune created started."""
-    from tune import estimate, report
-    from tune.stop_when_flat import flat_reason
+    from tune import progress, report
+    from tune.ray_tuner import flat_reason
 
     s, wall_s = space["search"], time.time() - start
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
@@ -271,12 +271,12 @@ def finish(space, exp_dir, runs, slots, start, expected, budget_used, mlflow_uri
            f"Time budget {s['time_budget']} used up" if budget_used else "Interrupted") if stopped else None
     with storage.writing("the table of trials", storage.join(exp_dir, "trials.csv"), resume):
         storage.write_text(storage.join(exp_dir, "trials.csv"), table.to_csv(**CSV))
-    estimate.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
+    progress.record(space, table)   # this machine's seconds per epoch, for the next search's plan line
     print("\n".join(report.summary(table, space, wall_s, slots, exp_dir, pending, trials, since=start, stopped=why)
                     + trackers.where_lines(exp_dir, storage.name(exp_dir), mlflow_uri)
                     + report.failure_hints(exp_dir, table) + report.user_error_lines(failed)))
-    print("\n".join(plots.report(exp_dir)))
-    if all_failed:   # tune.tuner.UserErrorStop ended it: the same error would end every further trial
+    print("\n".join(report.report(exp_dir)))
+    if all_failed:   # tune.ray_tuner.UserErrorStop ended it: the same error would end every further trial
         print(f"dogs-search: error: {sum(map(len, failed.values()))} trial(s) ran, each failed before its first epoch "
               f"(not retried; {' | '.join(failed)}): fix that and run the search again", file=sys.stderr)
         return 1
@@ -306,7 +306,7 @@ def resume_command(runs, exp_dir):
 def starting(exp_dir):
     """A failed write while a new experiment starts (its folder, study.db, search_space.yaml) is one line, and the
     folder this command made is removed (nothing ran): the same command runs again once there is space."""
-    made = not storage.is_uri(exp_dir) and (not Path(exp_dir).exists() or lock.only_lock(exp_dir))
+    made = not storage.is_uri(exp_dir) and (not Path(exp_dir).exists() or storage.only_lock(exp_dir))
     again = "free space, then rerun the same command"
     try:
         with storage.writing("a new experiment", exp_dir, again):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dogs.cli import ArgumentParser, fail, number
 from dogs.errors import UserError
-from tune.experiment import DEFAULT_STORAGE
+from tune.storage import DEFAULT_STORAGE
 from tune.ray_setup import start_ray
 
 PROG = "dogs-serve"

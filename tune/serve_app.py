@@ -5,7 +5,7 @@
                                 answers {"predictions": [{"class", "index", "probability"}, ...], "batch": n}
     GET  /info                  {"classes": [...], "models": [{"model", "image_size"}], "tta": bool, "source": {...}}
 
-An image is decoded and predicted by dogs.inference.Predictor, as tune.best --predict does: load_rgb, the
+An image is decoded and predicted by dogs.classifier.Predictor, as tune.best --predict does: load_rgb, the
 function that decoded the training images, then predict_probs, the function that scores Validation and makes
 the submission. Concurrent requests are predicted together (serve.batch; "batch" says with how many). A body
 that is not an image is a 400, one over the upload limit a 413, each with {"error": one line}; a client that
@@ -19,7 +19,7 @@ from ray import serve
 from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse
 
-from dogs.inference import Predictor
+from dogs.classifier import Predictor
 from dogs.models import build_model
 
 PAGE = Path(__file__).with_name("serve_page.html")
@@ -39,7 +39,7 @@ class HTTPError(Exception):
 @serve.deployment(name="classifier")
 class Classifier:
     """The model of a checkpoint (or the ensemble of several), each whole (its frozen prefix included), as a
-    dogs.inference.Predictor on this replica's device (a GPU when the replica was given a share of one).
+    dogs.classifier.Predictor on this replica's device (a GPU when the replica was given a share of one).
 
     `members`: [(state_dict, config)]; `tta`: each prediction averaged with the mirror image's."""
 

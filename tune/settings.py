@@ -1,6 +1,6 @@
 """A search space's `search:` section: its settings, each checked like a dogs.config key, and durations.
 
-tune.spaces checks a file's settings with check_settings; tune.cli makes each setting's command-line flag from
+tune.spaces checks a file's settings with check_settings; tune.spaces makes each setting's command-line flag from
 its entry here (type, choices, help).
 """
 import re
@@ -10,7 +10,7 @@ from dogs.errors import SpaceError
 from dogs.uncertainty import has_interval
 
 MAX_SAMPLES = 10_000
-SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can use (tune.searcher makes them)
+SAMPLERS = ("tpe", "random", "qmc", "gp")     # Optuna's samplers a search can use (tune.study_searcher makes them)
 SCHEDULERS = ("asha", "fifo")
 FIDELITIES = ("epochs", "time")               # what ASHA's rungs count: epochs, or seconds of training (time_total_s)
 
@@ -48,7 +48,7 @@ SETTINGS = {
                    "the top configurations on the held-out part; 0 = off"),
     "stop_when_flat": Key(None, int | None, Range(1), "end the search once this many finished trials in a row, each "
                           "given the epochs the best took to its best (or all its own), could not beat the best "
-                          "trial's 95% interval, after the sampler's start-up trials (tune.stop_when_flat; needs a "
+                          "trial's 95% interval, after the sampler's start-up trials (tune.ray_tuner; needs a "
                           "metric with an interval: an accuracy or macro-F1); null = run every trial"),
     "time_budget": Key(None, str | None, None, "wall time after which the search stops cleanly, like Ctrl-C "
                        "(--resume continues it), e.g. 90s, 30m, 2h, 1h30m; null = none",

@@ -1,5 +1,5 @@
 """Where a search's Optuna study lives and how to open it: study.db in the experiment folder (a local copy for an
-experiment in a bucket) or an --optuna-storage database, named by the searcher state tune.searcher saves."""
+experiment in a bucket) or an --optuna-storage database, named by the searcher state tune.study_searcher saves."""
 import contextlib
 import hashlib
 import json
@@ -40,7 +40,7 @@ def study_location(exp_dir, optuna_storage=None):
         return optuna_storage, None
     if not storage.is_uri(exp_dir):
         return sqlite_url(Path(exp_dir) / STUDY_FILE), None
-    key = hashlib.sha256(storage.resolve(exp_dir).encode()).hexdigest()[:8]
+    key = hashlib.sha256(storage.absolute(exp_dir).encode()).hexdigest()[:8]
     local = Path(tempfile.gettempdir(), "dogs-tune-studies", f"{storage.name(exp_dir)}-{key}", STUDY_FILE)
     return sqlite_url(local), exp_dir
 
@@ -113,7 +113,7 @@ def storage_problem(url, flag="--optuna-storage"):
 def abandoned_trial_ids(study):
     """Tune trial ids a killed driver had started that Ray's saved state did not know: --resume never runs
     them again (their configuration went to a new trial, or their study trial is FAIL); and, in the study's own
-    attribute, the unfinished trials of a run rebuilt after its Ray state was cut (tune.state)."""
+    attribute, the unfinished trials of a run rebuilt after its Ray state was cut (tune.resume)."""
     return ({trial_id for t in study.trials for trial_id in t.user_attrs.get(ABANDONED, [])}
             | set(study.user_attrs.get(ABANDONED, [])))
 

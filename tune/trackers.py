@@ -14,7 +14,7 @@ from dogs.errors import UserError
 
 TRACKERS = {"mlflow": "mlflow", "wandb": "wandb"}   # --log name: the extra (and package) that brings it
 # MLflow's HTTP client, bounded for this process (the driver runs the logger callback): a tracking server that
-# stops answering costs at most ~3 x 10 s + backoff, then a warning (tune.guarded_mlflow), not the search
+# stops answering costs at most ~3 x 10 s + backoff, then a warning (tune.callbacks), not the search
 MLFLOW_HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 PING_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}   # the check before Ray
@@ -160,7 +160,7 @@ def callbacks(names, exp_dir, name, uri=None):
     """Ray's logger callback of each tracker; the MLflow experiment and the W&B project are named after ours."""
     out = []
     if "mlflow" in names:
-        from tune.guarded_mlflow import GuardedMLflowCallback   # here: it imports Ray
+        from tune.callbacks import GuardedMLflowCallback   # here: it imports Ray
 
         out.append(GuardedMLflowCallback(tracking_uri=mlflow_uri(exp_dir, uri), experiment_name=name))
     if "wandb" in names:

@@ -22,7 +22,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from dogs.errors import ExperimentError, UserError
-from tune import distributions, experiment
+from tune import space_values, experiment
 from tune.study import engine_kwargs, load_existing, open_study, shown_url, sqlite_path, storage_problem
 
 WARM_ATTR = "warm_start_of"          # a warm-started study trial: "<source> #<its number there>"
@@ -41,7 +41,7 @@ def open_source(source, runs):
     a source that is missing, unreadable or not a study is one ExperimentError."""
     if not is_study_url(source):   # an experiment: its saved space says its metric, mode and fixed values
         exp_dir = experiment.locate(source, runs, flag="--warm-start")
-        experiment.check(exp_dir)
+        experiment.check_folder(exp_dir)
         old_space = experiment.saved_space(exp_dir)
         with open_study(exp_dir) as study:
             yield study, exp_dir, old_space
@@ -139,7 +139,7 @@ def drawn(params):
     for p in params:
         if p["kind"] != "fixed":
             trial = probe.ask()
-            distributions.suggest(trial, p)
+            space_values.suggest(trial, p)
             out[id(p)] = trial.distributions[p["name"]]
     return out
 
@@ -163,7 +163,7 @@ def why_skipped(frozen, params, drawn_by_entry):
         return frozen.params[name]
 
     try:
-        chosen, fixed = distributions.assign(params, pick)
+        chosen, fixed = space_values.assign(params, pick)
     except _Differs as err:
         return str(err)
     extra = sorted(set(old) - set(chosen))
@@ -172,7 +172,7 @@ def why_skipped(frozen, params, drawn_by_entry):
     return None
 
 
-def split(trials, params):
+def split_compatible(trials, params):
     """(the finished trials this space can take, Counter {reason: how many} of the finished ones it cannot)."""
     by_entry = drawn(params)
     taken, skipped = [], Counter()
@@ -204,7 +204,7 @@ def line(taken, finished, skipped, where, noted=()):
             + "".join(f"; note: {note}" for note in noted))
 
 
-def load(source, runs, space):
+def load_trials(source, runs, space):
     """(the study trials to seed a new search with, the line to print), checked before Ray starts; a source that
     cannot be read, of another metric or direction, or with no trial this space can take is one UserError."""
     s = space["search"]
@@ -218,7 +218,7 @@ def load(source, runs, space):
     except ExperimentError as err:   # missing, unreadable, not a study: one line naming the flag
         raise UserError(str(err) if str(err).startswith("--warm-start") else f"--warm-start: {err}") from None
     finished = sum(t.state in FINISHED for t in trials)
-    taken, skipped = split(trials, space["params"])
+    taken, skipped = split_compatible(trials, space["params"])
     if not taken:
         reasons = "; ".join(f"{n} {why}" for why, n in skipped.most_common())
         raise UserError(f"--warm-start {where}: none of its {finished} finished trials fits this space"

@@ -4,7 +4,7 @@
     predictor.top_k(predictor.probs([predictor.decode("dog.jpg")]), k=5)   # [[(name, index, prob), ...]]
 
 Images are decoded by dogs.decode.load_rgb, the function training decoded them with (EXIF, 16-bit, transparency,
-the same resize), at each member's image_size, and go through dogs.predict.predict_probs, the submission's own
+the same resize), at each member's image_size, and go through dogs.submission.predict_probs, the submission's own
 path (the same normalization, precision and mirror TTA). No data folder is needed: the classes are the checkpoint's.
 Used by tune.best --predict and by tune.serve (a request's bytes); ExportedPredictor is the same for a folder
 that tune.best --export wrote (its ONNX file in ONNX Runtime).
@@ -23,6 +23,7 @@ from .cache import CachedImages, cpu_count
 from .decode import load_rgb
 from .errors import CheckpointError, DataError, UserError
 from .files import is_special
+
 
 BATCH = 256   # images decoded and predicted at a time: memory stays flat for any number of photos
 

@@ -32,10 +32,11 @@ from ray.tune.search import Searcher
 
 from dogs.errors import USER_ERROR_KEY, ExperimentError, UserError
 from dogs.files import atomic_path
-from tune import distributions, names, storage
-from tune.session import SearchSession, unpickled_into
+from tune import experiment, space_values, storage
+from tune.callbacks import SearchSession, unpickled_into
 from tune.settings import SAMPLERS
 from tune.study import ABANDONED, STUDY_FILE, TRIAL_ATTR, open_storage, shown_url, sqlite_path, study_location
+
 
 STEP = "training_iteration"   # ASHA's time_attr: one step per epoch
 
@@ -71,7 +72,7 @@ class StudySearcher(Searcher):
     def __init__(self, params, metric, mode, *, max_t, exp_dir, optuna_storage=None, sampler="tpe", seed=0,
                  samples=10, first_trials=(), extend=False, session=None, warm_trials=()):
         """`extend`: more trials for the experiment's existing study (--resume --samples N), not a new study.
-        `session`: what it tells the driver (a lost database) and is told (tune.session).
+        `session`: what it tells the driver (a lost database) and is told (tune.callbacks).
         `warm_trials`: finished trials of an old search (tune.warm_start) added to the new study once, as it is
         created (never kept here: Tune pickles the searcher)."""
         super().__init__(metric=metric, mode=mode)
@@ -104,7 +105,7 @@ class StudySearcher(Searcher):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.session = unpickled_into()   # the session of the --resume that unpickles it (tune.session)
+        self.session = unpickled_into()   # the session of the --resume that unpickles it (tune.callbacks)
         self._reset()
 
     # ---- the study: created once, reopened by restore() ----
@@ -180,7 +181,7 @@ class StudySearcher(Searcher):
                 user_attrs={**frozen.user_attrs, "retry_of": frozen.number}))
             trial = self._reopen(len(self.study.get_trials(deepcopy=False)) - 1)
             self.numbers[trial_id], self._last_step[trial_id] = trial.number, 0
-            names.KNOWN[trial_id] = trial.number
+            experiment.KNOWN[trial_id] = trial.number
         else:
             return None
         self._trials[trial_id] = trial
@@ -233,9 +234,9 @@ class StudySearcher(Searcher):
         trial.set_user_attr(TRIAL_ATTR, trial_id)
         # the values suggest_* return, typed by their distribution (an int is an int); never trial.params,
         # which holds a sampler's raw proposal (GPSampler's 0.0 for an integer)
-        searched, fixed = distributions.assign(self.params, functools.partial(distributions.suggest, trial))
+        searched, fixed = space_values.assign(self.params, functools.partial(space_values.suggest, trial))
         self.numbers[trial_id], self._trials[trial_id], self._last_step[trial_id] = trial.number, trial, 0
-        names.KNOWN[trial_id] = trial.number   # the trial's name (#3 ef4ab16e) for Tune, TensorBoard, MLflow
+        experiment.KNOWN[trial_id] = trial.number   # the trial's name (#3 ef4ab16e) for Tune, TensorBoard, MLflow
         return {**searched, **fixed}
 
     def _report(self, trial_id, step, value):
@@ -279,7 +280,7 @@ class StudySearcher(Searcher):
         of the experiment any more (see abandoned_trial_ids)."""
         state = json.loads(Path(checkpoint_path).read_text())
         self.numbers, self.unwritten = state["trials"], state.get("unwritten", [])
-        names.KNOWN.update(self.numbers)
+        experiment.KNOWN.update(self.numbers)
         if self.in_experiment and self.session.exp_dir is not None:   # where the experiment is now
             self.study_url, self.mirror = study_location(self.session.exp_dir)
         if self.mirror:   # the bucket's copy, saved with Ray's state: replaces the local one

@@ -24,6 +24,7 @@ from .errors import CheckpointError
 from .files import atomic_path, write_csv
 from .splits import load_split
 
+
 log = logging.getLogger("dogs")
 
 

@@ -1,4 +1,5 @@
-"""The Ray Tune trainable: one trial = one `Run`, reported and checkpointed every epoch."""
+"""The Ray Tune trainable: one trial = one `Run`, reported and checkpointed every epoch.
+"""
 import logging
 import os
 import socket
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, progress_bars as bars
+from . import checkpoint
+from . import progress_bars as bars
 from .config import DEFAULTS
 from .engine import Run
 from .errors import USER_ERROR_KEY, UserError
@@ -86,6 +88,7 @@ def run_trial(config, start_from=None):
     checkpoint) at a time."""
     import ray
     from ray import tune
+
     # resume: a restarted trial (node lost, search resumed, error retried) continues after its last epoch
     # console: Ray logs a line per checkpoint ("Checkpoint successfully created at"); the driver says enough
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -114,7 +117,7 @@ def run_trial(config, start_from=None):
                 tune.report({**metrics, **where, "started_at": started, "reported_at": now, "budget_spent": spent},
                             checkpoint=tune.Checkpoint.from_directory(folder))
             reported = True
-            if spent:   # out of budget: this epoch's checkpoint is the last; the search stops the trial (tune.tuner)
+            if spent:   # out of budget: this epoch's checkpoint is the last; the search stops the trial (tune.ray_tuner)
                 wait_to_be_stopped(deadline)
                 return
             started = time.time()
