@@ -126,7 +126,7 @@ def test_ensemble_of_seeds_and_train_on_val_after_the_choice(reevaluated, tmp_pa
     code, out, err = run_main(best, ["--experiment", exp_dir, "--retrain", "--top", "3", "--seeds", "3",
                                      "--train-on-val", "--out", str(tmp_path / "tov")])
     assert code == 0, out[-3000:] + err[-3000:]
-    chosen = next(line for line in out.splitlines() if line.startswith("Chosen:")).split()[5]
+    chosen = re.search(r"^Chosen: the configuration of trial (?:#\d+ )?(\S+) ", out, re.M).group(1)   # #N id
     retrained = checkpoint.read(tmp_path / "tov" / "best.pt")
     assert "Retraining the chosen config for 2 epochs on Train + Validation" in out
     assert retrained["config"]["lr"] == reevaluated["first"].configs[chosen]["lr"]
@@ -284,7 +284,7 @@ def test_rerun_finishes_the_plan_training_no_epoch_twice_and_hands_over_the_seed
         epochs = [e for _, part in epochs_by_part(budgeted["folder"], pair) for e in part]
         assert sorted(epochs) == [1, 2], (pair, epochs_by_part(budgeted["folder"], pair))
     # the default hand-over: the chosen configuration's 2 seeds averaged, its best seed as best.pt
-    chosen = next(line for line in out.splitlines() if line.startswith("Chosen:")).split()[5]
+    chosen = re.search(r"^Chosen: the configuration of trial (?:#\d+ )?(\S+) ", out, re.M).group(1)   # #N id
     exp = Experiment.open(str(budgeted["dir"]))
     scores = {seed: reevaluate.run_score(exp, runs[chosen, seed]) for seed in (1, 2)}
     best_seed = max((1, 2), key=lambda seed: scores[seed])   # of equal ones the first: ranking's order

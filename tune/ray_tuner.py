@@ -91,8 +91,7 @@ def make_tuner(space, runs, name, optuna_storage=None, verbose=False, slots=None
                              samples=s["samples"], first_trials=() if extend else space["first_trials"],
                              extend=bool(extend), session=session, warm_trials=warm_trials)
     # search.stop_when_flat: Tune's stop_all once M fairly tried trials in a row could not beat the best's interval
-    flat = (FlatWatch(s["metric"], s["mode"], s["stop_when_flat"], storage.join(runs, name),
-                      at_least=flat_min_trials(space["search"])) if s.get("stop_when_flat") else None)
+    flat = FlatWatch(space["search"], storage.join(runs, name)) if s.get("stop_when_flat") else None
     stop = UserErrorStop(min(s["samples"], max(2, slots or rung_slots)))
     time_attr, grace, max_t = asha_rungs(s, rung_slots)   # epochs, or seconds of training (search.fidelity)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t, grace_period=grace,
@@ -353,9 +352,15 @@ class FlatWatch(tune.Callback):
     tried trials in a row could not beat the best, once `at_least` trials finished; FlatStop asks it. A resumed
     search starts from the trials finished before (in the order they finished)."""
 
-    def __init__(self, metric, mode, trials_in_a_row, exp_dir=None, out=print, at_least=0):
-        self.metric, self.mode, self.m, self.exp_dir, self.out = metric, mode, trials_in_a_row, exp_dir, out
-        self.at_least = at_least   # min_trials: the sampler's start-up trials
+    def __init__(self, search, exp_dir=None, out=print):
+        """`search`: the space's search settings (its metric, mode, stop_when_flat M, sampler and samples)."""
+        self.metric, self.mode, self.m = search["metric"], search["mode"], search["stop_when_flat"]
+        self.at_least = flat_min_trials(search)   # the sampler's start-up trials
+        self.exp_dir, self.out = exp_dir, out
+        self.reset_records()
+
+    def reset_records(self):
+        """Nothing recorded yet (a restored search replays its finished trials)."""
         self.finished, self.bounds, self.stopped, self.seeded = set(), {}, None, False
         self.count, self.best = 0, None   # fairly tried trials in a row that did not beat the best; the best Finished
 
@@ -394,7 +399,8 @@ class FlatWatch(tune.Callback):
                 "at_least": self.at_least}
 
     def __setstate__(self, state):
-        self.__init__(state["metric"], state["mode"], state["m"], state["exp_dir"], at_least=state.get("at_least", 0))
+        self.__dict__.update({"at_least": 0, **state, "out": print})
+        self.reset_records()
 
 
 class FlatStop(tune.Stopper):

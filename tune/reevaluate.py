@@ -261,12 +261,7 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
     continue doing so), on a local Ray or the cluster at `address`, until the time budget's `deadline` (Unix seconds,
     said as `budget`; None: none); returns a Reevaluation (see the module docstring). `callbacks`: more Ray Tune
     callbacks for the run (a benchmark's timer, a test's stop)."""
-    import ray
-
-    from dogs.ray_trainable import DEADLINE_ENV
-    from tune.ray_setup import check_resources, concurrency, joins_cluster, set_environment, start_ray
-    from tune.callbacks import SearchSession
-    from tune.ray_tuner import time_budget
+    from tune.ray_setup import set_environment
 
     if top < 1 or seeds < 1:
         raise ExperimentError(f"--top {top} --seeds {seeds}: both must be >= 1")
@@ -291,37 +286,50 @@ def reevaluate(exp, top=TOP, seeds=SEEDS, address=None, data=None, callbacks=(),
                     f"{', '.join(str(epoch) for _, epoch in starts.values())})" if starts else ""))
     interrupted = expired = False
     if missing:
-        interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the runs as Ctrl-C does: Tune saves them
-        try:   # a time budget's deadline for the runs (dogs.ray_trainable: no epoch starts that would end after it)
-            resources = start_ray(address, env={DEADLINE_ENV: repr(deadline)} if deadline else None,
-                                  who="re-evaluation")
-            interrupt.catch_sigterm()   # again: ray.init installs its own handler (Ray's abort dump, exit 134)
-        except KeyboardInterrupt:   # while Ray starts: nothing ran; the same command starts again
-            ray.shutdown()
-            log(what)
-            missing, interrupted = [], True
+        expired, interrupted = run_missing(exp, folder, configs, missing, starts, plan, what, resumed, address,
+                                           callbacks, log, deadline, budget)
     else:
         log(what)
-    if missing:
-        try:
-            check_resources(s, resources, autoscaling=joins_cluster(address))
-            # the plan line: what runs, about how long (this machine's measured seconds per epoch, tune.progress)
-            slots = concurrency({**s, "samples": len(missing)}, resources)
-            epochs = sum(s["epochs"] - (starts[pair][1] if pair in starts else 0) for pair in missing)
-            log(f"{what}{'' if resumed else f': {len(missing)} run(s)'}, {slots} at a time: "
-                + progress.about(exp.space, epochs, slots, deadline - time.time() if deadline else None, budget))
-            storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
-            session = SearchSession(exp_dir=exp_dir)   # the retention callback tells the budget of a saved epoch
-            with time_budget(deadline, session.checkpointed) as budget_used:
-                run_part(exp_dir, folder, configs, missing, s, resources, callbacks,
-                         starts={pair: location for pair, (location, _) in starts.items()}, session=session)
-            expired = budget_used.is_set()
-        except KeyboardInterrupt:   # Ctrl-C or SIGTERM before Tune took them over: the runs saved so far are kept
-            interrupted = True
-        finally:
-            ray.shutdown()
     return choose(exp, folder, configs, seed_list, cut="time budget" if expired else "interrupted" if interrupted
                   else None)
+
+
+def run_missing(exp, folder, configs, missing, starts, plan, what, resumed, address, callbacks, log, deadline, budget):
+    """Run the `missing` (configuration, seed) pairs (`starts`: a cut one's latest checkpoint) on Ray until the
+    deadline, after the plan line; returns (the time budget ran out, Ctrl-C or SIGTERM stopped them)."""
+    import ray
+
+    from dogs.ray_trainable import DEADLINE_ENV
+    from tune.callbacks import SearchSession
+    from tune.ray_setup import check_resources, concurrency, joins_cluster, start_ray
+    from tune.ray_tuner import time_budget
+
+    s, exp_dir = exp.search, exp.location
+    interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the runs as Ctrl-C does: Tune saves them
+    try:   # a time budget's deadline for the runs (dogs.ray_trainable: no epoch starts that would end after it)
+        resources = start_ray(address, env={DEADLINE_ENV: repr(deadline)} if deadline else None, who="re-evaluation")
+        interrupt.catch_sigterm()   # again: ray.init installs its own handler (Ray's abort dump, exit 134)
+    except KeyboardInterrupt:   # while Ray starts: nothing ran; the same command starts again
+        ray.shutdown()
+        log(what)
+        return False, True
+    try:
+        check_resources(s, resources, autoscaling=joins_cluster(address))
+        # the plan line: what runs, about how long (this machine's measured seconds per epoch, tune.progress)
+        slots = concurrency({**s, "samples": len(missing)}, resources)
+        epochs = sum(s["epochs"] - (starts[pair][1] if pair in starts else 0) for pair in missing)
+        log(f"{what}{'' if resumed else f': {len(missing)} run(s)'}, {slots} at a time: "
+            + progress.about(exp.space, epochs, slots, deadline - time.time() if deadline else None, budget))
+        storage.write_text(storage.join(folder, PLAN_FILE), json.dumps(plan))
+        session = SearchSession(exp_dir=exp_dir)   # the retention callback tells the budget of a saved epoch
+        with time_budget(deadline, session.checkpointed) as budget_used:
+            run_part(exp_dir, folder, configs, missing, s, resources, callbacks,
+                     starts={pair: location for pair, (location, _) in starts.items()}, session=session)
+        return budget_used.is_set(), False
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM before Tune took them over: the runs saved so far are kept
+        return False, True
+    finally:
+        ray.shutdown()
 
 
 def choose(exp, folder, configs, seed_list, cut=None):

@@ -83,8 +83,10 @@ def all_study_names(url):
             rdb.engine.dispose()
 
 
-def objective_problem(study, metric, mode, old=None):
-    """Why the old study's scores are not this search's (another metric or direction), or None."""
+def objective_problem(study, search, old=None):
+    """Why the old study's scores are not those of this search's settings `search` (another metric or direction),
+    or None."""
+    metric, mode = search["metric"], search["mode"]
     score, direction = f"best_{metric}", "maximize" if mode == "max" else "minimize"
     if len(study.directions) != 1:
         return f"its study has {len(study.directions)} objectives; this search has one ({score}, {direction})"
@@ -210,7 +212,7 @@ def load_trials(source, runs, space):
     s = space["search"]
     try:
         with open_source(source, runs) as (study, where, old):
-            why = objective_problem(study, s["metric"], s["mode"], old)
+            why = objective_problem(study, s, old)
             if why:
                 raise UserError(f"--warm-start {where}: {why}")
             trials = study.get_trials(deepcopy=False)
