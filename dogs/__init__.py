@@ -10,6 +10,6 @@ __all__ = ["DEFAULTS", "resolve", "trainable"]
 def __getattr__(name):
     """`dogs.trainable` imports torch and the training code only when a trial asks for it."""
     if name == "trainable":
-        from .trial import trainable
+        from .ray_trainable import trainable
         return trainable
     raise AttributeError(f"module 'dogs' has no attribute {name!r}")

@@ -67,7 +67,7 @@ class Predictor:
 
     def probs(self, decoded):
         """Softmax (len(decoded), classes) of a list of decode() results: each member's, averaged (as a submission)."""
-        from .predict import predict_probs
+        from .submission import predict_probs
 
         total = None
         for model, ckpt in self.members:

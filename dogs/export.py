@@ -214,7 +214,7 @@ def validation(model, ckpt, data_root, log_fn):
     """{"val_acc", "images", "per_class": [{class, images, correct, accuracy}]} on the data's Validation/, or
     {"unavailable": why} when that folder is not on this machine."""
     from .device import default_device
-    from .predict import ensemble_probs
+    from .submission import ensemble_probs
 
     config = ckpt["config"]
     try:

@@ -14,14 +14,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import checkpoint, data, interrupt, predict
+from . import checkpoint, data, interrupt, submission
 from .cli import ArgumentParser, fail, quiet_when_reader_leaves
 from .config import check_value, load_yaml, parse_sets, resolve, yaml_problem
 from .engine import Run
 from .errors import CheckpointError, ConfigError, UserError
 from .files import atomic_path, is_special, refuse_others
 
-WRITES = ("config.json", "last.pt", "best.pt", "history.csv", *predict.WRITES)   # what run() writes into its folder
+WRITES = ("config.json", "last.pt", "best.pt", "history.csv", *submission.WRITES)   # what run() writes into its folder
 HEADER = f"{'epoch':>5} | {'train loss':>10} | {'train acc':>9} | {'valid loss':>10} | {'valid acc':>9} | {'time':>6} | {'img/s':>8}"
 
 
@@ -85,7 +85,7 @@ def run(config, out_dir, train_on_val=False, resume=False, device=None, log=prin
         training.eval_model.load_state_dict(best_weights)
     else:
         checkpoint.save(training.state(), out_dir / "best.pt")
-    written = predict.submit(training.eval_model, training.state(), out_dir, device=training.device)
+    written = submission.submit(training.eval_model, training.state(), out_dir, device=training.device)
     if written["submission"] is None:
         log(f"no submission.csv: {data.no_test_images(training.root)}")
     score = demo_test_accuracy(training.root, written["submission"])

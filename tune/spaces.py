@@ -331,6 +331,7 @@ def add_setting_flags(p, groups):
             options.update(metavar="DURATION", type=time_budget_value)
         if spec.flag_note:
             options["help"] += f"; {spec.flag_note}"
+        options["help"] = options["help"].replace("%", "%%")   # argparse %-formats help: "95%" is text here
         group = groups["resources" if spec.resource else "search"]
         group.add_argument(f"--{key.replace('_', '-')}", **options)
 
