@@ -1,6 +1,9 @@
 """The architecture checked, not described (docs/ARCHITECTURE.md states these rules): every import of our modules,
 read from their source (function-level imports too), against the layers."""
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +97,14 @@ def test_the_checker_sees_a_wrong_import(tmp_path):
     planted.write_text("def f():\n    from tune import best\n    from . import ranking\nimport dogs.config\n")
     assert imports(planted, name="dogs.planted") == {"tune.best", "dogs.ranking", "dogs.config"}
     assert imports(planted, top_level_only=True, name="dogs.planted") == {"dogs.config"}
+
+
+def test_no_command_imports_ray_on_import():
+    """Ray reads its environment (RAY_DISABLE_WORKER_LOG_PREFIX: the trials' lines without a coloured `(pid=...)`
+    prefix, the local Ray on 127.0.0.1) when imported: tune.ray_setup.set_environment must run first, so no
+    command imports Ray at module level."""
+    code = "import sys, importlib; [importlib.import_module(m) for m in sys.argv[1:]]; print('ray' in sys.modules)"
+    for command in sorted(COMMANDS):
+        done = subprocess.run([sys.executable, "-c", code, command], capture_output=True, text=True, timeout=120,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.stdout.strip() == "False", (command, done.stdout, done.stderr[-2000:])

@@ -33,7 +33,7 @@ import pandas as pd
 
 from dogs import interrupt, ranking
 from dogs.errors import ExperimentError
-from tune import progress, experiment, spaces, storage
+from tune import experiment, spaces, storage
 
 TOP, SEEDS = 3, 3      # defaults of --top and --seeds
 PLAN_FILE = "plan.json"   # the configurations and seeds of a re-evaluation folder
@@ -300,6 +300,7 @@ def run_missing(exp, folder, configs, missing, starts, plan, what, resumed, addr
     import ray
 
     from dogs.ray_trainable import DEADLINE_ENV
+    from tune import progress
     from tune.callbacks import SearchSession
     from tune.ray_setup import check_resources, concurrency, joins_cluster, start_ray
     from tune.ray_tuner import time_budget

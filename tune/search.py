@@ -29,7 +29,6 @@ from dogs.errors import StorageError, UserError
 from dogs.files import CSV
 from tune import spaces, storage, ray_setup, settings, resume, trackers
 from tune.experiment import Experiment, default_name, name_problem, read_trials
-from tune.callbacks import SearchSession
 
 
 @quiet_when_reader_leaves
@@ -211,6 +210,8 @@ def fit(args, space, exp_dir, runs, resources, workers=None):
 
     # the tuner: new, or restored with the searcher's state and the trials' checkpoints
     resume = f"free space, then continue with  {resume_command(runs, exp_dir)}"
+    from tune.callbacks import SearchSession   # here: it imports Ray, after set_environment
+
     session = SearchSession(exp_dir=exp_dir)   # what the searcher and callbacks tell this fit (tune.callbacks)
     grid_tuner, before = make_or_restore_tuner(args, space, exp_dir, runs, slots, joined, session)
     # what it runs and about how long (at this machine's measured seconds per epoch, if any)
