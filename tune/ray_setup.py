@@ -5,11 +5,20 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 from dogs.errors import UserError
 
+
+STOP_S = 10   # Ray's stop after the last epoch (Tune saves its state, the trials' actors end): ~10 s on a 2-core CPU
+
+
+def trials_deadline(deadline):
+    """The deadline the trials see: the budget's, less the time Ray takes to stop after their last epoch (STOP_S,
+    at most a fifth of the time left), so that the whole command ends within the budget plus one epoch."""
+    return deadline - min(STOP_S, max(0.0, deadline - time.time()) / 5)
 
 def joins_cluster(address):
     """Whether the search joins a running Ray cluster (--address or $RAY_ADDRESS) rather than starting its own."""

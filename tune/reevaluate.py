@@ -302,13 +302,14 @@ def run_missing(exp, folder, configs, missing, starts, plan, what, resumed, addr
     from dogs.ray_trainable import DEADLINE_ENV
     from tune import progress
     from tune.callbacks import SearchSession
-    from tune.ray_setup import check_resources, concurrency, joins_cluster, start_ray
+    from tune.ray_setup import check_resources, concurrency, joins_cluster, start_ray, trials_deadline
     from tune.ray_tuner import time_budget
 
     s, exp_dir = exp.search, exp.location
     interrupt.catch_sigterm()   # SIGTERM (Slurm, Kubernetes, kill) stops the runs as Ctrl-C does: Tune saves them
     try:   # a time budget's deadline for the runs (dogs.ray_trainable: no epoch starts that would end after it)
-        resources = start_ray(address, env={DEADLINE_ENV: repr(deadline)} if deadline else None, who="re-evaluation")
+        resources = start_ray(address, env={DEADLINE_ENV: repr(trials_deadline(deadline))} if deadline else None,
+                              who="re-evaluation")
         interrupt.catch_sigterm()   # again: ray.init installs its own handler (Ray's abort dump, exit 134)
     except KeyboardInterrupt:   # while Ray starts: nothing ran; the same command starts again
         ray.shutdown()

@@ -104,7 +104,8 @@ def search_experiment(args, runs, exp_dir, space):
     with ray_setup.worker_folder(args.address) as workers:
         try:
             resources = ray_setup.start_ray(args.address, args.verbose,
-                                            env={DEADLINE_ENV: repr(args.deadline)} if args.deadline else None)
+                                            env={DEADLINE_ENV: repr(ray_setup.trials_deadline(args.deadline))}
+                                            if args.deadline else None)
             interrupt.catch_sigterm()   # again: ray.init installs its own handler (exit 1, no resume line)
         except KeyboardInterrupt:
             ray.shutdown()   # whatever part of Ray had started
