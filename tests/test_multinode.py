@@ -277,10 +277,16 @@ def test_driver_sigkill_then_resume(two_nodes, tiny_imagefolder):
     proc = start_search(cluster, tiny_imagefolder, "crash")
     exp_dir = cluster.root / "storage" / "crash"
     try:
-        def mid_search():
+        def mid_search():   # a trial finished in the state Ray saved (its periodic save may lag the trial's end)
             rows, running = results(exp_dir), [t for t, n in live(exp_dir).items() if 1 <= n <= EPOCHS - 3]
-            return any(map(finished, rows.values())) and running and rows
-        wait_until(mid_search, proc, 180, "a finished trial and a running one")
+            if not (any(map(finished, rows.values())) and running):
+                return False
+            try:
+                saved = saved_status(exp_dir)
+            except (ValueError, KeyError):   # no state saved yet, or one being written
+                return False
+            return any(finished(r) and saved.get(t) == "TERMINATED" for t, r in rows.items()) and rows
+        wait_until(mid_search, proc, 180, "a finished trial (saved as such) and a running one")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
