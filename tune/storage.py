@@ -5,7 +5,7 @@ Ray reads and writes the experiment itself; these helpers cover the few files we
 A URI's query (s3://bucket/runs?endpoint_override=host:port&scheme=http) is kept when joining names.
 
 One command per experiment at a time: the commands that write an experiment (tune.search: new, --resume,
---resume --samples N; tune.best --retrain, with or without --top) hold an OS lock on <experiment>/.dogs-tune.storage
+--resume --samples N; tune.best --retrain, with or without --top) hold an OS lock on <experiment>/.dogs-tune.lock
 while they run. A second one on the same folder is one line naming the running one (pid, host, command, since
 when) and exits 2. Reading commands (tune.best without --retrain, --predict, --export) take no lock.
 
@@ -201,7 +201,7 @@ def failed(what, path, why, then):
     return f"cannot write {what} ({path}): {why}{'; ' + free if free else ''}; {then}"
 
 
-LOCK_FILE = ".dogs-tune.storage"
+LOCK_FILE = ".dogs-tune.lock"
 
 
 class ExperimentBusy(ExperimentError):
