@@ -46,15 +46,20 @@ def finished_runs(folder):
             for run in reevaluate.read_runs(folder).values() if run.status == "TERMINATED"}
 
 
+def searched(folder, space, data, name):
+    """The experiment folder of a search of `space` (YAML text) on `data`, run in `folder`."""
+    (folder / "space.yaml").write_text(space)
+    code, out, err = run_main(search, ["--space", str(folder / "space.yaml"), "--data", str(data),
+                                       "--storage", str(folder / "runs"), "--name", name])
+    assert code == 0, out[-3000:] + err[-3000:]
+    return folder / "runs" / name
+
+
 @pytest.fixture(scope="module")
 def reevaluated(tiny_imagefolder, tmp_path_factory):
     """A 3-trial search, re-evaluated (3 x 3) once interrupted after 3 runs and once continued by tune.best."""
     folder = tmp_path_factory.mktemp("reevaluate")
-    (folder / "space.yaml").write_text(SPACE)
-    code, out, err = run_main(search, ["--space", str(folder / "space.yaml"), "--data", str(tiny_imagefolder),
-                                       "--storage", str(folder / "runs"), "--name", "r"])
-    assert code == 0, out[-3000:] + err[-3000:]
-    exp_dir = folder / "runs" / "r"
+    exp_dir = searched(folder, SPACE, tiny_imagefolder, "r")
     # interrupted: Tune stops after the third run finished
     first = reevaluate.reevaluate(Experiment.open(str(exp_dir)), 3, 3, callbacks=[StopOnce(3, folder / "stopped")], log=lambda _: None)
     before = finished_runs(first.folder)
@@ -221,11 +226,7 @@ def budgeted(tiny_imagefolder, tmp_path_factory):
     """A 2-trial search; `tune.best --retrain --top 2 --seeds 2 --time-budget 1s` twice (cut, then cut again), then
     the same command without a budget, then --best-seed: each one's (exit code, stdout, stderr) and the runs after."""
     folder = tmp_path_factory.mktemp("budgeted")
-    (folder / "space.yaml").write_text(ONE_AT_A_TIME)
-    code, out, err = run_main(search, ["--space", str(folder / "space.yaml"), "--data", str(tiny_imagefolder),
-                                       "--storage", str(folder / "runs"), "--name", "b"])
-    assert code == 0, out[-3000:] + err[-3000:]
-    exp_dir = folder / "runs" / "b"
+    exp_dir = searched(folder, ONE_AT_A_TIME, tiny_imagefolder, "b")
     command = ["--experiment", str(exp_dir), "--retrain", "--top", "2", "--seeds", "2"]
     steps, runs = {}, {}
     for step, more in [("none finished", ["--time-budget", "1s"]), ("one finished", ["--time-budget", "1s"]),
